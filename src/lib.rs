@@ -9,3 +9,6 @@ pub mod gguf;
 pub mod quant;
 
 pub use error::{Error, ErrorKind, Result};
+pub mod tokenizer;
+pub mod sample;
+pub mod engine;
