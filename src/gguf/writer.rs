@@ -1,5 +1,6 @@
-//! The GGUF writer (v3, or v2 on request): any metadata, any tensors, laid out with the file's alignment. Tests,
-//! benchmarks (random-weight models of any shape) and examples build their files with it.
+//! The GGUF writer (v3, or v2 on request): any metadata, any tensors, laid out with the file's
+//! alignment. Tests, benchmarks (random-weight models of any shape) and examples build their
+//! files with it.
 
 use std::io::Write;
 use std::path::Path;
