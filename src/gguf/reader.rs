@@ -24,12 +24,12 @@ pub const MAX_DIMS: usize = 4;
 pub const MAX_STRING_LEN: u64 = 1 << 30;
 /// Most elements in one metadata array: ggml's GGUF_MAX_ARRAY_ELEMENTS.
 pub const MAX_ARRAY_LEN: u64 = 1 << 30;
-/// Longest tensor name: ggml keeps names in a 64-byte buffer with a terminating NUL (GGML_MAX_NAME).
+/// Longest tensor name: ggml keeps names in 64 bytes with a terminating NUL (GGML_MAX_NAME).
 pub const MAX_TENSOR_NAME_LEN: usize = 63;
 
 // The fewest bytes a key/value takes: key length, a one-byte key, value type, a one-byte value.
 const MIN_KV_BYTES: u64 = 8 + 1 + 4 + 1;
-// The fewest bytes a tensor info takes: name length, a one-byte name, n_dims, one dim, type, offset.
+// The fewest bytes a tensor info takes: name length, one-byte name, n_dims, one dim, type, offset.
 const MIN_TENSOR_INFO_BYTES: u64 = 8 + 1 + 4 + 8 + 4 + 8;
 
 /// One tensor's entry in the tensor-info table.
@@ -379,7 +379,8 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
     let magic = c.u32(&|| "magic".into())?;
     if magic == GGUF_MAGIC.swap_bytes() {
         return Err(Error::unsupported(
-            "offset 0: magic \"FUGG\" is \"GGUF\" byte-swapped: big-endian GGUF files are unsupported",
+            "offset 0: magic \"FUGG\" is \"GGUF\" byte-swapped: big-endian GGUF files are \
+             unsupported",
         ));
     }
     if magic != GGUF_MAGIC {
@@ -405,7 +406,8 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
     }
     if version == 1 {
         return Err(Error::unsupported(
-            "offset 4: GGUF version 1 (32-bit counts) is unsupported; convert with a current llama.cpp",
+            "offset 4: GGUF version 1 (32-bit counts) is unsupported; convert the model with a \
+             current llama.cpp",
         ));
     }
     if version > 3 {
