@@ -549,14 +549,14 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
                 "offset {at}: {label}: unknown tensor type id {type_id}"
             ))
         })?;
-        let row_bytes = ty.row_bytes(dims[0]).ok_or_else(|| {
-            Error::format(format!(
-                "offset {at}: {label}: row length {} is not a multiple of {ty}'s block size {}",
-                dims[0],
-                ty.block_elems()
-            ))
-        })?;
-        let n_bytes = row_bytes.checked_mul(n_elements / dims[0]).ok_or_else(|| {
+        let block = ty.block_elems() as u64;
+        if dims[0] % block != 0 {
+            return Err(Error::format(format!(
+                "offset {at}: {label}: row length {} is not a multiple of {ty}'s block size {block}",
+                dims[0]
+            )));
+        }
+        let n_bytes = (n_elements / block).checked_mul(ty.block_bytes() as u64).ok_or_else(|| {
             Error::format(format!(
                 "offset {at}: {label}: byte size of {ty} {dims:?} overflows u64"
             ))
@@ -588,8 +588,8 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
             Some(end) if end <= file_len => {}
             _ => {
                 return Err(Error::format(format!(
-                    "offset {at}: tensor '{}': data offset {} + {} bytes ends at file offset {}, \
-                     which exceeds file size {file_len} (data section starts at {data_offset})",
+                    "offset {at}: tensor '{}': data offset {} + {} bytes ends at byte {} of the \
+                     file, which exceeds file size {file_len} (data section starts at {data_offset})",
                     t.name,
                     t.offset,
                     t.n_bytes,
@@ -602,7 +602,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
     let mut order: Vec<usize> = Vec::new();
     reserve(&mut order, n_tensors, &|| "the tensor-info table".into())?;
     order.extend(0..n_tensors);
-    order.sort_unstable_by_key(|&i| tensors[i].offset);
+    order.sort_unstable_by_key(|&i| (tensors[i].offset, i));
     for w in order.windows(2) {
         let (a, b) = (&tensors[w[0]], &tensors[w[1]]);
         if b.offset < a.offset + a.n_bytes {
