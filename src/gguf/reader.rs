@@ -339,9 +339,11 @@ impl<'a> Cursor<'a> {
         }
         match n.checked_mul(min_size) {
             Some(need) if need <= self.left() as u64 => Ok(n as usize),
-            _ => Err(Error::format(format!(
-                "offset {at}: {} is {n}, but only {} bytes are left in the file",
+            need => Err(Error::format(format!(
+                "offset {at}: {} is {n} (at least {} bytes), but only {} bytes are left in the \
+                 file",
                 what(),
+                need.map_or_else(|| format!("{n} × {min_size}"), |b| b.to_string()),
                 self.left()
             ))),
         }
@@ -552,7 +554,8 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
         let block = ty.block_elems() as u64;
         if dims[0] % block != 0 {
             return Err(Error::format(format!(
-                "offset {at}: {label}: row length {} is not a multiple of {ty}'s block size {block}",
+                "offset {at}: {label}: row length {} is not a multiple of {ty}'s block size \
+                 {block}",
                 dims[0]
             )));
         }
@@ -580,7 +583,12 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
         info_at.push(entry_at);
     }
 
-    let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
+    // As in ggml: the data section starts at the next multiple of the alignment, and a file
+    // without tensors has none (it may end right after its metadata, unpadded).
+    let data_offset = match n_tensors {
+        0 => c.pos as u64,
+        _ => (c.pos as u64).div_ceil(alignment) * alignment,
+    };
     let file_len = buf.len() as u64;
     for (t, &at) in tensors.iter().zip(&info_at) {
         let start = data_offset.checked_add(t.offset);
@@ -589,7 +597,8 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
             _ => {
                 return Err(Error::format(format!(
                     "offset {at}: tensor '{}': data offset {} + {} bytes ends at byte {} of the \
-                     file, which exceeds file size {file_len} (data section starts at {data_offset})",
+                     file, which exceeds file size {file_len} (the data section starts at byte \
+                     {data_offset})",
                     t.name,
                     t.offset,
                     t.n_bytes,
