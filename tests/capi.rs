@@ -17,20 +17,24 @@ fn profile_dir() -> PathBuf {
     exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>").to_path_buf()
 }
 
-/// The shared library of this profile; built with cargo if this test run did not produce it.
+/// The shared library of this build. Cargo compiles the library with all its crate types for the
+/// tests, into `deps/` (it copies it up to `target/<profile>/` only on `cargo build`), so the
+/// fresh one is `deps/libxdan.so`; failing that, a `cargo build --lib` of this profile.
 fn shared_lib() -> PathBuf {
     let dir = profile_dir();
-    let lib = dir.join("libxdan.so");
-    if !lib.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(root()).args(["build", "--lib"]);
-        if dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-            cmd.arg("--release");
-        }
-        let st = cmd.status().expect("run cargo build");
-        assert!(st.success(), "cargo build --lib failed");
+    let fresh = dir.join("deps/libxdan.so");
+    if fresh.exists() {
+        return fresh;
     }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root()).args(["build", "--lib"]);
+    if dir.file_name().and_then(|n| n.to_str()) == Some("release") {
+        cmd.arg("--release");
+    }
+    let st = cmd.status().expect("run cargo build");
+    assert!(st.success(), "cargo build --lib failed");
+    let lib = dir.join("libxdan.so");
     assert!(lib.exists(), "{} not found after the build", lib.display());
     lib
 }
@@ -134,6 +138,9 @@ fn api_test_command(prefix: &[&str]) -> Command {
 }
 
 fn run(mut cmd: Command, what: &str) {
+    // cargo test puts target/<profile>/ first on the library path, where a stale libxdan.so
+    // from an earlier `cargo build` may lie; the executable's rpath names the fresh one.
+    cmd.env_remove("LD_LIBRARY_PATH");
     let out = cmd.output().unwrap_or_else(|e| panic!("run {what}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{}{stderr}", String::from_utf8_lossy(&out.stdout));

@@ -52,7 +52,7 @@ pub struct xdan_context_params {
     pub n_threads: i32,
     /// Optional; polled during `xdan_step`/`xdan_step_batch` (with `fraction_done` 0):
     /// returning false cancels the step, which then returns `XDAN_E_CANCELLED` and leaves the
-    /// sequences unchanged. Called on the thread that called the step.
+    /// sequences unchanged. It may be called on one of the library's worker threads.
     pub abort_check: xdan_progress_fn,
     /// Passed to `abort_check`.
     pub abort_user: *mut c_void,

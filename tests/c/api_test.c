@@ -376,7 +376,7 @@ static void test_tokenizer(xdan_model *tiny, const char *text, const char *ids_s
   CHECK(n > 1);
 
   /* Detokenize: with and without special tokens, as llama.cpp does. */
-  char buf[1024];
+  char buf[1024] = {0};
   size_t len = 0;
   OK(xdan_detokenize(m, want, n_want, 0, buf, sizeof buf, &len));
   CHECK(len == strlen(detok) && strcmp(buf, detok) == 0);
