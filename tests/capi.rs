@@ -49,12 +49,25 @@ fn tmp_dir() -> PathBuf {
     d
 }
 
+/// A folder holding only this build's library, under the names a program may ask for:
+/// `libxdan.so` (to link) and `libxdan.so.<ABI>` (the soname, if the build sets one).
+fn lib_dir() -> PathBuf {
+    let lib = shared_lib();
+    let dir = tmp_dir().join("lib");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["libxdan.so".to_string(), format!("libxdan.so.{}", xdan::capi::XDAN_ABI_VERSION)] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&lib, &link).expect("symlink the library");
+    }
+    dir
+}
+
 /// Compiles the C test once per test binary run.
 fn api_test_exe() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| {
-        let lib = shared_lib();
-        let lib_dir = lib.parent().unwrap();
+        let lib_dir = lib_dir();
         let exe = tmp_dir().join("api_test");
         let out = Command::new(cc())
             .args(["-std=c11", "-g", "-O1", "-Wall", "-Wextra", "-Werror", "-pthread"])
