@@ -350,7 +350,7 @@ typedef struct xdan_context_params {
   /**
    * Optional; polled during `xdan_step`/`xdan_step_batch` (with `fraction_done` 0):
    * returning false cancels the step, which then returns `XDAN_E_CANCELLED` and leaves the
-   * sequences unchanged. Called on the thread that called the step.
+   * sequences unchanged. It may be called on one of the library's worker threads.
    */
   xdan_progress_fn abort_check;
   /**
