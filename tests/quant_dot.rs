@@ -141,6 +141,16 @@ fn check_row(ty: GgmlType, w: &[u8], n: usize, seed: u64, label: &str) -> Result
             ));
         }
     }
+    // The SIMD kernel, called directly: present for every type it claims, on a CPU that has it.
+    #[cfg(target_arch = "x86_64")]
+    {
+        use xdan::quant::avx2;
+        let direct = avx2::vec_dot(ty, n, w, &act);
+        assert_eq!(direct.is_some(), avx2::available() && avx2::has_kernel(ty), "{label} {ty}");
+        if let Some(v) = direct {
+            assert_eq!(v.to_bits(), got.to_bits(), "{label} {ty}: dispatch did not use the SIMD kernel");
+        }
+    }
     // SIMD and scalar differ only in f32 summation order.
     if (got as f64 - scalar as f64).abs() > 2.0 * tol_arith {
         return Err(format!("{label} {ty}: SIMD {got} vs scalar {scalar}"));
@@ -220,6 +230,20 @@ fn simd_equals_scalar_on_short_rows() {
             let o = check_row(ty, &w[..bytes], n, 11 + nb as u64, "short").unwrap_or_else(|e| panic!("{e}"));
             assert!(o.got.is_finite() && o.scalar.is_finite());
         }
+    }
+}
+
+/// The machine this is developed on has AVX2; make sure the SIMD kernels really ran there.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn simd_kernels_cover_the_hot_types() {
+    use xdan::quant::avx2;
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q5_K,
+        GgmlType::Q6_K, GgmlType::Q2_K, GgmlType::IQ2_XXS, GgmlType::IQ4_XS] {
+        assert!(avx2::has_kernel(ty), "{ty}");
+    }
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        assert!(avx2::available());
     }
 }
 
