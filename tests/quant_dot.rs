@@ -11,9 +11,7 @@
 //!   Q8_K: d·(1/2 + 2⁻¹⁶), F32: 0.
 
 use std::path::PathBuf;
-use xdan::quant::{
-    dequantize, quantize_act, vec_dot, vec_dot_scalar, vec_dot_type, GgmlType,
-};
+use xdan::quant::{dequantize, quantize_act, vec_dot, vec_dot_scalar, vec_dot_type, GgmlType};
 
 fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant")
@@ -309,6 +307,16 @@ fn activation_quantizers_round_trip() {
                 assert!((s as f64 - want).abs() <= want.abs() * 2.0 * 2f64.powi(-11) + 1e-30, "Q8_1 s block {b}: {s} vs {want}");
             }
         }
+    }
+    // The slice variant writes the same bytes and refuses a wrong-sized slice.
+    for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K, GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        let x = activations(512, 9);
+        let mut v = vec![0xAA];
+        quantize_act(ty, &x, &mut v).unwrap();
+        let mut s = vec![0u8; v.len() - 1];
+        xdan::quant::quantize_act_into(ty, &x, &mut s).unwrap();
+        assert_eq!(&v[1..], &s[..], "{ty}");
+        assert!(xdan::quant::quantize_act_into(ty, &x, &mut s[1..]).is_err());
     }
     let mut out = Vec::new();
     assert!(quantize_act(GgmlType::Q8_0, &[1.0; 31], &mut out).is_err());

@@ -140,6 +140,14 @@ pub fn is_act_type(ty: GgmlType) -> bool {
 /// Quantizes activations `x` (length a multiple of `act_ty`'s block) into `act_ty` blocks,
 /// appended to `out`. `act_ty` is one of F32, F16, BF16, Q8_0, Q8_1, Q8_K.
 pub fn quantize_act(act_ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
+    check_act(act_ty, x)?;
+    let start = out.len();
+    out.resize(start + x.len() / act_ty.block_elems() * act_ty.block_bytes(), 0);
+    quantize_unchecked(act_ty, x, &mut out[start..]);
+    Ok(())
+}
+
+fn check_act(act_ty: GgmlType, x: &[f32]) -> Result<()> {
     if !is_act_type(act_ty) {
         return Err(Error::invalid_arg(format!(
             "quantize_act: {act_ty} is not an activation type (F32, F16, BF16, Q8_0, Q8_1, Q8_K)"
@@ -152,9 +160,10 @@ pub fn quantize_act(act_ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()
             x.len()
         )));
     }
-    let start = out.len();
-    out.resize(start + x.len() / be * act_ty.block_bytes(), 0);
-    let dst = &mut out[start..];
+    Ok(())
+}
+
+fn quantize_unchecked(act_ty: GgmlType, x: &[f32], dst: &mut [u8]) {
     use GgmlType::*;
     match act_ty {
         F32 => {
@@ -189,6 +198,21 @@ pub fn quantize_act(act_ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()
         }
         _ => unreachable!("checked by is_act_type"),
     }
+}
+
+/// [`quantize_act`] into a caller-provided slice of exactly the activation row's bytes (no
+/// allocation; for per-token scratch buffers).
+pub fn quantize_act_into(act_ty: GgmlType, x: &[f32], out: &mut [u8]) -> Result<()> {
+    check_act(act_ty, x)?;
+    let want = act_ty.row_bytes(x.len() as u64);
+    if want != Some(out.len() as u64) {
+        return Err(Error::invalid_arg(format!(
+            "quantize_act_into: {} values as {act_ty} need {want:?} bytes, got {}",
+            x.len(),
+            out.len()
+        )));
+    }
+    quantize_unchecked(act_ty, x, out);
     Ok(())
 }
 
