@@ -7,10 +7,17 @@ use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::block::{as_blocks, f16_to_f32};
-use super::grids::{IQ2XXS_GRID, KSIGNS_IQ2XS, KVALUES_IQ4NL};
-use super::iq::{BlockIQ2XXS, BlockIQ4NL, BlockIQ4XS};
-use super::k_quants::{scale_min_k4, BlockQ2K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
-use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use super::grids::{
+    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
+    KVALUES_IQ4NL, KVALUES_MXFP4,
+};
+use super::iq::{
+    BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, BlockIQ4NL,
+    BlockIQ4XS,
+};
+use super::k_quants::{q3k_scales, scale_min_k4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use super::mxfp4::{e8m0_to_f32_half, BlockMXFP4};
 use super::GgmlType;
 
 static HAVE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
@@ -34,7 +41,11 @@ pub fn available() -> bool {
 /// The weight types with an AVX2 kernel.
 pub fn has_kernel(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, F32 | F16 | Q4_0 | Q4_1 | Q8_0 | Q2_K | Q4_K | Q5_K | Q6_K | IQ2_XXS | IQ4_NL | IQ4_XS)
+    matches!(
+        ty,
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K
+            | Q6_K | IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ4_NL | IQ4_XS
+    )
 }
 
 /// The AVX2 dot for `ty`, or `None` when the CPU lacks AVX2/FMA/F16C or `ty` has no kernel.
@@ -50,6 +61,17 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
         Some(match ty {
             F32 => dot_f32(n, w, act),
             F16 => dot_f16(n, w, act),
+            BF16 => dot_bf16(n, w, act),
+            Q5_0 => dot_q5_0(as_blocks(w), as_blocks(act)),
+            Q5_1 => dot_q5_1(as_blocks(w), as_blocks(act)),
+            MXFP4 => dot_mxfp4(as_blocks(w), as_blocks(act)),
+            Q3_K => dot_q3_k(as_blocks(w), as_blocks(act)),
+            IQ1_S => dot_iq1_s(as_blocks(w), as_blocks(act)),
+            IQ1_M => dot_iq1_m(as_blocks(w), as_blocks(act)),
+            IQ2_XS => dot_iq2_xs(as_blocks(w), as_blocks(act)),
+            IQ2_S => dot_iq2_s(as_blocks(w), as_blocks(act)),
+            IQ3_XXS => dot_iq3_xxs(as_blocks(w), as_blocks(act)),
+            IQ3_S => dot_iq3_s(as_blocks(w), as_blocks(act)),
             Q4_0 => dot_q4_0(as_blocks(w), as_blocks(act)),
             Q4_1 => dot_q4_1(as_blocks(w), as_blocks(act)),
             Q8_0 => dot_q8_0(as_blocks(w), as_blocks(act)),
@@ -409,4 +431,316 @@ unsafe fn dot_iq4_xs(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (pw, pa) = (w.as_ptr(), a.as_ptr() as *const f32);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for k in 0..4 {
+            let h = _mm_loadu_si128(pw.add(2 * (i + 8 * k)) as *const __m128i);
+            let x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+            let y = _mm256_loadu_ps(pa.add(i + 8 * k));
+            acc[k] = _mm256_fmadd_ps(x, y, acc[k]);
+        }
+        i += 32;
+    }
+    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        let h = u16::from_le_bytes([w[2 * i], w[2 * i + 1]]);
+        s += f32::from_bits((h as u32) << 16) * pa.add(i).read_unaligned();
+        i += 1;
+    }
+    s
+}
+
+/// 32 bits to 32 bytes: 0xff where the bit is set, 0 elsewhere (byte i from bit i).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bytes_from_bits(x: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bit = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit), _mm256_set1_epi64x(-1))
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q5_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+        // A clear 5th bit turns the nibble into nibble − 16 (0xF0 | nibble as i8).
+        let hi = _mm256_andnot_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0xF0u8 as i8));
+        let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
+        let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        summs += f16_to_f32(bx.m) * f16_to_f32(by.s);
+        let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+        let hi = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
+        let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
+        let p = dot_u8_i8_i32(qx, loadu(by.qs.as_ptr()));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc) + summs
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_mxfp4(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
+    let values = _mm_loadu_si128(KVALUES_MXFP4.as_ptr() as *const __m128i);
+    let m4 = _mm_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let q = _mm_loadu_si128(bx.qs.as_ptr() as *const __m128i);
+        let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
+        let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+        let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
+        let d = _mm256_set1_ps(e8m0_to_f32_half(bx.e) * f16_to_f32(by.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
+    let m3 = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let sc = q3k_scales(&bx.scales);
+        let hb = loadu(bx.hmask.as_ptr());
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let q3 = loadu(bx.qs.as_ptr().add(32 * n));
+            for j in 0..4 {
+                let lo = _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                let bit = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128((4 * n + j) as i32)), one);
+                // 4 where the high bit is clear: q = lo − 4·(1 − bit).
+                let sub = _mm256_slli_epi16(_mm256_xor_si256(bit, one), 2);
+                let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(sub, q8));
+                let s = 8 * n + 2 * j;
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales2(sc[s] as i16, sc[s + 1] as i16)));
+            }
+        }
+        let d = _mm256_set1_ps(by.d() * f16_to_f32(bx.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// A sign byte as 8 bytes of ±1 (bit j set: element j negative).
+static SIGN_BYTES: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut v = 0u64;
+        let mut j = 0;
+        while j < 8 {
+            let b: u64 = if i & (1 << j) != 0 { 0xff } else { 0x01 };
+            v |= b << (8 * j);
+            j += 1;
+        }
+        t[i] = v;
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn set_u64x4(a: u64, b: u64, c: u64, d: u64) -> __m256i {
+    _mm256_set_epi64x(d as i64, c as i64, b as i64, a as i64)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let q = |l: usize| u16::from_le_bytes([bx.qs[8 * ib + 2 * l], bx.qs[8 * ib + 2 * l + 1]]);
+            let (q0, q1, q2, q3) = (q(0), q(1), q(2), q(3));
+            let g = set_u64x4(
+                IQ2XS_GRID[(q0 & 511) as usize],
+                IQ2XS_GRID[(q1 & 511) as usize],
+                IQ2XS_GRID[(q2 & 511) as usize],
+                IQ2XS_GRID[(q3 & 511) as usize],
+            );
+            let s = set_u64x4(
+                KEVEN_SIGNS[(q0 >> 9) as usize],
+                KEVEN_SIGNS[(q1 >> 9) as usize],
+                KEVEN_SIGNS[(q2 >> 9) as usize],
+                KEVEN_SIGNS[(q3 >> 9) as usize],
+            );
+            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+            let p = _mm256_maddubs_epi16(g, q8);
+            let sc = bx.scales[ib];
+            let ls = scales2(2 * (sc & 0xf) as i16 + 1, 2 * (sc >> 4) as i16 + 1);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
+        }
+        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.125 * hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let qh = bx.qh[ib] as usize;
+            let idx = |l: usize| bx.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
+            let g = set_u64x4(IQ2S_GRID[idx(0)], IQ2S_GRID[idx(1)], IQ2S_GRID[idx(2)], IQ2S_GRID[idx(3)]);
+            let sg = &bx.qs[32 + 4 * ib..32 + 4 * ib + 4];
+            let s = set_u64x4(
+                SIGN_BYTES[sg[0] as usize],
+                SIGN_BYTES[sg[1] as usize],
+                SIGN_BYTES[sg[2] as usize],
+                SIGN_BYTES[sg[3] as usize],
+            );
+            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+            let p = _mm256_maddubs_epi16(g, q8);
+            let sc = bx.scales[ib];
+            let ls = scales2(2 * (sc & 0xf) as i16 + 1, 2 * (sc >> 4) as i16 + 1);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
+        }
+        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.125 * hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_iq3_xxs(x: &[BlockIQ3XXS], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let q = &bx.qs[8 * ib..8 * ib + 8];
+            let g = _mm256_set_epi32(
+                IQ3XXS_GRID[q[7] as usize] as i32,
+                IQ3XXS_GRID[q[6] as usize] as i32,
+                IQ3XXS_GRID[q[5] as usize] as i32,
+                IQ3XXS_GRID[q[4] as usize] as i32,
+                IQ3XXS_GRID[q[3] as usize] as i32,
+                IQ3XXS_GRID[q[2] as usize] as i32,
+                IQ3XXS_GRID[q[1] as usize] as i32,
+                IQ3XXS_GRID[q[0] as usize] as i32,
+            );
+            let a = &bx.qs[64 + 4 * ib..64 + 4 * ib + 4];
+            let aux = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+            let s = set_u64x4(
+                KEVEN_SIGNS[(aux & 127) as usize],
+                KEVEN_SIGNS[((aux >> 7) & 127) as usize],
+                KEVEN_SIGNS[((aux >> 14) & 127) as usize],
+                KEVEN_SIGNS[((aux >> 21) & 127) as usize],
+            );
+            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+            let p = _mm256_maddubs_epi16(g, q8);
+            let ls = (2 * (aux >> 28) + 1) as i16;
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls)));
+        }
+        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.25 * hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_iq3_s(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let q = &bx.qs[8 * ib..8 * ib + 8];
+            let qh = bx.qh[ib] as usize;
+            let gi = |k: usize| IQ3S_GRID[q[k] as usize | (((qh >> k) & 1) << 8)] as i32;
+            let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
+            let sg = &bx.signs[4 * ib..4 * ib + 4];
+            let s = set_u64x4(
+                SIGN_BYTES[sg[0] as usize],
+                SIGN_BYTES[sg[1] as usize],
+                SIGN_BYTES[sg[2] as usize],
+                SIGN_BYTES[sg[3] as usize],
+            );
+            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+            let p = _mm256_maddubs_epi16(g, q8);
+            let sc = bx.scales[ib / 2];
+            let s4 = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(1 + 2 * s4 as i16)));
+        }
+        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut accd = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        let mut sumd = 0i32;
+        for ib in 0..8 {
+            let qh = u16::from_le_bytes([bx.qh[2 * ib], bx.qh[2 * ib + 1]]) as usize;
+            let q = &bx.qs[4 * ib..4 * ib + 4];
+            let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
+            let g = set_u64x4(gi(0), gi(1), gi(2), gi(3));
+            let p = dot_i8_i32(g, loadu(by.qs.as_ptr().add(32 * ib)));
+            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
+            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, _mm256_set1_epi32(ls)));
+            let ds = if qh & 0x8000 != 0 { -1 } else { 1 };
+            sumd += ls * ds * (by.bsum(2 * ib) + by.bsum(2 * ib + 1));
+        }
+        let dd = f16_to_f32(bx.d) * by.d();
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
+        accd += dd * sumd as f32;
+    }
+    hsum_ps(acc) + 0.125 * accd
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
+    let ones = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut accd = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        let mut sumd = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let (ls1, ls2, ds, v) = bx.group(ib);
+            let g = _mm256_loadu_si256(v.as_ptr() as *const __m256i);
+            let q8 = loadu(by.qs.as_ptr().add(32 * ib));
+            let ls = scales2(ls1 as i16, ls2 as i16);
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g, g), _mm256_sign_epi8(q8, g));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
+            let sv = |k: usize| if ds[k] < 0 { 0xffff_ffff_ffff_ffffu64 } else { 0x0101_0101_0101_0101 };
+            let dsv = set_u64x4(sv(0), sv(1), sv(2), sv(3));
+            let pd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, dsv));
+            sumd = _mm256_add_epi32(sumd, _mm256_madd_epi16(pd, ls));
+        }
+        let d = _mm256_set1_ps(bx.d() * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        accd = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumd), accd);
+    }
+    hsum_ps(acc) + 0.125 * hsum_ps(accd)
 }
