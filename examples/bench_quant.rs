@@ -4,13 +4,13 @@
 //! Weights are the real fixture blocks (`tests/data/quant/<TYPE>_real.bin`) tiled into a buffer
 //! of 2^24 elements, far bigger than L2; rows of 4096 elements dotted with one activation vector.
 //!
-//! `cargo run --release --example bench_quant [TYPE ...]`
+//! `cargo run --release --example bench_quant [TYPE ...]` (`XDAN_BENCH_ELEMS=n` changes the
+//! buffer size, e.g. to measure in-cache kernel speed).
 
 use std::path::PathBuf;
 use std::time::Instant;
 use xdan::quant::{dequantize, quantize_act, vec_dot, vec_dot_scalar, vec_dot_type, GgmlType};
 
-const N: usize = 1 << 24;
 const ROW: usize = 4096;
 
 fn cpu_model() -> String {
@@ -37,8 +37,8 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn weights(ty: GgmlType) -> Vec<u8> {
-    let bytes = ty.row_bytes(N as u64).unwrap() as usize;
+fn weights(ty: GgmlType, n: usize) -> Vec<u8> {
+    let bytes = ty.row_bytes(n as u64).unwrap() as usize;
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant");
     let tile = match std::fs::read(dir.join(format!("{}_real.bin", ty.name()))) {
         Ok(t) => t,
@@ -69,6 +69,10 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    let n_elems: usize = std::env::var("XDAN_BENCH_ELEMS").ok().and_then(|v| v.parse().ok()).unwrap_or(1 << 24);
+    let n_elems = n_elems.div_ceil(ROW).max(1) * ROW;
+    #[allow(non_snake_case)]
+    let N = n_elems;
     let filter: Vec<String> = std::env::args().skip(1).map(|s| s.to_uppercase()).collect();
     let types = [
         GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1,
@@ -91,7 +95,7 @@ fn main() {
         if !filter.is_empty() && !filter.iter().any(|f| f == ty.name()) {
             continue;
         }
-        let w = weights(ty);
+        let w = weights(ty, N);
         let t_deq = time(3, || dequantize(ty, &w, &mut out).unwrap());
         let mut act = Vec::new();
         quantize_act(vec_dot_type(ty), &x, &mut act).unwrap();

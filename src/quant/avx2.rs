@@ -6,7 +6,7 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::block::{as_blocks, f16_to_f32};
+use super::block::as_blocks;
 use super::grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
     KVALUES_IQ4NL, KVALUES_MXFP4,
@@ -88,12 +88,19 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum_ps(x: __m256) -> f32 {
     let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
     r = _mm_add_ps(r, _mm_movehl_ps(r, r));
     r = _mm_add_ss(r, _mm_movehdup_ps(r));
     _mm_cvtss_f32(r)
+}
+
+/// f16 bytes to f32 with the F16C instruction (exact, like the scalar conversion).
+#[inline]
+#[target_feature(enable = "f16c")]
+unsafe fn h2f(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
 }
 
 #[inline]
@@ -127,7 +134,7 @@ unsafe fn dot_u8_i8_i32(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (pw, pa) = (w.as_ptr() as *const f32, a.as_ptr() as *const f32);
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -171,23 +178,23 @@ unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
     s
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         let p = dot_i8_i32(loadu(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let off = _mm256_set1_epi8(8);
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         let qx = _mm256_sub_epi8(nibbles32(bx.qs.as_ptr()), off);
         let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
@@ -195,20 +202,20 @@ unsafe fn dot_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0f32;
     for (bx, by) in x.iter().zip(y) {
-        summs += f16_to_f32(bx.m) * f16_to_f32(by.s);
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+        summs += h2f(bx.m) * h2f(by.s);
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         let p = dot_u8_i8_i32(nibbles32(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc) + summs
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_nl(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
     let values = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
     let m4 = _mm_set1_epi8(0x0f);
@@ -218,7 +225,7 @@ unsafe fn dot_iq4_nl(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
         let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
         let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
         let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
@@ -231,7 +238,7 @@ unsafe fn scales2(lo: i16, hi: i16) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let mut acc = _mm256_setzero_ps();
@@ -242,7 +249,7 @@ unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
         for g in 0..16 {
             summs += (bx.scales[g] >> 4) as i32 * by.bsum(g);
         }
-        mins += dy * f16_to_f32(bx.dmin) * summs as f32;
+        mins += dy * h2f(bx.dmin) * summs as f32;
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let q2 = loadu(bx.qs.as_ptr().add(32 * n));
@@ -255,13 +262,13 @@ unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }
         }
-        let d = _mm256_set1_ps(dy * f16_to_f32(bx.d));
+        let d = _mm256_set1_ps(dy * h2f(bx.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc) - mins
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
@@ -275,7 +282,7 @@ unsafe fn dot_q4_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             sc[g] = s as i16;
             summ += m as i32 * (by.bsum(2 * g) + by.bsum(2 * g + 1));
         }
-        mins += dy * f16_to_f32(bx.dmin) * summ as f32;
+        mins += dy * h2f(bx.dmin) * summ as f32;
         let mut sumi = _mm256_setzero_si256();
         for c in 0..4 {
             let q4 = loadu(bx.qs.as_ptr().add(32 * c));
@@ -286,13 +293,13 @@ unsafe fn dot_q4_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * c])));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * c + 1])));
         }
-        let d = _mm256_set1_ps(dy * f16_to_f32(bx.d));
+        let d = _mm256_set1_ps(dy * h2f(bx.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc) - mins
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let one = _mm256_set1_epi8(1);
@@ -307,7 +314,7 @@ unsafe fn dot_q5_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
             sc[g] = s as i16;
             summ += m as i32 * (by.bsum(2 * g) + by.bsum(2 * g + 1));
         }
-        mins += dy * f16_to_f32(bx.dmin) * summ as f32;
+        mins += dy * h2f(bx.dmin) * summ as f32;
         let hb = loadu(bx.qh.as_ptr());
         let mut sumi = _mm256_setzero_si256();
         for c in 0..4 {
@@ -321,13 +328,13 @@ unsafe fn dot_q5_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * c])));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * c + 1])));
         }
-        let d = _mm256_set1_ps(dy * f16_to_f32(bx.d));
+        let d = _mm256_set1_ps(dy * h2f(bx.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc) - mins
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let m2 = _mm256_set1_epi8(3);
@@ -354,7 +361,7 @@ unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }
         }
-        let d = _mm256_set1_ps(by.d() * f16_to_f32(bx.d));
+        let d = _mm256_set1_ps(by.d() * h2f(bx.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
@@ -379,7 +386,7 @@ static KEVEN_SIGNS: [u64; 128] = {
     t
 };
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq2_xxs(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
@@ -404,13 +411,13 @@ unsafe fn dot_iq2_xxs(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
             let ls = (2 * (a1 >> 28) + 1) as i16;
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls)));
         }
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     0.125 * hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_xs(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
     let values = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
     let m4 = _mm_set1_epi8(0x0f);
@@ -427,13 +434,13 @@ unsafe fn dot_iq4_xs(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
             let ls = bx.ls(ib) as i16;
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls)));
         }
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (pw, pa) = (w.as_ptr(), a.as_ptr() as *const f32);
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -471,11 +478,11 @@ unsafe fn bytes_from_bits(x: u32) -> __m256i {
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit), _mm256_set1_epi64x(-1))
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         // A clear 5th bit turns the nibble into nibble − 16 (0xF0 | nibble as i8).
         let hi = _mm256_andnot_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0xF0u8 as i8));
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
@@ -485,13 +492,13 @@ unsafe fn dot_q5_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0f32;
     for (bx, by) in x.iter().zip(y) {
-        summs += f16_to_f32(bx.m) * f16_to_f32(by.s);
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * f16_to_f32(by.d));
+        summs += h2f(bx.m) * h2f(by.s);
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         let hi = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
         let p = dot_u8_i8_i32(qx, loadu(by.qs.as_ptr()));
@@ -500,7 +507,7 @@ unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     hsum_ps(acc) + summs
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_mxfp4(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
     let values = _mm_loadu_si128(KVALUES_MXFP4.as_ptr() as *const __m128i);
     let m4 = _mm_set1_epi8(0x0f);
@@ -510,13 +517,13 @@ unsafe fn dot_mxfp4(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
         let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
         let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
         let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
-        let d = _mm256_set1_ps(e8m0_to_f32_half(bx.e) * f16_to_f32(by.d));
+        let d = _mm256_set1_ps(e8m0_to_f32_half(bx.e) * h2f(by.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let one = _mm256_set1_epi8(1);
@@ -538,7 +545,7 @@ unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales2(sc[s] as i16, sc[s + 1] as i16)));
             }
         }
-        let d = _mm256_set1_ps(by.d() * f16_to_f32(bx.d));
+        let d = _mm256_set1_ps(by.d() * h2f(bx.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
@@ -568,7 +575,7 @@ unsafe fn set_u64x4(a: u64, b: u64, c: u64, d: u64) -> __m256i {
     _mm256_set_epi64x(d as i64, c as i64, b as i64, a as i64)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
@@ -594,13 +601,13 @@ unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
             let ls = scales2(2 * (sc & 0xf) as i16 + 1, 2 * (sc >> 4) as i16 + 1);
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
         }
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     0.125 * hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
@@ -622,13 +629,13 @@ unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
             let ls = scales2(2 * (sc & 0xf) as i16 + 1, 2 * (sc >> 4) as i16 + 1);
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
         }
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     0.125 * hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq3_xxs(x: &[BlockIQ3XXS], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
@@ -658,13 +665,13 @@ unsafe fn dot_iq3_xxs(x: &[BlockIQ3XXS], y: &[BlockQ8K]) -> f32 {
             let ls = (2 * (aux >> 28) + 1) as i16;
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls)));
         }
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     0.25 * hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq3_s(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
@@ -687,13 +694,13 @@ unsafe fn dot_iq3_s(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
             let s4 = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(1 + 2 * s4 as i16)));
         }
-        let d = _mm256_set1_ps(f16_to_f32(bx.d) * by.d());
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_ps(acc)
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut accd = 0f32;
@@ -711,14 +718,14 @@ unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
             let ds = if qh & 0x8000 != 0 { -1 } else { 1 };
             sumd += ls * ds * (by.bsum(2 * ib) + by.bsum(2 * ib + 1));
         }
-        let dd = f16_to_f32(bx.d) * by.d();
+        let dd = h2f(bx.d) * by.d();
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
         accd += dd * sumd as f32;
     }
     hsum_ps(acc) + 0.125 * accd
 }
 
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
     let ones = _mm256_set1_epi8(1);
     let mut acc = _mm256_setzero_ps();
