@@ -323,3 +323,26 @@ fn activation_quantizers_round_trip() {
     assert!(quantize_act(GgmlType::Q4_0, &[1.0; 32], &mut out).is_err());
     assert!(out.is_empty());
 }
+
+#[test]
+fn vec_dot_rows_and_size_checks() {
+    let w = std::fs::read(data_dir().join("Q4_K_real.bin")).unwrap();
+    let n = 1024;
+    let rows = w.len() / GgmlType::Q4_K.row_bytes(n as u64).unwrap() as usize;
+    let x = activations(n, 21);
+    let mut act = Vec::new();
+    quantize_act(GgmlType::Q8_K, &x, &mut act).unwrap();
+    let mut out = vec![0f32; rows];
+    xdan::quant::vec_dot_rows(GgmlType::Q4_K, n, &w, &act, &mut out);
+    let rb = w.len() / rows;
+    for r in 0..rows {
+        assert_eq!(out[r].to_bits(), vec_dot(GgmlType::Q4_K, n, &w[r * rb..(r + 1) * rb], &act).to_bits());
+    }
+    let e = xdan::quant::check_dot(GgmlType::Q4_K, n, &w[..rb - 1], &act).unwrap_err();
+    assert!(e.message.contains("Q4_K"), "{}", e.message);
+    assert!(xdan::quant::check_dot(GgmlType::Q4_K, n, &w[..rb], &act[1..]).is_err());
+    assert!(xdan::quant::check_dot(GgmlType::Q4_K, 100, &w[..rb], &act).is_err());
+    assert!(xdan::quant::check_dot(GgmlType::Q4_K, n, &w[..rb], &act).is_ok());
+    let r = std::panic::catch_unwind(|| vec_dot(GgmlType::Q4_K, n, &w[..rb], &act[..10]));
+    assert!(r.is_err(), "a size mismatch must not compute garbage");
+}
