@@ -122,6 +122,15 @@ pub type xdan_log_fn =
 // ---------------------------------------------------------------------------------------------
 // Shared machinery of the exported functions (not part of the header).
 
+// The handles' promises rest on these: a model is shared by any threads at once, a context
+// and a sampler move between threads (one at a time, behind their locks).
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    const fn movable<T: Send>() {}
+    shared::<crate::engine::Model>();
+    movable::<crate::engine::Context>();
+    movable::<crate::sample::Sampler>();
+};
 const _: () = assert!(std::mem::size_of::<xdan_status>() == 4);
 const _: () = assert!(std::mem::size_of::<xdan_device>() == 4);
 const _: () = assert!(std::mem::size_of::<xdan_kv_type>() == 4);
