@@ -25,10 +25,13 @@ impl Level {
     }
 }
 
+/// Writes one message of a level.
+pub type WriteFn = Box<dyn Fn(Level, &str) + Send + Sync>;
+
 /// Where messages go, and up to which level (`Debug` = everything).
 pub struct Sink {
     pub max_level: Level,
-    pub write: Box<dyn Fn(Level, &str) + Send + Sync>,
+    pub write: WriteFn,
 }
 
 static SINK: RwLock<Option<Arc<Sink>>> = RwLock::new(None);

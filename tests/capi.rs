@@ -197,7 +197,7 @@ fn c_api_test_covers_every_function() {
         }
         // Declarations look like `<type> xdan_name(` ; function-pointer typedefs were skipped.
         if let Some(open) = t.find('(') {
-            let name = t[..open].rsplit(|c: char| c == ' ' || c == '*').next().unwrap();
+            let name = t[..open].rsplit([' ', '*']).next().unwrap();
             if name.starts_with("xdan_") {
                 functions.push(name.to_string());
             }

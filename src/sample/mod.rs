@@ -147,9 +147,9 @@ impl Xoshiro256 {
 /// (unlike the platform libm's `exp`). Relative error about 1e-16.
 pub fn exp(x: f64) -> f64 {
     const LOG2_E: f64 = std::f64::consts::LOG2_E;
-    // ln 2 split so that k * LN2_HI is exact for |k| < 2^11.
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_90e-01;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    // ln 2 split (as in fdlibm) so that k * LN2_HI is exact for |k| < 2^11.
+    let ln2_hi = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    let ln2_lo = f64::from_bits(0x3dea_39ef_3579_3c76);
     if x.is_nan() {
         return f64::NAN;
     }
@@ -161,7 +161,7 @@ pub fn exp(x: f64) -> f64 {
     }
     // x = k ln2 + r with |r| <= ln2 / 2; e^r by its Taylor series (14 terms: error < 1e-17).
     let k = (x * LOG2_E).round();
-    let r = (x - k * LN2_HI) - k * LN2_LO;
+    let r = (x - k * ln2_hi) - k * ln2_lo;
     let mut p = 1.0;
     for i in (1..=14).rev() {
         p = 1.0 + p * r / i as f64;
