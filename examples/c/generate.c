@@ -152,6 +152,7 @@ int main(int argc, char **argv) {
   }
   double t_gen = now_s() - t0;
   printf("\n");
+  fflush(stdout);
   fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s); generated: %d tokens in %.3f s (%.1f tokens/s)\n",
           n_prompt, t_prompt, (double)n_prompt / t_prompt, n_gen, t_gen,
           n_gen > 0 ? (double)n_gen / t_gen : 0.0);
