@@ -100,7 +100,16 @@ unsafe fn hsum_ps(x: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "f16c")]
 unsafe fn h2f(b: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+    // A broadcast load, not an insert: an insert into a register would carry a false
+    // dependency on whatever it held (the compiler picked the accumulator), serialising blocks.
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes(b) as i16)))
+}
+
+/// f16 bytes to 8 lanes of the same f32.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn h2f8(b: [u8; 2]) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes(b) as i16))
 }
 
 #[inline]
@@ -182,7 +191,7 @@ unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 unsafe fn dot_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         let p = dot_i8_i32(loadu(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
@@ -194,7 +203,7 @@ unsafe fn dot_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let off = _mm256_set1_epi8(8);
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         let qx = _mm256_sub_epi8(nibbles32(bx.qs.as_ptr()), off);
         let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
@@ -208,7 +217,7 @@ unsafe fn dot_q4_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut summs = 0f32;
     for (bx, by) in x.iter().zip(y) {
         summs += h2f(bx.m) * h2f(by.s);
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         let p = dot_u8_i8_i32(nibbles32(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
@@ -225,7 +234,7 @@ unsafe fn dot_iq4_nl(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
         let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
         let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
         let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
@@ -482,7 +491,7 @@ unsafe fn bytes_from_bits(x: u32) -> __m256i {
 unsafe fn dot_q5_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         // A clear 5th bit turns the nibble into nibble − 16 (0xF0 | nibble as i8).
         let hi = _mm256_andnot_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0xF0u8 as i8));
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
@@ -498,7 +507,7 @@ unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     let mut summs = 0f32;
     for (bx, by) in x.iter().zip(y) {
         summs += h2f(bx.m) * h2f(by.s);
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         let hi = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
         let p = dot_u8_i8_i32(qx, loadu(by.qs.as_ptr()));
