@@ -113,3 +113,20 @@ fn dequantize_q8_k_and_q8_1_layout() {
         assert_eq!(out[i], 0.25 * (i as f32 - 16.0));
     }
 }
+
+/// `dequantize` takes the F16C path for F16 where the CPU has it; the portable conversion must
+/// agree bit for bit on every finite pattern too.
+#[test]
+fn portable_f16_conversion_is_exact() {
+    let src = std::fs::read(data_dir().join("F16_exhaustive.bin")).unwrap();
+    let want = read_f32(&data_dir().join("F16_exhaustive.f32"));
+    let mut got = vec![0f32; want.len()];
+    xdan::quant::float::dequantize_f16(&src, &mut got);
+    for i in 0..want.len() {
+        assert_eq!(got[i].to_bits(), want[i].to_bits(), "F16 exhaustive [{i}]");
+    }
+    // Odd lengths exercise the SIMD tail.
+    let mut a = vec![0f32; 13];
+    dequantize(GgmlType::F16, &src[..26], &mut a).unwrap();
+    assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want[..13].iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+}

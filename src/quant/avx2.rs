@@ -760,3 +760,30 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
     }
     hsum_ps(acc) + 0.125 * hsum_ps(accd)
 }
+
+/// F16 → f32 for whole slices (`dst.len()` elements from `2·dst.len()` bytes), or `false` when
+/// the CPU lacks F16C.
+pub fn dequantize_f16(src: &[u8], dst: &mut [f32]) -> bool {
+    if !available() {
+        return false;
+    }
+    assert!(src.len() >= 2 * dst.len());
+    // SAFETY: features checked; every load/store stays inside the slices (8 at a time, then a tail).
+    unsafe { f16_rows(src, dst) };
+    true
+}
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_rows(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(src.as_ptr().add(2 * i) as *const __m128i);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+    while i < n {
+        dst[i] = h2f([src[2 * i], src[2 * i + 1]]);
+        i += 1;
+    }
+}

@@ -88,7 +88,13 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     use GgmlType::*;
     match ty {
         F32 => float::dequantize_f32(src, dst),
-        F16 => float::dequantize_f16(src, dst),
+        F16 => {
+            #[cfg(target_arch = "x86_64")]
+            if avx2::dequantize_f16(src, dst) {
+                return Ok(());
+            }
+            float::dequantize_f16(src, dst)
+        }
         BF16 => float::dequantize_bf16(src, dst),
         Q4_0 => deq(src, dst, BlockQ4_0::dequantize),
         Q4_1 => deq(src, dst, BlockQ4_1::dequantize),
