@@ -35,10 +35,12 @@ pub mod iq;
 pub mod k_quants;
 pub mod legacy;
 pub mod mxfp4;
+pub mod quantize;
 pub mod types;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 
+pub use quantize::{can_quantize, quantize_weights};
 pub use types::{GgmlType, TypeFacts, TYPE_FACTS};
 
 use crate::error::{Error, Result};
