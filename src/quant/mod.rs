@@ -25,8 +25,14 @@
 //! accumulation across blocks.
 //!
 //! # Speed
-//! On x86-64 with AVX2+FMA (detected at run time) the hot types use the [`avx2`] kernels; the
-//! portable scalar kernels are always present ([`vec_dot_scalar`]) and the tests check both agree.
+//! On x86-64 with AVX2+FMA+F16C (detected once at run time) every weight type except Q8_1 and
+//! Q8_K dots through an [`avx2`] kernel; the portable scalar kernels are always present
+//! ([`vec_dot_scalar`]) and the tests check both agree. [`vec_dot_rows`] dots many rows with one
+//! activation row; [`quantize_act_into`] quantizes into a reused buffer.
+//!
+//! # Quantizing weights
+//! [`quantize_weights`] writes Q4_0 … Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS blocks from f32
+//! (for tests and synthetic models; see [`quantize`]).
 
 pub mod block;
 pub mod float;
