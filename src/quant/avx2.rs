@@ -240,6 +240,28 @@ unsafe fn dot_iq4_nl(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
     hsum_ps(acc)
 }
 
+/// Byte masks picking i16 element 2k of a 128-bit lane for the lower half and 2k+1 for the
+/// upper half (used with `scale_pairs`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn pair_mask(k: usize) -> __m256i {
+    let lo = (4 * k) as i8;
+    let hi = (4 * k + 2) as i8;
+    _mm256_set_epi8(
+        hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi,
+        lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo,
+    )
+}
+
+/// 8 signed byte scales (at `p`) widened to i16 and repeated in both 128-bit halves; with
+/// `pair_mask(k)` a shuffle broadcasts scales 2k (lower half) and 2k+1 (upper half).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn scale_pairs(p: *const i8) -> __m256i {
+    let v = _mm_cvtepi8_epi16(_mm_loadl_epi64(p as *const __m128i));
+    _mm256_broadcastsi128_si256(v)
+}
+
 /// Two i16 scales broadcast over the lower and upper 128-bit halves.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -250,24 +272,27 @@ unsafe fn scales2(lo: i16, hi: i16) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
+    let masks = [pair_mask(0), pair_mask(1), pair_mask(2), pair_mask(3)];
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for (bx, by) in x.iter().zip(y) {
         let dy = by.d();
         let mut summs = 0i32;
+        let mut sc4 = [0i8; 16];
         for g in 0..16 {
             summs += (bx.scales[g] >> 4) as i32 * by.bsum(g);
+            sc4[g] = (bx.scales[g] & 0xf) as i8;
         }
         mins += dy * h2f(bx.dmin) * summs as f32;
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let q2 = loadu(bx.qs.as_ptr().add(32 * n));
+            let scv = scale_pairs(sc4.as_ptr().add(8 * n));
             for j in 0..4 {
                 let q = _mm256_and_si256(_mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * j as i32)), m3);
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
                 let p = _mm256_maddubs_epi16(q, q8);
-                let s = 8 * n + 2 * j;
-                let sc = scales2((bx.scales[s] & 0xf) as i16, (bx.scales[s + 1] & 0xf) as i16);
+                let sc = _mm256_shuffle_epi8(scv, masks[j]);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }
         }
@@ -349,9 +374,11 @@ unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let m2 = _mm256_set1_epi8(3);
     let m32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
+    let masks = [pair_mask(0), pair_mask(1), pair_mask(2), pair_mask(3)];
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
+            let scv = scale_pairs(bx.scales.as_ptr().add(8 * n) as *const i8);
             let l1 = loadu(bx.ql.as_ptr().add(64 * n));
             let l2 = loadu(bx.ql.as_ptr().add(64 * n + 32));
             let h = loadu(bx.qh.as_ptr().add(32 * n));
@@ -365,8 +392,7 @@ unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             for k in 0..4 {
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * k));
                 let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8), _mm256_maddubs_epi16(m32, q8));
-                let s = 8 * n + 2 * k;
-                let sc = scales2(bx.scales[s] as i8 as i16, bx.scales[s + 1] as i8 as i16);
+                let sc = _mm256_shuffle_epi8(scv, masks[k]);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }
         }
@@ -536,6 +562,7 @@ unsafe fn dot_mxfp4(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
 unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let one = _mm256_set1_epi8(1);
+    let masks = [pair_mask(0), pair_mask(1), pair_mask(2), pair_mask(3)];
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
         let sc = q3k_scales(&bx.scales);
@@ -543,6 +570,7 @@ unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let q3 = loadu(bx.qs.as_ptr().add(32 * n));
+            let scv = scale_pairs(sc.as_ptr().add(8 * n));
             for j in 0..4 {
                 let lo = _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
                 let bit = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128((4 * n + j) as i32)), one);
@@ -550,8 +578,7 @@ unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
                 let sub = _mm256_slli_epi16(_mm256_xor_si256(bit, one), 2);
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
                 let p = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(sub, q8));
-                let s = 8 * n + 2 * j;
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales2(sc[s] as i16, sc[s + 1] as i16)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scv, masks[j])));
             }
         }
         let d = _mm256_set1_ps(by.d() * h2f(bx.d));
