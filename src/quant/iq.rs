@@ -570,5 +570,3 @@ pub fn dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
     sumf
 }
 
-#[allow(dead_code)]
-const _T: GgmlType = GgmlType::IQ1_S;

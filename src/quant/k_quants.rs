@@ -422,5 +422,3 @@ pub fn dot_q8_k_q8_k(x: &[BlockQ8K], y: &[BlockQ8K]) -> f32 {
     sumf
 }
 
-#[allow(dead_code)]
-const _T: GgmlType = GgmlType::Q2_K;
