@@ -130,3 +130,18 @@ fn portable_f16_conversion_is_exact() {
     dequantize(GgmlType::F16, &src[..26], &mut a).unwrap();
     assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want[..13].iter().map(|v| v.to_bits()).collect::<Vec<_>>());
 }
+
+/// The inline f16 conversion used by the scalar kernels against `half` on all 65536 patterns
+/// (NaN payloads compared as NaN).
+#[test]
+fn f16_bit_conversion_matches_half_everywhere() {
+    for h in 0..=u16::MAX {
+        let a = xdan::quant::block::f16_bits_to_f32(h);
+        let b = half::f16::from_bits(h).to_f32();
+        if b.is_nan() {
+            assert!(a.is_nan(), "{h:#06x}");
+        } else {
+            assert_eq!(a.to_bits(), b.to_bits(), "{h:#06x}");
+        }
+    }
+}

@@ -351,7 +351,7 @@ impl BlockIQ1M {
     pub fn d(&self) -> f32 {
         let (s0, s1, s2, s3) = (self.sc(0), self.sc(1), self.sc(2), self.sc(3));
         let bits = (s0 >> 12) | ((s1 >> 8) & 0x00f0) | ((s2 >> 4) & 0x0f00) | (s3 & 0xf000);
-        half::f16::from_bits(bits).to_f32()
+        super::block::f16_bits_to_f32(bits)
     }
     /// Group `ib` of 32: the two half scales (2s+1), per-8 delta signs, the lattice values.
     #[inline(always)]
