@@ -62,11 +62,28 @@ fn dequantize_matches_fixtures_bit_exact() {
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
     // Every type the task names that has a fixture must be present in the manifest.
     for ty in [
-        GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0,
-        GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K,
-        GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ1_S, GgmlType::IQ1_M, GgmlType::IQ2_XXS,
-        GgmlType::IQ2_XS, GgmlType::IQ2_S, GgmlType::IQ3_XXS, GgmlType::IQ3_S, GgmlType::IQ4_NL,
-        GgmlType::IQ4_XS, GgmlType::MXFP4,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::MXFP4,
     ] {
         assert!(types_seen.contains(&ty), "manifest lacks {ty}");
     }
@@ -128,7 +145,10 @@ fn portable_f16_conversion_is_exact() {
     // Odd lengths exercise the SIMD tail.
     let mut a = vec![0f32; 13];
     dequantize(GgmlType::F16, &src[..26], &mut a).unwrap();
-    assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want[..13].iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    assert_eq!(
+        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want[..13].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
 }
 
 /// The inline f16 conversion used by the scalar kernels against `half` on all 65536 patterns

@@ -46,7 +46,10 @@ fn bounds(ty: GgmlType, q: &[u8], n: usize) -> Vec<f32> {
                     let (s, m) = if g < 4 {
                         (sc[g] & 63, sc[g + 4] & 63)
                     } else {
-                        ((sc[g + 4] & 0xf) | ((sc[g - 4] >> 6) << 4), (sc[g + 4] >> 4) | ((sc[g] >> 6) << 4))
+                        (
+                            (sc[g + 4] & 0xf) | ((sc[g - 4] >> 6) << 4),
+                            (sc[g + 4] >> 4) | ((sc[g] >> 6) << 4),
+                        )
                     };
                     let _ = m;
                     out[32 * g..32 * g + 32].fill(d * s as f32 * 1.01 + dmin * 1.01);
@@ -62,7 +65,8 @@ fn bounds(ty: GgmlType, q: &[u8], n: usize) -> Vec<f32> {
                 let d = f16(blk);
                 let sh = u16::from_le_bytes([blk[2], blk[3]]);
                 for g in 0..8 {
-                    let l = ((blk[4 + g / 2] >> (4 * (g % 2))) & 0xf) as i32 | ((((sh >> (2 * g)) & 3) as i32) << 4);
+                    let l = ((blk[4 + g / 2] >> (4 * (g % 2))) & 0xf) as i32
+                        | ((((sh >> (2 * g)) & 3) as i32) << 4);
                     out[32 * g..32 * g + 32].fill((d * (l - 32) as f32).abs() * 14.01);
                 }
             }
@@ -80,8 +84,16 @@ fn weight_quantizers_round_trip() {
     let x = data(n, 17);
     let mut tested = Vec::new();
     for ty in [
-        GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0,
-        GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
         GgmlType::F32,
     ] {
         assert!(can_quantize(ty));
@@ -95,7 +107,13 @@ fn weight_quantizers_round_trip() {
         let mut sq = 0f64;
         for i in 0..n {
             let err = (x[i] - y[i]).abs();
-            assert!(err <= e[i] + 1e-6 * x[i].abs(), "{ty} [{i}]: {} -> {} (err {err} > {})", x[i], y[i], e[i]);
+            assert!(
+                err <= e[i] + 1e-6 * x[i].abs(),
+                "{ty} [{i}]: {} -> {} (err {err} > {})",
+                x[i],
+                y[i],
+                e[i]
+            );
             sq += (err as f64).powi(2);
         }
         tested.push(format!("{ty} rms err {:.3e}", (sq / n as f64).sqrt()));
@@ -111,8 +129,17 @@ fn weight_quantizers_round_trip() {
 #[test]
 fn weight_quantizers_zero_blocks() {
     let x = vec![0f32; 256];
-    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q4_K,
-        GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ4_NL, GgmlType::IQ4_XS] {
+    for ty in [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+    ] {
         let mut q = Vec::new();
         quantize_weights(ty, &x, &mut q).unwrap();
         let mut y = vec![1f32; 256];

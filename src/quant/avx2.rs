@@ -15,7 +15,9 @@ use super::iq::{
     BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, BlockIQ4NL,
     BlockIQ4XS,
 };
-use super::k_quants::{q3k_scales, scale_min_k4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use super::k_quants::{
+    q3k_scales, scale_min_k4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
+};
 use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use super::mxfp4::{e8m0_to_f32_half, BlockMXFP4};
 use super::GgmlType;
@@ -43,8 +45,28 @@ pub fn has_kernel(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         ty,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K
-            | Q6_K | IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ4_NL | IQ4_XS
+        F32 | F16
+            | BF16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | MXFP4
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | IQ1_S
+            | IQ1_M
+            | IQ2_XXS
+            | IQ2_XS
+            | IQ2_S
+            | IQ3_XXS
+            | IQ3_S
+            | IQ4_NL
+            | IQ4_XS
     )
 }
 
@@ -156,7 +178,8 @@ unsafe fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
         i += 32;
     }
-    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut s =
+        hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     while i < n {
         s += pw.add(i).read_unaligned() * pa.add(i).read_unaligned();
         i += 1;
@@ -178,7 +201,8 @@ unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
         i += 32;
     }
-    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut s =
+        hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     while i < n {
         let h = u16::from_le_bytes([w[2 * i], w[2 * i + 1]]);
         s += half::f16::from_bits(h).to_f32() * pa.add(i).read_unaligned();
@@ -248,8 +272,38 @@ unsafe fn pair_mask(k: usize) -> __m256i {
     let lo = (4 * k) as i8;
     let hi = (4 * k + 2) as i8;
     _mm256_set_epi8(
-        hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi, hi + 1, hi,
-        lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo, lo + 1, lo,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
     )
 }
 
@@ -353,8 +407,14 @@ unsafe fn dot_q5_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for c in 0..4 {
             let q4 = loadu(bx.qs.as_ptr().add(32 * c));
-            let hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32)), one), 4);
-            let hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32 + 1)), one), 4);
+            let hl = _mm256_slli_epi16(
+                _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32)), one),
+                4,
+            );
+            let hh = _mm256_slli_epi16(
+                _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32 + 1)), one),
+                4,
+            );
             let ql = _mm256_or_si256(_mm256_and_si256(q4, m4), hl);
             let qh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), hh);
             let pl = _mm256_maddubs_epi16(ql, loadu(by.qs.as_ptr().add(64 * c)));
@@ -382,7 +442,12 @@ unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             let l1 = loadu(bx.ql.as_ptr().add(64 * n));
             let l2 = loadu(bx.ql.as_ptr().add(64 * n + 32));
             let h = loadu(bx.qh.as_ptr().add(32 * n));
-            let hi = |k: i32| _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k)), m2), 4);
+            let hi = |k: i32| {
+                _mm256_slli_epi16(
+                    _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k)), m2),
+                    4,
+                )
+            };
             let q = [
                 _mm256_or_si256(_mm256_and_si256(l1, m4), hi(0)),
                 _mm256_or_si256(_mm256_and_si256(l2, m4), hi(1)),
@@ -391,7 +456,8 @@ unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             ];
             for k in 0..4 {
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * k));
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8), _mm256_maddubs_epi16(m32, q8));
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8), _mm256_maddubs_epi16(m32, q8));
                 let sc = _mm256_shuffle_epi8(scv, masks[k]);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }
@@ -489,7 +555,8 @@ unsafe fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
         i += 32;
     }
-    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut s =
+        hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     while i < n {
         let h = u16::from_le_bytes([w[2 * i], w[2 * i + 1]]);
         s += f32::from_bits((h as u32) << 16) * pa.add(i).read_unaligned();
@@ -502,12 +569,8 @@ unsafe fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn bytes_from_bits(x: u32) -> __m256i {
-    let shuf = _mm256_set_epi64x(
-        0x0303_0303_0303_0303,
-        0x0202_0202_0202_0202,
-        0x0101_0101_0101_0101,
-        0,
-    );
+    let shuf =
+        _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
     let bit = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit), _mm256_set1_epi64x(-1))
@@ -519,7 +582,10 @@ unsafe fn dot_q5_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     for (bx, by) in x.iter().zip(y) {
         let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         // A clear 5th bit turns the nibble into nibble − 16 (0xF0 | nibble as i8).
-        let hi = _mm256_andnot_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0xF0u8 as i8));
+        let hi = _mm256_andnot_si256(
+            bytes_from_bits(u32::from_le_bytes(bx.qh)),
+            _mm256_set1_epi8(0xF0u8 as i8),
+        );
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
         let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
@@ -534,7 +600,8 @@ unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     for (bx, by) in x.iter().zip(y) {
         summs += h2f(bx.m) * h2f(by.s);
         let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
-        let hi = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
+        let hi =
+            _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
         let p = dot_u8_i8_i32(qx, loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
@@ -572,13 +639,21 @@ unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
             let q3 = loadu(bx.qs.as_ptr().add(32 * n));
             let scv = scale_pairs(sc.as_ptr().add(8 * n));
             for j in 0..4 {
-                let lo = _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
-                let bit = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128((4 * n + j) as i32)), one);
+                let lo =
+                    _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                let bit = _mm256_and_si256(
+                    _mm256_srl_epi16(hb, _mm_cvtsi32_si128((4 * n + j) as i32)),
+                    one,
+                );
                 // 4 where the high bit is clear: q = lo − 4·(1 − bit).
                 let sub = _mm256_slli_epi16(_mm256_xor_si256(bit, one), 2);
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(sub, q8));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scv, masks[j])));
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(sub, q8));
+                sumi = _mm256_add_epi32(
+                    sumi,
+                    _mm256_madd_epi16(p, _mm256_shuffle_epi8(scv, masks[j])),
+                );
             }
         }
         let d = _mm256_set1_ps(by.d() * h2f(bx.d));
@@ -617,7 +692,8 @@ unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for ib in 0..8 {
-            let q = |l: usize| u16::from_le_bytes([bx.qs[8 * ib + 2 * l], bx.qs[8 * ib + 2 * l + 1]]);
+            let q =
+                |l: usize| u16::from_le_bytes([bx.qs[8 * ib + 2 * l], bx.qs[8 * ib + 2 * l + 1]]);
             let (q0, q1, q2, q3) = (q(0), q(1), q(2), q(3));
             let g = set_u64x4(
                 IQ2XS_GRID[(q0 & 511) as usize],
@@ -651,7 +727,12 @@ unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
         for ib in 0..8 {
             let qh = bx.qh[ib] as usize;
             let idx = |l: usize| bx.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
-            let g = set_u64x4(IQ2S_GRID[idx(0)], IQ2S_GRID[idx(1)], IQ2S_GRID[idx(2)], IQ2S_GRID[idx(3)]);
+            let g = set_u64x4(
+                IQ2S_GRID[idx(0)],
+                IQ2S_GRID[idx(1)],
+                IQ2S_GRID[idx(2)],
+                IQ2S_GRID[idx(3)],
+            );
             let sg = &bx.qs[32 + 4 * ib..32 + 4 * ib + 4];
             let s = set_u64x4(
                 SIGN_BYTES[sg[0] as usize],
@@ -728,7 +809,8 @@ unsafe fn dot_iq3_s(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
             let p = _mm256_maddubs_epi16(g, q8);
             let sc = bx.scales[ib / 2];
             let s4 = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(1 + 2 * s4 as i16)));
+            sumi =
+                _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(1 + 2 * s4 as i16)));
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
@@ -776,7 +858,8 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
             let ls = scales2(ls1 as i16, ls2 as i16);
             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g, g), _mm256_sign_epi8(q8, g));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
-            let sv = |k: usize| if ds[k] < 0 { 0xffff_ffff_ffff_ffffu64 } else { 0x0101_0101_0101_0101 };
+            let sv =
+                |k: usize| if ds[k] < 0 { 0xffff_ffff_ffff_ffffu64 } else { 0x0101_0101_0101_0101 };
             let dsv = set_u64x4(sv(0), sv(1), sv(2), sv(3));
             let pd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, dsv));
             sumd = _mm256_add_epi32(sumd, _mm256_madd_epi16(pd, ls));

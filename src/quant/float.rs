@@ -66,5 +66,7 @@ macro_rules! float_dot {
 }
 
 float_dot!(dot_f32_f32, 4, |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-float_dot!(dot_f16_f32, 2, |b: &[u8]| super::block::f16_bits_to_f32(u16::from_le_bytes([b[0], b[1]])));
+float_dot!(dot_f16_f32, 2, |b: &[u8]| super::block::f16_bits_to_f32(u16::from_le_bytes([
+    b[0], b[1]
+])));
 float_dot!(dot_bf16_f32, 2, |b: &[u8]| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])));

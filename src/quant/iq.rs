@@ -297,7 +297,8 @@ impl BlockIQ3S {
     pub fn group(&self, ib: usize) -> (i32, [i8; 32]) {
         let mut v = [0i8; 32];
         for l in 0..4 {
-            v[8 * l..8 * l + 8].copy_from_slice(&signed8(self.grid_bytes(ib, l), self.signs[4 * ib + l]));
+            v[8 * l..8 * l + 8]
+                .copy_from_slice(&signed8(self.grid_bytes(ib, l), self.signs[4 * ib + l]));
         }
         let sc = self.scales[ib / 2];
         let s4 = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
@@ -569,4 +570,3 @@ pub fn dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
     }
     sumf
 }
-

@@ -421,4 +421,3 @@ pub fn dot_q8_k_q8_k(x: &[BlockQ8K], y: &[BlockQ8K]) -> f32 {
     }
     sumf
 }
-

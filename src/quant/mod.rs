@@ -21,8 +21,9 @@
 //! | Q8_K (weights) | Q8_K | |
 //!
 //! Integer sums inside a block are exact; the only error beyond the weights' own quantization is
-//! the activation rounding (≤ half a step of the activation block scale per element) and f32
-//! accumulation across blocks.
+//! the activation rounding (half a step of the activation block scale per element, plus the f16
+//! rounding of that scale for Q8_0/Q8_1 and of the block sum for Q8_1) and f32 accumulation
+//! across blocks (the bound is spelled out in `tests/quant_dot.rs`).
 //!
 //! # Speed
 //! On x86-64 with AVX2+FMA+F16C (detected once at run time) every weight type except Q8_1 and
@@ -288,7 +289,13 @@ pub fn vec_dot_scalar(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
 /// activations, writing `out[r]`.
 pub fn vec_dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     let rb = ty.row_bytes(n as u64).unwrap_or(0) as usize;
-    assert!(rb > 0 && w.len() == rb * out.len(), "vec_dot_rows: {} rows of {n} {ty} need {} bytes, got {}", out.len(), rb * out.len(), w.len());
+    assert!(
+        rb > 0 && w.len() == rb * out.len(),
+        "vec_dot_rows: {} rows of {n} {ty} need {} bytes, got {}",
+        out.len(),
+        rb * out.len(),
+        w.len()
+    );
     for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
         *o = vec_dot(ty, n, row, act);
     }

@@ -45,4 +45,3 @@ pub fn dot_mxfp4_q8_0(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
     }
     sumf
 }
-

@@ -16,7 +16,10 @@ use crate::error::{Error, Result};
 /// Whether [`quantize_weights`] can produce `ty`.
 pub fn can_quantize(ty: GgmlType) -> bool {
     use GgmlType::*;
-    matches!(ty, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K | IQ4_NL | IQ4_XS)
+    matches!(
+        ty,
+        F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q4_K | Q5_K | Q6_K | IQ4_NL | IQ4_XS
+    )
 }
 
 /// Quantizes `x` (a whole number of `ty` blocks) to `ty`, appending the blocks to `out`.
@@ -152,7 +155,8 @@ fn kquant_asym(x: &[f32], nmax: i32) -> ([u8; 12], [u8; 2], [u8; 2], [u8; 256]) 
     let dmin = f32_to_f16(max_min / 63.0);
     let (df, dminf) = (f16_to_f32(d), f16_to_f32(dmin));
     // Round the 6-bit scales up so each group's range stays covered.
-    let code = |v: f32, s: f32| if s > 0.0 { ((v / s).ceil() as i32).clamp(0, 63) as u8 } else { 0 };
+    let code =
+        |v: f32, s: f32| if s > 0.0 { ((v / s).ceil() as i32).clamp(0, 63) as u8 } else { 0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
     for g in 0..8 {
@@ -176,7 +180,8 @@ fn kquant_asym(x: &[f32], nmax: i32) -> ([u8; 12], [u8; 2], [u8; 2], [u8; 256]) 
         let dm = dminf * lm[g] as f32;
         for i in 0..32 {
             let v = x[32 * g + i];
-            l[32 * g + i] = if dd > 0.0 { nearest_int((v + dm) / dd).clamp(0, nmax) as u8 } else { 0 };
+            l[32 * g + i] =
+                if dd > 0.0 { nearest_int((v + dm) / dd).clamp(0, nmax) as u8 } else { 0 };
         }
     }
     (packed, d, dmin, l)
@@ -235,7 +240,8 @@ fn q6_k(x: &[f32], b: &mut BlockQ6K) {
         let dd = df * s as f32;
         for i in 0..16 {
             let v = x[16 * g + i];
-            l[16 * g + i] = if dd != 0.0 { (nearest_int(v / dd).clamp(-32, 31) + 32) as u8 } else { 32 };
+            l[16 * g + i] =
+                if dd != 0.0 { (nearest_int(v / dd).clamp(-32, 31) + 32) as u8 } else { 32 };
         }
     }
     for n in 0..2 {
