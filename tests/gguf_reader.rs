@@ -329,3 +329,16 @@ fn writer_reproduces_the_fixtures_byte_for_byte() {
         );
     }
 }
+
+/// A file without tensors has no data section: any power-of-two alignment is accepted, and
+/// writing it back adds no padding (a 2 GiB alignment must not make a 2 GiB file).
+#[test]
+fn tensorless_file_with_a_huge_alignment() {
+    let mut w = GgufWriter::new();
+    w.set_u32("general.alignment", 1 << 31).set_str("general.name", "x");
+    let bytes = w.to_bytes();
+    assert!(bytes.len() < 128, "{}", bytes.len());
+    let g = Gguf::from_bytes(bytes.clone()).unwrap();
+    assert_eq!(g.alignment(), 1 << 31);
+    assert_eq!(g.header().data_offset, bytes.len() as u64);
+}
