@@ -29,7 +29,7 @@ use vocab::{ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINE
 pub type Token = i32;
 
 enum Model {
-    Spm,
+    Spm { cut_at_spaces: bool },
     Bpe(ByteLevelBpe),
 }
 
@@ -107,7 +107,7 @@ impl Tokenizer {
             }
         };
         let model = match model {
-            None => Model::Spm,
+            None => Model::Spm { cut_at_spaces: spm::can_cut_at_spaces(&vocab) },
             Some(b) => Model::Bpe(b),
         };
         let pieces = build_pieces(&vocab)?;
@@ -178,7 +178,7 @@ impl Tokenizer {
             out.push(v.bos.expect("checked at load"));
         }
         match &self.model {
-            Model::Spm => {
+            Model::Spm { cut_at_spaces } => {
                 // A raw fragment at the start or right after a special token gets the space
                 // prefix (llama.cpp's is_prev_special rule).
                 let mut prev_special = true;
@@ -197,7 +197,7 @@ impl Tokenizer {
                                     buf.push(c);
                                 }
                             }
-                            spm::tokenize(v, &buf, &mut out)?;
+                            spm::tokenize(v, &buf, *cut_at_spaces, &mut out)?;
                             prev_special = false;
                         }
                         Fragment::Token(id) => {
@@ -381,4 +381,36 @@ fn clean_spaces(t: &mut Vec<u8>) {
         w += 1;
     }
     t.truncate(w);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cutting SentencePiece input before spaces gives what one queue over the whole text gives.
+    #[test]
+    fn spm_cut_at_spaces_changes_nothing() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tokenizer/vocabs/ggml-vocab-llama-spm.gguf");
+        let tok = Tokenizer::from_gguf(&Gguf::open(path, true).unwrap()).unwrap();
+        assert!(matches!(tok.model, Model::Spm { cut_at_spaces: true }));
+        let mut text = Vec::new();
+        let parts: [&[u8]; 9] = [
+            b"Hello   world,  it's ", "我们今天去公园散步 ".as_bytes(), b"\xff\xfe\xe2\x96 x", b"  \t\n  ",
+            b"fn main() { let v = 0x7f; }", " \u{2581}\u{2581}a\u{2581} ".as_bytes(), b"\xf0 a", "é ".as_bytes(), b"1234 5678",
+        ];
+        let mut seed = 12345u64;
+        for _ in 0..3000 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            text.extend_from_slice(parts[(seed >> 33) as usize % parts.len()]);
+        }
+        let esc: Vec<u8> = text
+            .iter()
+            .flat_map(|&c| if c == b' ' { SPACE_ESCAPE.as_bytes().to_vec() } else { vec![c] })
+            .collect();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        spm::tokenize(&tok.vocab, &esc, true, &mut a).unwrap();
+        spm::tokenize(&tok.vocab, &esc, false, &mut b).unwrap();
+        assert!(a.len() > 10_000);
+        assert_eq!(a, b);
+    }
 }

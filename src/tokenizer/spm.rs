@@ -56,7 +56,42 @@ fn utf8_len(lead: u8) -> usize {
     }
 }
 
-pub(crate) fn tokenize(vocab: &Vocab, text: &[u8], out: &mut Vec<Token>) -> Result<()> {
+const SPACE: &[u8] = "\u{2581}".as_bytes();
+
+/// Whether the text may be cut before every `▁` that follows another character without
+/// changing the result: true when no vocabulary entry has a `▁` after anything but leading `▁`s,
+/// so no merge can reach across such a cut. (llama.cpp runs one queue over the whole fragment;
+/// the cut pieces' merges are independent, so their order between pieces does not matter.)
+pub(crate) fn can_cut_at_spaces(vocab: &Vocab) -> bool {
+    vocab.texts().iter().all(|t| {
+        let lead = t.chunks(3).take_while(|c| *c == SPACE).count() * 3;
+        memchr::memmem::find(&t[lead..], SPACE).is_none()
+    })
+}
+
+pub(crate) fn tokenize(vocab: &Vocab, text: &[u8], cut_at_spaces: bool, out: &mut Vec<Token>) -> Result<()> {
+    if !cut_at_spaces {
+        return tokenize_piece(vocab, text, out);
+    }
+    // Cut at character starts (as the whole text is cut into characters) before a `▁` that
+    // follows a character that is not `▁`.
+    let mut start = 0;
+    let mut at = 0;
+    let mut prev_space = true;
+    while at < text.len() {
+        let len = utf8_len(text[at]).min(text.len() - at);
+        let is_space = &text[at..at + len] == SPACE;
+        if is_space && !prev_space && at > start {
+            tokenize_piece(vocab, &text[start..at], out)?;
+            start = at;
+        }
+        prev_space = is_space;
+        at += len;
+    }
+    tokenize_piece(vocab, &text[start..], out)
+}
+
+fn tokenize_piece(vocab: &Vocab, text: &[u8], out: &mut Vec<Token>) -> Result<()> {
     let mut syms: Vec<Sym> = Vec::with_capacity(text.len());
     let mut at = 0;
     while at < text.len() {
