@@ -151,3 +151,21 @@ fn every_supported_pre_loads_and_tokenizes() {
         assert_eq!(String::from_utf8_lossy(&back), text, "pre '{pre}'");
     }
 }
+
+/// The tiny Mixtral model's truncated SentencePiece vocabulary (1024 tokens, bytes at 3..258)
+/// loads, and text with characters outside it falls back to byte tokens and comes back whole.
+#[test]
+fn tiny_mixtral_vocab_loads() {
+    let g = Gguf::open(data("tiny-mixtral/F16/tiny-mixtral-F16.gguf"), true).unwrap();
+    let tok = Tokenizer::from_gguf(&g).unwrap();
+    assert_eq!((tok.n_vocab(), tok.bos(), tok.eos(), tok.add_bos()), (1024, Some(1), Some(2), true));
+    // (A space before a character outside the vocabulary would come back as the bytes of `▁`,
+    // as in llama.cpp: the bare `▁` is not among the 1024 tokens.)
+    let text = "Hello wörld,中文!";
+    let ids = tok.tokenize(text.as_bytes(), true, false).unwrap();
+    assert_eq!(ids[0], 1);
+    assert!(ids.iter().all(|&i| (0..1024).contains(&i)));
+    assert!(ids.iter().any(|&i| (3..259).contains(&i)), "no byte fallback in {ids:?}");
+    assert_eq!(tok.detokenize(&ids, true, false).unwrap(), format!(" {text}").as_bytes());
+    assert_eq!(tok.detokenize(&ids[1..], true, false).unwrap(), text.as_bytes());
+}

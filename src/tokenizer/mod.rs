@@ -44,6 +44,12 @@ pub struct Tokenizer {
     pre_name: Option<String>,
 }
 
+// A model and its tokenizer are shared between threads.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Tokenizer>();
+};
+
 /// One chat message for [`Tokenizer::apply_chat_template`].
 pub struct ChatMessage<'a> {
     pub role: &'a str,
