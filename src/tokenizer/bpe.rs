@@ -16,6 +16,7 @@ use tokenizers::models::bpe::{Vocab as BpeVocab, BPE};
 use tokenizers::Model;
 
 use super::pre::PreSpec;
+use super::split::Custom;
 use super::vocab::Vocab;
 use super::Token;
 use crate::error::{Error, Result};
@@ -36,8 +37,13 @@ pub(crate) fn byte_chars() -> [char; 256] {
     map
 }
 
+enum Splitter {
+    Custom(Custom),
+    Regex(Regex),
+}
+
 pub(crate) struct ByteLevelBpe {
-    regexes: Vec<Regex>,
+    regexes: Vec<Splitter>,
     ignore_merges: bool,
     model: BPE,
     n_vocab: u32,
@@ -51,9 +57,12 @@ impl ByteLevelBpe {
     pub fn new(vocab: &Vocab, merges: &[Vec<u8>], spec: &PreSpec, pre_name: &str) -> Result<ByteLevelBpe> {
         let mut regexes = Vec::with_capacity(spec.regexes.len());
         for r in spec.regexes {
-            regexes.push(Regex::new(r).map_err(|e| {
-                Error::internal(format!("pre-tokenizer '{pre_name}': regex {r:?} does not compile: {e}"))
-            })?);
+            regexes.push(match Custom::for_regex(r) {
+                Some(c) => Splitter::Custom(c),
+                None => Splitter::Regex(Regex::new(r).map_err(|e| {
+                    Error::internal(format!("pre-tokenizer '{pre_name}': regex {r:?} does not compile: {e}"))
+                })?),
+            });
         }
         let n_vocab = vocab.n_vocab() as u32;
         let mut map = BpeVocab::default();
@@ -147,6 +156,16 @@ impl ByteLevelBpe {
         let mut next = Vec::new();
         for re in &self.regexes {
             next.clear();
+            let re = match re {
+                Splitter::Custom(c) => {
+                    for &(a, b) in &pieces {
+                        c.split(s, a, b, &mut next);
+                    }
+                    std::mem::swap(&mut pieces, &mut next);
+                    continue;
+                }
+                Splitter::Regex(re) => re,
+            };
             for &(a, b) in &pieces {
                 let mut at = a;
                 for m in re.find_iter(&s[a..b]) {

@@ -13,6 +13,7 @@ mod bpe;
 mod chat;
 mod partition;
 mod pre;
+mod split;
 mod spm;
 mod vocab;
 
