@@ -100,7 +100,11 @@ fn machine() -> String {
         .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
         .unwrap_or_else(|| "unknown CPU".into());
     let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    format!("{cpu}, {n} threads available, {} {}", std::env::consts::OS, std::env::consts::ARCH)
+    // The load average says how much the numbers are worth on a shared machine.
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into());
+    format!("{cpu}, {n} threads available, {} {}, load average {load}", std::env::consts::OS, std::env::consts::ARCH)
 }
 
 fn main() {
