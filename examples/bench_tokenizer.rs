@@ -113,10 +113,15 @@ fn main() {
     let mb = text.len() as f64 / 1e6;
     println!("machine: {}", machine());
     println!("text: {} bytes of English, Chinese and code (one call per pass, single thread)", text.len());
-    println!("{:<10} {:>9} {:>16} {:>16} {:>18}", "vocab", "tokens", "tokenize cold", "tokenize warm", "detokenize warm");
+    println!(
+        "{:<10} {:>8} {:>9} {:>16} {:>16} {:>18}",
+        "vocab", "load", "tokens", "tokenize cold", "tokenize warm", "detokenize warm"
+    );
     for (name, file) in [("smollm2", "smollm2-vocab.gguf"), ("llama-spm", "ggml-vocab-llama-spm.gguf")] {
         let g = Gguf::open(root.join(file), true).expect("vocab file");
+        let t = Instant::now();
         let tok = Tokenizer::from_gguf(&g).expect("tokenizer");
+        let load_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         let ids = tok.tokenize(text.as_bytes(), false, false).unwrap();
         let cold = mb / t.elapsed().as_secs_f64();
@@ -133,7 +138,8 @@ fn main() {
             assert!(back == text.as_bytes(), "{name}: the round trip is not exact");
         }
         println!(
-            "{name:<10} {:>9} {:>11.2} MB/s {:>11.2} MB/s {:>13.1} MB/s",
+            "{name:<10} {:>5.0} ms {:>9} {:>11.2} MB/s {:>11.2} MB/s {:>13.1} MB/s",
+            load_ms,
             ids.len(),
             cold,
             median(warm),

@@ -248,15 +248,13 @@ mod tests {
 
     #[test]
     fn tojson_is_python_json_dumps() {
-        let v = Value::from_serialize(&vec![("a", 1)]);
+        let v = Value::from_serialize([("a", 1)]);
         let mut s = String::new();
         write_json(&v, None, false, 0, &mut s).unwrap();
         assert_eq!(s, "[[\"a\", 1]]");
-        let env = Environment::new();
-        let m = env
-            .render_str("{{ x }}", context! { x => context!{ k => "<é\n>", n => 1.0, l => vec![true] } })
-            .unwrap();
-        assert!(m.contains('k'));
+        let mut s = String::new();
+        write_json(&Value::from(2.0), None, false, 0, &mut s).unwrap();
+        assert_eq!(s, "2.0");
         let mut s = String::new();
         write_json(&context! { k => "<é\n>", n => 1.5, l => vec![true] }, None, false, 0, &mut s).unwrap();
         assert_eq!(s, "{\"k\": \"<é\\n>\", \"n\": 1.5, \"l\": [true]}");

@@ -31,7 +31,7 @@ pub type Token = i32;
 
 enum Model {
     Spm { cut_at_spaces: bool },
-    Bpe(ByteLevelBpe),
+    Bpe(Box<ByteLevelBpe>),
 }
 
 pub struct Tokenizer {
@@ -115,7 +115,7 @@ impl Tokenizer {
         };
         let model = match model {
             None => Model::Spm { cut_at_spaces: spm::can_cut_at_spaces(&vocab) },
-            Some(b) => Model::Bpe(b),
+            Some(b) => Model::Bpe(Box::new(b)),
         };
         let pieces = build_pieces(&vocab)?;
         let partition = Partitioner::new(&vocab)?;
