@@ -12,12 +12,13 @@
 use std::collections::HashMap;
 
 use fancy_regex::Regex;
+use parking_lot::RwLock;
 use tokenizers::models::bpe::{Vocab as BpeVocab, BPE};
 use tokenizers::Model;
 
 use super::pre::PreSpec;
 use super::split::Custom;
-use super::vocab::Vocab;
+use super::vocab::{FxMap, Vocab};
 use super::Token;
 use crate::error::{Error, Result};
 
@@ -51,7 +52,13 @@ pub(crate) struct ByteLevelBpe {
     /// model knows them by the ids `n_vocab + index`.
     synthetic: Vec<String>,
     byte_char: [char; 256],
+    /// Ids of recently seen pre-tokens, keyed by their raw bytes (skips the byte mapping and the
+    /// BPE model's own cache, which allocates a string per token).
+    cache: RwLock<FxMap<Box<[u8]>, Box<[Token]>>>,
 }
+
+const CACHE_CAPACITY: usize = 1 << 16;
+const CACHE_MAX_WORD: usize = 64;
 
 impl ByteLevelBpe {
     pub fn new(vocab: &Vocab, merges: &[Vec<u8>], spec: &PreSpec, pre_name: &str) -> Result<ByteLevelBpe> {
@@ -84,7 +91,8 @@ impl ByteLevelBpe {
         }
         // llama.cpp splits each merge at its first space after the first byte and keeps the
         // rank of a pair's first occurrence.
-        let mut seen: HashMap<(&str, &str), ()> = HashMap::with_capacity(merges.len());
+        let mut seen: FxMap<(&str, &str), ()> = FxMap::default();
+        seen.reserve(merges.len());
         let mut pairs = Vec::with_capacity(merges.len());
         for m in merges {
             let Ok(m) = std::str::from_utf8(m) else { continue };
@@ -95,18 +103,31 @@ impl ByteLevelBpe {
             }
             pairs.push((a, b));
         }
+        let mut ab = String::new();
         for &(a, b) in &pairs {
             intern(&mut map, a);
             intern(&mut map, b);
-            intern(&mut map, &format!("{a}{b}"));
+            ab.clear();
+            ab.push_str(a);
+            ab.push_str(b);
+            intern(&mut map, &ab);
         }
         let merges: Vec<(String, String)> =
             pairs.into_iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
         let model = BPE::builder()
+            .cache_capacity(0)
             .vocab_and_merges(map, merges)
             .build()
             .map_err(|e| Error::format(format!("tokenizer.ggml.merges: {e}")))?;
-        Ok(ByteLevelBpe { regexes, ignore_merges: spec.ignore_merges, model, n_vocab, synthetic, byte_char })
+        Ok(ByteLevelBpe {
+            regexes,
+            ignore_merges: spec.ignore_merges,
+            model,
+            n_vocab,
+            synthetic,
+            byte_char,
+            cache: RwLock::new(FxMap::default()),
+        })
     }
 
     /// Tokenizes one fragment of raw text (no special tokens in it).
@@ -119,30 +140,49 @@ impl ByteLevelBpe {
         let pieces = self.split(split_on)?;
         let mut word = String::new();
         for (a, b) in pieces {
+            let raw = &bytes[a..b];
+            if let Some(ids) = self.cache.read().get(raw) {
+                out.extend_from_slice(ids);
+                continue;
+            }
+            let start = out.len();
             word.clear();
-            for &byte in &bytes[a..b] {
+            for &byte in raw {
                 word.push(self.byte_char[byte as usize]);
             }
-            if self.ignore_merges {
-                if let Some(id) = vocab.id_of(word.as_bytes()) {
-                    out.push(id);
-                    continue;
+            self.encode_word(vocab, &word, out)?;
+            if raw.len() <= CACHE_MAX_WORD {
+                if let Some(mut cache) = self.cache.try_write() {
+                    if cache.len() < CACHE_CAPACITY {
+                        cache.insert(raw.into(), out[start..].into());
+                    }
                 }
             }
-            let toks = self
-                .model
-                .tokenize(&word)
-                .map_err(|e| Error::internal(format!("BPE failed on pre-token {word:?}: {e}")))?;
-            for t in toks {
-                if t.id < self.n_vocab {
-                    out.push(t.id as Token);
-                } else {
-                    // A symbol that is not a token: llama.cpp looks up each of its bytes alone.
-                    let s = &self.synthetic[(t.id - self.n_vocab) as usize];
-                    for &byte in s.as_bytes() {
-                        if let Some(id) = vocab.id_of(&[byte]) {
-                            out.push(id);
-                        }
+        }
+        Ok(())
+    }
+
+    /// One pre-token (in the byte alphabet) to ids.
+    fn encode_word(&self, vocab: &Vocab, word: &str, out: &mut Vec<Token>) -> Result<()> {
+        if self.ignore_merges {
+            if let Some(id) = vocab.id_of(word.as_bytes()) {
+                out.push(id);
+                return Ok(());
+            }
+        }
+        let toks = self
+            .model
+            .tokenize(word)
+            .map_err(|e| Error::internal(format!("BPE failed on pre-token {word:?}: {e}")))?;
+        for t in toks {
+            if t.id < self.n_vocab {
+                out.push(t.id as Token);
+            } else {
+                // A symbol that is not a token: llama.cpp looks up each of its bytes alone.
+                let s = &self.synthetic[(t.id - self.n_vocab) as usize];
+                for &byte in s.as_bytes() {
+                    if let Some(id) = vocab.id_of(&[byte]) {
+                        out.push(id);
                     }
                 }
             }
