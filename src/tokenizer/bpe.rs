@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 
 use fancy_regex::Regex;
-use parking_lot::RwLock;
 use tokenizers::models::bpe::{Vocab as BpeVocab, BPE};
 use tokenizers::Model;
 
+use super::cache::WordCache;
 use super::pre::PreSpec;
 use super::split::Custom;
 use super::vocab::{FxMap, Vocab};
@@ -52,13 +52,10 @@ pub(crate) struct ByteLevelBpe {
     /// model knows them by the ids `n_vocab + index`.
     synthetic: Vec<String>,
     byte_char: [char; 256],
-    /// Ids of recently seen pre-tokens, keyed by their raw bytes (skips the byte mapping and the
-    /// BPE model's own cache, which allocates a string per token).
-    cache: RwLock<FxMap<Box<[u8]>, Box<[Token]>>>,
+    /// Ids of seen pre-tokens by their raw bytes (skips the byte mapping and the BPE model's
+    /// own cache, which allocates a string per token).
+    cache: WordCache,
 }
-
-const CACHE_CAPACITY: usize = 1 << 16;
-const CACHE_MAX_WORD: usize = 64;
 
 impl ByteLevelBpe {
     pub fn new(vocab: &Vocab, merges: &[Vec<u8>], spec: &PreSpec, pre_name: &str) -> Result<ByteLevelBpe> {
@@ -126,7 +123,7 @@ impl ByteLevelBpe {
             n_vocab,
             synthetic,
             byte_char,
-            cache: RwLock::new(FxMap::default()),
+            cache: WordCache::default(),
         })
     }
 
@@ -141,8 +138,7 @@ impl ByteLevelBpe {
         let mut word = String::new();
         for (a, b) in pieces {
             let raw = &bytes[a..b];
-            if let Some(ids) = self.cache.read().get(raw) {
-                out.extend_from_slice(ids);
+            if self.cache.get(raw, out) {
                 continue;
             }
             let start = out.len();
@@ -151,13 +147,7 @@ impl ByteLevelBpe {
                 word.push(self.byte_char[byte as usize]);
             }
             self.encode_word(vocab, &word, out)?;
-            if raw.len() <= CACHE_MAX_WORD {
-                if let Some(mut cache) = self.cache.try_write() {
-                    if cache.len() < CACHE_CAPACITY {
-                        cache.insert(raw.into(), out[start..].into());
-                    }
-                }
-            }
+            self.cache.insert(raw, &out[start..]);
         }
         Ok(())
     }

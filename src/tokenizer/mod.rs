@@ -10,6 +10,7 @@
 //! character), while SentencePiece vocabularies keep the raw bytes and emit them as byte tokens.
 
 mod bpe;
+mod cache;
 mod chat;
 mod partition;
 mod pre;
@@ -30,7 +31,7 @@ use vocab::{ATTR_BYTE, ATTR_CONTROL, ATTR_NORMAL, ATTR_UNKNOWN, ATTR_USER_DEFINE
 pub type Token = i32;
 
 enum Model {
-    Spm { cut_at_spaces: bool },
+    Spm { cut_at_spaces: bool, cache: cache::WordCache },
     Bpe(Box<ByteLevelBpe>),
 }
 
@@ -114,7 +115,7 @@ impl Tokenizer {
             }
         };
         let model = match model {
-            None => Model::Spm { cut_at_spaces: spm::can_cut_at_spaces(&vocab) },
+            None => Model::Spm { cut_at_spaces: spm::can_cut_at_spaces(&vocab), cache: Default::default() },
             Some(b) => Model::Bpe(Box::new(b)),
         };
         let pieces = build_pieces(&vocab)?;
@@ -185,7 +186,7 @@ impl Tokenizer {
             out.push(v.bos.expect("checked at load"));
         }
         match &self.model {
-            Model::Spm { cut_at_spaces } => {
+            Model::Spm { cut_at_spaces, cache } => {
                 // A raw fragment at the start or right after a special token gets the space
                 // prefix (llama.cpp's is_prev_special rule).
                 let mut prev_special = true;
@@ -204,7 +205,7 @@ impl Tokenizer {
                                     buf.push(c);
                                 }
                             }
-                            spm::tokenize(v, &buf, *cut_at_spaces, &mut out)?;
+                            spm::tokenize(v, &buf, *cut_at_spaces, cache, &mut out)?;
                             prev_special = false;
                         }
                         Fragment::Token(id) => {
@@ -399,7 +400,7 @@ mod tests {
     fn spm_cut_at_spaces_changes_nothing() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tokenizer/vocabs/ggml-vocab-llama-spm.gguf");
         let tok = Tokenizer::from_gguf(&Gguf::open(path, true).unwrap()).unwrap();
-        assert!(matches!(tok.model, Model::Spm { cut_at_spaces: true }));
+        let Model::Spm { cut_at_spaces: true, cache } = &tok.model else { panic!("not cut at spaces") };
         let mut text = Vec::new();
         let parts: [&[u8]; 9] = [
             b"Hello   world,  it's ", "我们今天去公园散步 ".as_bytes(), b"\xff\xfe\xe2\x96 x", b"  \t\n  ",
@@ -415,8 +416,12 @@ mod tests {
             .flat_map(|&c| if c == b' ' { SPACE_ESCAPE.as_bytes().to_vec() } else { vec![c] })
             .collect();
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        spm::tokenize(&tok.vocab, &esc, true, &mut a).unwrap();
-        spm::tokenize(&tok.vocab, &esc, false, &mut b).unwrap();
+        spm::tokenize(&tok.vocab, &esc, true, cache, &mut a).unwrap();
+        spm::tokenize(&tok.vocab, &esc, false, cache, &mut b).unwrap();
+        // Again, now from the memo.
+        let mut c = Vec::new();
+        spm::tokenize(&tok.vocab, &esc, true, cache, &mut c).unwrap();
+        assert_eq!(a, c);
         assert!(a.len() > 10_000);
         assert_eq!(a, b);
     }

@@ -11,6 +11,7 @@
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
+use super::cache::WordCache;
 use super::vocab::Vocab;
 use super::Token;
 use crate::error::Result;
@@ -69,12 +70,27 @@ pub(crate) fn can_cut_at_spaces(vocab: &Vocab) -> bool {
     })
 }
 
-pub(crate) fn tokenize(vocab: &Vocab, text: &[u8], cut_at_spaces: bool, out: &mut Vec<Token>) -> Result<()> {
+pub(crate) fn tokenize(
+    vocab: &Vocab,
+    text: &[u8],
+    cut_at_spaces: bool,
+    cache: &WordCache,
+    out: &mut Vec<Token>,
+) -> Result<()> {
     if !cut_at_spaces {
         return tokenize_piece(vocab, text, out);
     }
     // Cut at character starts (as the whole text is cut into characters) before a `▁` that
-    // follows a character that is not `▁`.
+    // follows a character that is not `▁`; the pieces are words, worth remembering.
+    let piece = |p: &[u8], out: &mut Vec<Token>| -> Result<()> {
+        if cache.get(p, out) {
+            return Ok(());
+        }
+        let start = out.len();
+        tokenize_piece(vocab, p, out)?;
+        cache.insert(p, &out[start..]);
+        Ok(())
+    };
     let mut start = 0;
     let mut at = 0;
     let mut prev_space = true;
@@ -82,13 +98,13 @@ pub(crate) fn tokenize(vocab: &Vocab, text: &[u8], cut_at_spaces: bool, out: &mu
         let len = utf8_len(text[at]).min(text.len() - at);
         let is_space = &text[at..at + len] == SPACE;
         if is_space && !prev_space && at > start {
-            tokenize_piece(vocab, &text[start..at], out)?;
+            piece(&text[start..at], out)?;
             start = at;
         }
         prev_space = is_space;
         at += len;
     }
-    tokenize_piece(vocab, &text[start..], out)
+    piece(&text[start..], out)
 }
 
 fn tokenize_piece(vocab: &Vocab, text: &[u8], out: &mut Vec<Token>) -> Result<()> {
