@@ -4,7 +4,7 @@
 //! `cargo run --release --example bench_tokenizer`
 //!
 //! The text is generated from a fixed seed so runs compare. "cold" is a fresh tokenizer's first
-//! pass (its BPE word cache empty); "warm" the median of the next passes.
+//! pass (its word memo empty); "warm" the median of the next passes.
 
 use std::time::Instant;
 
