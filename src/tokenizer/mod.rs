@@ -77,7 +77,6 @@ impl Tokenizer {
                 let d = Defaults {
                     bos: Some(1),
                     eos: Some(2),
-                    unk: Some(0),
                     add_bos: true,
                     add_eos: false,
                     add_space_prefix: true,
@@ -97,7 +96,6 @@ impl Tokenizer {
                 let d = Defaults {
                     bos: if spec.no_default_bos { None } else { Some(11) },
                     eos: Some(11),
-                    unk: None,
                     add_bos: spec.add_bos,
                     add_eos: false,
                     add_space_prefix: false,

@@ -76,7 +76,6 @@ pub(crate) struct Vocab {
 pub(crate) struct Defaults {
     pub bos: Option<Token>,
     pub eos: Option<Token>,
-    pub unk: Option<Token>,
     pub add_bos: bool,
     pub add_eos: bool,
     pub add_space_prefix: bool,
@@ -194,7 +193,6 @@ impl Vocab {
         let eos = read_id("eos_token_id", in_range(d.eos));
         let mut eot = read_id("eot_token_id", None);
         let mut eom = read_id("eom_token_id", None);
-        let _unk = read_id("unknown_token_id", in_range(d.unk));
         let mut fim_pre = read_id("fim_pre_token_id", None);
         let mut fim_suf = read_id("fim_suf_token_id", None);
         let mut fim_mid = read_id("fim_mid_token_id", None);
