@@ -169,3 +169,25 @@ fn tiny_mixtral_vocab_loads() {
     assert_eq!(tok.detokenize(&ids, true, false).unwrap(), format!(" {text}").as_bytes());
     assert_eq!(tok.detokenize(&ids[1..], true, false).unwrap(), text.as_bytes());
 }
+
+/// A byte-level vocabulary whose merges pass through a string that is not a token, and that
+/// lacks most byte characters: llama.cpp still merges through the missing string, and drops a
+/// character that neither is a token nor has a single-byte token.
+#[test]
+fn merges_through_missing_strings_as_llama_cpp() {
+    let strs = |v: &[&str]| Value::Array(xdan::gguf::Array::String(v.iter().map(|s| s.as_bytes().to_vec()).collect()));
+    let mut w = GgufWriter::new();
+    w.set("tokenizer.ggml.model", s("gpt2").unwrap());
+    w.set("tokenizer.ggml.pre", s("gpt-2").unwrap());
+    w.set("tokenizer.ggml.tokens", strs(&["a", "b", "c", "abc", "x", "\u{120}"]));
+    w.set("tokenizer.ggml.merges", strs(&["a b", "ab c", "\u{120} x"]));
+    w.set_u32("tokenizer.ggml.bos_token_id", 4);
+    w.set_u32("tokenizer.ggml.eos_token_id", 4);
+    let tok = Tokenizer::from_gguf(&Gguf::from_bytes(w.to_bytes()).unwrap()).unwrap();
+    // "ab" is no token, yet "abc" comes out of it; "d" has no token and vanishes; " x" merges to
+    // "Ġx", which is no token either, so it falls back to its single bytes: only "x" exists.
+    assert_eq!(tok.tokenize(b"abc", false, false).unwrap(), vec![3]);
+    assert_eq!(tok.tokenize(b"abd", false, false).unwrap(), vec![0, 1]);
+    assert_eq!(tok.tokenize(b"ab", false, false).unwrap(), vec![0, 1]);
+    assert_eq!(tok.tokenize(b"c x", false, false).unwrap(), vec![2, 4]);
+}
