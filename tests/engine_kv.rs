@@ -271,7 +271,8 @@ fn random_soak_against_recompute_oracle() {
         match kind {
             0 => {
                 // Short steps usually (stay fast), sometimes past n_ctx or the pool.
-                let n = 1 + rng.below(if rng.below(10) == 0 { 24 } else { 4 }) as usize;
+                let big = rng.below(10) == 0;
+                let n = 1 + rng.below(if big { 24 } else { 4 }) as usize;
                 let t: Vec<i32> = (0..n).map(|_| 3 + rng.below(1000) as i32).collect();
                 let before_stats = c.kv_stats();
                 match c.step(s as u32, &t) {
