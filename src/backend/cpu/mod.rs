@@ -16,7 +16,7 @@ use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 
 /// Below this many multiply-adds an op runs on the calling thread: a rayon dispatch costs more.
-const PAR_MIN_WORK: usize = 1 << 15;
+const PAR_MIN_WORK: usize = 1 << 18;
 
 /// A row-major f32 matrix.
 #[derive(Default, Clone, Debug)]
@@ -45,7 +45,7 @@ impl Mat {
 #[derive(Clone)]
 pub struct CpuWeight {
     gguf: Arc<Gguf>,
-    info: TensorInfo,
+    info: Arc<TensorInfo>,
     pub ty: GgmlType,
     pub cols: usize,
     pub rows: usize,
@@ -213,7 +213,7 @@ impl Backend for CpuBackend {
         let rows = t.n_rows() as usize;
         Ok(CpuWeight {
             gguf: gguf.clone(),
-            info: t.clone(),
+            info: Arc::new(t.clone()),
             ty: t.ty,
             cols,
             rows,
@@ -444,58 +444,82 @@ impl Backend for CpuBackend {
     }
 
     fn ffn(&self, x: &Mat, f: &Ffn<CpuWeight>, out: &mut Mat, routes: Option<&mut Vec<u32>>) -> Result<()> {
+        let mut s = FFN_SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        let r = self.ffn_with(x, f, out, routes, &mut s);
+        FFN_SCRATCH.with(|c| *c.borrow_mut() = s);
+        r
+    }
+}
+
+/// Buffers of the feed-forward kept per thread, so a decode step allocates nothing.
+#[derive(Default)]
+struct FfnScratch {
+    ids: Vec<u32>,
+    wts: Vec<f32>,
+    probs: Vec<f32>,
+    logits: Mat,
+    xe: Mat,
+    g: Mat,
+    u: Mat,
+    y: Mat,
+    toks: Vec<u32>,
+    tw: Vec<f32>,
+}
+
+thread_local! {
+    static FFN_SCRATCH: RefCell<FfnScratch> = RefCell::new(FfnScratch::default());
+}
+
+impl CpuBackend {
+    fn ffn_with(&self, x: &Mat, f: &Ffn<CpuWeight>, out: &mut Mat, routes: Option<&mut Vec<u32>>, s: &mut FfnScratch) -> Result<()> {
         let n_tok = x.rows;
         let k = f.n_expert_used;
         // Routing: per token its experts and weights (dense: expert 0, weight 1).
-        let mut ids = vec![0u32; n_tok * k];
-        let mut wts = vec![1.0f32; n_tok * k];
+        s.ids.clear();
+        s.ids.resize(n_tok * k, 0);
+        s.wts.clear();
+        s.wts.resize(n_tok * k, 1.0);
         if let Some(router) = &f.router {
-            let mut logits = Mat::default();
-            self.matmul(x, &[router], &mut [&mut logits])?;
-            let mut probs = vec![0.0f32; f.n_expert];
+            self.matmul(x, &[router], &mut [&mut s.logits])?;
+            s.probs.resize(f.n_expert, 0.0);
             for t in 0..n_tok {
-                route_top_k(logits.row(t), k, &mut probs, &mut ids[t * k..(t + 1) * k], &mut wts[t * k..(t + 1) * k]);
+                route_top_k(s.logits.row(t), k, &mut s.probs, &mut s.ids[t * k..(t + 1) * k], &mut s.wts[t * k..(t + 1) * k]);
             }
             if let Some(r) = routes {
-                r.extend_from_slice(&ids);
+                r.extend_from_slice(&s.ids);
             }
         }
         out.resize(n_tok, x.cols);
         out.data.fill(0.0);
-        // Group the tokens by expert; only chosen experts are touched.
-        let mut xe = Mat::default();
-        let (mut g, mut u, mut y) = (Mat::default(), Mat::default(), Mat::default());
-        let mut toks: Vec<u32> = Vec::with_capacity(n_tok);
-        let mut tw: Vec<f32> = Vec::with_capacity(n_tok);
+        // Group the tokens by expert; only the chosen experts are touched.
         for e in 0..f.n_expert {
-            toks.clear();
-            tw.clear();
-            for (i, &id) in ids.iter().enumerate() {
+            s.toks.clear();
+            s.tw.clear();
+            for (i, &id) in s.ids.iter().enumerate() {
                 if id as usize == e {
-                    toks.push((i / k) as u32);
-                    tw.push(wts[i]);
+                    s.toks.push((i / k) as u32);
+                    s.tw.push(s.wts[i]);
                 }
             }
-            if toks.is_empty() {
+            if s.toks.is_empty() {
                 continue;
             }
-            let xin: &Mat = if toks.len() == n_tok && toks.iter().enumerate().all(|(i, &t)| i as u32 == t) {
-                x
-            } else {
-                self.gather_rows(x, &toks, &mut xe)?;
-                &xe
-            };
+            let all = s.toks.len() == n_tok && s.toks.iter().enumerate().all(|(i, &t)| i as u32 == t);
+            if !all {
+                self.gather_rows(x, &s.toks, &mut s.xe)?;
+            }
+            let xin: &Mat = if all { x } else { &s.xe };
             let gate = f.gate.sub_rows(e * f.n_ff, f.n_ff);
             let up = f.up.sub_rows(e * f.n_ff, f.n_ff);
             let down = f.down.sub_rows(e * x.cols, x.cols);
-            self.matmul(xin, &[&gate, &up], &mut [&mut g, &mut u])?;
-            for (a, &b) in g.data.iter_mut().zip(&u.data) {
+            self.matmul(xin, &[&gate, &up], &mut [&mut s.g, &mut s.u])?;
+            for (a, &b) in s.g.data.iter_mut().zip(&s.u.data) {
                 *a = *a / (1.0 + (-*a).exp()) * b;
             }
-            self.matmul(&g, &[&down], &mut [&mut y])?;
-            for (i, &t) in toks.iter().enumerate() {
-                let w = tw[i];
-                for (o, &v) in out.row_mut(t as usize).iter_mut().zip(y.row(i)) {
+            self.matmul(&s.g, &[&down], &mut [&mut s.y])?;
+            for (i, &t) in s.toks.iter().enumerate() {
+                let w = s.tw[i];
+                for (o, &v) in out.row_mut(t as usize).iter_mut().zip(s.y.row(i)) {
                     *o += w * v;
                 }
             }
