@@ -124,3 +124,11 @@ fn vocab_only_model_has_no_context() {
     assert_eq!(m.n_vocab(), 1024);
     assert_eq!(Context::new(&m, &ContextParams::default()).err().unwrap().kind, ErrorKind::InvalidArg);
 }
+
+#[test]
+fn model_is_shareable_and_context_movable() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Model>();
+    send::<Context>();
+}

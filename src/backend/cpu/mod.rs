@@ -84,7 +84,7 @@ pub struct CpuBackend;
 
 thread_local! {
     /// Per-thread scratch reused across calls (quantized activations, attention rows).
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::new((Vec::new(), Vec::new()));
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 fn kv_row_to_f32(ty: GgmlType, b: &[u8], out: &mut [f32]) {
@@ -250,7 +250,7 @@ impl Backend for CpuBackend {
         for t in 0..x.rows {
             let xr = x.row(t);
             let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
-            let scale = (1.0 / ((ss / n as f64) as f32 + eps).sqrt()) as f32;
+            let scale = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
             for ((o, &v), &g) in out.row_mut(t).iter_mut().zip(xr).zip(wv.iter()) {
                 *o = v * scale * g;
             }
