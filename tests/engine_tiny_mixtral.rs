@@ -21,6 +21,8 @@ struct Row {
     routing_checked: usize,
     routing_equal: usize,
     greedy_checked: usize,
+    greedy_equal: usize,
+    same_route_positions: usize,
     failures: Vec<String>,
 }
 
@@ -60,6 +62,8 @@ fn check_variant(variant: &str) -> Row {
         routing_checked: 0,
         routing_equal: 0,
         greedy_checked: 0,
+        greedy_equal: 0,
+        same_route_positions: 0,
         failures: Vec::new(),
     };
     let mut c = ctx(&model, 64, 1, KvType::F32);
@@ -87,6 +91,7 @@ fn check_variant(variant: &str) -> Row {
         // The first position with a router near-tie in any layer (by llama.cpp's probabilities or
         // by the exact math's margin).
         let mut first_tie = n;
+        let mut first_route_diff = n;
         for t in 0..n {
             for l in 0..n_layer {
                 let o = &order[(l * n + t) * n_exp..(l * n + t + 1) * n_exp];
@@ -95,6 +100,15 @@ fn check_variant(variant: &str) -> Row {
                 let im = imargin[l * n + t];
                 if lm < NEAR_TIE || im < NEAR_TIE {
                     first_tie = first_tie.min(t);
+                }
+                {
+                    let mut a: Vec<u32> = o[..k].iter().map(|&x| x as u32).collect();
+                    let mut b: Vec<u32> = routes[l][t * k..(t + 1) * k].to_vec();
+                    a.sort();
+                    b.sort();
+                    if a != b {
+                        first_route_diff = first_route_diff.min(t);
+                    }
                 }
                 if lm >= NEAR_TIE {
                     row.routing_checked += 1;
@@ -123,6 +137,22 @@ fn check_variant(variant: &str) -> Row {
             if ours_err > llama_err + tol {
                 row.failures.push(format!(
                     "p{pi} position {t}: max|xdan - exact| = {ours_err:.4} > max|llama.cpp - exact| {llama_err:.4} + {tol}"
+                ));
+            }
+        }
+        // Beyond the first near-tie: wherever the experts chosen so far (every layer, every
+        // position up to this one) are llama.cpp's, the same bound holds.
+        for t in first_tie..first_route_diff {
+            let e = &exact[t * N_VOCAB..(t + 1) * N_VOCAB];
+            let ours_err = max_abs_diff(&ours[t], e);
+            let llama_err = max_abs_diff(&llama[t * N_VOCAB..(t + 1) * N_VOCAB], e);
+            row.same_route_positions += 1;
+            row.ours = row.ours.max(ours_err);
+            row.llama = row.llama.max(llama_err);
+            row.worst_slack = row.worst_slack.max(ours_err - llama_err);
+            if ours_err > llama_err + tol {
+                row.failures.push(format!(
+                    "p{pi} position {t} (same routing as llama.cpp): max|xdan - exact| = {ours_err:.4} > {llama_err:.4} + {tol}"
                 ));
             }
         }
@@ -173,6 +203,7 @@ fn check_variant(variant: &str) -> Row {
     let (ok_l, n_l) = agree_until(&ids(&g["ids"]), &f32s(&g["top1_minus_top2"]));
     let (ok_i, n_i) = agree_until(&ids(&ideal["greedy"]["ids"]), &f32s(&ideal["greedy"]["top1_minus_top2"]));
     row.greedy_checked = if ok_l { n_l } else { n_i };
+    row.greedy_equal = got.iter().zip(ids(&g["ids"])).take_while(|(a, b)| **a == *b).count();
     if !ok_l && !ok_i {
         row.failures.push(format!(
             "greedy ids {got:?} differ from llama.cpp's {:?} (first {n_l}) and the exact math's {:?} (first {n_i})",
@@ -188,15 +219,25 @@ fn tiny_mixtral_parity_every_variant() {
     let vs = variants();
     assert!(!vs.is_empty(), "no tiny-mixtral variant with a .gguf under tests/data/tiny-mixtral");
     println!(
-        "{:<8} {:>9} {:>11} {:>12} {:>9} {:>10} {:>8}",
-        "variant", "positions", "xdan-exact", "llama-exact", "slack", "routing=", "greedy"
+        "{:<8} {:>9} {:>11} {:>12} {:>9} {:>10} {:>10} {:>14}",
+        "variant", "positions", "xdan-exact", "llama-exact", "slack", "routing=", "+same-route", "greedy req/eq"
     );
     let mut failures = Vec::new();
     for v in &vs {
         let r = check_variant(v);
         println!(
-            "{:<8} {:>4}/{:<4} {:>11.4} {:>12.4} {:>9.4} {:>4}/{:<5} {:>8}",
-            r.variant, r.positions, r.positions_total, r.ours, r.llama, r.worst_slack, r.routing_equal, r.routing_checked, r.greedy_checked
+            "{:<8} {:>4}/{:<4} {:>11.4} {:>12.4} {:>9.4} {:>4}/{:<5} {:>10} {:>8}/{:<2}/24",
+            r.variant,
+            r.positions,
+            r.positions_total,
+            r.ours,
+            r.llama,
+            r.worst_slack,
+            r.routing_equal,
+            r.routing_checked,
+            r.same_route_positions,
+            r.greedy_checked,
+            r.greedy_equal
         );
         for f in &r.failures {
             failures.push(format!("{}: {f}", r.variant));

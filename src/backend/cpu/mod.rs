@@ -1,7 +1,6 @@
 //! The CPU backend: weights read in place from the GGUF map, activations in host vectors, ops
 //! parallel over rows (rayon; the caller picks the pool with `ThreadPool::install`).
 
-mod qfallback;
 pub mod qops;
 
 use std::cell::RefCell;
@@ -83,6 +82,8 @@ pub struct CpuKv {
 pub struct CpuBackend;
 
 thread_local! {
+    /// Per-thread buffer of converted activations.
+    static QBUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Per-thread scratch reused across calls (quantized activations, attention rows).
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
@@ -138,11 +139,17 @@ impl CpuBackend {
         out.resize(n_tok, rows);
         let work = rows * k * n_tok;
         if n_tok == 1 {
-            let f = |(r, o): (usize, &mut f32)| *o = qops::dot(w.ty, k, w.row(all, r), &xq[..arb]);
+            // Bands of rows per task, each band one `dot_rows` call.
+            let band = 16usize;
+            let rb = w.row_bytes;
+            let f = |(bi, o): (usize, &mut [f32])| {
+                let r0 = bi * band;
+                qops::dot_rows(w.ty, k, &all[r0 * rb..(r0 + o.len()) * rb], &xq[..arb], o)
+            };
             if work < PAR_MIN_WORK {
-                out.data.iter_mut().enumerate().for_each(f);
+                out.data.chunks_mut(band).enumerate().for_each(f);
             } else {
-                out.data.par_iter_mut().with_min_len(16).enumerate().for_each(f);
+                out.data.par_chunks_mut(band).enumerate().for_each(f);
             }
             return;
         }
@@ -173,17 +180,16 @@ impl CpuBackend {
         });
     }
 
-    /// Quantizes every row of `x` for weight type `wty`; returns (buffer, bytes per row).
-    fn quantize_rows(x: &Mat, wty: GgmlType, buf: &mut Vec<f32>) -> usize {
+    /// Converts every row of `x` for weight type `wty` into `buf`; returns the bytes per row.
+    fn quantize_rows(x: &Mat, wty: GgmlType, buf: &mut Vec<u8>) -> usize {
         let a = qops::act_type(wty);
         let arb = qops::act_row_bytes(a, x.cols);
-        buf.resize((arb * x.rows).div_ceil(4), 0.0);
-        let bytes = qops::f32_bytes_mut(buf);
+        buf.resize(arb * x.rows, 0);
         let f = |(t, o): (usize, &mut [u8])| qops::quantize_act(a, x.row(t), o);
-        if x.rows * x.cols < PAR_MIN_WORK {
-            bytes[..arb * x.rows].chunks_exact_mut(arb).enumerate().for_each(f);
+        if x.rows * x.cols < PAR_MIN_WORK / 16 {
+            buf.chunks_exact_mut(arb).enumerate().for_each(f);
         } else {
-            bytes[..arb * x.rows].par_chunks_exact_mut(arb).enumerate().for_each(f);
+            buf.par_chunks_exact_mut(arb).enumerate().for_each(f);
         }
         arb
     }
@@ -262,21 +268,19 @@ impl Backend for CpuBackend {
         for w in ws {
             Self::check_weight(w, x)?;
         }
-        SCRATCH.with(|s| -> Result<()> {
-            let mut buf = std::mem::take(&mut s.borrow_mut().0);
-            let mut cur: Option<GgmlType> = None;
-            let mut arb = 0;
-            for (w, out) in ws.iter().zip(outs.iter_mut()) {
-                let a = qops::act_type(w.ty);
-                if cur != Some(a) {
-                    arb = Self::quantize_rows(x, w.ty, &mut buf);
-                    cur = Some(a);
-                }
-                self.matmul_q(w, qops::f32_bytes(&buf), arb, x.rows, out);
+        let mut buf = QBUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let mut cur: Option<GgmlType> = None;
+        let mut arb = 0;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            let a = qops::act_type(w.ty);
+            if cur != Some(a) {
+                arb = Self::quantize_rows(x, w.ty, &mut buf);
+                cur = Some(a);
             }
-            s.borrow_mut().0 = buf;
-            Ok(())
-        })
+            self.matmul_q(w, &buf, arb, x.rows, out);
+        }
+        QBUF.with(|b| *b.borrow_mut() = buf);
+        Ok(())
     }
 
     fn add(&self, x: &mut Mat, y: &Mat) -> Result<()> {
