@@ -32,7 +32,7 @@ fn smollm2_matches_llama_cpp() {
     let m = load(&path, 2);
     let n_vocab = m.n_vocab();
     assert_eq!(n_vocab, 49152);
-    let mut c = ctx(&m, 256, 1, KvType::F32);
+    let mut c = ctx(&m, 512, 1, KvType::F32);
     let mut failures = Vec::new();
     for p in refs["prompts"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();

@@ -2,6 +2,7 @@
 //! parallel over rows (rayon; the caller picks the pool with `ThreadPool::install`).
 
 pub mod qops;
+pub mod vmath;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -303,21 +304,24 @@ impl Backend for CpuBackend {
         let half = p.n_rot / 2;
         let mut cs = vec![(0.0f32, 0.0f32); half];
         for t in 0..x.rows {
-            let pf = pos[t] as f64 * p.freq_scale as f64;
+            // As llama.cpp computes it (f32 throughout): theta_i = pos * base^(-2i/n_rot) by
+            // repeated multiplication, scaled, divided by the frequency factor; libm cos/sin.
+            let theta_scale = p.freq_base.powf(-2.0 / p.n_rot as f32);
+            let mut theta = pos[t] as f32;
             for (i, c) in cs.iter_mut().enumerate() {
-                let mut theta = pf * (p.freq_base as f64).powf(-2.0 * i as f64 / p.n_rot as f64);
-                if let Some(ff) = &p.freq_factors {
-                    theta /= ff[i] as f64;
-                }
-                *c = (theta.cos() as f32, theta.sin() as f32);
+                let ff = p.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+                let th = p.freq_scale * (theta / ff);
+                *c = (th.cos(), th.sin());
+                theta *= theta_scale;
             }
             let row = x.row_mut(t);
             for h in 0..n_head {
                 let hv = &mut row[h * hd..h * hd + p.n_rot];
                 for (i, &(c, s)) in cs.iter().enumerate() {
                     let (a, b) = (hv[2 * i], hv[2 * i + 1]);
-                    hv[2 * i] = a * c - b * s;
-                    hv[2 * i + 1] = a * s + b * c;
+                    // The rounding of llama.cpp's compiled rotation (one product fused into each).
+                    hv[2 * i] = (-b).mul_add(s, a * c);
+                    hv[2 * i + 1] = a.mul_add(s, b * c);
                 }
             }
         }
@@ -415,22 +419,15 @@ impl Backend for CpuBackend {
                 for h in 0..nh {
                     let g = h / group;
                     let qh = &qrow[h * hd..(h + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
                     for p in 0..n {
                         let kh = &kf[p * n_embd_kv + g * hd..p * n_embd_kv + (g + 1) * hd];
                         sc[p] = qops::dot_f32(qh, kh) * scale;
-                        max = max.max(sc[p]);
                     }
-                    let mut sum = 0.0f64;
-                    for v in sc.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v as f64;
-                    }
-                    let inv = (1.0 / sum) as f32;
+                    vmath::softmax(&mut sc[..n]);
                     let oh = &mut orow[h * hd..(h + 1) * hd];
                     oh.fill(0.0);
                     for p in 0..n {
-                        let w = sc[p] * inv;
+                        let w = sc[p];
                         let vh = &vf[p * n_embd_kv + g * hd..p * n_embd_kv + (g + 1) * hd];
                         for (o, &v) in oh.iter_mut().zip(vh) {
                             *o += w * v;
@@ -517,8 +514,8 @@ impl CpuBackend {
             let up = f.up.sub_rows(e * f.n_ff, f.n_ff);
             let down = f.down.sub_rows(e * x.cols, x.cols);
             self.matmul(xin, &[&gate, &up], &mut [&mut s.g, &mut s.u])?;
-            for (a, &b) in s.g.data.iter_mut().zip(&s.u.data) {
-                *a = *a / (1.0 + (-*a).exp()) * b;
+            for (gr, ur) in s.g.data.chunks_exact_mut(f.n_ff).zip(s.u.data.chunks_exact(f.n_ff)) {
+                vmath::swiglu(gr, ur);
             }
             self.matmul(&s.g, &[&down], &mut [&mut s.y])?;
             for (i, &t) in s.toks.iter().enumerate() {

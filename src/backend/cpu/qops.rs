@@ -40,8 +40,35 @@ pub fn act_row_bytes(a: GgmlType, n: usize) -> usize {
 
 /// Converts one activation row to type `a` (see [`act_type`]); `out` is exactly its bytes.
 pub fn quantize_act(a: GgmlType, x: &[f32], out: &mut [u8]) {
-    // Shapes are checked at load (every row length is whole blocks), so this cannot fail.
-    quant::quantize_act_into(a, x, out).expect("activation row sizes are checked at load");
+    match a {
+        GgmlType::Q8_0 => q8_x86(x, out, 34, false),
+        GgmlType::Q8_1 => q8_x86(x, out, 36, true),
+        // Shapes are checked at load (every row length is whole blocks), so this cannot fail.
+        _ => quant::quantize_act_into(a, x, out).expect("activation row sizes are checked at load"),
+    }
+}
+
+/// Q8_0 / Q8_1 activation blocks as llama.cpp's CPU backend makes them on x86 (its SIMD
+/// quantizer, not the reference one): scale 127 / amax, round half to even. The two differ on
+/// rare values, and a real model turns one such code into visible logit differences.
+/// Layout: d (f16) [, s = d * sum(q) (f16)], 32 signed codes.
+fn q8_x86(x: &[f32], out: &mut [u8], block_bytes: usize, with_sum: bool) {
+    let off = if with_sum { 4 } else { 2 };
+    for (v, o) in x.chunks_exact(32).zip(out.chunks_exact_mut(block_bytes)) {
+        let amax = v.iter().fold(0.0f32, |m, &y| m.max(y.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &y) in o[off..].iter_mut().zip(v) {
+            let r = (y * id).round_ties_even() as i32;
+            sum += r;
+            *q = r as i8 as u8;
+        }
+        o[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        if with_sum {
+            o[2..4].copy_from_slice(&half::f16::from_f32(d * sum as f32).to_le_bytes());
+        }
+    }
 }
 
 /// Dots rows `w` (consecutive rows of `n` elements of type `ty`) with one activation row.
