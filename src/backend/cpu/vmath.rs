@@ -12,7 +12,7 @@ fn c(bits: u32) -> f32 {
 }
 
 /// ggml's vectorised `expf` (one lane).
-#[inline]
+#[inline(always)]
 pub fn expf(x: f32) -> f32 {
     let shift = c(0x4b40_0000); // 1.5 * 2^23: adding it rounds to an integer in the low bits
     let z = x.mul_add(c(0x3fb8_aa3b), shift); // x / ln2 + shift
@@ -41,6 +41,23 @@ pub fn expf(x: f32) -> f32 {
 
 /// `silu(x) * g` over a row: 8-wide groups use the vector exp, a tail uses libm's `expf`.
 pub fn swiglu(x: &mut [f32], g: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has FMA (checked just above).
+        return unsafe { swiglu_fma(x, g) };
+    }
+    swiglu_generic(x, g)
+}
+
+/// The same code compiled with hardware FMA (`mul_add` is one instruction, not a libm call).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn swiglu_fma(x: &mut [f32], g: &[f32]) {
+    swiglu_generic(x, g)
+}
+
+#[inline(always)]
+fn swiglu_generic(x: &mut [f32], g: &[f32]) {
     let n8 = x.len() / 8 * 8;
     for (a, &b) in x[..n8].iter_mut().zip(&g[..n8]) {
         *a = *a / (1.0 + expf(0.0 - *a)) * b;
@@ -53,6 +70,22 @@ pub fn swiglu(x: &mut [f32], g: &[f32]) {
 /// Softmax in place over `x` (ggml_soft_max: exp(x - max) summed in f64, 8-wide groups
 /// reduced pairwise as the vector code does, then scaled by the f32 reciprocal of the sum).
 pub fn softmax(x: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has FMA (checked just above).
+        return unsafe { softmax_fma(x) };
+    }
+    softmax_generic(x)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn softmax_fma(x: &mut [f32]) {
+    softmax_generic(x)
+}
+
+#[inline(always)]
+fn softmax_generic(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let n8 = x.len() / 8 * 8;
     let mut sum = 0.0f64;
