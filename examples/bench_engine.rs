@@ -22,6 +22,16 @@ fn stats(v: &[f64]) -> (f64, f64) {
     (m, var.sqrt())
 }
 
+/// CPU time used by this process so far (user + system), seconds: on a shared machine the
+/// wall-clock rate says as much about the neighbours as about the engine.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 fn cpu_name() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -49,13 +59,14 @@ fn main() {
     };
     println!("model: {model}");
     println!("machine: {} ({} logical CPUs), threads: {threads}, KV F16", cpu_name(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
-    println!("| test | t/s (mean ± sd) | reps |");
-    println!("|---|---:|---:|");
+    println!("| test | t/s (mean ± sd) | reps | CPU ms per token | CPUs busy |");
+    println!("|---|---:|---:|---:|---:|");
     // Warm-up (pages in the weights, sizes the buffers).
     c.step(0, &[tok()]).unwrap();
     c.seq_clear(0).unwrap();
     if pp > 0 {
         let mut r = Vec::new();
+        let (c0, w0) = (cpu_seconds(), Instant::now());
         for _ in 0..reps {
             let t: Vec<i32> = (0..pp).map(|_| tok()).collect();
             c.seq_clear(0).unwrap();
@@ -63,11 +74,13 @@ fn main() {
             c.step(0, &t).unwrap();
             r.push(pp as f64 / s.elapsed().as_secs_f64());
         }
+        let (cpu, wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
         let (mu, sd) = stats(&r);
-        println!("| pp{pp} | {mu:.2} ± {sd:.2} | {reps} |");
+        println!("| pp{pp} | {mu:.2} ± {sd:.2} | {reps} | {:.3} | {:.2} |", cpu * 1e3 / (pp * reps) as f64, cpu / wall);
     }
     if tg > 0 {
         let mut r = Vec::new();
+        let (c0, w0) = (cpu_seconds(), Instant::now());
         for _ in 0..reps {
             c.seq_clear(0).unwrap();
             let s = Instant::now();
@@ -76,7 +89,8 @@ fn main() {
             }
             r.push(tg as f64 / s.elapsed().as_secs_f64());
         }
+        let (cpu, wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
         let (mu, sd) = stats(&r);
-        println!("| tg{tg} | {mu:.2} ± {sd:.2} | {reps} |");
+        println!("| tg{tg} | {mu:.2} ± {sd:.2} | {reps} | {:.3} | {:.2} |", cpu * 1e3 / (tg * reps) as f64, cpu / wall);
     }
 }

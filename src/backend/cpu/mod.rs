@@ -160,11 +160,16 @@ impl CpuBackend {
             let tr = &mut s.borrow_mut().1;
             tr.resize(rows * n_tok, 0.0);
             let band = 16usize;
+            let rb = w.row_bytes;
             let f = |(bi, o): (usize, &mut [f32])| {
-                for (j, orow) in o.chunks_exact_mut(n_tok).enumerate() {
-                    let wr = w.row(all, bi * band + j);
-                    for (t, v) in orow.iter_mut().enumerate() {
-                        *v = qops::dot(w.ty, k, wr, &xq[t * arb..(t + 1) * arb]);
+                let r0 = bi * band;
+                let nr = o.len() / n_tok;
+                let wb = &all[r0 * rb..(r0 + nr) * rb];
+                let mut tmp = [0.0f32; 16];
+                for t in 0..n_tok {
+                    qops::dot_rows(w.ty, k, wb, &xq[t * arb..(t + 1) * arb], &mut tmp[..nr]);
+                    for (j, &v) in tmp[..nr].iter().enumerate() {
+                        o[j * n_tok + t] = v;
                     }
                 }
             };
