@@ -174,11 +174,13 @@ fn c_api_test_is_clean_under_valgrind() {
     );
     run(
         // Default leak kinds (definite and possible leaks are errors); the suppressions cover
-        // only process-lifetime statics and exiting pool threads, each explained in the file.
+        // only process-lifetime statics and exiting pool threads, each explained in the file (deep
+        // enough stacks that their distinguishing frames are seen).
         api_test_command(&[
             "valgrind",
             "--leak-check=full",
             "--error-exitcode=1",
+            "--num-callers=30",
             &format!("--suppressions={}", root().join("tests/c/valgrind.supp").display()),
         ]),
         "tests/c/api_test.c under valgrind",
