@@ -6,3 +6,7 @@ cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
 cargo test --release --all-targets 2>&1
+
+# The bindings, packaging and examples run against target/release/libxdan.so.
+cargo build --release --lib 2>&1
+XDAN_NO_BUILD=1 scripts/test-bindings.sh
