@@ -79,7 +79,7 @@ Refs load_refs() {
   size_t p1 = j.find("\"name\": \"p1\"");
   CHECK(p1 != std::string::npos);
   for (double v : array_after(j, p1, "ids")) r.prompt.push_back(static_cast<xdan::Token>(v));
-  size_t g = j.find("\"greedy\":");
+  size_t g = j.find("\"greedy\": {");
   CHECK(g != std::string::npos);
   for (double v : array_after(j, g, "ids")) r.greedy.push_back(static_cast<xdan::Token>(v));
   r.margins = array_after(j, g, "top1_minus_top2");

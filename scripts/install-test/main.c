@@ -1,6 +1,6 @@
 /* Uses the installed library the way an outside program would: only <xdan.h> and the flags that
-   pkg-config or CMake give. Loads the model given as argv[1], checks the ABI version, tokenizes
-   and detokenizes a sentence, and checks that a missing file is reported with a message. */
+   pkg-config or CMake give. Checks the ABI version, that a missing file is reported with a
+   message, then loads the model given as argv[1] and runs one forward pass. */
 #include <stdio.h>
 #include <string.h>
 #include <xdan.h>
@@ -31,19 +31,29 @@ int main(int argc, char **argv) {
   }
 
   if (xdan_model_load(argv[1], NULL, &m) != XDAN_OK) return fail("load");
-  const char *text = "Hello world";
-  xdan_token toks[64];
-  size_t n = 0;
-  if (xdan_tokenize(m, text, strlen(text), XDAN_TOKENIZE_ADD_SPECIAL, toks, 64, &n) != XDAN_OK) return fail("tokenize");
-  char buf[128];
-  size_t len = 0;
-  if (xdan_detokenize(m, toks, n, XDAN_DETOKENIZE_SKIP_SPECIAL, buf, sizeof buf, &len) != XDAN_OK) return fail("detokenize");
-  if (len != strlen(text) || memcmp(buf, text, len) != 0) {
-    fprintf(stderr, "FAIL: round trip gave '%.*s'\n", (int)len, buf);
+  xdan_model_info info;
+  memset(&info, 0, sizeof info);
+  info.size = sizeof info;
+  if (xdan_model_info_get(m, &info) != XDAN_OK) return fail("info");
+
+  /* One forward pass of the BOS token: the logits cover the vocabulary. */
+  xdan_context *c = NULL;
+  if (xdan_context_new(m, NULL, &c) != XDAN_OK) return fail("context");
+  xdan_token bos = 1;
+  if (xdan_step(c, 0, &bos, 1) != XDAN_OK) return fail("step");
+  const float *logits = NULL;
+  size_t n_vocab = 0;
+  if (xdan_logits(c, 0, &logits, &n_vocab) != XDAN_OK) return fail("logits");
+  if (n_vocab != info.n_vocab) {
+    fprintf(stderr, "FAIL: %zu logits for a vocabulary of %u\n", n_vocab, info.n_vocab);
     return 1;
   }
-  printf("xdan %s (ABI %u): '%s' -> %zu tokens -> '%.*s'\n", xdan_version(), xdan_abi_version(), text, n,
-         (int)len, buf);
+  size_t best = 0;
+  for (size_t i = 1; i < n_vocab; i++)
+    if (logits[i] > logits[best]) best = i;
+  printf("xdan %s (ABI %u): %s model, %u layers, %u experts; after token 1 the top token is %zu\n",
+         xdan_version(), xdan_abi_version(), info.arch, info.n_layer, info.n_expert, best);
+  xdan_context_free(c);
   xdan_model_free(m);
   return 0;
 }

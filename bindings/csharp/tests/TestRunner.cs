@@ -68,7 +68,7 @@ internal static class Tests
         string j = File.ReadAllText(RefsPath);
         var r = new Refs();
         int p1 = j.IndexOf("\"name\": \"p1\"", StringComparison.Ordinal);
-        int g = j.IndexOf("\"greedy\":", StringComparison.Ordinal);
+        int g = j.IndexOf("\"greedy\": {", StringComparison.Ordinal);
         Check(p1 >= 0 && g >= 0, "refs.json layout");
         r.Prompt = ArrayAfter(j, p1, "ids", out _).Select(v => (int)v).ToArray();
         r.Greedy = ArrayAfter(j, g, "ids", out _).Select(v => (int)v).ToArray();
