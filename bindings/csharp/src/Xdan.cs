@@ -51,7 +51,7 @@ namespace Xdan
         }
 
         [MonoPInvokeCallback(typeof(Native.LogFn))]
-        private static void LogTrampoline(int level, IntPtr message, IntPtr user)
+        internal static void LogTrampoline(int level, IntPtr message, IntPtr user)
         {
             var sink = logSink;
             if (sink == null) return;
