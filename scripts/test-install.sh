@@ -44,5 +44,17 @@ check "cmake find_package(xdan): build" cmake_build
 # CMake puts the imported library's folder in the build rpath: no LD_LIBRARY_PATH needed.
 check "cmake find_package(xdan): run" ./cmake_build/xdan_install_test "$model"
 
+# The Go binding's pkg-config variant, against the installed library only. (Its own build cache:
+# go 1.19 reuses cached cgo flags of an earlier prefix.)
+go_pc() {
+  (cd "$root/bindings/go" && PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" GOPROXY=off GOFLAGS=-mod=mod \
+    GOCACHE="$tmp/go-cache" go test -tags xdan_pkgconfig -c -o "$tmp/go_pc.test") || return 1
+  LD_LIBRARY_PATH="$tmp/prefix/lib" ldd go_pc.test | grep -q "libxdan.so.1 => $tmp/prefix/lib/" || return 1
+  (cd "$root/bindings/go" && LD_LIBRARY_PATH="$tmp/prefix/lib" "$tmp/go_pc.test" -test.run 'TestVersion|TestMissingFile|TestGreedy')
+}
+if command -v go >/dev/null; then
+  check "go -tags xdan_pkgconfig: build and test against the installed library" go_pc
+fi
+
 echo "install: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
