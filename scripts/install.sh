@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the C library into PREFIX:
 #   lib/libxdan.so.VERSION, lib/libxdan.so.1 -> it (the soname), lib/libxdan.so -> libxdan.so.1,
-#   include/xdan.h, lib/pkgconfig/xdan.pc, lib/cmake/xdan/xdanConfig{,Version}.cmake.
+#   include/xdan.h (and the C++ wrapper include/xdan.hpp), lib/pkgconfig/xdan.pc, lib/cmake/xdan/xdanConfig{,Version}.cmake.
 # Usage: scripts/install.sh PREFIX   (builds `cargo build --release --lib` first unless
 # XDAN_NO_BUILD=1 and target/release/libxdan.so already exists)
 set -euo pipefail
@@ -36,6 +36,7 @@ install -m 0755 "$lib" "$prefix/lib/libxdan.so.$version"
 ln -sfn "libxdan.so.$version" "$prefix/lib/libxdan.so.$abi"
 ln -sfn "libxdan.so.$abi" "$prefix/lib/libxdan.so"
 install -m 0644 "$root/include/xdan.h" "$prefix/include/xdan.h"
+install -m 0644 "$root/bindings/cpp/xdan.hpp" "$prefix/include/xdan.hpp"
 
 subst() { sed -e "s/@VERSION@/$version/g" -e "s/@ABI@/$abi/g" "$1" > "$2"; chmod 0644 "$2"; }
 subst "$root/packaging/xdan.pc.in" "$prefix/lib/pkgconfig/xdan.pc"
