@@ -252,7 +252,7 @@ func LoadModel(path string, params *ModelParams) (*Model, error) {
 	var p C.xdan_model_params
 	C.xdan_model_params_init(&p)
 	p.size = C.uint32_t(unsafe.Sizeof(p))
-	p.device = C.xdan_device(params.Device)
+	p.device = uint32(params.Device)
 	p.cuda_device = C.int32_t(params.CudaDevice)
 	p.vram_budget = C.uint64_t(params.VramBudget)
 	p.n_threads = C.int32_t(params.Threads)
@@ -268,7 +268,7 @@ func LoadModel(path string, params *ModelParams) (*Model, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	var out *C.xdan_model
-	err := call("xdan_model_load", func() C.xdan_status { return C.xdan_model_load(cpath, &p, &out) })
+	err := call("xdan_model_load", func() C.xdan_status { return C.xdan_status(C.xdan_model_load(cpath, &p, &out)) })
 	if state != nil && state.panicked != nil {
 		if err == nil {
 			C.xdan_model_free(out)
@@ -317,7 +317,7 @@ func (m *Model) Info() (ModelInfo, error) {
 	var ci C.xdan_model_info
 	err := m.with("xdan_model_info_get", func(p *C.xdan_model) error {
 		ci.size = C.uint32_t(unsafe.Sizeof(ci))
-		return call("xdan_model_info_get", func() C.xdan_status { return C.xdan_model_info_get(p, &ci) })
+		return call("xdan_model_info_get", func() C.xdan_status { return C.xdan_status(C.xdan_model_info_get(p, &ci)) })
 	})
 	if err != nil {
 		return ModelInfo{}, err
@@ -384,7 +384,7 @@ func (m *Model) Meta(key string) (string, error) {
 		defer C.free(unsafe.Pointer(ckey))
 		var err error
 		out, err = stringOut("xdan_model_meta", func(buf *C.char, cap C.size_t, n *C.size_t) C.xdan_status {
-			return C.xdan_model_meta(p, ckey, buf, cap, n)
+			return C.xdan_status(C.xdan_model_meta(p, ckey, buf, cap, n))
 		})
 		return err
 	})
@@ -430,7 +430,7 @@ func (m *Model) Tokenize(text string, flags uint32) ([]Token, error) {
 			err := func() error {
 				runtime.LockOSThread()
 				defer runtime.UnlockOSThread()
-				st := C.xdan_tokenize(p, ctext, clen, C.uint32_t(flags), buf, capacity, &n)
+				st := C.xdan_status(C.xdan_tokenize(p, ctext, clen, C.uint32_t(flags), buf, capacity, &n))
 				if Status(st) == StatusBufferTooSmall && attempt == 0 {
 					retry = true
 					capacity = n
@@ -463,7 +463,7 @@ func (m *Model) Detokenize(tokens []Token, flags uint32) (string, error) {
 		defer C.free(unsafe.Pointer(ct))
 		var err error
 		out, err = stringOut("xdan_detokenize", func(buf *C.char, cap C.size_t, n *C.size_t) C.xdan_status {
-			return C.xdan_detokenize(p, ct, C.size_t(len(tokens)), C.uint32_t(flags), buf, cap, n)
+			return C.xdan_status(C.xdan_detokenize(p, ct, C.size_t(len(tokens)), C.uint32_t(flags), buf, cap, n))
 		})
 		return err
 	})
@@ -476,7 +476,7 @@ func (m *Model) TokenPiece(t Token) (string, error) {
 	err := m.with("xdan_token_piece", func(p *C.xdan_model) error {
 		var err error
 		out, err = stringOut("xdan_token_piece", func(buf *C.char, cap C.size_t, n *C.size_t) C.xdan_status {
-			return C.xdan_token_piece(p, C.xdan_token(t), buf, cap, n)
+			return C.xdan_status(C.xdan_token_piece(p, C.xdan_token(t), buf, cap, n))
 		})
 		return err
 	})
@@ -515,7 +515,7 @@ func (m *Model) ChatApply(messages []ChatMessage, addAssistantPrompt bool) (stri
 		}()
 		var err error
 		out, err = stringOut("xdan_chat_apply", func(buf *C.char, cap C.size_t, ln *C.size_t) C.xdan_status {
-			return C.xdan_chat_apply(p, &msgs[0], C.size_t(n), C.bool(addAssistantPrompt), buf, cap, ln)
+			return C.xdan_status(C.xdan_chat_apply(p, &msgs[0], C.size_t(n), C.bool(addAssistantPrompt), buf, cap, ln))
 		})
 		return err
 	})
@@ -582,7 +582,7 @@ func NewContext(m *Model, params *ContextParams) (*Context, error) {
 	p.n_seq_max = C.uint32_t(params.NSeqMax)
 	p.n_kv_tokens = C.uint32_t(params.NKvTokens)
 	p.n_batch = C.uint32_t(params.NBatch)
-	p.kv_type = C.xdan_kv_type(params.KvType)
+	p.kv_type = uint32(params.KvType)
 	p.n_threads = C.int32_t(params.Threads)
 	c := &Context{}
 	if params.AbortCheck != nil {
@@ -592,7 +592,7 @@ func NewContext(m *Model, params *ContextParams) (*Context, error) {
 	}
 	var out *C.xdan_context
 	err := m.with("xdan_context_new", func(mp *C.xdan_model) error {
-		return call("xdan_context_new", func() C.xdan_status { return C.xdan_context_new(mp, &p, &out) })
+		return call("xdan_context_new", func() C.xdan_status { return C.xdan_status(C.xdan_context_new(mp, &p, &out)) })
 	})
 	if err != nil {
 		if c.abort != nil {
@@ -641,7 +641,7 @@ func (c *Context) Step(seq Seq, tokens []Token) error {
 		ct := cTokens(tokens)
 		defer C.free(unsafe.Pointer(ct))
 		return call("xdan_step", func() C.xdan_status {
-			return C.xdan_step(p, C.xdan_seq(seq), ct, C.size_t(len(tokens)))
+			return C.xdan_status(C.xdan_step(p, C.xdan_seq(seq), ct, C.size_t(len(tokens))))
 		})
 	})
 }
@@ -669,7 +669,7 @@ func (c *Context) StepBatch(items []SeqTokens) error {
 				C.free(unsafe.Pointer(arr[i].tokens))
 			}
 		}()
-		return call("xdan_step_batch", func() C.xdan_status { return C.xdan_step_batch(p, &arr[0], C.size_t(n)) })
+		return call("xdan_step_batch", func() C.xdan_status { return C.xdan_status(C.xdan_step_batch(p, &arr[0], C.size_t(n))) })
 	})
 }
 
@@ -679,7 +679,7 @@ func (c *Context) Logits(seq Seq) ([]float32, error) {
 	err := c.with("xdan_logits", func(p *C.xdan_context) error {
 		var ptr *C.float
 		var n C.size_t
-		if err := call("xdan_logits", func() C.xdan_status { return C.xdan_logits(p, C.xdan_seq(seq), &ptr, &n) }); err != nil {
+		if err := call("xdan_logits", func() C.xdan_status { return C.xdan_status(C.xdan_logits(p, C.xdan_seq(seq), &ptr, &n)) }); err != nil {
 			return err
 		}
 		out = make([]float32, int(n))
@@ -704,21 +704,21 @@ func (c *Context) SeqLen(seq Seq) uint32 {
 // SeqTruncate keeps the first n tokens of seq.
 func (c *Context) SeqTruncate(seq Seq, n uint32) error {
 	return c.with("xdan_seq_truncate", func(p *C.xdan_context) error {
-		return call("xdan_seq_truncate", func() C.xdan_status { return C.xdan_seq_truncate(p, C.xdan_seq(seq), C.uint32_t(n)) })
+		return call("xdan_seq_truncate", func() C.xdan_status { return C.xdan_status(C.xdan_seq_truncate(p, C.xdan_seq(seq), C.uint32_t(n))) })
 	})
 }
 
 // SeqClear empties seq.
 func (c *Context) SeqClear(seq Seq) error {
 	return c.with("xdan_seq_clear", func(p *C.xdan_context) error {
-		return call("xdan_seq_clear", func() C.xdan_status { return C.xdan_seq_clear(p, C.xdan_seq(seq)) })
+		return call("xdan_seq_clear", func() C.xdan_status { return C.xdan_status(C.xdan_seq_clear(p, C.xdan_seq(seq))) })
 	})
 }
 
 // SeqFork makes dst a copy of src, sharing its KV blocks (no KV memory is copied).
 func (c *Context) SeqFork(src, dst Seq) error {
 	return c.with("xdan_seq_fork", func(p *C.xdan_context) error {
-		return call("xdan_seq_fork", func() C.xdan_status { return C.xdan_seq_fork(p, C.xdan_seq(src), C.xdan_seq(dst)) })
+		return call("xdan_seq_fork", func() C.xdan_status { return C.xdan_status(C.xdan_seq_fork(p, C.xdan_seq(src), C.xdan_seq(dst))) })
 	})
 }
 
@@ -727,7 +727,7 @@ func (c *Context) SeqSave(seq Seq, path string) error {
 	return c.with("xdan_seq_save", func(p *C.xdan_context) error {
 		cp := C.CString(path)
 		defer C.free(unsafe.Pointer(cp))
-		return call("xdan_seq_save", func() C.xdan_status { return C.xdan_seq_save(p, C.xdan_seq(seq), cp) })
+		return call("xdan_seq_save", func() C.xdan_status { return C.xdan_status(C.xdan_seq_save(p, C.xdan_seq(seq), cp)) })
 	})
 }
 
@@ -735,7 +735,7 @@ func (c *Context) SeqLoad(seq Seq, path string) error {
 	return c.with("xdan_seq_load", func(p *C.xdan_context) error {
 		cp := C.CString(path)
 		defer C.free(unsafe.Pointer(cp))
-		return call("xdan_seq_load", func() C.xdan_status { return C.xdan_seq_load(p, C.xdan_seq(seq), cp) })
+		return call("xdan_seq_load", func() C.xdan_status { return C.xdan_status(C.xdan_seq_load(p, C.xdan_seq(seq), cp)) })
 	})
 }
 
@@ -748,7 +748,7 @@ func (c *Context) KvStats() (KvStats, error) {
 	var st C.xdan_kv_stats
 	st.size = C.uint32_t(unsafe.Sizeof(st))
 	err := c.with("xdan_kv_stats_get", func(p *C.xdan_context) error {
-		return call("xdan_kv_stats_get", func() C.xdan_status { return C.xdan_kv_stats_get(p, &st) })
+		return call("xdan_kv_stats_get", func() C.xdan_status { return C.xdan_status(C.xdan_kv_stats_get(p, &st)) })
 	})
 	if err != nil {
 		return KvStats{}, err
@@ -812,7 +812,7 @@ func NewSampler(m *Model, params *SamplerParams) (*Sampler, error) {
 	p.seed = C.uint64_t(params.Seed)
 	var out *C.xdan_sampler
 	err := m.with("xdan_sampler_new", func(mp *C.xdan_model) error {
-		return call("xdan_sampler_new", func() C.xdan_status { return C.xdan_sampler_new(mp, &p, &out) })
+		return call("xdan_sampler_new", func() C.xdan_status { return C.xdan_status(C.xdan_sampler_new(mp, &p, &out)) })
 	})
 	if err != nil {
 		return nil, err
@@ -844,7 +844,7 @@ func (s *Sampler) Sample(ctx *Context, seq Seq) (Token, error) {
 	}
 	var t C.xdan_token
 	err := ctx.with("xdan_sample", func(cp *C.xdan_context) error {
-		return call("xdan_sample", func() C.xdan_status { return C.xdan_sample(cp, C.xdan_seq(seq), s.p, &t) })
+		return call("xdan_sample", func() C.xdan_status { return C.xdan_status(C.xdan_sample(cp, C.xdan_seq(seq), s.p, &t)) })
 	})
 	return Token(t), err
 }
@@ -859,7 +859,7 @@ func (s *Sampler) Accept(tokens []Token) error {
 	ct := cTokens(tokens)
 	defer C.free(unsafe.Pointer(ct))
 	return call("xdan_sampler_accept", func() C.xdan_status {
-		return C.xdan_sampler_accept(s.p, ct, C.size_t(len(tokens)))
+		return C.xdan_status(C.xdan_sampler_accept(s.p, ct, C.size_t(len(tokens))))
 	})
 }
 
