@@ -6,6 +6,10 @@
  * shared tokens). Every character has its own sampler and seed, and all characters are stepped
  * together, one token each, with xdan_step_batch.
  *
+ * The KV cache is paged in blocks: when a character appends to the world prompt's last, partly
+ * filled block, that one block is copied for it (copy-on-write), so the shared count drops to the
+ * prompt's full blocks while every full block stays shared.
+ *
  * Build: cc -O2 -Iinclude examples/npc/npc.c -Ltarget/release -Wl,-rpath,$PWD/target/release -lxdan -o npc
  * Run:   ./npc [MODEL.gguf] [TOKENS_PER_CHARACTER]
  * (with the random tiny test model the lines are gibberish; the mechanics are the point)
