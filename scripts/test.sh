@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
+scripts/fetch-smollm2.sh >/dev/null
 cargo test --release --all-targets 2>&1
 
 # The bindings, packaging and examples run against target/release/libxdan.so.
