@@ -8,6 +8,9 @@ cd "$root"
 if [ "${XDAN_NO_BUILD:-0}" != 1 ] || [ ! -f target/release/libxdan.so ]; then
   cargo build --release --lib || exit 1
 fi
+# Binaries linked here ask for the soname; build.rs links it beside the library, but re-link it in
+# case that link was removed while the build script's output stayed fresh.
+[ -e target/release/libxdan.so.1 ] || ln -sfn libxdan.so target/release/libxdan.so.1
 model="$root/tests/data/tiny-mixtral/Q8_0/tiny-mixtral-Q8_0.gguf"
 out="$root/target/examples-bin"
 mkdir -p "$out"

@@ -10,6 +10,9 @@ cd "$root"
 if [ "${XDAN_NO_BUILD:-0}" != 1 ] || [ ! -f target/release/libxdan.so ]; then
   cargo build --release --lib
 fi
+# Binaries linked here ask for the soname; build.rs links it beside the library, but re-link it in
+# case that link was removed while the build script's output stayed fresh.
+[ -e target/release/libxdan.so.1 ] || ln -sfn libxdan.so target/release/libxdan.so.1
 out="$root/target/bindings/cpp"
 mkdir -p "$out"
 flags=(-std=c++17 -Wall -Wextra -Werror -g -I"$root/bindings/cpp" -I"$root/include")
