@@ -1061,6 +1061,11 @@ fn malformed_files_are_refused_within_2gib_of_address_space() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    // The count goes to the real stdout, past the harness's capture, so every run shows it.
+    if let Some(line) = stdout.lines().find(|l| l.starts_with("malformed GGUF cases:")) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+    }
     assert!(
         out.status.success(),
         "the child running the cases under RLIMIT_AS failed: {:?}",
