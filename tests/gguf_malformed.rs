@@ -791,8 +791,8 @@ fn build_cases(cases: &mut Cases, tag: &str, fi: usize, b: &[u8]) {
         }
     }
     // Overlap: move a tensor onto the start of the previous one's bytes (it still fits there).
-    for ti in 1..l.tensors.len().min(8) {
-        let (prev, t) = (&l.tensors[ti - 1], &l.tensors[ti]);
+    for (ti, pair) in l.tensors.windows(2).enumerate().take(7) {
+        let (prev, t) = (&pair[0], &pair[1]);
         if prev.offset < t.offset {
             let keyword = format!(
                 "tensor '{}': data [{}, {}) overlaps tensor '{}'",
@@ -803,7 +803,7 @@ fn build_cases(cases: &mut Cases, tag: &str, fi: usize, b: &[u8]) {
             );
             cases.format(
                 format!("{tag}: {keyword}"),
-                patched(b, offsets[ti].at, &prev.offset.to_le_bytes()),
+                patched(b, offsets[ti + 1].at, &prev.offset.to_le_bytes()),
                 keyword,
             );
         }
