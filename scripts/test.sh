@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
+scripts/fetch-smollm2.sh >/dev/null
 cargo test --release --all-targets 2>&1

@@ -12,3 +12,8 @@ pub use error::{Error, ErrorKind, Result};
 pub mod tokenizer;
 pub mod sample;
 pub mod engine;
+pub mod backend;
+pub mod kv;
+pub mod model;
+pub mod log;
+pub mod capi;
