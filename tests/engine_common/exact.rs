@@ -25,11 +25,18 @@ pub struct Exact {
 pub fn exact_reference(variant: &str) -> Exact {
     let dir = data_dir().join("tiny-mixtral").join(variant);
     if variant != "F32" && variant != "BF16" {
-        let n = read_json(&dir.join("refs.json"))["prompts"].as_array().unwrap().len();
+        let n = read_json(&dir.join("refs.json"))["prompts"]
+            .as_array()
+            .unwrap()
+            .len();
         return Exact {
             summary: read_json(&dir.join("ideal.json")),
-            logits: (0..n).map(|i| read_f32(&dir.join(format!("ideal_logits_p{i}.bin")))).collect(),
-            router_margin: (0..n).map(|i| read_f32(&dir.join(format!("ideal_router_margin_p{i}.bin")))).collect(),
+            logits: (0..n)
+                .map(|i| read_f32(&dir.join(format!("ideal_logits_p{i}.bin"))))
+                .collect(),
+            router_margin: (0..n)
+                .map(|i| read_f32(&dir.join(format!("ideal_router_margin_p{i}.bin"))))
+                .collect(),
         };
     }
     let f32_dir = data_dir().join("tiny-mixtral/F32");
@@ -47,12 +54,22 @@ pub fn exact_reference(variant: &str) -> Exact {
         // files read here, up to the rounding of the float64 logits to the stored f32 (half an
         // ulp: < 5e-7 for |logits| < 16).
         let f32_llama = read_f32(&f32_dir.join(format!("logits_p{i}.bin")));
-        let stated = f32_refs["numpy_reference"]["max_abs_diff_vs_llama_cpp"][format!("p{i}")].as_f64().unwrap();
+        let stated = f32_refs["numpy_reference"]["max_abs_diff_vs_llama_cpp"][format!("p{i}")]
+            .as_f64()
+            .unwrap();
         let d = max_abs_diff(&f32_llama, &exact) as f64;
-        assert!((d - stated).abs() < 5e-7, "F32 numpy_f64_logits_p{i}: max diff to llama.cpp {d}, refs.json says {stated}");
+        assert!(
+            (d - stated).abs() < 5e-7,
+            "F32 numpy_f64_logits_p{i}: max diff to llama.cpp {d}, refs.json says {stated}"
+        );
         let llama = read_f32(&dir.join(format!("logits_p{i}.bin")));
         let per_pos: Vec<f32> = (0..n)
-            .map(|t| max_abs_diff(&llama[t * n_vocab..(t + 1) * n_vocab], &exact[t * n_vocab..(t + 1) * n_vocab]))
+            .map(|t| {
+                max_abs_diff(
+                    &llama[t * n_vocab..(t + 1) * n_vocab],
+                    &exact[t * n_vocab..(t + 1) * n_vocab],
+                )
+            })
             .collect();
         prompts.push(json!({ "n": n, "llama_vs_ideal_maxabs_per_pos": per_pos }));
         let order = read_i32(&f32_dir.join(format!("routing_order_p{i}.bin")));
@@ -61,7 +78,10 @@ pub fn exact_reference(variant: &str) -> Exact {
         router_margin.push(
             (0..order.len() / n_exp)
                 .map(|r| {
-                    let (o, pr) = (&order[r * n_exp..(r + 1) * n_exp], &probs[r * n_exp..(r + 1) * n_exp]);
+                    let (o, pr) = (
+                        &order[r * n_exp..(r + 1) * n_exp],
+                        &probs[r * n_exp..(r + 1) * n_exp],
+                    );
                     pr[o[k - 1] as usize] - pr[o[k] as usize]
                 })
                 .collect(),
@@ -74,5 +94,9 @@ pub fn exact_reference(variant: &str) -> Exact {
         "prompts": prompts,
         "greedy": { "ids": ids(&g["ids"]), "top1_minus_top2": f32s(&g["top1_minus_top2"]) },
     });
-    Exact { summary, logits, router_margin }
+    Exact {
+        summary,
+        logits,
+        router_margin,
+    }
 }

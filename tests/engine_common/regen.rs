@@ -36,9 +36,15 @@ impl LegacyRandomState {
         let mut mt = [0u32; 624];
         mt[0] = seed;
         for i in 1..624 {
-            mt[i] = 1812433253u32.wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30)).wrapping_add(i as u32);
+            mt[i] = 1812433253u32
+                .wrapping_mul(mt[i - 1] ^ (mt[i - 1] >> 30))
+                .wrapping_add(i as u32);
         }
-        LegacyRandomState { mt, pos: 624, gauss: None }
+        LegacyRandomState {
+            mt,
+            pos: 624,
+            gauss: None,
+        }
     }
 
     fn next_u32(&mut self) -> u32 {
@@ -109,7 +115,12 @@ fn refs(variant: &str) -> Refs {
             name: t["name"].as_str().unwrap().to_string(),
             ty: GgmlType::from_name(t["type"].as_str().unwrap())
                 .unwrap_or_else(|| panic!("{}: unknown type {}", p.display(), t["type"])),
-            ne: t["ne"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect(),
+            ne: t["ne"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect(),
         })
         .collect();
     Refs {
@@ -145,7 +156,12 @@ fn template() -> Gguf {
     Gguf::open(&p, false).unwrap_or_else(|e| panic!("{}: {}", p.display(), e.message))
 }
 
-fn build(variant: &str, template: &Gguf, weights: &HashMap<String, Vec<f32>>, tensors: &[TensorRef]) -> Vec<u8> {
+fn build(
+    variant: &str,
+    template: &Gguf,
+    weights: &HashMap<String, Vec<f32>>,
+    tensors: &[TensorRef],
+) -> Vec<u8> {
     let mut w = GgufWriter::new();
     match variant {
         "F32" => {
@@ -169,8 +185,14 @@ fn build(variant: &str, template: &Gguf, weights: &HashMap<String, Vec<f32>>, te
         let v = &weights[&t.name];
         let data: Vec<u8> = match t.ty {
             GgmlType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            GgmlType::BF16 => v.iter().flat_map(|&x| f32_to_bf16(x).to_le_bytes()).collect(),
-            other => panic!("{variant}: tensor {} has type {other:?}, which this recipe does not make", t.name),
+            GgmlType::BF16 => v
+                .iter()
+                .flat_map(|&x| f32_to_bf16(x).to_le_bytes())
+                .collect(),
+            other => panic!(
+                "{variant}: tensor {} has type {other:?}, which this recipe does not make",
+                t.name
+            ),
         };
         w.add_tensor(&t.name, &t.ne, t.ty, data).unwrap();
     }
@@ -179,19 +201,37 @@ fn build(variant: &str, template: &Gguf, weights: &HashMap<String, Vec<f32>>, te
 
 /// Names the first tensor whose regenerated values, rounded to F16, differ from the stored F16
 /// file: the place to look when the F32 hash does not match.
-fn first_f16_mismatch(template: &Gguf, weights: &HashMap<String, Vec<f32>>, tensors: &[TensorRef]) -> String {
+fn first_f16_mismatch(
+    template: &Gguf,
+    weights: &HashMap<String, Vec<f32>>,
+    tensors: &[TensorRef],
+) -> String {
     for t in tensors {
         let info = template.tensor(&t.name).unwrap();
         let data = template.tensor_data(info);
         let v = &weights[&t.name];
         for (i, &x) in v.iter().enumerate() {
             let ok = match info.ty {
-                GgmlType::F16 => half::f16::from_f32(x).to_bits() == u16::from_le_bytes([data[2 * i], data[2 * i + 1]]),
-                GgmlType::F32 => x.to_bits() == u32::from_le_bytes([data[4 * i], data[4 * i + 1], data[4 * i + 2], data[4 * i + 3]]),
+                GgmlType::F16 => {
+                    half::f16::from_f32(x).to_bits()
+                        == u16::from_le_bytes([data[2 * i], data[2 * i + 1]])
+                }
+                GgmlType::F32 => {
+                    x.to_bits()
+                        == u32::from_le_bytes([
+                            data[4 * i],
+                            data[4 * i + 1],
+                            data[4 * i + 2],
+                            data[4 * i + 3],
+                        ])
+                }
                 _ => true,
             };
             if !ok {
-                return format!("tensor {} element {i} (value {x:e}) differs from the F16 file", t.name);
+                return format!(
+                    "tensor {} element {i} (value {x:e}) differs from the F16 file",
+                    t.name
+                );
             }
         }
     }
@@ -218,7 +258,11 @@ fn regenerate_all() -> HashMap<String, PathBuf> {
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     let mut out = HashMap::new();
     for variant in ["F32", "BF16"] {
-        let r = if variant == "F32" { refs("F32") } else { refs("BF16") };
+        let r = if variant == "F32" {
+            refs("F32")
+        } else {
+            refs("BF16")
+        };
         let bytes = build(variant, &tmpl, &weights, &r.tensors);
         let sha = hex(&Sha256::digest(&bytes));
         if sha != r.sha256 || bytes.len() as u64 != r.size {
@@ -233,7 +277,10 @@ fn regenerate_all() -> HashMap<String, PathBuf> {
         // Written under a per-process name, then renamed: test binaries running at the same
         // time never see a partial file.
         let path = dir.join(format!("tiny-mixtral-{variant}.gguf"));
-        let part = dir.join(format!("tiny-mixtral-{variant}.gguf.{}", std::process::id()));
+        let part = dir.join(format!(
+            "tiny-mixtral-{variant}.gguf.{}",
+            std::process::id()
+        ));
         std::fs::write(&part, &bytes).unwrap_or_else(|e| panic!("{}: {e}", part.display()));
         std::fs::rename(&part, &path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         out.insert(variant.to_string(), path);
