@@ -57,9 +57,21 @@
  * Severity of a log message.
  */
 typedef enum xdan_log_level {
+  /**
+   * A failure (also reported through the status of the call that failed).
+   */
   XDAN_LOG_ERROR = 0,
+  /**
+   * Something the host should know about that does not stop the call.
+   */
   XDAN_LOG_WARN = 1,
+  /**
+   * Progress and choices made: model shape, placement, thread counts.
+   */
   XDAN_LOG_INFO = 2,
+  /**
+   * Detail for diagnosing the library itself.
+   */
   XDAN_LOG_DEBUG = 3,
 } xdan_log_level;
 
@@ -311,7 +323,13 @@ typedef struct xdan_model_info {
  * NUL-terminated UTF-8.
  */
 typedef struct xdan_chat_message {
+  /**
+   * Who speaks: "system", "user", "assistant" (or what the template knows).
+   */
   const char *role;
+  /**
+   * What is said.
+   */
   const char *content;
 } xdan_chat_message;
 
@@ -368,8 +386,17 @@ typedef uint32_t xdan_seq;
  * Tokens for one sequence in `xdan_step_batch`.
  */
 typedef struct xdan_seq_tokens {
+  /**
+   * The sequence to append to.
+   */
   xdan_seq seq;
+  /**
+   * The tokens to append (`n` of them, at least one).
+   */
   const xdan_token *tokens;
+  /**
+   * How many tokens.
+   */
   size_t n;
 } xdan_seq_tokens;
 

@@ -22,12 +22,14 @@ static double now_s(void) {
 }
 
 static bool progress_bar(float done, void *user) {
-  (void)user;
-  int width = 40, filled = (int)(done * (float)width + 0.5f);
+  int *shown = user; /* the percentage on screen, -1 before the first call */
+  int pct = (int)(done * 100.0f + 0.5f), width = 40, filled = (int)(done * (float)width + 0.5f);
+  if (pct == *shown) return true;
+  *shown = pct;
   fprintf(stderr, "\rloading [");
   for (int i = 0; i < width; i++) fputc(i < filled ? '#' : ' ', stderr);
-  fprintf(stderr, "] %3d%%", (int)(done * 100.0f + 0.5f));
-  if (done >= 1.0f) fputc('\n', stderr);
+  fprintf(stderr, "] %3d%%", pct);
+  if (pct >= 100) fputc('\n', stderr);
   return true; /* returning false would cancel the load */
 }
 
@@ -68,7 +70,9 @@ int main(int argc, char **argv) {
   /* Load. */
   xdan_model_params mp;
   xdan_model_params_init(&mp);
+  int shown = -1;
   mp.progress = progress_bar;
+  mp.progress_user = &shown;
   xdan_model *model = NULL;
   double t0 = now_s();
   xdan_status s = xdan_model_load(model_path, &mp, &model);
@@ -77,9 +81,11 @@ int main(int argc, char **argv) {
   xdan_model_info info;
   info.size = sizeof info;
   xdan_model_info_get(model, &info);
-  fprintf(stderr, "%s: %u layers, %u experts (%u used), vocab %u, %.1f MB, loaded in %.2f s\n",
-          info.arch, info.n_layer, info.n_expert, info.n_expert_used, info.n_vocab,
-          (double)info.file_bytes / 1e6, t_load);
+  char experts[64] = "dense";
+  if (info.n_expert > 0)
+    snprintf(experts, sizeof experts, "%u experts (%u per token)", info.n_expert, info.n_expert_used);
+  fprintf(stderr, "%s: %u layers, %s, vocab %u, %.1f MB, loaded in %.2f s\n", info.arch, info.n_layer,
+          experts, info.n_vocab, (double)info.file_bytes / 1e6, t_load);
 
   /* The prompt through the chat template, then tokens. */
   char *text = NULL;
@@ -146,6 +152,7 @@ int main(int argc, char **argv) {
   }
   double t_gen = now_s() - t0;
   printf("\n");
+  fflush(stdout);
   fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tokens/s); generated: %d tokens in %.3f s (%.1f tokens/s)\n",
           n_prompt, t_prompt, (double)n_prompt / t_prompt, n_gen, t_gen,
           n_gen > 0 ? (double)n_gen / t_gen : 0.0);

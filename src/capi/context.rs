@@ -243,8 +243,11 @@ pub unsafe extern "C" fn xdan_step(
 /// Tokens for one sequence in `xdan_step_batch`.
 #[repr(C)]
 pub struct xdan_seq_tokens {
+    /// The sequence to append to.
     pub seq: xdan_seq,
+    /// The tokens to append (`n` of them, at least one).
     pub tokens: *const xdan_token,
+    /// How many tokens.
     pub n: usize,
 }
 

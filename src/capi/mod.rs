@@ -102,9 +102,13 @@ pub enum xdan_kv_type {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum xdan_log_level {
+    /// A failure (also reported through the status of the call that failed).
     XDAN_LOG_ERROR = 0,
+    /// Something the host should know about that does not stop the call.
     XDAN_LOG_WARN = 1,
+    /// Progress and choices made: model shape, placement, thread counts.
     XDAN_LOG_INFO = 2,
+    /// Detail for diagnosing the library itself.
     XDAN_LOG_DEBUG = 3,
 }
 

@@ -119,7 +119,9 @@ pub unsafe extern "C" fn xdan_token_is_eog(m: *const xdan_model, t: xdan_token) 
 /// NUL-terminated UTF-8.
 #[repr(C)]
 pub struct xdan_chat_message {
+    /// Who speaks: "system", "user", "assistant" (or what the template knows).
     pub role: *const c_char,
+    /// What is said.
     pub content: *const c_char,
 }
 
