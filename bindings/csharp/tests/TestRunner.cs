@@ -246,29 +246,33 @@ internal static class Tests
         }
     }
 
-    // The library's own lines arrive only if it logs during the load; what is asserted is the
-    // binding's path: the native-callable trampoline delivers to the installed sink, and to
-    // nothing once it is removed.
+    [DllImport("xdan")] static extern Status xdan_debug_panic_next_step(IntPtr c);
+
+    // End to end: a panic inside the engine (the library's test hook) is caught at the ABI and
+    // logged as an error, which must reach the managed sink; the step throws XdanException
+    // (Internal). Once the sink is removed, the trampoline delivers nothing.
     static void LogCallback()
     {
         var got = new List<KeyValuePair<LogLevel, string>>();
         Library.SetLogCallback((level, text) => { lock (got) got.Add(new KeyValuePair<LogLevel, string>(level, text)); });
-        using (Model.Load(ModelPath)) { }
-        int fromLibrary = got.Count;
-        foreach (var g in got)
-            Check(g.Key >= LogLevel.Error && g.Key <= LogLevel.Debug && g.Value.Length > 0, "well-formed log line");
-        IntPtr msg = Marshal.StringToHGlobalAnsi("a line");
-        try
+        using (var m = Model.Load(ModelPath))
+        using (var ctx = new Context(m, SmallCtx()))
         {
-            Library.LogTrampoline((int)LogLevel.Warn, msg, IntPtr.Zero);
-            Check(got.Count == fromLibrary + 1 && got[fromLibrary].Key == LogLevel.Warn && got[fromLibrary].Value == "a line",
-                  "trampoline delivers to the sink");
-            Library.SetLogCallback(null);
-            Library.LogTrampoline((int)LogLevel.Warn, msg, IntPtr.Zero);
-            Check(got.Count == fromLibrary + 1, "a removed sink gets nothing");
+            Check(xdan_debug_panic_next_step(ctx.Handle.DangerousGetHandle()) == Status.Ok, "arm the panic hook");
+            ThrowsStatus(() => ctx.Step(0, 1), Status.Internal, "step that panics inside the engine");
         }
-        finally { Marshal.FreeHGlobal(msg); }
-        Console.WriteLine($"  log: {fromLibrary} lines from the library during a load");
+        Library.SetLogCallback(null);
+        lock (got)
+        {
+            foreach (var g in got)
+                Check(g.Key >= LogLevel.Error && g.Key <= LogLevel.Debug && g.Value.Length > 0, "well-formed log line");
+            Check(got.Any(g => g.Key == LogLevel.Error && g.Value.Contains("panic")), "the caught panic reached the sink");
+            int n = got.Count;
+            IntPtr msg = Marshal.StringToHGlobalAnsi("dropped");
+            try { Library.LogTrampoline((int)LogLevel.Warn, msg, IntPtr.Zero); }
+            finally { Marshal.FreeHGlobal(msg); }
+            Check(got.Count == n, "a removed sink gets nothing");
+        }
     }
 
     static void DisposedObjectsFailCleanly()
