@@ -23,7 +23,7 @@ suite() {  # suite NAME COMMAND...
   fi
 }
 
-suite "C++ binding" bindings/cpp/test.sh
+suite "C++ binding" env XDAN_CPP_VALGRIND=1 bindings/cpp/test.sh
 # Go: no module downloads (the binding has no dependencies); its own build cache under target/.
 suite "Go binding" env GOPROXY=off GOFLAGS=-mod=mod GOCACHE="$root/target/go-cache" \
   bash -c 'cd bindings/go && go vet ./... && go test -count=1 ./...'
