@@ -456,7 +456,7 @@ func TestCreateCloseCyclesStableRSS(t *testing.T) {
 	runtime.GC()
 	after := rssBytes(t)
 	t.Logf("RSS %d KiB -> %d KiB over %d cycles", before/1024, after/1024, n)
-	if after-before > 16<<20 {
+	if after-before > 8<<20 {
 		t.Fatalf("RSS grew by %d KiB over %d cycles", (after-before)/1024, n)
 	}
 }
@@ -488,7 +488,7 @@ func TestStepCyclesStableRSS(t *testing.T) {
 	runtime.GC()
 	after := rssBytes(t)
 	t.Logf("RSS %d KiB -> %d KiB over %d cycles", before/1024, after/1024, n)
-	if after-before > 16<<20 {
+	if after-before > 8<<20 {
 		t.Fatalf("RSS grew by %d KiB over %d cycles", (after-before)/1024, n)
 	}
 }
