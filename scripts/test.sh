@@ -5,4 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
+# NVRTC for tests/cuda_nvrtc.rs (the CUDA kernels must compile; no GPU needed). The version is
+# pinned so the ptxas reports stay comparable.
+python3 -m pip install --quiet --disable-pip-version-check nvidia-cuda-nvrtc-cu12==12.9.86 2>&1 \
+  | grep -v "Running pip as the 'root' user" || true
 cargo test --release --all-targets 2>&1

@@ -12,3 +12,4 @@ pub use error::{Error, ErrorKind, Result};
 pub mod tokenizer;
 pub mod sample;
 pub mod engine;
+pub mod backend;

@@ -1,0 +1,80 @@
+// Decode matrix-vector products for the GGML quantized types, in the mmvq manner: the
+// activation vector is first quantized to q8_1 blocks (quantize_q8_1), then each weight block's
+// integers meet the activation's int8 values in __dp4a dot products and the scales are applied
+// once per 16 or 32 values.
+//
+// Work split: one warp per output row; lane i takes the 32-value sub-blocks i, i+32, ... of the
+// row (a 256-value super-block has 8 of them) and the warp sums at the end. Every quant type
+// provides `dot_<type>(block, sub, a)`: the dot product of sub-block `sub` of `block` with the
+// q8_1 block `a` of the same 32 columns.
+//
+// MoE dispatch uses the same kernels: grid.y runs over "slots"; slot j multiplies expert
+// ids[j]'s matrix (at byte offset ids[j] * expert_stride) with activation block row
+// x + j * x_stride (x_stride 0: every slot shares one activation) into y + j * nrows. With
+// ids == nullptr there is one slot and expert 0: a plain matvec.
+#include "quant_dot.cuh"
+
+// ---- activation quantization ------------------------------------------------------------
+
+// One warp per 32 values; n is a multiple of 32. Rounds half away from zero, as ggml does.
+extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, xd_q8_1* __restrict__ y, int n) {
+    const int lane = threadIdx.x % XD_WARP;
+    const int blk = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
+    const bool live = blk * XD_WARP < n;
+    const float v = live ? x[blk * XD_WARP + lane] : 0.0f;
+    const float amax = xd_warp_max(fabsf(v));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const int q = int(roundf(v * id));
+    const int sum = xd_warp_sum_int(q);
+    if (live) {
+        reinterpret_cast<int8_t*>(y[blk].qs)[lane] = int8_t(q);
+        if (lane == 0) {
+            y[blk].d = d;
+            y[blk].s = d * float(sum);
+        }
+    }
+}
+
+// ---- the kernels ----------------------------------------------------------------------------
+
+template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
+__device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long expert_stride,
+                                        const int* __restrict__ ids, const xd_q8_1* __restrict__ x,
+                                        int x_stride, float* __restrict__ y, int ncols, int nrows) {
+    const int lane = threadIdx.x % XD_WARP;
+    const int row = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
+    const int slot = blockIdx.y;
+    const long long expert = ids ? ids[slot] : 0;
+    const int nsub = ncols / 32;
+    constexpr int SUBS = QK / 32;
+    const uint8_t* wrow = w + expert * expert_stride + (long long)row * (ncols / QK) * BYTES;
+    const xd_q8_1* xs = x + (long long)slot * x_stride;
+    float acc = 0.0f;
+    if (row < nrows) {
+        for (int u = lane; u < nsub; u += XD_WARP) acc += DOT(wrow + (u / SUBS) * BYTES, u % SUBS, xs[u]);
+    }
+    // Every lane takes part in the reduction, rows past the end included.
+    acc = xd_warp_sum(acc);
+    if (lane == 0 && row < nrows) y[(long long)slot * nrows + row] = acc;
+}
+
+#define XD_MMVQ_KERNEL(name, qk, bytes, dot)                                                      \
+    extern "C" __global__ void name(const uint8_t* __restrict__ w, long long expert_stride,       \
+                                    const int* __restrict__ ids, const xd_q8_1* __restrict__ x,   \
+                                    int x_stride, float* __restrict__ y, int ncols, int nrows) {  \
+        xd_mmvq<qk, bytes, dot>(w, expert_stride, ids, x, x_stride, y, ncols, nrows);             \
+    }
+
+XD_MMVQ_KERNEL(mul_mat_vec_q4_0, 32, 18, dot_q4_0)
+XD_MMVQ_KERNEL(mul_mat_vec_q4_1, 32, 20, dot_q4_1)
+XD_MMVQ_KERNEL(mul_mat_vec_q5_0, 32, 22, dot_q5_0)
+XD_MMVQ_KERNEL(mul_mat_vec_q5_1, 32, 24, dot_q5_1)
+XD_MMVQ_KERNEL(mul_mat_vec_q8_0, 32, 34, dot_q8_0)
+XD_MMVQ_KERNEL(mul_mat_vec_q2_k, 256, 84, dot_q2_k)
+XD_MMVQ_KERNEL(mul_mat_vec_q3_k, 256, 110, dot_q3_k)
+XD_MMVQ_KERNEL(mul_mat_vec_q4_k, 256, 144, dot_q4_k)
+XD_MMVQ_KERNEL(mul_mat_vec_q5_k, 256, 176, dot_q5_k)
+XD_MMVQ_KERNEL(mul_mat_vec_q6_k, 256, 210, dot_q6_k)
+XD_MMVQ_KERNEL(mul_mat_vec_iq4_nl, 32, 18, dot_iq4_nl)
+XD_MMVQ_KERNEL(mul_mat_vec_iq4_xs, 256, 136, dot_iq4_xs)

@@ -1,0 +1,224 @@
+// Test driver for the CUDA kernels built by the host compiler under kernels/emu/cuda_emu.h.
+// Usage: harness OP DIR ARGS...; reads its inputs from files in DIR, writes its outputs there
+// (raw little-endian arrays), and exits non-zero with a message on any error. The Rust test
+// tests/cuda_emu.rs prepares the inputs and checks the outputs against the CPU.
+#include "emu/cuda_emu.h"
+
+#include "mmvq.cu"
+#include "matvec_float.cu"
+#include "get_rows.cu"
+#include "norm.cu"
+#include "rope.cu"
+#include "elementwise.cu"
+#include "router.cu"
+#include "attention.cu"
+
+#include <fstream>
+#include <string>
+
+namespace {
+
+std::string g_dir;
+
+[[noreturn]] void fail(const std::string& msg) {
+    std::fprintf(stderr, "harness: %s\n", msg.c_str());
+    std::exit(2);
+}
+
+template <typename T>
+std::vector<T> load(const char* name) {
+    std::ifstream f(g_dir + "/" + name, std::ios::binary);
+    if (!f) fail(std::string("cannot read ") + name);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    if (bytes.size() % sizeof(T)) fail(std::string("odd size: ") + name);
+    std::vector<T> v(bytes.size() / sizeof(T));
+    std::memcpy(v.data(), bytes.data(), bytes.size());
+    return v;
+}
+
+template <typename T>
+void store(const char* name, const std::vector<T>& v) {
+    std::ofstream f(g_dir + "/" + name, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(v.data()), std::streamsize(v.size() * sizeof(T)));
+    if (!f) fail(std::string("cannot write ") + name);
+}
+
+using MatvecQ = void (*)(const uint8_t*, long long, const int*, const xd_q8_1*, int, float*, int, int);
+using MatvecF = void (*)(const uint8_t*, long long, const int*, const float*, int, float*, int, int);
+using GetRows = void (*)(const uint8_t*, const int*, float*, int);
+
+struct TypeEntry {
+    const char* name;
+    int qk, bytes;
+    MatvecQ mq;
+    MatvecF mf;
+    GetRows gr;
+};
+
+const TypeEntry kTypes[] = {
+    {"F32", 1, 4, nullptr, mul_mat_vec_f32, get_rows_f32},
+    {"F16", 1, 2, nullptr, mul_mat_vec_f16, get_rows_f16},
+    {"Q4_0", 32, 18, mul_mat_vec_q4_0, nullptr, get_rows_q4_0},
+    {"Q4_1", 32, 20, mul_mat_vec_q4_1, nullptr, get_rows_q4_1},
+    {"Q5_0", 32, 22, mul_mat_vec_q5_0, nullptr, get_rows_q5_0},
+    {"Q5_1", 32, 24, mul_mat_vec_q5_1, nullptr, get_rows_q5_1},
+    {"Q8_0", 32, 34, mul_mat_vec_q8_0, nullptr, get_rows_q8_0},
+    {"Q2_K", 256, 84, mul_mat_vec_q2_k, nullptr, get_rows_q2_k},
+    {"Q3_K", 256, 110, mul_mat_vec_q3_k, nullptr, get_rows_q3_k},
+    {"Q4_K", 256, 144, mul_mat_vec_q4_k, nullptr, get_rows_q4_k},
+    {"Q5_K", 256, 176, mul_mat_vec_q5_k, nullptr, get_rows_q5_k},
+    {"Q6_K", 256, 210, mul_mat_vec_q6_k, nullptr, get_rows_q6_k},
+    {"IQ4_NL", 32, 18, mul_mat_vec_iq4_nl, nullptr, get_rows_iq4_nl},
+    {"IQ4_XS", 256, 136, mul_mat_vec_iq4_xs, nullptr, get_rows_iq4_xs},
+};
+
+const TypeEntry& type_named(const std::string& n) {
+    for (const auto& t : kTypes)
+        if (n == t.name) return t;
+    fail("unknown type " + n);
+}
+
+int iarg(char** argv, int argc, int i) {
+    if (i >= argc) fail("missing argument " + std::to_string(i));
+    return std::stoi(argv[i]);
+}
+float farg(char** argv, int argc, int i) {
+    if (i >= argc) fail("missing argument " + std::to_string(i));
+    return std::stof(argv[i]);
+}
+
+// y[slot][row] for `slots` slots: slot j uses expert ids[j] (or expert 0 with no ids) and
+// activation row j (x_rows == slots) or the single row (x_rows == 1).
+void matvec(const TypeEntry& t, const std::vector<uint8_t>& w, const std::vector<int>* ids, int slots,
+            const std::vector<float>& x, int x_rows, int nrows, int ncols, std::vector<float>& y) {
+    if (ncols % (t.qk == 1 ? 1 : t.qk) != 0) fail("ncols is not a whole number of blocks");
+    const long long row_bytes = (long long)(ncols / t.qk) * t.bytes;
+    const long long expert_stride = row_bytes * nrows;
+    y.assign((size_t)slots * nrows, 0.0f);
+    const int rows_per_block = 4;
+    dim3 grid((nrows + rows_per_block - 1) / rows_per_block, slots);
+    dim3 block(32 * rows_per_block);
+    const int* idp = ids ? ids->data() : nullptr;
+    if (t.mf) {
+        const int xs = x_rows == 1 ? 0 : ncols;
+        XD_LAUNCH(t.mf, grid, block, 0, w.data(), expert_stride, idp, x.data(), xs, y.data(), ncols, nrows);
+    } else {
+        const int nb = ncols / 32 * x_rows;
+        std::vector<xd_q8_1> xq((size_t)nb);
+        XD_LAUNCH(quantize_q8_1, dim3((nb + 3) / 4), dim3(128), 0, x.data(), xq.data(), nb * 32);
+        const int xs = x_rows == 1 ? 0 : ncols / 32;
+        XD_LAUNCH(t.mq, grid, block, 0, w.data(), expert_stride, idp, xq.data(), xs, y.data(), ncols, nrows);
+        store("xq.bin", xq);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 3) fail("usage: harness OP DIR ARGS...");
+    const std::string op = argv[1];
+    g_dir = argv[2];
+    if (op == "matvec") {  // TYPE NROWS NCOLS: w.bin, x.f32 -> y.f32 (+ xq.bin)
+        const TypeEntry& t = type_named(argv[3]);
+        const int nrows = iarg(argv, argc, 4), ncols = iarg(argv, argc, 5);
+        auto w = load<uint8_t>("w.bin");
+        auto x = load<float>("x.f32");
+        if ((long long)w.size() != (long long)(ncols / t.qk) * t.bytes * nrows) fail("w.bin size");
+        if ((int)x.size() != ncols) fail("x.f32 size");
+        std::vector<float> y;
+        matvec(t, w, nullptr, 1, x, 1, nrows, ncols, y);
+        store("y.f32", y);
+    } else if (op == "moe") {  // TYPE NROWS NCOLS N_EXPERT K X_ROWS: w.bin, ids.i32, x.f32 -> y.f32
+        const TypeEntry& t = type_named(argv[3]);
+        const int nrows = iarg(argv, argc, 4), ncols = iarg(argv, argc, 5), n_expert = iarg(argv, argc, 6);
+        const int k = iarg(argv, argc, 7), x_rows = iarg(argv, argc, 8);
+        auto w = load<uint8_t>("w.bin");
+        auto ids = load<int>("ids.i32");
+        auto x = load<float>("x.f32");
+        if ((long long)w.size() != (long long)(ncols / t.qk) * t.bytes * nrows * n_expert) fail("w.bin size");
+        if ((int)ids.size() != k) fail("ids size");
+        for (int id : ids)
+            if (id < 0 || id >= n_expert) fail("expert id out of range");
+        if ((int)x.size() != ncols * x_rows) fail("x.f32 size");
+        std::vector<float> y;
+        matvec(t, w, &ids, k, x, x_rows, nrows, ncols, y);
+        store("y.f32", y);
+    } else if (op == "get_rows") {  // TYPE NCOLS: table.bin, ids.i32 -> out.f32
+        const TypeEntry& t = type_named(argv[3]);
+        const int ncols = iarg(argv, argc, 4);
+        auto table = load<uint8_t>("table.bin");
+        auto ids = load<int>("ids.i32");
+        std::vector<float> out(ids.size() * (size_t)ncols);
+        XD_LAUNCH(t.gr, dim3((unsigned)ids.size()), dim3(64), 0, table.data(), ids.data(), out.data(), ncols);
+        store("out.f32", out);
+    } else if (op == "rms_norm") {  // ROWS N EPS BLOCK: x.f32, w.f32 -> y.f32
+        const int rows = iarg(argv, argc, 3), n = iarg(argv, argc, 4);
+        const float eps = farg(argv, argc, 5);
+        const int threads = iarg(argv, argc, 6);
+        auto x = load<float>("x.f32");
+        auto w = load<float>("w.f32");
+        std::vector<float> y((size_t)rows * n);
+        XD_LAUNCH(rms_norm, dim3(rows), dim3(threads), 0, x.data(), w.data(), y.data(), n, eps);
+        store("y.f32", y);
+    } else if (op == "rope") {  // N_TOKENS N_HEADS HEAD_DIM N_DIMS BASE: x.f32, pos.i32 -> y.f32
+        const int nt = iarg(argv, argc, 3), nh = iarg(argv, argc, 4), hd = iarg(argv, argc, 5);
+        const int nd = iarg(argv, argc, 6);
+        const float base = farg(argv, argc, 7);
+        auto x = load<float>("x.f32");
+        auto pos = load<int>("pos.i32");
+        XD_LAUNCH(rope_norm, dim3(nt, nh), dim3(32), 0, x.data(), pos.data(), nh, hd, nd, base);
+        store("y.f32", x);
+    } else if (op == "swiglu") {  // N: g.f32, u.f32 -> y.f32
+        const int n = iarg(argv, argc, 3);
+        auto g = load<float>("g.f32");
+        auto u = load<float>("u.f32");
+        std::vector<float> y(n);
+        XD_LAUNCH(swiglu, dim3((n + 127) / 128), dim3(128), 0, g.data(), u.data(), y.data(), n);
+        store("y.f32", y);
+    } else if (op == "combine") {  // K N: x.f32, e.f32, w.f32 -> y.f32 (x + sum w e, then + r)
+        const int k = iarg(argv, argc, 3), n = iarg(argv, argc, 4);
+        auto x = load<float>("x.f32");
+        auto e = load<float>("e.f32");
+        auto w = load<float>("w.f32");
+        auto r = load<float>("r.f32");
+        XD_LAUNCH(moe_combine, dim3((n + 63) / 64), dim3(64), 0, x.data(), e.data(), w.data(), k, n);
+        XD_LAUNCH(add_f32, dim3((n + 63) / 64), dim3(64), 0, x.data(), r.data(), n);
+        store("y.f32", x);
+    } else if (op == "router") {  // N_TOKENS N_EXPERT K: logits.f32 -> ids.i32, weights.f32, probs.f32
+        const int nt = iarg(argv, argc, 3), ne = iarg(argv, argc, 4), k = iarg(argv, argc, 5);
+        auto logits = load<float>("logits.f32");
+        std::vector<int> ids((size_t)nt * k);
+        std::vector<float> weights((size_t)nt * k), probs((size_t)nt * ne);
+        XD_LAUNCH(moe_router, dim3((nt + 1) / 2), dim3(64), 0, logits.data(), nt, ne, k, ids.data(),
+                  weights.data(), probs.data());
+        store("ids.i32", ids);
+        store("weights.f32", weights);
+        store("probs.f32", probs);
+    } else if (op == "attn") {
+        // SEQ_LEN N_HEADS N_KV HEAD_DIM SPLIT_LEN POOL_BLOCKS SCALE:
+        // q.f32 [n_heads][hd], ktok.f32 / vtok.f32 [seq][n_kv][hd], table.i32 -> out.f32
+        const int len = iarg(argv, argc, 3), nh = iarg(argv, argc, 4), nkv = iarg(argv, argc, 5);
+        const int hd = iarg(argv, argc, 6), split = iarg(argv, argc, 7), pool = iarg(argv, argc, 8);
+        const float scale = farg(argv, argc, 9);
+        auto q = load<float>("q.f32");
+        auto kt = load<float>("ktok.f32");
+        auto vt = load<float>("vtok.f32");
+        auto table = load<int>("table.i32");
+        std::vector<float> kc((size_t)pool * nkv * 16 * hd, 0.0f), vc(kc.size(), 0.0f);
+        for (int p = 0; p < len; ++p) {
+            const float* kp = kt.data() + (size_t)p * nkv * hd;
+            const float* vp = vt.data() + (size_t)p * nkv * hd;
+            XD_LAUNCH(kv_store, dim3((nkv * hd + 63) / 64), dim3(64), 0, kp, vp, kc.data(), vc.data(),
+                      table.data(), p, nkv, hd);
+        }
+        const int n_splits = (len + split - 1) / split;
+        std::vector<float> ml((size_t)nh * n_splits * 2), acc((size_t)nh * n_splits * hd), out((size_t)nh * hd);
+        XD_LAUNCH(attn_decode_split, dim3(nh, n_splits), dim3(32 * XD_ATTN_WARPS), 0, q.data(), kc.data(),
+                  vc.data(), table.data(), len, nh, nkv, hd, split, scale, ml.data(), acc.data());
+        XD_LAUNCH(attn_decode_combine, dim3(nh), dim3(32), 0, ml.data(), acc.data(), n_splits, hd, out.data());
+        store("out.f32", out);
+    } else {
+        fail("unknown op " + op);
+    }
+    return 0;
+}
