@@ -13,3 +13,5 @@ pub mod tokenizer;
 pub mod sample;
 pub mod engine;
 pub mod backend;
+pub mod kv;
+pub mod model;

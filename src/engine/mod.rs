@@ -1,14 +1,19 @@
 //! The Rust API: [`Model`] (weights + tokenizer, immutable, shareable), [`Context`] (KV cache +
 //! scratch, one thread at a time), stepping and logits. The C ABI in `capi` is a thin layer over
 //! exactly this.
-//!
-//! (Interface in place; the implementation lands with the engine work.)
 
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::backend::cpu::{CpuBackend, CpuKv};
+use crate::backend::{Backend, KvLayout, RopeParams, KV_BLOCK};
+use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::Gguf;
+use crate::kv::file::SavedSeq;
+use crate::kv::{BlockCopy, KvManager};
+use crate::model::forward::{forward, Batch, Scratch};
+use crate::model::{self, HParams, Weights};
+use crate::quant::GgmlType;
 use crate::tokenizer::{Token, Tokenizer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,6 +28,16 @@ pub enum KvType {
     F16,
     F32,
     Q8_0,
+}
+
+impl KvType {
+    fn ggml(self) -> GgmlType {
+        match self {
+            KvType::F16 => GgmlType::F16,
+            KvType::F32 => GgmlType::F32,
+            KvType::Q8_0 => GgmlType::Q8_0,
+        }
+    }
 }
 
 /// Called with the fraction done; returning false cancels.
@@ -62,9 +77,22 @@ pub struct ModelInfo {
     pub eos: Token,
 }
 
+/// What a model needs to compute (absent for a vocab-only load).
+struct Compute {
+    hp: HParams,
+    rope: RopeParams,
+    weights: Weights<CpuBackend>,
+    fingerprint: u64,
+}
+
 struct ModelInner {
-    gguf: Gguf,
+    // Weights refer into the map held by `gguf`: declared first so they drop first.
+    compute: Option<Compute>,
+    backend: CpuBackend,
+    gguf: Arc<Gguf>,
     tokenizer: Tokenizer,
+    n_threads: usize,
+    info: ModelInfo,
 }
 
 /// A loaded model; cloning shares it.
@@ -73,12 +101,85 @@ pub struct Model {
     inner: Arc<ModelInner>,
 }
 
+/// Physical cores (distinct (package, core id) pairs of /proc/cpuinfo), else logical CPUs.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let Ok(s) = std::fs::read_to_string("/proc/cpuinfo") else { return logical };
+    let mut set = std::collections::HashSet::new();
+    let (mut phys, mut core) = (None, None);
+    for line in s.lines() {
+        let mut kv = line.splitn(2, ':');
+        let (k, v) = (kv.next().unwrap_or("").trim(), kv.next().unwrap_or("").trim());
+        match k {
+            "physical id" => phys = Some(v.to_string()),
+            "core id" => core = Some(v.to_string()),
+            "" => {
+                if let (Some(p), Some(c)) = (phys.take(), core.take()) {
+                    set.insert((p, c));
+                }
+            }
+            _ => {}
+        }
+    }
+    if let (Some(p), Some(c)) = (phys, core) {
+        set.insert((p, c));
+    }
+    if set.is_empty() { logical } else { set.len().min(logical) }
+}
+
 impl Model {
     pub fn load(path: &Path, params: &ModelParams, progress: Option<ProgressFn>) -> Result<Model> {
-        let _ = progress;
-        let gguf = Gguf::open(path, params.use_mmap)?;
+        if params.device == Device::Cuda {
+            return Err(Error::new(ErrorKind::Device, "the CUDA backend is not available; use the CPU device"));
+        }
+        let mut cb_store;
+        let progress: &mut dyn FnMut(f32) -> bool = match progress {
+            Some(p) => p,
+            None => {
+                cb_store = |_f: f32| true;
+                &mut cb_store
+            }
+        };
+        let gguf = Arc::new(Gguf::open(path, params.use_mmap)?);
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        Ok(Model { inner: Arc::new(ModelInner { gguf, tokenizer }) })
+        let backend = CpuBackend;
+        let compute = if params.vocab_only {
+            None
+        } else {
+            let shown = path.display();
+            let hp = HParams::from_gguf(&gguf).map_err(|e| e.context(&shown))?;
+            let weights = Weights::load(&backend, &gguf, &hp, progress).map_err(|e| e.context(&shown))?;
+            let mut rope = hp.rope.clone();
+            rope.freq_factors = model::rope_freq_factors(&gguf, &hp).map_err(|e| e.context(&shown))?;
+            let fingerprint = model::fingerprint(&gguf, &hp);
+            Some(Compute { hp, rope, weights, fingerprint })
+        };
+        if !progress(1.0) {
+            return Err(Error::new(ErrorKind::Cancelled, "model load cancelled by the progress callback"));
+        }
+        let n_threads = if params.n_threads == 0 { physical_cores() } else { params.n_threads };
+        let mut info = ModelInfo {
+            arch: gguf.get_str("general.architecture").unwrap_or("").to_string(),
+            n_vocab: tokenizer.n_vocab() as u32,
+            n_params: gguf.tensors().iter().map(|t| t.n_elements).sum(),
+            file_bytes: gguf.file_bytes(),
+            bos: tokenizer.bos().unwrap_or(-1),
+            eos: tokenizer.eos().unwrap_or(-1),
+            ..Default::default()
+        };
+        if let Some(c) = &compute {
+            let h = &c.hp;
+            info.n_vocab = h.n_vocab as u32;
+            info.n_ctx_train = h.n_ctx_train as u32;
+            info.n_embd = h.n_embd as u32;
+            info.n_layer = h.n_layer as u32;
+            info.n_head = h.n_head as u32;
+            info.n_head_kv = h.n_head_kv as u32;
+            info.n_ff = h.n_ff as u32;
+            info.n_expert = h.n_expert as u32;
+            info.n_expert_used = h.n_expert_used as u32;
+        }
+        Ok(Model { inner: Arc::new(ModelInner { compute, backend, gguf, tokenizer, n_threads, info }) })
     }
     pub fn gguf(&self) -> &Gguf {
         &self.inner.gguf
@@ -87,10 +188,21 @@ impl Model {
         &self.inner.tokenizer
     }
     pub fn info(&self) -> ModelInfo {
-        ModelInfo::default()
+        self.inner.info.clone()
     }
     pub fn n_vocab(&self) -> usize {
-        self.inner.tokenizer.n_vocab()
+        match &self.inner.compute {
+            Some(c) => c.hp.n_vocab,
+            None => self.inner.tokenizer.n_vocab(),
+        }
+    }
+    /// The hyper-parameters (None for a vocab-only load).
+    pub fn hparams(&self) -> Option<&HParams> {
+        self.inner.compute.as_ref().map(|c| &c.hp)
+    }
+    /// The model's fingerprint as written in saved KV files.
+    pub fn fingerprint(&self) -> u64 {
+        self.inner.compute.as_ref().map_or(0, |c| c.fingerprint)
     }
 }
 
@@ -121,17 +233,79 @@ pub struct KvStats {
 /// Called during a step; returning false cancels it (the sequences stay as they were).
 pub type AbortFn = Box<dyn FnMut() -> bool + Send>;
 
+/// Default KV budget when `n_ctx = 0` asks for the training context.
+const DEFAULT_KV_BYTES_CAP: u64 = 4 << 30;
+
 pub struct Context {
     model: Model,
+    n_batch: usize,
+    layout: KvLayout,
+    kv: KvManager,
+    store: CpuKv,
+    scratch: Scratch<CpuBackend>,
+    pool: rayon::ThreadPool,
+    logits: Vec<Option<Vec<f32>>>,
+    abort: Option<AbortFn>,
+    record_routes: bool,
+    routes: Vec<Vec<u32>>,
+    out_buf: Vec<f32>,
 }
 
 impl Context {
     pub fn new(model: &Model, params: &ContextParams) -> Result<Context> {
-        let _ = params;
-        Ok(Context { model: model.clone() })
+        let c = model.inner.compute.as_ref().ok_or_else(|| {
+            Error::invalid_arg("the model was loaded vocab-only; it cannot create a context")
+        })?;
+        let hp = &c.hp;
+        if params.n_seq_max == 0 {
+            return Err(Error::invalid_arg("n_seq_max must be at least 1"));
+        }
+        if params.n_batch == 0 {
+            return Err(Error::invalid_arg("n_batch must be at least 1"));
+        }
+        let ty = params.kv_type.ggml();
+        if ty == GgmlType::Q8_0 && hp.head_dim % 32 != 0 {
+            return Err(Error::unsupported(format!("KV type Q8_0 needs a head size multiple of 32 (the model's is {})", hp.head_dim)));
+        }
+        let row = ty.row_bytes(hp.n_embd_kv() as u64).unwrap_or(0);
+        let per_token = 2 * hp.n_layer as u64 * row;
+        let n_seq = params.n_seq_max as u64;
+        let n_ctx = if params.n_ctx == 0 {
+            let cap = (DEFAULT_KV_BYTES_CAP / per_token.max(1) / n_seq).max(KV_BLOCK as u64);
+            (hp.n_ctx_train as u64).min(cap).max(1)
+        } else {
+            params.n_ctx as u64
+        };
+        let n_kv = if params.n_kv_tokens == 0 { n_ctx * n_seq } else { params.n_kv_tokens as u64 };
+        let n_blocks = n_kv.div_ceil(KV_BLOCK as u64);
+        let layout = KvLayout { n_layer: hp.n_layer, n_slots: (n_blocks as usize) * KV_BLOCK, n_embd_kv: hp.n_embd_kv(), ty };
+        let store = model.inner.backend.kv_new(&layout)?;
+        let n_threads = if params.n_threads == 0 { model.inner.n_threads } else { params.n_threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(n_threads.max(1))
+            .build()
+            .map_err(|e| Error::internal(format!("cannot start {n_threads} threads: {e}")))?;
+        Ok(Context {
+            model: model.clone(),
+            n_batch: params.n_batch as usize,
+            layout,
+            kv: KvManager::new(n_blocks as usize, params.n_seq_max as usize, n_ctx as usize),
+            store,
+            scratch: Scratch::new(&model.inner.backend),
+            pool,
+            logits: vec![None; params.n_seq_max as usize],
+            abort: None,
+            record_routes: false,
+            routes: Vec::new(),
+            out_buf: Vec::new(),
+        })
     }
     pub fn model(&self) -> &Model {
         &self.model
+    }
+    /// Max tokens per sequence.
+    pub fn n_ctx(&self) -> u32 {
+        self.kv.n_ctx() as u32
     }
     /// Appends `tokens` to `seq` and keeps the last token's logits. All or nothing.
     pub fn step(&mut self, seq: u32, tokens: &[Token]) -> Result<()> {
@@ -139,40 +313,243 @@ impl Context {
     }
     /// Several sequences in one forward pass. All or nothing.
     pub fn step_batch(&mut self, items: &[(u32, &[Token])]) -> Result<()> {
-        let _ = items;
-        Err(Error::unsupported("forward pass not implemented"))
+        let inner = self.model.inner.clone();
+        let c = inner.compute.as_ref().expect("a context has a computing model");
+        let n_vocab = c.hp.n_vocab;
+        // Check everything before touching anything.
+        let mut seqs = Vec::with_capacity(items.len());
+        for &(seq, toks) in items {
+            let s = self.kv.check_seq(seq)?;
+            if seqs.contains(&s) {
+                return Err(Error::invalid_arg(format!("sequence {seq} appears twice in one step")));
+            }
+            if toks.is_empty() {
+                return Err(Error::invalid_arg(format!("no tokens given for sequence {seq}")));
+            }
+            if let Some(&bad) = toks.iter().find(|&&t| t < 0 || t as usize >= n_vocab) {
+                return Err(Error::invalid_arg(format!("token id {bad} is out of range (n_vocab = {n_vocab})")));
+            }
+            seqs.push(s);
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let snap = self.kv.snapshot(seqs.iter().copied());
+        let old_len: Vec<usize> = seqs.iter().map(|&s| self.kv.len(s)).collect();
+        let mut copies: Vec<BlockCopy> = Vec::new();
+        for (&s, &(_, toks)) in seqs.iter().zip(items) {
+            if let Err(e) = self.kv.append(s, toks, &mut copies) {
+                self.kv.rollback(snap);
+                return Err(e);
+            }
+        }
+        match self.run_step(c, &seqs, &old_len, items, &copies) {
+            Ok(()) => {
+                for (i, &s) in seqs.iter().enumerate() {
+                    self.logits[s] = Some(self.out_buf[i * n_vocab..(i + 1) * n_vocab].to_vec());
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.kv.rollback(snap);
+                Err(e)
+            }
+        }
     }
+
+    /// The forward passes of one step after the blocks are allocated; the logits of each item's
+    /// last token land in `out_buf` (item order).
+    fn run_step(&mut self, c: &Compute, seqs: &[usize], old_len: &[usize], items: &[(u32, &[Token])], copies: &[BlockCopy]) -> Result<()> {
+        let be = &self.model.inner.backend;
+        for cp in copies {
+            be.kv_copy_block(&mut self.store, cp.src, cp.dst, cp.n)?;
+        }
+        let n_vocab = c.hp.n_vocab;
+        // Flatten: (item, index in item).
+        let total: usize = items.iter().map(|(_, t)| t.len()).sum();
+        self.out_buf.resize(items.len() * n_vocab, 0.0);
+        if self.record_routes {
+            self.routes = vec![Vec::new(); c.hp.n_layer];
+        }
+        let tables: Vec<&[u32]> = seqs.iter().map(|&s| self.kv.seq(s).blocks.as_slice()).collect();
+        let (mut toks, mut pos, mut slots, mut tok_seq, mut out_rows, mut out_items) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut chunk_logits = Vec::new();
+        let mut it = 0usize; // item
+        let mut j = 0usize; // index within item
+        let mut done = 0usize;
+        while done < total {
+            toks.clear();
+            pos.clear();
+            slots.clear();
+            tok_seq.clear();
+            out_rows.clear();
+            out_items.clear();
+            while toks.len() < self.n_batch && done < total {
+                let (_, t) = items[it];
+                let p = old_len[it] + j;
+                toks.push(t[j] as u32);
+                pos.push(p as u32);
+                slots.push(self.kv.slot(seqs[it], p));
+                tok_seq.push(it as u32);
+                if j + 1 == t.len() {
+                    out_rows.push((toks.len() - 1) as u32);
+                    out_items.push(it);
+                    it += 1;
+                    j = 0;
+                } else {
+                    j += 1;
+                }
+                done += 1;
+            }
+            let b = Batch { tokens: &toks, pos: &pos, slots: &slots, tok_seq: &tok_seq, tables: &tables, out_rows: &out_rows };
+            chunk_logits.resize(out_rows.len() * n_vocab, 0.0);
+            let abort = &mut self.abort;
+            let mut poll = || abort.as_mut().map_or(true, |f| f());
+            let routes = if self.record_routes { Some(&mut self.routes) } else { None };
+            let (store, scratch) = (&mut self.store, &mut self.scratch);
+            self.pool.install(|| forward(be, &c.weights, &c.hp, &c.rope, store, &b, scratch, &mut poll, routes, &mut chunk_logits))?;
+            for (k, &item) in out_items.iter().enumerate() {
+                self.out_buf[item * n_vocab..(item + 1) * n_vocab].copy_from_slice(&chunk_logits[k * n_vocab..(k + 1) * n_vocab]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Logits of the last token stepped for `seq`.
     pub fn logits(&self, seq: u32) -> Result<&[f32]> {
-        Err(Error::invalid_arg(format!("sequence {seq} has no logits")))
+        let s = self.kv.check_seq(seq)?;
+        self.logits[s].as_deref().ok_or_else(|| Error::invalid_arg(format!("sequence {seq} has no logits")))
     }
     pub fn set_abort(&mut self, f: Option<AbortFn>) {
-        let _ = f;
+        self.abort = f;
     }
     pub fn seq_len(&self, seq: u32) -> u32 {
-        let _ = seq;
-        0
+        self.kv.check_seq(seq).map_or(0, |s| self.kv.len(s) as u32)
     }
+    /// The cached tokens of `seq`.
+    pub fn seq_tokens(&self, seq: u32) -> Result<&[Token]> {
+        let s = self.kv.check_seq(seq)?;
+        Ok(&self.kv.seq(s).tokens)
+    }
+    /// Keeps the first `len` tokens (no-op when the sequence is not longer).
     pub fn seq_truncate(&mut self, seq: u32, len: u32) -> Result<()> {
-        let _ = (seq, len);
-        Err(Error::unsupported("kv not implemented"))
+        let s = self.kv.check_seq(seq)?;
+        if (len as usize) < self.kv.len(s) {
+            self.kv.truncate(s, len as usize);
+            self.logits[s] = None;
+        }
+        Ok(())
     }
     pub fn seq_clear(&mut self, seq: u32) -> Result<()> {
-        let _ = seq;
-        Err(Error::unsupported("kv not implemented"))
+        let s = self.kv.check_seq(seq)?;
+        self.kv.clear(s);
+        self.logits[s] = None;
+        Ok(())
     }
+    /// `dst` becomes a copy of `src` (blocks shared copy-on-write; logits copied).
     pub fn seq_fork(&mut self, src: u32, dst: u32) -> Result<()> {
-        let _ = (src, dst);
-        Err(Error::unsupported("kv not implemented"))
+        let s = self.kv.check_seq(src)?;
+        let d = self.kv.check_seq(dst)?;
+        self.kv.fork(s, d);
+        self.logits[d] = self.logits[s].clone();
+        Ok(())
     }
     pub fn seq_save(&mut self, seq: u32, path: &Path) -> Result<()> {
-        let _ = (seq, path);
-        Err(Error::unsupported("kv not implemented"))
+        let s = self.kv.check_seq(seq)?;
+        let c = self.model.inner.compute.as_ref().expect("a context has a computing model");
+        let be = &self.model.inner.backend;
+        let n = self.kv.len(s);
+        let slots: Vec<u32> = (0..n).map(|p| self.kv.slot(s, p)).collect();
+        let mut layers = Vec::with_capacity(self.layout.n_layer);
+        for l in 0..self.layout.n_layer {
+            let mut buf = Vec::with_capacity(2 * n * self.layout.row_bytes());
+            be.kv_export(&self.store, l, &slots, &mut buf)?;
+            layers.push(buf);
+        }
+        let saved = SavedSeq {
+            fingerprint: c.fingerprint,
+            kv_type: self.layout.ty.id(),
+            n_layer: self.layout.n_layer as u32,
+            n_embd_kv: self.layout.n_embd_kv as u32,
+            n_vocab: c.hp.n_vocab as u32,
+            tokens: self.kv.seq(s).tokens.clone(),
+            logits: self.logits[s].clone(),
+            layers,
+        };
+        std::fs::write(path, saved.to_bytes()).map_err(|e| Error::io(format!("{}: cannot write: {e}", path.display())))
     }
+    /// Replaces `seq` by the sequence saved in `path`. All or nothing.
     pub fn seq_load(&mut self, seq: u32, path: &Path) -> Result<()> {
-        let _ = (seq, path);
-        Err(Error::unsupported("kv not implemented"))
+        let s = self.kv.check_seq(seq)?;
+        let c = self.model.inner.compute.as_ref().expect("a context has a computing model");
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Error::io(format!("{shown}: cannot read: {e}")))?;
+        let saved = SavedSeq::from_bytes(&bytes, &shown, |ty, n| {
+            GgmlType::from_id(ty).and_then(|t| t.row_bytes(n as u64)).map(|b| b as usize)
+        })?;
+        if saved.fingerprint != c.fingerprint
+            || saved.n_layer as usize != self.layout.n_layer
+            || saved.n_embd_kv as usize != self.layout.n_embd_kv
+            || saved.n_vocab as usize != c.hp.n_vocab
+        {
+            return Err(Error::format(format!(
+                "{shown}: saved from another model (fingerprint {:016x}, this model {:016x})",
+                saved.fingerprint, c.fingerprint
+            )));
+        }
+        if saved.kv_type != self.layout.ty.id() {
+            let name = GgmlType::from_id(saved.kv_type).map_or("?", |t| t.name());
+            return Err(Error::invalid_arg(format!(
+                "{shown}: saved with KV type {name}, this context uses {}",
+                self.layout.ty.name()
+            )));
+        }
+        if let Some(&bad) = saved.tokens.iter().find(|&&t| t < 0 || t as usize >= c.hp.n_vocab) {
+            return Err(Error::format(format!("{shown}: token id {bad} is out of range (n_vocab = {})", c.hp.n_vocab)));
+        }
+        let n = saved.tokens.len();
+        let blocks = self.kv.alloc_fresh(n)?;
+        let slots: Vec<u32> = (0..n).map(|p| blocks[p / KV_BLOCK] * KV_BLOCK as u32 + (p % KV_BLOCK) as u32).collect();
+        let be = &self.model.inner.backend;
+        for (l, data) in saved.layers.iter().enumerate() {
+            if let Err(e) = be.kv_import(&mut self.store, l, &slots, data) {
+                self.kv.free_blocks(&blocks);
+                return Err(e);
+            }
+        }
+        self.kv.commit_replace(s, blocks, saved.tokens);
+        self.logits[s] = saved.logits;
+        Ok(())
     }
     pub fn kv_stats(&self) -> KvStats {
-        KvStats::default()
+        let (used, shared) = self.kv.usage();
+        KvStats {
+            capacity_tokens: (self.kv.n_blocks() * KV_BLOCK) as u64,
+            used_tokens: used,
+            shared_tokens: shared,
+            bytes: self.layout.total_bytes(),
+        }
+    }
+    /// KV blocks in use (for tests: zero once every sequence is cleared).
+    pub fn kv_used_blocks(&self) -> usize {
+        self.kv.used_blocks()
+    }
+    /// Checks the KV manager's invariants (tests).
+    pub fn kv_check(&self) -> Result<()> {
+        self.kv.check_invariants()
+    }
+
+    /// Test hook: record the experts chosen in each step (see [`Context::routing`]).
+    #[doc(hidden)]
+    pub fn set_record_routing(&mut self, on: bool) {
+        self.record_routes = on;
+        self.routes.clear();
+    }
+    /// Test hook: per layer, the experts chosen for every token of the last step (token-major,
+    /// `n_expert_used` ids each, by descending probability).
+    #[doc(hidden)]
+    pub fn routing(&self) -> &[Vec<u32>] {
+        &self.routes
     }
 }

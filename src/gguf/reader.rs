@@ -1,15 +1,17 @@
 //! The GGUF v2/v3 reader.
 //!
-//! Every count and length read from the file is checked against the bytes that are left before
-//! anything is allocated or looped over, so a hostile header cannot make the reader allocate more
-//! than the file's own size, and every refusal names the offset and the key or tensor involved.
+//! Every count and length read from the file is checked against the bytes that are left (and
+//! against ggml's own limits) before anything is allocated or looped over, so a hostile header
+//! cannot make the reader allocate more than a small multiple of the file's own size; what is
+//! allocated is reserved fallibly, so a failure is an `OutOfMemory` error, not an abort. Every
+//! refusal names the offset, the key or tensor involved, and the value found.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::value::{Array, Value, ValueType};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::quant::GgmlType;
 
 /// "GGUF" read as a little-endian u32.
@@ -18,6 +20,17 @@ pub const GGUF_MAGIC: u32 = 0x4655_4747;
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml's GGML_MAX_DIMS.
 pub const MAX_DIMS: usize = 4;
+/// Longest string (key, value, array element, tensor name) accepted: ggml's GGUF_MAX_STRING_LENGTH.
+pub const MAX_STRING_LEN: u64 = 1 << 30;
+/// Most elements in one metadata array: ggml's GGUF_MAX_ARRAY_ELEMENTS.
+pub const MAX_ARRAY_LEN: u64 = 1 << 30;
+/// Longest tensor name: ggml keeps names in 64 bytes with a terminating NUL (GGML_MAX_NAME).
+pub const MAX_TENSOR_NAME_LEN: usize = 63;
+
+// The fewest bytes a key/value takes: key length, a one-byte key, value type, a one-byte value.
+const MIN_KV_BYTES: u64 = 8 + 1 + 4 + 1;
+// The fewest bytes a tensor info takes: name length, one-byte name, n_dims, one dim, type, offset.
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 1 + 4 + 8 + 4 + 8;
 
 /// One tensor's entry in the tensor-info table.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,10 +99,12 @@ impl Gguf {
     pub fn open(path: impl AsRef<Path>, mmap: bool) -> Result<Gguf> {
         let path = path.as_ref();
         let shown = path.display();
-        let file =
-            File::open(path).map_err(|e| Error::io(format!("{shown}: cannot open: {e}")))?;
+        let file = File::open(path).map_err(|e| Error::io(format!("{shown}: cannot open: {e}")))?;
         let backing = if mmap {
-            let len = file.metadata().map_err(|e| Error::io(format!("{shown}: {e}")))?.len();
+            let len = file
+                .metadata()
+                .map_err(|e| Error::io(format!("{shown}: {e}")))?
+                .len();
             if len == 0 {
                 Backing::Owned(Vec::new())
             } else {
@@ -117,11 +132,25 @@ impl Gguf {
 
     fn from_backing(backing: Backing) -> Result<Gguf> {
         let header = parse_header(backing.bytes())?;
-        let meta_index =
-            header.metadata.iter().enumerate().map(|(i, (k, _))| (k.clone(), i)).collect();
-        let tensor_index =
-            header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
-        Ok(Gguf { backing, header, meta_index, tensor_index, path: None })
+        let meta_index = header
+            .metadata
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
+        let tensor_index = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(Gguf {
+            backing,
+            header,
+            meta_index,
+            tensor_index,
+            path: None,
+        })
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -147,38 +176,53 @@ impl Gguf {
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
-        self.meta_index.get(key).map(|&i| &self.header.metadata[i].1)
+        self.meta_index
+            .get(key)
+            .map(|&i| &self.header.metadata[i].1)
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensor_index.get(name).map(|&i| &self.header.tensors[i])
+        self.tensor_index
+            .get(name)
+            .map(|&i| &self.header.tensors[i])
     }
 
-    /// The bytes of a tensor (already checked to lie inside the file).
+    /// The bytes of a tensor of this file (its range was checked to lie inside the file when
+    /// the file was opened). Panics if `t` is not one of this file's tensors.
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
         let start = (self.header.data_offset + t.offset) as usize;
         &self.backing.bytes()[start..start + t.n_bytes as usize]
     }
 
     fn require(&self, key: &str) -> Result<&Value> {
-        self.get(key).ok_or_else(|| Error::format(format!("metadata key '{key}' is missing")))
+        self.get(key)
+            .ok_or_else(|| Error::format(format!("metadata key '{key}' is missing")))
     }
 
     fn wrong(key: &str, want: &str, v: &Value) -> Error {
-        Error::format(format!("metadata key '{key}': expected {want}, found {}", v.type_name()))
+        Error::format(format!(
+            "metadata key '{key}': expected {want}, found {} {}",
+            v.type_name(),
+            v.to_text(4)
+        ))
     }
 
     /// An integer key of any width that fits in u32 (llama.cpp's converters vary the width).
     pub fn get_u32(&self, key: &str) -> Result<u32> {
         let v = self.require(key)?;
-        let n = v.as_u64().ok_or_else(|| Self::wrong(key, "an unsigned integer", v))?;
+        let n = v
+            .as_u64()
+            .ok_or_else(|| Self::wrong(key, "an unsigned integer", v))?;
         u32::try_from(n).map_err(|_| {
-            Error::format(format!("metadata key '{key}': value {n} does not fit in u32"))
+            Error::format(format!(
+                "metadata key '{key}': value {n} does not fit in u32"
+            ))
         })
     }
     pub fn get_u64(&self, key: &str) -> Result<u64> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| Self::wrong(key, "an unsigned integer", v))
+        v.as_u64()
+            .ok_or_else(|| Self::wrong(key, "an unsigned integer", v))
     }
     pub fn get_i64(&self, key: &str) -> Result<i64> {
         let v = self.require(key)?;
@@ -186,7 +230,9 @@ impl Gguf {
     }
     pub fn get_f32(&self, key: &str) -> Result<f32> {
         let v = self.require(key)?;
-        v.as_f64().map(|x| x as f32).ok_or_else(|| Self::wrong(key, "a float", v))
+        v.as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| Self::wrong(key, "a float", v))
     }
     pub fn get_bool(&self, key: &str) -> Result<bool> {
         match self.require(key)? {
@@ -248,8 +294,8 @@ impl<'a> Cursor<'a> {
         self.buf.len() - self.pos
     }
 
-    fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
-        if n > self.left() {
+    fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
+        if n > self.left() as u64 {
             return Err(Error::format(format!(
                 "offset {}: {} needs {n} bytes, only {} left in the file",
                 self.pos,
@@ -257,71 +303,113 @@ impl<'a> Cursor<'a> {
                 self.left()
             )));
         }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
+        let s = &self.buf[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
         Ok(s)
     }
 
+    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N]> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N as u64, what)?);
+        Ok(a)
+    }
     fn u8(&mut self, what: &dyn Fn() -> String) -> Result<u8> {
-        Ok(self.take(1, what)?[0])
+        Ok(self.array::<1>(what)?[0])
     }
     fn u16(&mut self, what: &dyn Fn() -> String) -> Result<u16> {
-        Ok(u16::from_le_bytes(self.take(2, what)?.try_into().unwrap()))
+        self.array(what).map(u16::from_le_bytes)
     }
     fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().unwrap()))
+        self.array(what).map(u32::from_le_bytes)
     }
     fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().unwrap()))
+        self.array(what).map(u64::from_le_bytes)
     }
 
-    /// A count of items of at least `min_size` bytes each, refused if they could not all fit in
-    /// what is left of the file.
-    fn count(&mut self, min_size: usize, what: &dyn Fn() -> String) -> Result<usize> {
+    /// A count of items of at least `min_size` bytes each, refused when it is over `max` or
+    /// when that many items could not fit in what is left of the file.
+    fn count(&mut self, min_size: u64, max: u64, what: &dyn Fn() -> String) -> Result<usize> {
         let at = self.pos;
         let n = self.u64(what)?;
-        let need = n.checked_mul(min_size as u64);
-        match need {
+        if n > max {
+            return Err(Error::format(format!(
+                "offset {at}: {} is {n}, over the limit of {max}",
+                what()
+            )));
+        }
+        match n.checked_mul(min_size) {
             Some(need) if need <= self.left() as u64 => Ok(n as usize),
-            _ => Err(Error::format(format!(
-                "offset {at}: {} is {n}, but only {} bytes are left in the file",
+            need => Err(Error::format(format!(
+                "offset {at}: {} is {n} (at least {} bytes), but only {} bytes are left in the \
+                 file",
                 what(),
+                need.map_or_else(|| format!("{n} × {min_size}"), |b| b.to_string()),
                 self.left()
             ))),
         }
     }
 
     fn string(&mut self, what: &dyn Fn() -> String) -> Result<Vec<u8>> {
-        let n = self.count(1, &|| format!("length of {}", what()))?;
-        Ok(self.take(n, what)?.to_vec())
+        let n = self.count(1, MAX_STRING_LEN, &|| format!("length of {}", what()))?;
+        let bytes = self.take(n as u64, what)?;
+        let mut v = Vec::new();
+        reserve(&mut v, n, what)?;
+        v.extend_from_slice(bytes);
+        Ok(v)
     }
 }
 
-/// Parses and validates the header of a GGUF image.
+/// Reserves room for `n` items or reports that the memory is not there: Rust aborts the process
+/// on a failed allocation, and a large but well-formed file must not be able to do that.
+fn reserve<T>(v: &mut Vec<T>, n: usize, what: &dyn Fn() -> String) -> Result<()> {
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::new(
+            ErrorKind::OutOfMemory,
+            format!(
+                "cannot allocate {n} × {} bytes for {}",
+                std::mem::size_of::<T>(),
+                what()
+            ),
+        )
+    })
+}
+
+/// Parses and validates the header of a GGUF image: everything but the tensor bytes, whose
+/// ranges are checked to lie inside `buf`, aligned and without overlap.
 pub fn parse_header(buf: &[u8]) -> Result<Header> {
     let mut c = Cursor { buf, pos: 0 };
     let magic = c.u32(&|| "magic".into())?;
+    if magic == GGUF_MAGIC.swap_bytes() {
+        return Err(Error::unsupported(
+            "offset 0: magic \"FUGG\" is \"GGUF\" byte-swapped: big-endian GGUF files are \
+             unsupported",
+        ));
+    }
     if magic != GGUF_MAGIC {
         return Err(Error::format(format!(
-            "offset 0: bad magic {:02x?} (expected \"GGUF\")",
+            "offset 0: bad magic {:?} (bytes {:02x?}), expected \"GGUF\"",
+            String::from_utf8_lossy(&magic.to_le_bytes()),
             magic.to_le_bytes()
         )));
     }
     let version = c.u32(&|| "version".into())?;
     if version == 0 || version > 0xffff {
-        // A big-endian writer stores small numbers in the high bytes.
-        if version.swap_bytes() <= 3 && version != 0 {
+        // A big-endian writer stores the small version number in the high bytes.
+        let swapped = version.swap_bytes();
+        if (2..=3).contains(&swapped) {
             return Err(Error::unsupported(format!(
-                "offset 4: version field {version:#x} looks like a big-endian GGUF (version {}); \
-                 big-endian files are unsupported",
-                version.swap_bytes()
+                "offset 4: version field {version:#010x} is version {swapped} written big-endian; \
+                 big-endian GGUF files are unsupported"
             )));
         }
-        return Err(Error::format(format!("offset 4: invalid version {version}")));
+        return Err(Error::format(format!(
+            "offset 4: invalid version {version} ({version:#x})"
+        )));
     }
     if version == 1 {
         return Err(Error::unsupported(
-            "offset 4: GGUF version 1 (32-bit counts) is unsupported; convert with a current llama.cpp",
+            "offset 4: GGUF version 1 (32-bit counts) is unsupported; convert the model with a \
+             current llama.cpp",
         ));
     }
     if version > 3 {
@@ -330,24 +418,50 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
         )));
     }
 
-    // Minimum on-disk sizes: a tensor info is name length + n_dims + type + offset; a key/value
-    // is key length + value type + one byte of value.
-    let n_tensors = c.count(8 + 4 + 4 + 8, &|| "tensor count".into())?;
-    let n_kv = c.count(8 + 4 + 1, &|| "metadata key/value count".into())?;
+    // Both tables follow the counts, so together they must fit in what is left.
+    let n_tensors_raw = c.u64(&|| "tensor count".into())?;
+    let n_kv_raw = c.u64(&|| "metadata key/value count".into())?;
+    let left = c.left() as u64;
+    let tensor_table_min = n_tensors_raw
+        .checked_mul(MIN_TENSOR_INFO_BYTES)
+        .filter(|&b| b <= left);
+    let Some(tensor_table_min) = tensor_table_min else {
+        return Err(Error::format(format!(
+            "offset 8: tensor count is {n_tensors_raw}, but only {left} bytes are left in the \
+             file (a tensor info takes at least {MIN_TENSOR_INFO_BYTES})"
+        )));
+    };
+    let kv_table_min = n_kv_raw.checked_mul(MIN_KV_BYTES);
+    if kv_table_min.map_or(true, |b| b > left - tensor_table_min) {
+        return Err(Error::format(format!(
+            "offset 16: metadata key/value count is {n_kv_raw}, but only {left} bytes are left \
+             in the file for it and {n_tensors_raw} tensor infos (a key/value takes at least \
+             {MIN_KV_BYTES}, a tensor info {MIN_TENSOR_INFO_BYTES})"
+        )));
+    }
+    let (n_tensors, n_kv) = (n_tensors_raw as usize, n_kv_raw as usize);
 
-    let mut metadata: Vec<(String, Value)> = Vec::with_capacity(n_kv);
-    let mut seen_keys = std::collections::HashSet::with_capacity(n_kv);
+    let mut metadata: Vec<(String, Value)> = Vec::new();
+    reserve(&mut metadata, n_kv, &|| "the metadata table".into())?;
+    let mut seen_keys: HashMap<String, usize> = HashMap::new();
     for i in 0..n_kv {
         let at = c.pos;
         let key = c.string(&|| format!("metadata key #{i}"))?;
-        let key = String::from_utf8(key).map_err(|_| {
-            Error::format(format!("offset {at}: metadata key #{i} is not valid UTF-8"))
+        let key = String::from_utf8(key).map_err(|e| {
+            Error::format(format!(
+                "offset {at}: metadata key #{i} is not valid UTF-8 ({e}): {:?}",
+                String::from_utf8_lossy(e.as_bytes())
+            ))
         })?;
         if key.is_empty() {
-            return Err(Error::format(format!("offset {at}: metadata key #{i} is empty")));
+            return Err(Error::format(format!(
+                "offset {at}: metadata key #{i} is empty"
+            )));
         }
-        if !seen_keys.insert(key.clone()) {
-            return Err(Error::format(format!("offset {at}: duplicate metadata key '{key}'")));
+        if let Some(j) = seen_keys.insert(key.clone(), i) {
+            return Err(Error::format(format!(
+                "offset {at}: duplicate metadata key '{key}' (key #{j} and #{i})"
+            )));
         }
         let value = read_value(&mut c, &key)?;
         metadata.push((key, value));
@@ -358,98 +472,177 @@ pub fn parse_header(buf: &[u8]) -> Result<Header> {
         Some((_, Value::U32(a))) if *a != 0 && a.is_power_of_two() => *a as u64,
         Some((_, v)) => {
             return Err(Error::format(format!(
-                "metadata key 'general.alignment': must be a non-zero power of two u32, found {} {}",
-                v.type_name(),
-                v.to_text(4)
-            )))
+            "metadata key 'general.alignment': must be a non-zero power of two u32, found {} {}",
+            v.type_name(),
+            v.to_text(4)
+        )))
         }
     };
 
-    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors);
-    let mut seen_names = std::collections::HashSet::with_capacity(n_tensors);
+    let mut tensors: Vec<TensorInfo> = Vec::new();
+    reserve(&mut tensors, n_tensors, &|| "the tensor-info table".into())?;
+    // Where each tensor's info starts, to point refusals found after the table at it.
+    let mut info_at: Vec<usize> = Vec::new();
+    reserve(&mut info_at, n_tensors, &|| "the tensor-info table".into())?;
+    let mut seen_names: HashMap<String, usize> = HashMap::new();
     for i in 0..n_tensors {
-        let at = c.pos;
+        let entry_at = c.pos;
         let name = c.string(&|| format!("name of tensor #{i}"))?;
-        let name = String::from_utf8(name).map_err(|_| {
-            Error::format(format!("offset {at}: name of tensor #{i} is not valid UTF-8"))
+        let name = String::from_utf8(name).map_err(|e| {
+            Error::format(format!(
+                "offset {entry_at}: name of tensor #{i} is not valid UTF-8 ({e}): {:?}",
+                String::from_utf8_lossy(e.as_bytes())
+            ))
         })?;
-        let label = format!("tensor #{i} '{name}'");
-        if !seen_names.insert(name.clone()) {
-            return Err(Error::format(format!("offset {at}: duplicate tensor name '{name}'")));
+        if name.is_empty() {
+            return Err(Error::format(format!(
+                "offset {entry_at}: name of tensor #{i} is empty"
+            )));
         }
+        if name.len() > MAX_TENSOR_NAME_LEN {
+            return Err(Error::format(format!(
+                "offset {entry_at}: name of tensor #{i} is too long: {} bytes, ggml allows \
+                 {MAX_TENSOR_NAME_LEN} ('{name}')",
+                name.len()
+            )));
+        }
+        if let Some(j) = seen_names.insert(name.clone(), i) {
+            return Err(Error::format(format!(
+                "offset {entry_at}: duplicate tensor name '{name}' (tensor #{j} and #{i})"
+            )));
+        }
+        let label = format!("tensor #{i} '{name}'");
         let at = c.pos;
-        let n_dims = c.u32(&|| format!("{label}: n_dims"))? as usize;
-        if n_dims == 0 || n_dims > MAX_DIMS {
+        let n_dims = c.u32(&|| format!("{label}: n_dims"))?;
+        if n_dims == 0 || n_dims as usize > MAX_DIMS {
             return Err(Error::format(format!(
                 "offset {at}: {label}: n_dims {n_dims} is outside 1..={MAX_DIMS}"
             )));
         }
-        let mut dims = Vec::with_capacity(n_dims);
+        let mut dims = Vec::with_capacity(n_dims as usize);
         let mut n_elements: u64 = 1;
-        for d in 0..n_dims {
+        for d in 0..n_dims as usize {
             let at = c.pos;
             let v = c.u64(&|| format!("{label}: dim {d}"))?;
-            if v == 0 || v > i64::MAX as u64 {
-                return Err(Error::format(format!("offset {at}: {label}: dim {d} is {v}")));
+            if v == 0 {
+                return Err(Error::format(format!("offset {at}: {label}: dim {d} is 0")));
             }
-            n_elements = n_elements.checked_mul(v).filter(|&n| n <= i64::MAX as u64).ok_or_else(
-                || {
-                    Error::format(format!(
-                        "offset {at}: {label}: element count overflows at dim {d} ({v})"
-                    ))
-                },
-            )?;
+            if v > i64::MAX as u64 {
+                return Err(Error::format(format!(
+                    "offset {at}: {label}: dim {d} is {v}, over i64::MAX"
+                )));
+            }
+            n_elements = match n_elements.checked_mul(v).filter(|&n| n <= i64::MAX as u64) {
+                Some(n) => n,
+                None => {
+                    return Err(Error::format(format!(
+                        "offset {at}: {label}: element count overflows i64 at dim {d} (shape \
+                         {:?} then {v})",
+                        dims
+                    )))
+                }
+            };
             dims.push(v);
         }
         let at = c.pos;
         let type_id = c.u32(&|| format!("{label}: type"))?;
         let ty = GgmlType::from_id(type_id).ok_or_else(|| {
-            Error::format(format!("offset {at}: {label}: unknown tensor type id {type_id}"))
-        })?;
-        let row_bytes = ty.row_bytes(dims[0]).ok_or_else(|| {
             Error::format(format!(
-                "{label}: row length {} is not a multiple of {ty}'s block size {}",
-                dims[0],
-                ty.block_elems()
+                "offset {at}: {label}: unknown tensor type id {type_id}"
             ))
         })?;
-        let n_bytes = row_bytes
-            .checked_mul(n_elements / dims[0])
-            .ok_or_else(|| Error::format(format!("{label}: byte size overflows")))?;
+        let block = ty.block_elems() as u64;
+        if dims[0] % block != 0 {
+            return Err(Error::format(format!(
+                "offset {at}: {label}: row length {} is not a multiple of {ty}'s block size \
+                 {block}",
+                dims[0]
+            )));
+        }
+        let n_bytes = (n_elements / block).checked_mul(ty.block_bytes() as u64).ok_or_else(|| {
+            Error::format(format!(
+                "offset {at}: {label}: byte size of {ty} {dims:?} overflows u64"
+            ))
+        })?;
         let at = c.pos;
         let offset = c.u64(&|| format!("{label}: data offset"))?;
         if offset % alignment != 0 {
             return Err(Error::format(format!(
-                "offset {at}: {label}: data offset {offset} is not a multiple of the alignment {alignment}"
+                "offset {at}: {label}: data offset {offset} is not a multiple of the alignment \
+                 {alignment}"
             )));
         }
-        tensors.push(TensorInfo { name, dims, ty, offset, n_bytes, n_elements });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ty,
+            offset,
+            n_bytes,
+            n_elements,
+        });
+        info_at.push(entry_at);
     }
 
-    let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
+    // As in ggml: the data section starts at the next multiple of the alignment, and a file
+    // without tensors has none (it may end right after its metadata, unpadded).
+    let data_offset = match n_tensors {
+        0 => c.pos as u64,
+        _ => (c.pos as u64).div_ceil(alignment) * alignment,
+    };
     let file_len = buf.len() as u64;
-    for t in &tensors {
-        let end = data_offset.checked_add(t.offset).and_then(|s| s.checked_add(t.n_bytes));
-        match end {
+    for (t, &at) in tensors.iter().zip(&info_at) {
+        let start = data_offset.checked_add(t.offset);
+        match start.and_then(|s| s.checked_add(t.n_bytes)) {
             Some(end) if end <= file_len => {}
             _ => {
                 return Err(Error::format(format!(
-                    "tensor '{}': data range [{}, {}) exceeds file size {file_len}",
+                    "offset {at}: tensor '{}': data offset {} + {} bytes ends at byte {} of the \
+                     file, which exceeds file size {file_len} (the data section starts at byte \
+                     {data_offset})",
                     t.name,
-                    data_offset.saturating_add(t.offset),
-                    data_offset.saturating_add(t.offset).saturating_add(t.n_bytes)
+                    t.offset,
+                    t.n_bytes,
+                    (data_offset as u128) + (t.offset as u128) + (t.n_bytes as u128),
                 )))
             }
         }
     }
-    Ok(Header { version, metadata, tensors, alignment, data_offset })
+    // Ranges that share bytes mean a corrupt table; ggml's writer never produces them.
+    let mut order: Vec<usize> = Vec::new();
+    reserve(&mut order, n_tensors, &|| "the tensor-info table".into())?;
+    order.extend(0..n_tensors);
+    order.sort_unstable_by_key(|&i| (tensors[i].offset, i));
+    for w in order.windows(2) {
+        let (a, b) = (&tensors[w[0]], &tensors[w[1]]);
+        if b.offset < a.offset + a.n_bytes {
+            return Err(Error::format(format!(
+                "offset {}: tensor '{}': data [{}, {}) overlaps tensor '{}' data [{}, {})",
+                info_at[w[1]],
+                b.name,
+                b.offset,
+                b.offset + b.n_bytes,
+                a.name,
+                a.offset,
+                a.offset + a.n_bytes
+            )));
+        }
+    }
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        alignment,
+        data_offset,
+    })
 }
 
 fn read_value(c: &mut Cursor, key: &str) -> Result<Value> {
     let at = c.pos;
     let type_id = c.u32(&|| format!("type of metadata key '{key}'"))?;
     let ty = ValueType::from_id(type_id).ok_or_else(|| {
-        Error::format(format!("offset {at}: metadata key '{key}': unknown value type {type_id}"))
+        Error::format(format!(
+            "offset {at}: metadata key '{key}': unknown value type {type_id}"
+        ))
     })?;
     let what = || format!("value of metadata key '{key}'");
     Ok(match ty {
@@ -464,11 +657,11 @@ fn read_value(c: &mut Cursor, key: &str) -> Result<Value> {
         ValueType::I64 => Value::I64(c.u64(&what)? as i64),
         ValueType::F64 => Value::F64(f64::from_bits(c.u64(&what)?)),
         ValueType::Bool => {
+            let at = c.pos;
             let b = c.u8(&what)?;
             if b > 1 {
                 return Err(Error::format(format!(
-                    "offset {}: metadata key '{key}': bool byte is {b}",
-                    c.pos - 1
+                    "offset {at}: metadata key '{key}': bool byte is {b}, not 0 or 1"
                 )));
             }
             Value::Bool(b == 1)
@@ -476,6 +669,23 @@ fn read_value(c: &mut Cursor, key: &str) -> Result<Value> {
         ValueType::String => Value::String(c.string(&what)?),
         ValueType::Array => Value::Array(read_array(c, key)?),
     })
+}
+
+/// `n` fixed-size little-endian elements from `bytes` (exactly `n * N` of them).
+fn decode<T, const N: usize>(
+    bytes: &[u8],
+    n: usize,
+    what: &dyn Fn() -> String,
+    f: fn([u8; N]) -> T,
+) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    reserve(&mut v, n, what)?;
+    v.extend(bytes.chunks_exact(N).map(|b| {
+        let mut a = [0u8; N];
+        a.copy_from_slice(b);
+        f(a)
+    }));
+    Ok(v)
 }
 
 fn read_array(c: &mut Cursor, key: &str) -> Result<Array> {
@@ -491,45 +701,43 @@ fn read_array(c: &mut Cursor, key: &str) -> Result<Array> {
             "offset {at}: metadata array '{key}': arrays of arrays are unsupported"
         )));
     }
-    let n = c.count(ty.min_size(), &|| format!("length of metadata array '{key}'"))?;
+    let n = c.count(ty.min_size() as u64, MAX_ARRAY_LEN, &|| {
+        format!("length of metadata array '{key}' ({})", ty.name())
+    })?;
     let what = || format!("elements of metadata array '{key}'");
-    macro_rules! fixed {
-        ($variant:ident, $t:ty, $size:expr) => {{
-            let bytes = c.take(n * $size, &what)?;
-            Array::$variant(
-                bytes.chunks_exact($size).map(|b| <$t>::from_le_bytes(b.try_into().unwrap())).collect(),
-            )
-        }};
+    if ty == ValueType::String {
+        let mut v = Vec::new();
+        reserve(&mut v, n, &what)?;
+        for i in 0..n {
+            v.push(c.string(&|| format!("element {i} of metadata array '{key}'"))?);
+        }
+        return Ok(Array::String(v));
     }
+    // Every other element type has a fixed size: n was checked to fit in what is left.
+    let size = ty.min_size();
+    let start = c.pos;
+    let bytes = c.take((n * size) as u64, &what)?;
     Ok(match ty {
-        ValueType::U8 => Array::U8(c.take(n, &what)?.to_vec()),
-        ValueType::I8 => Array::I8(c.take(n, &what)?.iter().map(|&b| b as i8).collect()),
-        ValueType::U16 => fixed!(U16, u16, 2),
-        ValueType::I16 => fixed!(I16, i16, 2),
-        ValueType::U32 => fixed!(U32, u32, 4),
-        ValueType::I32 => fixed!(I32, i32, 4),
-        ValueType::F32 => fixed!(F32, f32, 4),
-        ValueType::U64 => fixed!(U64, u64, 8),
-        ValueType::I64 => fixed!(I64, i64, 8),
-        ValueType::F64 => fixed!(F64, f64, 8),
+        ValueType::U8 => Array::U8(decode(bytes, n, &what, |[b]| b)?),
+        ValueType::I8 => Array::I8(decode(bytes, n, &what, |[b]| b as i8)?),
+        ValueType::U16 => Array::U16(decode(bytes, n, &what, u16::from_le_bytes)?),
+        ValueType::I16 => Array::I16(decode(bytes, n, &what, i16::from_le_bytes)?),
+        ValueType::U32 => Array::U32(decode(bytes, n, &what, u32::from_le_bytes)?),
+        ValueType::I32 => Array::I32(decode(bytes, n, &what, i32::from_le_bytes)?),
+        ValueType::F32 => Array::F32(decode(bytes, n, &what, f32::from_le_bytes)?),
+        ValueType::U64 => Array::U64(decode(bytes, n, &what, u64::from_le_bytes)?),
+        ValueType::I64 => Array::I64(decode(bytes, n, &what, i64::from_le_bytes)?),
+        ValueType::F64 => Array::F64(decode(bytes, n, &what, f64::from_le_bytes)?),
         ValueType::Bool => {
-            let bytes = c.take(n, &what)?;
             if let Some(i) = bytes.iter().position(|&b| b > 1) {
                 return Err(Error::format(format!(
-                    "offset {}: metadata array '{key}': bool element {i} is {}",
-                    c.pos - n + i,
+                    "offset {}: metadata array '{key}': bool element {i} is {}, not 0 or 1",
+                    start + i,
                     bytes[i]
                 )));
             }
-            Array::Bool(bytes.iter().map(|&b| b == 1).collect())
+            Array::Bool(decode(bytes, n, &what, |[b]| b == 1)?)
         }
-        ValueType::String => {
-            let mut v = Vec::with_capacity(n);
-            for i in 0..n {
-                v.push(c.string(&|| format!("element {i} of metadata array '{key}'"))?);
-            }
-            Array::String(v)
-        }
-        ValueType::Array => unreachable!("refused above"),
+        ValueType::String | ValueType::Array => unreachable!("handled above"),
     })
 }

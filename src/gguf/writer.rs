@@ -1,10 +1,11 @@
-//! The GGUF v3 writer: any metadata, any tensors, laid out with the file's alignment. Tests,
-//! benchmarks (random-weight models of any shape) and examples build their files with it.
+//! The GGUF writer (v3, or v2 on request): any metadata, any tensors, laid out with the file's
+//! alignment. Tests, benchmarks (random-weight models of any shape) and examples build their
+//! files with it.
 
 use std::io::Write;
 use std::path::Path;
 
-use super::reader::DEFAULT_ALIGNMENT;
+use super::reader::{DEFAULT_ALIGNMENT, MAX_DIMS, MAX_TENSOR_NAME_LEN};
 use super::value::{Array, Value};
 use crate::error::{Error, Result};
 use crate::quant::GgmlType;
@@ -16,16 +17,33 @@ struct PendingTensor {
     data: Vec<u8>,
 }
 
-/// Collects metadata and tensors, then writes a GGUF v3 image.
-#[derive(Default)]
+/// Collects metadata and tensors, then writes a GGUF image (v3 unless told otherwise).
 pub struct GgufWriter {
+    version: u32,
     metadata: Vec<(String, Value)>,
     tensors: Vec<PendingTensor>,
+}
+
+impl Default for GgufWriter {
+    fn default() -> GgufWriter {
+        GgufWriter {
+            version: 3,
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+        }
+    }
 }
 
 impl GgufWriter {
     pub fn new() -> GgufWriter {
         GgufWriter::default()
+    }
+
+    /// The version written in the header. Little-endian v2 and v3 files are laid out the same
+    /// (v3 only added big-endian files), so this is all it takes to write a v2 file.
+    pub fn set_version(&mut self, version: u32) -> &mut Self {
+        self.version = version;
+        self
     }
 
     /// Sets `key` (replacing an earlier value of the same key, keeping its position).
@@ -60,9 +78,22 @@ impl GgufWriter {
         ty: GgmlType,
         data: Vec<u8>,
     ) -> Result<&mut Self> {
-        let n: u64 = dims.iter().product();
-        let want = ty.row_bytes(dims[0]).map(|r| r * (n / dims[0]));
-        if dims.is_empty() || want != Some(data.len() as u64) {
+        if dims.is_empty() || dims.len() > MAX_DIMS || dims.contains(&0) {
+            return Err(Error::invalid_arg(format!(
+                "tensor '{name}': shape {dims:?} needs 1 to {MAX_DIMS} non-zero dims"
+            )));
+        }
+        if name.is_empty() || name.len() > MAX_TENSOR_NAME_LEN {
+            return Err(Error::invalid_arg(format!(
+                "tensor '{name}': a name takes 1 to {MAX_TENSOR_NAME_LEN} bytes"
+            )));
+        }
+        let n = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+        let want = n.and_then(|n| {
+            ty.row_bytes(dims[0])
+                .and_then(|r| r.checked_mul(n / dims[0]))
+        });
+        if want != Some(data.len() as u64) {
             return Err(Error::invalid_arg(format!(
                 "tensor '{name}': {} bytes given, {ty} {dims:?} needs {want:?}",
                 data.len()
@@ -71,7 +102,12 @@ impl GgufWriter {
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(Error::invalid_arg(format!("tensor '{name}' added twice")));
         }
-        self.tensors.push(PendingTensor { name: name.to_string(), dims: dims.to_vec(), ty, data });
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            ty,
+            data,
+        });
         Ok(self)
     }
 
@@ -93,7 +129,7 @@ impl GgufWriter {
         let align = self.alignment();
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
-        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
         out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (k, v) in &self.metadata {
@@ -202,8 +238,10 @@ mod tests {
             .set_bool("x.b", true)
             .set_array("x.s", Array::String(vec![b"a".to_vec(), b"\xff".to_vec()]))
             .set_array("x.f", Array::F32(vec![1.0, -2.0]));
-        w.add_f32("a", &[4, 2], &[1., 2., 3., 4., 5., 6., 7., 8.]).unwrap();
-        w.add_tensor("b", &[32], GgmlType::Q8_0, vec![7u8; 34]).unwrap();
+        w.add_f32("a", &[4, 2], &[1., 2., 3., 4., 5., 6., 7., 8.])
+            .unwrap();
+        w.add_tensor("b", &[32], GgmlType::Q8_0, vec![7u8; 34])
+            .unwrap();
         let g = Gguf::from_bytes(w.to_bytes()).unwrap();
         assert_eq!(g.version(), 3);
         assert_eq!(g.get_str("general.architecture").unwrap(), "llama");

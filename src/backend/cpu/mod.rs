@@ -1,0 +1,505 @@
+//! The CPU backend: weights read in place from the GGUF map, activations in host vectors, ops
+//! parallel over rows (rayon; the caller picks the pool with `ThreadPool::install`).
+
+mod qfallback;
+pub mod qops;
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::{route_top_k, AttnBatch, Backend, Ffn, KvLayout, RopeParams, KV_BLOCK};
+use crate::error::{Error, Result};
+use crate::gguf::{Gguf, TensorInfo};
+use crate::quant::GgmlType;
+
+/// Below this many multiply-adds an op runs on the calling thread: a rayon dispatch costs more.
+const PAR_MIN_WORK: usize = 1 << 15;
+
+/// A row-major f32 matrix.
+#[derive(Default, Clone, Debug)]
+pub struct Mat {
+    pub data: Vec<f32>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl Mat {
+    pub fn row(&self, r: usize) -> &[f32] {
+        &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+    pub fn row_mut(&mut self, r: usize) -> &mut [f32] {
+        &mut self.data[r * self.cols..(r + 1) * self.cols]
+    }
+    fn resize(&mut self, rows: usize, cols: usize) {
+        self.rows = rows;
+        self.cols = cols;
+        self.data.resize(rows * cols, 0.0);
+    }
+}
+
+/// A tensor of the mapped file seen as `rows` rows of `cols` elements, starting at row `row0`
+/// (an expert's slab of a 3-D tensor is such a sub-view).
+#[derive(Clone)]
+pub struct CpuWeight {
+    gguf: Arc<Gguf>,
+    info: TensorInfo,
+    pub ty: GgmlType,
+    pub cols: usize,
+    pub rows: usize,
+    row0: usize,
+    row_bytes: usize,
+}
+
+impl CpuWeight {
+    fn bytes(&self) -> &[u8] {
+        let all = self.gguf.tensor_data(&self.info);
+        &all[self.row0 * self.row_bytes..(self.row0 + self.rows) * self.row_bytes]
+    }
+    #[inline]
+    fn row<'a>(&self, all: &'a [u8], r: usize) -> &'a [u8] {
+        &all[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+    /// Rows `[r0, r0 + n)` of this view.
+    pub fn sub_rows(&self, r0: usize, n: usize) -> CpuWeight {
+        let mut w = self.clone();
+        w.row0 += r0;
+        w.rows = n;
+        w
+    }
+}
+
+/// K and V rows of every layer, in the KV type.
+pub struct CpuKv {
+    layout: KvLayout,
+    row_bytes: usize,
+    k: Vec<Vec<u8>>,
+    v: Vec<Vec<u8>>,
+}
+
+#[derive(Default)]
+pub struct CpuBackend;
+
+thread_local! {
+    /// Per-thread scratch reused across calls (quantized activations, attention rows).
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::new((Vec::new(), Vec::new()));
+}
+
+fn kv_row_to_f32(ty: GgmlType, b: &[u8], out: &mut [f32]) {
+    match ty {
+        GgmlType::F32 => out.copy_from_slice(&qops::as_f32(b)[..out.len()]),
+        GgmlType::F16 => {
+            for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
+                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+            }
+        }
+        _ => {
+            // Q8_0: d (f16) then 32 signed bytes per block.
+            for (blk, o) in b.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+                for i in 0..32 {
+                    o[i] = d * (blk[2 + i] as i8 as f32);
+                }
+            }
+        }
+    }
+}
+
+fn f32_to_kv_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    match ty {
+        GgmlType::F32 => out.copy_from_slice(qops::f32_bytes(x)),
+        GgmlType::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        _ => {
+            // Q8_0 as ggml's reference quantizer: d = amax / 127, q = round(x / d).
+            for (blk, o) in x.chunks_exact(32).zip(out.chunks_exact_mut(34)) {
+                let amax = blk.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+                o[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                for (q, v) in o[2..].iter_mut().zip(blk) {
+                    *q = (v * id).round() as i8 as u8;
+                }
+            }
+        }
+    }
+}
+
+impl CpuBackend {
+    /// `out[t][r] = dot(w[r], xq[t])` with `xq` the quantized rows (`arb` bytes each).
+    fn matmul_q(&self, w: &CpuWeight, xq: &[u8], arb: usize, n_tok: usize, out: &mut Mat) {
+        let all = w.bytes();
+        let (k, rows) = (w.cols, w.rows);
+        out.resize(n_tok, rows);
+        let work = rows * k * n_tok;
+        if n_tok == 1 {
+            let f = |(r, o): (usize, &mut f32)| *o = qops::dot(w.ty, k, w.row(all, r), &xq[..arb]);
+            if work < PAR_MIN_WORK {
+                out.data.iter_mut().enumerate().for_each(f);
+            } else {
+                out.data.par_iter_mut().with_min_len(16).enumerate().for_each(f);
+            }
+            return;
+        }
+        // Several tokens: each task takes a band of weight rows and every token, so a row is
+        // read once per band; results land transposed and are put back in token-major order.
+        SCRATCH.with(|s| {
+            let tr = &mut s.borrow_mut().1;
+            tr.resize(rows * n_tok, 0.0);
+            let band = 16usize;
+            let f = |(bi, o): (usize, &mut [f32])| {
+                for (j, orow) in o.chunks_exact_mut(n_tok).enumerate() {
+                    let wr = w.row(all, bi * band + j);
+                    for (t, v) in orow.iter_mut().enumerate() {
+                        *v = qops::dot(w.ty, k, wr, &xq[t * arb..(t + 1) * arb]);
+                    }
+                }
+            };
+            if work < PAR_MIN_WORK {
+                tr.chunks_mut(band * n_tok).enumerate().for_each(f);
+            } else {
+                tr.par_chunks_mut(band * n_tok).enumerate().for_each(f);
+            }
+            for r in 0..rows {
+                for t in 0..n_tok {
+                    out.data[t * rows + r] = tr[r * n_tok + t];
+                }
+            }
+        });
+    }
+
+    /// Quantizes every row of `x` for weight type `wty`; returns (buffer, bytes per row).
+    fn quantize_rows(x: &Mat, wty: GgmlType, buf: &mut Vec<f32>) -> usize {
+        let a = qops::act_type(wty);
+        let arb = qops::act_row_bytes(a, x.cols);
+        buf.resize((arb * x.rows).div_ceil(4), 0.0);
+        let bytes = qops::f32_bytes_mut(buf);
+        let f = |(t, o): (usize, &mut [u8])| qops::quantize_act(a, x.row(t), o);
+        if x.rows * x.cols < PAR_MIN_WORK {
+            bytes[..arb * x.rows].chunks_exact_mut(arb).enumerate().for_each(f);
+        } else {
+            bytes[..arb * x.rows].par_chunks_exact_mut(arb).enumerate().for_each(f);
+        }
+        arb
+    }
+
+    fn check_weight(w: &CpuWeight, x: &Mat) -> Result<()> {
+        if w.cols != x.cols {
+            return Err(Error::internal(format!(
+                "matmul: weight '{}' has rows of {} elements, input has {}",
+                w.info.name, w.cols, x.cols
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CpuBackend {
+    type Weight = CpuWeight;
+    type Act = Mat;
+    type Kv = CpuKv;
+
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn weight(&self, gguf: &Arc<Gguf>, t: &TensorInfo) -> Result<CpuWeight> {
+        let cols = t.dims[0] as usize;
+        let rows = t.n_rows() as usize;
+        Ok(CpuWeight {
+            gguf: gguf.clone(),
+            info: t.clone(),
+            ty: t.ty,
+            cols,
+            rows,
+            row0: 0,
+            row_bytes: t.row_bytes(),
+        })
+    }
+
+    fn act_new(&self) -> Mat {
+        Mat::default()
+    }
+    fn act_resize(&self, a: &mut Mat, rows: usize, cols: usize) -> Result<()> {
+        a.resize(rows, cols);
+        Ok(())
+    }
+    fn act_read_row(&self, a: &Mat, row: usize, out: &mut [f32]) -> Result<()> {
+        out.copy_from_slice(a.row(row));
+        Ok(())
+    }
+
+    fn embed(&self, table: &CpuWeight, ids: &[u32], out: &mut Mat) -> Result<()> {
+        out.resize(ids.len(), table.cols);
+        let all = table.bytes();
+        for (t, &id) in ids.iter().enumerate() {
+            qops::dequant_row(table.ty, table.row(all, id as usize), out.row_mut(t))?;
+        }
+        Ok(())
+    }
+
+    fn rms_norm(&self, x: &Mat, w: &CpuWeight, eps: f32, out: &mut Mat) -> Result<()> {
+        out.resize(x.rows, x.cols);
+        let wv = qops::as_f32(w.bytes());
+        let n = x.cols;
+        for t in 0..x.rows {
+            let xr = x.row(t);
+            let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            let scale = (1.0 / ((ss / n as f64) as f32 + eps).sqrt()) as f32;
+            for ((o, &v), &g) in out.row_mut(t).iter_mut().zip(xr).zip(wv.iter()) {
+                *o = v * scale * g;
+            }
+        }
+        Ok(())
+    }
+
+    fn matmul(&self, x: &Mat, ws: &[&CpuWeight], outs: &mut [&mut Mat]) -> Result<()> {
+        for w in ws {
+            Self::check_weight(w, x)?;
+        }
+        SCRATCH.with(|s| -> Result<()> {
+            let mut buf = std::mem::take(&mut s.borrow_mut().0);
+            let mut cur: Option<GgmlType> = None;
+            let mut arb = 0;
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                let a = qops::act_type(w.ty);
+                if cur != Some(a) {
+                    arb = Self::quantize_rows(x, w.ty, &mut buf);
+                    cur = Some(a);
+                }
+                self.matmul_q(w, qops::f32_bytes(&buf), arb, x.rows, out);
+            }
+            s.borrow_mut().0 = buf;
+            Ok(())
+        })
+    }
+
+    fn add(&self, x: &mut Mat, y: &Mat) -> Result<()> {
+        for (a, b) in x.data.iter_mut().zip(&y.data) {
+            *a += *b;
+        }
+        Ok(())
+    }
+
+    fn gather_rows(&self, x: &Mat, rows: &[u32], out: &mut Mat) -> Result<()> {
+        out.resize(rows.len(), x.cols);
+        for (i, &r) in rows.iter().enumerate() {
+            out.row_mut(i).copy_from_slice(x.row(r as usize));
+        }
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut Mat, n_head: usize, pos: &[u32], p: &RopeParams) -> Result<()> {
+        let hd = x.cols / n_head;
+        let half = p.n_rot / 2;
+        let mut cs = vec![(0.0f32, 0.0f32); half];
+        for t in 0..x.rows {
+            let pf = pos[t] as f64 * p.freq_scale as f64;
+            for (i, c) in cs.iter_mut().enumerate() {
+                let mut theta = pf * (p.freq_base as f64).powf(-2.0 * i as f64 / p.n_rot as f64);
+                if let Some(ff) = &p.freq_factors {
+                    theta /= ff[i] as f64;
+                }
+                *c = (theta.cos() as f32, theta.sin() as f32);
+            }
+            let row = x.row_mut(t);
+            for h in 0..n_head {
+                let hv = &mut row[h * hd..h * hd + p.n_rot];
+                for (i, &(c, s)) in cs.iter().enumerate() {
+                    let (a, b) = (hv[2 * i], hv[2 * i + 1]);
+                    hv[2 * i] = a * c - b * s;
+                    hv[2 * i + 1] = a * s + b * c;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_new(&self, layout: &KvLayout) -> Result<CpuKv> {
+        let rb = layout.row_bytes();
+        let n = layout.n_slots.checked_mul(rb).ok_or_else(|| Error::new(crate::ErrorKind::OutOfMemory, "KV cache size overflows"))?;
+        let alloc = || -> Result<Vec<u8>> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n).map_err(|_| {
+                Error::new(crate::ErrorKind::OutOfMemory, format!("cannot allocate {n} bytes of KV cache"))
+            })?;
+            v.resize(n, 0);
+            Ok(v)
+        };
+        let mut k = Vec::with_capacity(layout.n_layer);
+        let mut v = Vec::with_capacity(layout.n_layer);
+        for _ in 0..layout.n_layer {
+            k.push(alloc()?);
+            v.push(alloc()?);
+        }
+        Ok(CpuKv { layout: *layout, row_bytes: rb, k, v })
+    }
+
+    fn kv_store(&self, kv: &mut CpuKv, layer: usize, slots: &[u32], k: &Mat, v: &Mat) -> Result<()> {
+        let (rb, ty) = (kv.row_bytes, kv.layout.ty);
+        for (t, &s) in slots.iter().enumerate() {
+            let s = s as usize;
+            f32_to_kv_row(ty, k.row(t), &mut kv.k[layer][s * rb..(s + 1) * rb]);
+            f32_to_kv_row(ty, v.row(t), &mut kv.v[layer][s * rb..(s + 1) * rb]);
+        }
+        Ok(())
+    }
+
+    fn kv_copy_block(&self, kv: &mut CpuKv, src: u32, dst: u32, n: usize) -> Result<()> {
+        let rb = kv.row_bytes;
+        let (s, d) = (src as usize * KV_BLOCK * rb, dst as usize * KV_BLOCK * rb);
+        for l in 0..kv.layout.n_layer {
+            kv.k[l].copy_within(s..s + n * rb, d);
+            kv.v[l].copy_within(s..s + n * rb, d);
+        }
+        Ok(())
+    }
+
+    fn kv_export(&self, kv: &CpuKv, layer: usize, slots: &[u32], out: &mut Vec<u8>) -> Result<()> {
+        let rb = kv.row_bytes;
+        for buf in [&kv.k[layer], &kv.v[layer]] {
+            for &s in slots {
+                out.extend_from_slice(&buf[s as usize * rb..(s as usize + 1) * rb]);
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_import(&self, kv: &mut CpuKv, layer: usize, slots: &[u32], data: &[u8]) -> Result<()> {
+        let rb = kv.row_bytes;
+        if data.len() != 2 * slots.len() * rb {
+            return Err(Error::internal("kv_import: data size does not match the slots"));
+        }
+        let (kd, vd) = data.split_at(slots.len() * rb);
+        for (i, &s) in slots.iter().enumerate() {
+            let s = s as usize;
+            kv.k[layer][s * rb..(s + 1) * rb].copy_from_slice(&kd[i * rb..(i + 1) * rb]);
+            kv.v[layer][s * rb..(s + 1) * rb].copy_from_slice(&vd[i * rb..(i + 1) * rb]);
+        }
+        Ok(())
+    }
+
+    fn attention(&self, kv: &CpuKv, layer: usize, q: &Mat, b: &AttnBatch, out: &mut Mat) -> Result<()> {
+        let (nh, nkv, hd) = (b.n_head, b.n_head_kv, b.head_dim);
+        let group = nh / nkv;
+        let (rb, ty) = (kv.row_bytes, kv.layout.ty);
+        let (kl, vl) = (&kv.k[layer], &kv.v[layer]);
+        let scale = 1.0 / (hd as f32).sqrt();
+        out.resize(q.rows, nh * hd);
+        let n_embd_kv = nkv * hd;
+        let f = |(t, orow): (usize, &mut [f32])| {
+            let n = b.tok_n_kv[t] as usize;
+            let table = b.tables[b.tok_seq[t] as usize];
+            SCRATCH.with(|s| {
+                let mut s = s.borrow_mut();
+                let (kf, vf) = &mut *s;
+                // Dequantize the visible K and V rows once for all heads.
+                kf.resize(n * n_embd_kv + n, 0.0);
+                vf.resize(n * n_embd_kv, 0.0);
+                for p in 0..n {
+                    let slot = table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK;
+                    kv_row_to_f32(ty, &kl[slot * rb..(slot + 1) * rb], &mut kf[p * n_embd_kv..(p + 1) * n_embd_kv]);
+                    kv_row_to_f32(ty, &vl[slot * rb..(slot + 1) * rb], &mut vf[p * n_embd_kv..(p + 1) * n_embd_kv]);
+                }
+                let (kf, sc) = kf.split_at_mut(n * n_embd_kv);
+                let qrow = q.row(t);
+                for h in 0..nh {
+                    let g = h / group;
+                    let qh = &qrow[h * hd..(h + 1) * hd];
+                    let mut max = f32::NEG_INFINITY;
+                    for p in 0..n {
+                        let kh = &kf[p * n_embd_kv + g * hd..p * n_embd_kv + (g + 1) * hd];
+                        sc[p] = qops::dot_f32(qh, kh) * scale;
+                        max = max.max(sc[p]);
+                    }
+                    let mut sum = 0.0f64;
+                    for v in sc.iter_mut() {
+                        *v = (*v - max).exp();
+                        sum += *v as f64;
+                    }
+                    let inv = (1.0 / sum) as f32;
+                    let oh = &mut orow[h * hd..(h + 1) * hd];
+                    oh.fill(0.0);
+                    for p in 0..n {
+                        let w = sc[p] * inv;
+                        let vh = &vf[p * n_embd_kv + g * hd..p * n_embd_kv + (g + 1) * hd];
+                        for (o, &v) in oh.iter_mut().zip(vh) {
+                            *o += w * v;
+                        }
+                    }
+                }
+            });
+        };
+        if q.rows == 1 {
+            out.data.chunks_mut(nh * hd).enumerate().for_each(f);
+        } else {
+            out.data.par_chunks_mut(nh * hd).enumerate().for_each(f);
+        }
+        Ok(())
+    }
+
+    fn ffn(&self, x: &Mat, f: &Ffn<CpuWeight>, out: &mut Mat, routes: Option<&mut Vec<u32>>) -> Result<()> {
+        let n_tok = x.rows;
+        let k = f.n_expert_used;
+        // Routing: per token its experts and weights (dense: expert 0, weight 1).
+        let mut ids = vec![0u32; n_tok * k];
+        let mut wts = vec![1.0f32; n_tok * k];
+        if let Some(router) = &f.router {
+            let mut logits = Mat::default();
+            self.matmul(x, &[router], &mut [&mut logits])?;
+            let mut probs = vec![0.0f32; f.n_expert];
+            for t in 0..n_tok {
+                route_top_k(logits.row(t), k, &mut probs, &mut ids[t * k..(t + 1) * k], &mut wts[t * k..(t + 1) * k]);
+            }
+            if let Some(r) = routes {
+                r.extend_from_slice(&ids);
+            }
+        }
+        out.resize(n_tok, x.cols);
+        out.data.fill(0.0);
+        // Group the tokens by expert; only chosen experts are touched.
+        let mut xe = Mat::default();
+        let (mut g, mut u, mut y) = (Mat::default(), Mat::default(), Mat::default());
+        let mut toks: Vec<u32> = Vec::with_capacity(n_tok);
+        let mut tw: Vec<f32> = Vec::with_capacity(n_tok);
+        for e in 0..f.n_expert {
+            toks.clear();
+            tw.clear();
+            for (i, &id) in ids.iter().enumerate() {
+                if id as usize == e {
+                    toks.push((i / k) as u32);
+                    tw.push(wts[i]);
+                }
+            }
+            if toks.is_empty() {
+                continue;
+            }
+            let xin: &Mat = if toks.len() == n_tok && toks.iter().enumerate().all(|(i, &t)| i as u32 == t) {
+                x
+            } else {
+                self.gather_rows(x, &toks, &mut xe)?;
+                &xe
+            };
+            let gate = f.gate.sub_rows(e * f.n_ff, f.n_ff);
+            let up = f.up.sub_rows(e * f.n_ff, f.n_ff);
+            let down = f.down.sub_rows(e * x.cols, x.cols);
+            self.matmul(xin, &[&gate, &up], &mut [&mut g, &mut u])?;
+            for (a, &b) in g.data.iter_mut().zip(&u.data) {
+                *a = *a / (1.0 + (-*a).exp()) * b;
+            }
+            self.matmul(&g, &[&down], &mut [&mut y])?;
+            for (i, &t) in toks.iter().enumerate() {
+                let w = tw[i];
+                for (o, &v) in out.row_mut(t as usize).iter_mut().zip(y.row(i)) {
+                    *o += w * v;
+                }
+            }
+        }
+        Ok(())
+    }
+}
