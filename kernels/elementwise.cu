@@ -29,18 +29,15 @@ extern "C" __global__ void moe_combine(float* __restrict__ x, const float* __res
     }
 }
 
-// Stores one token's K and V ([n_kv_heads][head_dim] each) at position `pos` of a sequence
-// whose 16-token blocks are listed in block_table. Cache layout:
-// [block][n_kv_heads][16][head_dim].
+// Stores row t of k and v ([n_tokens][n_embd_kv]) in slot slots[t] of one layer's cache
+// ([n_slots][n_embd_kv], f32). grid.x * blockDim.x >= n_tokens * n_embd_kv.
 extern "C" __global__ void kv_store(const float* __restrict__ k, const float* __restrict__ v,
                                     float* __restrict__ k_cache, float* __restrict__ v_cache,
-                                    const int* __restrict__ block_table, int pos, int n_kv_heads,
-                                    int head_dim) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n_kv_heads * head_dim) {
-        const int h = i / head_dim, c = i % head_dim;
-        const long long at =
-            (((long long)block_table[pos / 16] * n_kv_heads + h) * 16 + pos % 16) * head_dim + c;
+                                    const int* __restrict__ slots, int n_tokens, int n_embd_kv) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long long)n_tokens * n_embd_kv) {
+        const long long t = i / n_embd_kv, c = i % n_embd_kv;
+        const long long at = (long long)slots[t] * n_embd_kv + c;
         k_cache[at] = k[i];
         v_cache[at] = v[i];
     }

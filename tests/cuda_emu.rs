@@ -292,13 +292,17 @@ fn check_rms_norm(h: &Harness, rows: usize, n: usize, threads: usize, rng: &mut 
     rep.lines.push(format!("rms_norm {rows}x{n} ({threads} threads): max |err| {worst:.1e}"));
 }
 
-fn check_rope(h: &Harness, n_dims: usize, rep: &mut Report, rng: &mut Rng) {
+fn check_rope(h: &Harness, n_rot: usize, freq_scale: f32, factors: bool, rep: &mut Report, rng: &mut Rng) {
     let (nt, nh, hd, base) = (4usize, 3usize, 32usize, 1e6f32);
-    let pos = [0i32, 1, 17, 1000];
+    let pos = [0i32, 1, 17, 100000];
     let x = rng.vec(nt * nh * hd, 1.0);
+    let ff: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
     h.put_f32("x.f32", &x);
     h.put_i32("pos.i32", &pos);
-    h.run("rope", &[nt.to_string(), nh.to_string(), hd.to_string(), n_dims.to_string(), base.to_string()]);
+    h.put_f32("ff.f32", &ff);
+    let mut args: Vec<String> = [nt, nh, hd, n_rot].iter().map(|v| v.to_string()).collect();
+    args.extend([base.to_string(), freq_scale.to_string(), (factors as i32).to_string()]);
+    h.run("rope", &args);
     let y = h.get_f32("y.f32");
     let mut worst = 0f64;
     for t in 0..nt {
@@ -306,23 +310,27 @@ fn check_rope(h: &Harness, n_dims: usize, rep: &mut Report, rng: &mut Rng) {
             let o = (t * nh + head) * hd;
             for i in 0..hd / 2 {
                 let (a, b) = (x[o + 2 * i] as f64, x[o + 2 * i + 1] as f64);
-                let (wa, wb) = if 2 * i < n_dims {
-                    let theta = pos[t] as f64 * (base as f64).powf(-2.0 * i as f64 / n_dims as f64);
+                let (wa, wb) = if 2 * i < n_rot {
+                    let mut theta = pos[t] as f64 * freq_scale as f64 * (base as f64).powf(-2.0 * i as f64 / n_rot as f64);
+                    if factors {
+                        theta /= ff[i] as f64;
+                    }
                     (a * theta.cos() - b * theta.sin(), a * theta.sin() + b * theta.cos())
                 } else {
                     (a, b)
                 };
-                // The angle is computed in f32: its error grows with the position.
-                let tol = 1e-6 + 2e-7 * (1.0 + pos[t] as f64) * (a.abs() + b.abs());
+                // The angle is exact to double precision; sin/cos are rounded to f32.
                 for (got, want) in [(y[o + 2 * i], wa), (y[o + 2 * i + 1], wb)] {
                     let err = (got as f64 - want).abs();
-                    assert!(err <= tol, "rope pos {} head {head} pair {i}: {got} vs {want}", pos[t]);
+                    assert!(err <= 1e-6 * (1.0 + a.abs() + b.abs()), "rope pos {} head {head} pair {i}: {got} vs {want}", pos[t]);
                     worst = worst.max(err);
                 }
             }
         }
     }
-    rep.lines.push(format!("rope_norm n_dims {n_dims}/{hd}, positions {pos:?}: max |err| {worst:.1e}"));
+    rep.lines.push(format!(
+        "rope_norm n_rot {n_rot}/{hd}, freq_scale {freq_scale}, freq_factors {factors}, positions {pos:?}: max |err| {worst:.1e}"
+    ));
 }
 
 fn check_swiglu_combine(h: &Harness, rng: &mut Rng, rep: &mut Report) {
@@ -442,49 +450,82 @@ fn check_moe(h: &Harness, ty: &str, nrows: usize, ncols: usize, ids: &[i32], x_r
     rep.lines.push(format!("moe dispatch {ty}: experts {ids:?} of {n_expert}, {nrows}x{ncols}, activations per slot: {}", x_rows > 1));
 }
 
-fn check_attention(h: &Harness, len: usize, nh: usize, nkv: usize, hd: usize, split: usize, rng: &mut Rng, rep: &mut Report) {
-    let n_blocks = len.div_ceil(16);
-    let pool = 2 * n_blocks + 1;
-    // The sequence's blocks scattered over the pool, in reverse order, every other one.
-    let table: Vec<i32> = (0..n_blocks).map(|b| (pool - 1 - 2 * b) as i32).collect();
-    let mut seen = table.clone();
-    seen.sort();
-    seen.dedup();
-    assert_eq!(seen.len(), n_blocks, "block table must not repeat a block");
-    let q = rng.vec(nh * hd, 1.0);
-    let kt = rng.vec(len * nkv * hd, 1.0);
-    let vt = rng.vec(len * nkv * hd, 1.0);
-    let scale = 1.0 / (hd as f32).sqrt();
-    h.put_f32("q.f32", &q);
-    h.put_f32("ktok.f32", &kt);
-    h.put_f32("vtok.f32", &vt);
-    h.put_i32("table.i32", &table);
-    h.run(
-        "attn",
-        &[len, nh, nkv, hd, split, pool].iter().map(|v| v.to_string()).chain([scale.to_string()]).collect::<Vec<_>>(),
-    );
-    let out = h.get_f32("out.f32");
-    let mut worst = 0f64;
-    for head in 0..nh {
-        let kvh = head / (nh / nkv);
-        let s: Vec<f64> = (0..len)
-            .map(|t| {
-                (0..hd).map(|c| q[head * hd + c] as f64 * kt[(t * nkv + kvh) * hd + c] as f64).sum::<f64>()
-                    * scale as f64
-            })
-            .collect();
-        let mx = s.iter().cloned().fold(f64::MIN, f64::max);
-        let z: f64 = s.iter().map(|v| (v - mx).exp()).sum();
-        for c in 0..hd {
-            let want: f64 = (0..len).map(|t| (s[t] - mx).exp() / z * vt[(t * nkv + kvh) * hd + c] as f64).sum();
-            let got = out[head * hd + c] as f64;
-            let err = (got - want).abs();
-            assert!(err <= 2e-6, "attention len {len} split {split} head {head} dim {c}: {got} vs {want}");
-            worst = worst.max(err);
+/// Attention over a paged cache: sequences of lengths `lens`, their 16-slot blocks scattered
+/// over the cache in reverse order. With `causal`, every position of each sequence is a query
+/// seeing the positions up to its own (as in a prefill); else one query per sequence seeing all
+/// (decode).
+fn check_attention(h: &Harness, lens: &[usize], causal: bool, nh: usize, nkv: usize, hd: usize, split: usize, rng: &mut Rng, rep: &mut Report) {
+    let row = nkv * hd;
+    let total_blocks: usize = lens.iter().map(|l| l.div_ceil(16)).sum();
+    let n_blocks_pool = 2 * total_blocks + 1;
+    let mut tables: Vec<i32> = Vec::new();
+    let mut table_of = Vec::new();
+    let mut next = n_blocks_pool as i32 - 1;
+    for &len in lens {
+        table_of.push(tables.len() as i32);
+        for _ in 0..len.div_ceil(16) {
+            tables.push(next);
+            next -= 2;
         }
     }
+    // K/V per sequence position, stored at their slots.
+    let mut slots = Vec::new();
+    let mut kv_at = Vec::new(); // (sequence, position) of each stored row
+    for (s, &len) in lens.iter().enumerate() {
+        for p in 0..len {
+            slots.push(tables[table_of[s] as usize + p / 16] * 16 + (p % 16) as i32);
+            kv_at.push((s, p));
+        }
+    }
+    let knew = rng.vec(slots.len() * row, 1.0);
+    let vnew = rng.vec(slots.len() * row, 1.0);
+    let row_of = |s: usize, p: usize| kv_at.iter().position(|&x| x == (s, p)).unwrap();
+    // Queries: (sequence, visible positions).
+    let queries: Vec<(usize, usize)> = lens
+        .iter()
+        .enumerate()
+        .flat_map(|(s, &len)| if causal { (1..=len).map(|n| (s, n)).collect::<Vec<_>>() } else { vec![(s, len)] })
+        .collect();
+    let nt = queries.len();
+    let q = rng.vec(nt * nh * hd, 1.0);
+    let scale = 1.0 / (hd as f32).sqrt();
+    h.put_f32("knew.f32", &knew);
+    h.put_f32("vnew.f32", &vnew);
+    h.put_i32("slots.i32", &slots);
+    h.put_f32("q.f32", &q);
+    h.put_i32("tables.i32", &tables);
+    h.put_i32("table_off.i32", &queries.iter().map(|&(s, _)| table_of[s]).collect::<Vec<_>>());
+    h.put_i32("n_kv.i32", &queries.iter().map(|&(_, n)| n as i32).collect::<Vec<_>>());
+    let mut args: Vec<String> = [nt, nh, nkv, hd, split, n_blocks_pool * 16].iter().map(|v| v.to_string()).collect();
+    args.push(scale.to_string());
+    h.run("attn", &args);
+    let out = h.get_f32("out.f32");
+    let mut worst = 0f64;
+    for (t, &(s, n)) in queries.iter().enumerate() {
+        for head in 0..nh {
+            let kvh = head / (nh / nkv);
+            let qh = &q[(t * nh + head) * hd..][..hd];
+            let sc: Vec<f64> = (0..n)
+                .map(|p| {
+                    let k = &knew[row_of(s, p) * row + kvh * hd..][..hd];
+                    qh.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64
+                })
+                .collect();
+            let mx = sc.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = sc.iter().map(|v| (v - mx).exp()).sum();
+            for c in 0..hd {
+                let want: f64 =
+                    (0..n).map(|p| (sc[p] - mx).exp() / z * vnew[row_of(s, p) * row + kvh * hd + c] as f64).sum();
+                let got = out[(t * nh + head) * hd + c] as f64;
+                let err = (got - want).abs();
+                assert!(err <= 2e-6, "attention lens {lens:?} query {t} (seq {s}, {n} positions) head {head} dim {c}: {got} vs {want}");
+                worst = worst.max(err);
+            }
+        }
+    }
+    let kind = if causal { "causal batch" } else { "decode" };
     rep.lines.push(format!(
-        "attention len {len:3} split {split:2} heads {nh}/{nkv} dim {hd}: max |err| {worst:.1e}"
+        "attention {kind} lens {lens:?} split {split} heads {nh}/{nkv} dim {hd}: {nt} queries, max |err| {worst:.1e}"
     ));
 }
 
@@ -507,22 +548,25 @@ fn run_all(h: &Harness, small: bool) -> Report {
         check_rms_norm(h, 2, 1000, 256, &mut rng, &mut rep);
         check_rms_norm(h, 1, 4096, 1024, &mut rng, &mut rep);
     }
-    check_rope(h, 32, &mut rep, &mut rng);
-    check_rope(h, 16, &mut rep, &mut rng);
+    check_rope(h, 32, 1.0, false, &mut rep, &mut rng);
+    check_rope(h, 16, 0.25, true, &mut rep, &mut rng);
     check_swiglu_combine(h, &mut rng, &mut rep);
     let top2 = check_routers(h, &mut rng, &mut rep);
     for (ty, nrows, ncols) in [("Q8_0", 2, 512), ("Q4_K", 4, 256)] {
         check_moe(h, ty, nrows, ncols, &top2, 1, &mut rng, &mut rep);
         check_moe(h, ty, nrows, ncols, &top2, 2, &mut rng, &mut rep);
     }
-    let lens: &[usize] = if small { &[17, 33] } else { &[1, 15, 16, 17, 31, 32, 33, 100] };
-    for &len in lens {
-        check_attention(h, len, 8, 2, 32, 32, &mut rng, &mut rep);
-    }
-    if !small {
-        check_attention(h, 100, 4, 4, 128, 16, &mut rng, &mut rep);
-        check_attention(h, 100, 4, 1, 256, 64, &mut rng, &mut rep);
-        check_attention(h, 47, 2, 2, 64, 256, &mut rng, &mut rep);
+    if small {
+        check_attention(h, &[17, 33], false, 8, 2, 32, 32, &mut rng, &mut rep);
+    } else {
+        for len in [1, 15, 16, 17, 31, 32, 33, 100] {
+            check_attention(h, &[len], false, 8, 2, 32, 32, &mut rng, &mut rep);
+        }
+        check_attention(h, &[17, 1, 100, 33], false, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[100], false, 4, 4, 128, 16, &mut rng, &mut rep);
+        check_attention(h, &[100, 5], false, 4, 1, 256, 64, &mut rng, &mut rep);
+        check_attention(h, &[47], false, 2, 2, 64, 256, &mut rng, &mut rep);
+        check_attention(h, &[20, 35], true, 4, 2, 32, 16, &mut rng, &mut rep);
     }
     rep
 }

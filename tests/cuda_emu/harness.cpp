@@ -160,13 +160,16 @@ int main(int argc, char** argv) {
         std::vector<float> y((size_t)rows * n);
         XD_LAUNCH(rms_norm, dim3(rows), dim3(threads), 0, x.data(), w.data(), y.data(), n, eps);
         store("y.f32", y);
-    } else if (op == "rope") {  // N_TOKENS N_HEADS HEAD_DIM N_DIMS BASE: x.f32, pos.i32 -> y.f32
+    } else if (op == "rope") {  // N_TOKENS N_HEADS HEAD_DIM N_ROT BASE SCALE FACTORS(0/1): x.f32, pos.i32 [, ff.f32] -> y.f32
         const int nt = iarg(argv, argc, 3), nh = iarg(argv, argc, 4), hd = iarg(argv, argc, 5);
-        const int nd = iarg(argv, argc, 6);
-        const float base = farg(argv, argc, 7);
+        const int nr = iarg(argv, argc, 6);
+        const float base = farg(argv, argc, 7), fscale = farg(argv, argc, 8);
+        const bool with_ff = iarg(argv, argc, 9) != 0;
         auto x = load<float>("x.f32");
         auto pos = load<int>("pos.i32");
-        XD_LAUNCH(rope_norm, dim3(nt, nh), dim3(32), 0, x.data(), pos.data(), nh, hd, nd, base);
+        std::vector<float> ff = with_ff ? load<float>("ff.f32") : std::vector<float>();
+        XD_LAUNCH(rope_norm, dim3(nt, nh), dim3(32), 0, x.data(), pos.data(), nh, hd, nr, base, fscale,
+                  with_ff ? ff.data() : nullptr);
         store("y.f32", x);
     } else if (op == "swiglu") {  // N: g.f32, u.f32 -> y.f32
         const int n = iarg(argv, argc, 3);
@@ -195,27 +198,36 @@ int main(int argc, char** argv) {
         store("weights.f32", weights);
         store("probs.f32", probs);
     } else if (op == "attn") {
-        // SEQ_LEN N_HEADS N_KV HEAD_DIM SPLIT_LEN POOL_BLOCKS SCALE:
-        // q.f32 [n_heads][hd], ktok.f32 / vtok.f32 [seq][n_kv][hd], table.i32 -> out.f32
-        const int len = iarg(argv, argc, 3), nh = iarg(argv, argc, 4), nkv = iarg(argv, argc, 5);
-        const int hd = iarg(argv, argc, 6), split = iarg(argv, argc, 7), pool = iarg(argv, argc, 8);
+        // N_TOKENS N_HEADS N_KV HEAD_DIM SPLIT_LEN N_SLOTS SCALE:
+        // knew.f32 / vnew.f32 [n_store][n_kv * hd] stored at slots.i32 by kv_store; then
+        // q.f32 [n_tokens][n_heads * hd], tables.i32, table_off.i32, n_kv.i32 -> out.f32
+        const int nt = iarg(argv, argc, 3), nh = iarg(argv, argc, 4), nkv = iarg(argv, argc, 5);
+        const int hd = iarg(argv, argc, 6), split = iarg(argv, argc, 7), n_slots = iarg(argv, argc, 8);
         const float scale = farg(argv, argc, 9);
+        auto knew = load<float>("knew.f32");
+        auto vnew = load<float>("vnew.f32");
+        auto slots = load<int>("slots.i32");
         auto q = load<float>("q.f32");
-        auto kt = load<float>("ktok.f32");
-        auto vt = load<float>("vtok.f32");
-        auto table = load<int>("table.i32");
-        std::vector<float> kc((size_t)pool * nkv * 16 * hd, 0.0f), vc(kc.size(), 0.0f);
-        for (int p = 0; p < len; ++p) {
-            const float* kp = kt.data() + (size_t)p * nkv * hd;
-            const float* vp = vt.data() + (size_t)p * nkv * hd;
-            XD_LAUNCH(kv_store, dim3((nkv * hd + 63) / 64), dim3(64), 0, kp, vp, kc.data(), vc.data(),
-                      table.data(), p, nkv, hd);
-        }
-        const int n_splits = (len + split - 1) / split;
-        std::vector<float> ml((size_t)nh * n_splits * 2), acc((size_t)nh * n_splits * hd), out((size_t)nh * hd);
-        XD_LAUNCH(attn_decode_split, dim3(nh, n_splits), dim3(32 * XD_ATTN_WARPS), 0, q.data(), kc.data(),
-                  vc.data(), table.data(), len, nh, nkv, hd, split, scale, ml.data(), acc.data());
-        XD_LAUNCH(attn_decode_combine, dim3(nh), dim3(32), 0, ml.data(), acc.data(), n_splits, hd, out.data());
+        auto tables = load<int>("tables.i32");
+        auto table_off = load<int>("table_off.i32");
+        auto n_kv = load<int>("n_kv.i32");
+        const int row = nkv * hd;
+        const int n_store = int(slots.size());
+        if ((int)knew.size() != n_store * row || vnew.size() != knew.size()) fail("knew/vnew size");
+        for (int sl : slots)
+            if (sl < 0 || sl >= n_slots) fail("slot out of range");
+        std::vector<float> kc((size_t)n_slots * row, 0.0f), vc(kc.size(), 0.0f);
+        const long long total = (long long)n_store * row;
+        XD_LAUNCH(kv_store, dim3(unsigned((total + 127) / 128)), dim3(128), 0, knew.data(), vnew.data(), kc.data(),
+                  vc.data(), slots.data(), n_store, row);
+        int max_len = 0;
+        for (int n : n_kv) max_len = std::max(max_len, n);
+        const int n_splits = (max_len + split - 1) / split;
+        std::vector<float> ml((size_t)nt * nh * n_splits * 2), acc((size_t)nt * nh * n_splits * hd);
+        std::vector<float> out((size_t)nt * nh * hd);
+        XD_LAUNCH(attn_split, dim3(nh, n_splits, nt), dim3(32 * XD_ATTN_WARPS), 0, q.data(), kc.data(), vc.data(),
+                  tables.data(), table_off.data(), n_kv.data(), nh, nkv, hd, split, scale, ml.data(), acc.data());
+        XD_LAUNCH(attn_combine, dim3(nh, nt), dim3(32), 0, ml.data(), acc.data(), n_splits, hd, out.data());
         store("out.f32", out);
     } else {
         fail("unknown op " + op);
