@@ -220,3 +220,171 @@ __device__ __forceinline__ float dot_q6_k(const uint8_t* b, int u, const xd_q8_1
     return xd_ldh(b + 208) * a.d * float(sc[0] * (s[0] - 32 * m[0]) + sc[1] * (s[1] - 32 * m[1]));
 }
 
+
+// ---- IQ types: lattice points from the __constant__ grids ---------------------------------
+
+#include "iq_grids.cuh"
+
+// `ksigns_iq2xs`: 7 stored sign bits, the 8th makes the number of minus signs even.
+__device__ __forceinline__ uint32_t xd_ksigns(uint32_t i) { return i | (uint32_t(__popc(i) & 1) << 7); }
+
+// The four unsigned bytes of g with byte i negated where bit i of `signs` is set.
+__device__ __forceinline__ int xd_sign4(uint32_t g, uint32_t signs) {
+    int r = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        int b = int((g >> (8 * i)) & 0xffu);
+        if ((signs >> i) & 1u) b = -b;
+        r |= (b & 0xff) << (8 * i);
+    }
+    return r;
+}
+
+// Eight grid bytes (a u64 lattice point) with sign byte `s` against q8 words w and w+1.
+__device__ __forceinline__ int xd_grid8_dot(uint64_t g, uint32_t s, const xd_q8_1& a, int w, int sum) {
+    sum = __dp4a(xd_sign4(uint32_t(g), s), a.qs[w], sum);
+    return __dp4a(xd_sign4(uint32_t(g >> 32), s >> 4), a.qs[w + 1], sum);
+}
+
+// IQ2_XXS: {f16 d; u16 qs[32]}: sub-block u is two u32 at qs[4u]: four grid indices (bytes of
+// the first), four 7-bit sign groups and a 4-bit scale (the second).
+__device__ __forceinline__ float dot_iq2_xxs(const uint8_t* b, int u, const xd_q8_1& a) {
+    const uint8_t* q = b + 2 + 8 * u;
+    const uint32_t idx = uint32_t(xd_ld32(q)), aux = uint32_t(xd_ld32(q + 4));
+    int sum = 0;
+#pragma unroll
+    for (int l = 0; l < 4; ++l)
+        sum = xd_grid8_dot(xd_iq2xxs_grid[(idx >> (8 * l)) & 0xffu], xd_ksigns((aux >> (7 * l)) & 127u), a, 2 * l, sum);
+    return xd_ldh(b) * (0.5f + float(aux >> 28)) * 0.25f * a.d * float(sum);
+}
+
+// IQ2_XS: {f16 d; u16 qs[32]; u8 scales[8]}: each u16 is a 9-bit grid index and 7 sign bits;
+// the scale byte's nibbles cover the sub-block's halves.
+__device__ __forceinline__ float dot_iq2_xs(const uint8_t* b, int u, const xd_q8_1& a) {
+    const uint8_t* q = b + 2 + 8 * u;
+    int s[2] = {0, 0};
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+        const uint32_t v = xd_ld16(q + 2 * l);
+        s[l / 2] = xd_grid8_dot(xd_iq2xs_grid[v & 511u], xd_ksigns(v >> 9), a, 2 * l, s[l / 2]);
+    }
+    const int sc = b[66 + u];
+    return xd_ldh(b) * 0.25f * a.d * ((0.5f + float(sc & 15)) * float(s[0]) + (0.5f + float(sc >> 4)) * float(s[1]));
+}
+
+// IQ2_S: {f16 d; u8 qs[32]; u8 signs[32]; u8 qh[8]; u8 scales[8]}: 10-bit grid indices (two high
+// bits from qh), explicit sign bytes.
+__device__ __forceinline__ float dot_iq2_s(const uint8_t* b, int u, const xd_q8_1& a) {
+    const uint8_t* qs = b + 2 + 4 * u;
+    const uint8_t* sg = b + 34 + 4 * u;
+    const uint32_t qh = b[66 + u];
+    int s[2] = {0, 0};
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+        const uint32_t idx = qs[l] | ((qh << (8 - 2 * l)) & 0x300u);
+        s[l / 2] = xd_grid8_dot(xd_iq2s_grid[idx], sg[l], a, 2 * l, s[l / 2]);
+    }
+    const int sc = b[74 + u];
+    return xd_ldh(b) * 0.25f * a.d * ((0.5f + float(sc & 15)) * float(s[0]) + (0.5f + float(sc >> 4)) * float(s[1]));
+}
+
+// IQ3_XXS: {f16 d; u8 qs[64]; u32 scales_signs[8]}: eight 8-bit indices of 4-value grid points
+// per sub-block; the u32 holds four 7-bit sign groups and a 4-bit scale.
+__device__ __forceinline__ float dot_iq3_xxs(const uint8_t* b, int u, const xd_q8_1& a) {
+    const uint8_t* q3 = b + 2 + 8 * u;
+    const uint32_t aux = uint32_t(xd_ld32(b + 66 + 4 * u));
+    int sum = 0;
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+        const uint32_t sg = xd_ksigns((aux >> (7 * l)) & 127u);
+        sum = __dp4a(xd_sign4(xd_iq3xxs_grid[q3[2 * l]], sg), a.qs[2 * l], sum);
+        sum = __dp4a(xd_sign4(xd_iq3xxs_grid[q3[2 * l + 1]], sg >> 4), a.qs[2 * l + 1], sum);
+    }
+    return xd_ldh(b) * (0.5f + float(aux >> 28)) * 0.5f * a.d * float(sum);
+}
+
+// IQ3_S: {f16 d; u8 qs[64]; u8 qh[8]; u8 signs[32]; u8 scales[4]}: 9-bit indices (high bit
+// from qh[u]), explicit signs, odd scales 1 + 2 * nibble.
+__device__ __forceinline__ float dot_iq3_s(const uint8_t* b, int u, const xd_q8_1& a) {
+    const uint8_t* qs = b + 2 + 8 * u;
+    const uint32_t qh = b[66 + u];
+    const uint8_t* sg = b + 74 + 4 * u;
+    int sum = 0;
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+        const uint32_t g1 = xd_iq3s_grid[qs[2 * l] | ((qh << (8 - 2 * l)) & 256u)];
+        const uint32_t g2 = xd_iq3s_grid[qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256u)];
+        sum = __dp4a(xd_sign4(g1, sg[l]), a.qs[2 * l], sum);
+        sum = __dp4a(xd_sign4(g2, uint32_t(sg[l]) >> 4), a.qs[2 * l + 1], sum);
+    }
+    const int nib = (b[106 + u / 2] >> (4 * (u % 2))) & 15;
+    return xd_ldh(b) * float(1 + 2 * nib) * a.d * float(sum);
+}
+
+// IQ1_S: {f16 d; u8 qs[32]; u16 qh[8]}: 11-bit indices of {-1,0,1} grid points, a 3-bit scale
+// and the sign of a shift (+-1/8) applied to every value of the sub-block.
+__device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_1& a) {
+    const uint8_t* qs = b + 2 + 4 * u;
+    const uint32_t qh = xd_ld16(b + 34 + 2 * u);
+    int sum = 0;
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+        const uint64_t g = xd_iq1s_grid[qs[l] | (((qh >> (3 * l)) & 7u) << 8)];
+        sum = __dp4a(int(uint32_t(g)), a.qs[2 * l], sum);
+        sum = __dp4a(int(uint32_t(g >> 32)), a.qs[2 * l + 1], sum);
+    }
+    const float dl = xd_ldh(b) * float(2 * ((qh >> 12) & 7u) + 1);
+    const float delta = (qh & 0x8000u) ? -0.125f : 0.125f;
+    return dl * (a.d * float(sum) + delta * a.s);
+}
+
+// IQ1_M: {u8 qs[32]; u8 qh[16]; u16 scales[4]}: the f16 super-block scale is spread over the top
+// nibbles of the four scale words; per 8 values its own shift sign, per 16 a 3-bit scale.
+__device__ __forceinline__ float dot_iq1_m(const uint8_t* b, int u, const xd_q8_1& a) {
+    const uint8_t* qs = b + 4 * u;
+    const uint8_t* qh = b + 32 + 2 * u;
+    const uint32_t s0 = xd_ld16(b + 48), s1 = xd_ld16(b + 50), s2 = xd_ld16(b + 52), s3 = xd_ld16(b + 54);
+    const float d = xd_h2f(uint16_t((s0 >> 12) | ((s1 >> 8) & 0xf0u) | ((s2 >> 4) & 0xf00u) | (s3 & 0xf000u)));
+    const uint32_t sw = xd_ld16(b + 48 + 2 * (u / 2));
+    const int sh = 6 * (u % 2);
+    float part[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+        const uint32_t h = qh[l / 2];
+        const uint32_t idx = qs[l] | ((l % 2 ? (h << 4) : (h << 8)) & 0x700u);
+        const uint64_t g = xd_iq1s_grid[idx];
+        int s = __dp4a(int(uint32_t(g)), a.qs[2 * l], 0);
+        s = __dp4a(int(uint32_t(g >> 32)), a.qs[2 * l + 1], s);
+        int m = __dp4a(0x01010101, a.qs[2 * l], 0);
+        m = __dp4a(0x01010101, a.qs[2 * l + 1], m);
+        const float delta = (h & (l % 2 ? 0x80u : 0x08u)) ? -0.125f : 0.125f;
+        part[l / 2] += float(s) + delta * float(m);
+    }
+    const float dl1 = d * float(2 * ((sw >> sh) & 7u) + 1);
+    const float dl2 = d * float(2 * ((sw >> (sh + 3)) & 7u) + 1);
+    return a.d * (dl1 * part[0] + dl2 * part[1]);
+}
+
+// MXFP4: {u8 e (E8M0); u8 qs[16]}: value = kvalues_mxfp4[nibble] * 2^(e - 128) (the table holds
+// doubled E2M1 values). The 17-byte blocks are byte-aligned, so bytes are read one by one.
+__constant__ int8_t xd_kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
+__device__ __forceinline__ float dot_mxfp4(const uint8_t* b, int, const xd_q8_1& a) {
+    const uint32_t e = b[0];
+    const float d = __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
+    const uint8_t* qs = b + 1;
+    int sum = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        int lo = 0, hi = 0;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int v = qs[4 * k + i];
+            lo |= int(uint8_t(xd_kvalues_mxfp4[v & 15])) << (8 * i);
+            hi |= int(uint8_t(xd_kvalues_mxfp4[v >> 4])) << (8 * i);
+        }
+        sum = __dp4a(lo, a.qs[k], sum);
+        sum = __dp4a(hi, a.qs[k + 4], sum);
+    }
+    return d * a.d * float(sum);
+}

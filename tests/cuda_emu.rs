@@ -142,12 +142,22 @@ fn type_shape(ty: &str) -> (usize, usize) {
         "Q5_K" => (256, 176),
         "Q6_K" => (256, 210),
         "IQ4_XS" => (256, 136),
+        "IQ2_XXS" => (256, 66),
+        "IQ2_XS" => (256, 74),
+        "IQ2_S" => (256, 82),
+        "IQ3_XXS" => (256, 98),
+        "IQ3_S" => (256, 110),
+        "IQ1_S" => (256, 50),
+        "IQ1_M" => (256, 56),
+        "MXFP4" => (32, 17),
         _ => panic!("no shape for {ty}"),
     }
 }
 
-const QUANT_TYPES: &[&str] =
-    &["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"];
+const QUANT_TYPES: &[&str] = &[
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XXS",
+    "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "MXFP4",
+];
 
 /// The weights of a type as (raw bytes, dequantized f32) for `n` elements.
 fn weights(ty: &str, n: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f32>) {

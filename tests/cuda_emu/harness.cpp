@@ -70,6 +70,14 @@ const TypeEntry kTypes[] = {
     {"Q6_K", 256, 210, mul_mat_vec_q6_k, nullptr, get_rows_q6_k},
     {"IQ4_NL", 32, 18, mul_mat_vec_iq4_nl, nullptr, get_rows_iq4_nl},
     {"IQ4_XS", 256, 136, mul_mat_vec_iq4_xs, nullptr, get_rows_iq4_xs},
+    {"IQ2_XXS", 256, 66, mul_mat_vec_iq2_xxs, nullptr, get_rows_iq2_xxs},
+    {"IQ2_XS", 256, 74, mul_mat_vec_iq2_xs, nullptr, get_rows_iq2_xs},
+    {"IQ2_S", 256, 82, mul_mat_vec_iq2_s, nullptr, get_rows_iq2_s},
+    {"IQ3_XXS", 256, 98, mul_mat_vec_iq3_xxs, nullptr, get_rows_iq3_xxs},
+    {"IQ3_S", 256, 110, mul_mat_vec_iq3_s, nullptr, get_rows_iq3_s},
+    {"IQ1_S", 256, 50, mul_mat_vec_iq1_s, nullptr, get_rows_iq1_s},
+    {"IQ1_M", 256, 56, mul_mat_vec_iq1_m, nullptr, get_rows_iq1_m},
+    {"MXFP4", 32, 17, mul_mat_vec_mxfp4, nullptr, get_rows_mxfp4},
 };
 
 const TypeEntry& type_named(const std::string& n) {

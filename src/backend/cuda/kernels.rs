@@ -28,7 +28,7 @@ pub const PROGRAMS: &[KernelSource] = sources!(
 );
 
 /// The headers the programs include.
-pub const HEADERS: &[KernelSource] = sources!("common.cuh", "quant_dot.cuh");
+pub const HEADERS: &[KernelSource] = sources!("common.cuh", "quant_dot.cuh", "iq_grids.cuh");
 
 /// The program named `name`.
 pub fn program(name: &str) -> Option<&'static KernelSource> {
