@@ -3,7 +3,7 @@
 // online softmax over its positions (max m, sum l, unnormalised V sum), and attn_combine merges
 // the splits. Built for decode (one token per sequence), correct for any batch.
 //
-// Cache layout (f32, one layer), as the engine's backend contract: slot s holds one token's K
+// Cache layout (f32 or f16, one layer), as the engine's backend contract: slot s holds one token's K
 // (or V) row of n_kv_heads * head_dim values; slot s belongs to block s / 16. Position p of a
 // token's sequence is in slot table[p / 16] * 16 + p % 16. Query head h reads KV head
 // h / (n_heads / n_kv_heads) (grouped-query attention).
@@ -18,11 +18,15 @@
 // part_acc: [n_tokens][n_heads][n_splits][head_dim], n_splits = gridDim.y (enough for the
 // longest token; splits past a token's length record an empty part).
 // grid (n_heads, n_splits, n_tokens).
-extern "C" __global__ void __launch_bounds__(32 * XD_ATTN_WARPS)
-attn_split(const float* __restrict__ q, const float* __restrict__ k_cache, const float* __restrict__ v_cache,
-           const int* __restrict__ tables, const int* __restrict__ table_off, const int* __restrict__ n_kv,
-           int n_heads, int n_kv_heads, int head_dim, int split_len, float scale, float* __restrict__ part_ml,
-           float* __restrict__ part_acc) {
+__device__ __forceinline__ float xd_kv_get(const float* p) { return *p; }
+__device__ __forceinline__ float xd_kv_get(const uint16_t* p) { return xd_h2f(*p); }
+
+template <typename KV>
+__device__ __forceinline__ void xd_attn_split(const float* __restrict__ q, const KV* __restrict__ k_cache,
+                                              const KV* __restrict__ v_cache, const int* __restrict__ tables,
+                                              const int* __restrict__ table_off, const int* __restrict__ n_kv,
+                                              int n_heads, int n_kv_heads, int head_dim, int split_len, float scale,
+                                              float* __restrict__ part_ml, float* __restrict__ part_acc) {
     __shared__ float s_m[XD_ATTN_WARPS], s_l[XD_ATTN_WARPS];
     __shared__ float s_acc[XD_ATTN_WARPS][XD_ATTN_MAX_DIM];
     const int lane = threadIdx.x % XD_WARP, warp = threadIdx.x / XD_WARP;
@@ -49,7 +53,7 @@ attn_split(const float* __restrict__ q, const float* __restrict__ k_cache, const
         float s = 0.0f;
 #pragma unroll
         for (int j = 0; j < XD_ATTN_MAX_DIM / XD_WARP; ++j)
-            if (j < nc) s += qr[j] * k_cache[base + lane + XD_WARP * j];
+            if (j < nc) s += qr[j] * xd_kv_get(k_cache + base + lane + XD_WARP * j);
         s = xd_warp_sum(s) * scale;
         const float m_new = fmaxf(m, s);
         const float corr = expf(m - m_new);  // 0 on the first position (m = -inf)
@@ -57,7 +61,7 @@ attn_split(const float* __restrict__ q, const float* __restrict__ k_cache, const
         l = l * corr + p;
 #pragma unroll
         for (int j = 0; j < XD_ATTN_MAX_DIM / XD_WARP; ++j)
-            if (j < nc) acc[j] = acc[j] * corr + p * v_cache[base + lane + XD_WARP * j];
+            if (j < nc) acc[j] = acc[j] * corr + p * xd_kv_get(v_cache + base + lane + XD_WARP * j);
         m = m_new;
     }
     if (lane == 0) {
@@ -87,6 +91,19 @@ attn_split(const float* __restrict__ q, const float* __restrict__ k_cache, const
         part_ml[2 * part + 1] = ll;
     }
 }
+
+#define XD_ATTN_KERNEL(name, kv)                                                                              \
+    extern "C" __global__ void __launch_bounds__(32 * XD_ATTN_WARPS)                                          \
+        name(const float* __restrict__ q, const kv* __restrict__ k_cache, const kv* __restrict__ v_cache,     \
+             const int* __restrict__ tables, const int* __restrict__ table_off, const int* __restrict__ n_kv, \
+             int n_heads, int n_kv_heads, int head_dim, int split_len, float scale, float* __restrict__ part_ml, \
+             float* __restrict__ part_acc) {                                                                  \
+        xd_attn_split(q, k_cache, v_cache, tables, table_off, n_kv, n_heads, n_kv_heads, head_dim, split_len,   \
+                      scale, part_ml, part_acc);                                                               \
+    }
+
+XD_ATTN_KERNEL(attn_split_f32, float)
+XD_ATTN_KERNEL(attn_split_f16, uint16_t)
 
 // out: [n_tokens][n_heads * head_dim]. grid (n_heads, n_tokens); any block size. Every token
 // sees at least one position, so at least one split is non-empty.

@@ -51,6 +51,36 @@ __device__ __forceinline__ float xd_h2f(uint16_t h) {
 #endif
 }
 
+// f32 to f16 bits, rounding to nearest even (overflow to inf, NaN kept a NaN).
+__device__ __forceinline__ uint16_t xd_f2h(float f) {
+#if defined(__CUDA_ARCH__)
+    uint16_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#else
+    const uint32_t x = __float_as_uint(f);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t mant = x & 0x7fffffu;
+    const int exp = int((x >> 23) & 0xffu);
+    if (exp == 255) return uint16_t(sign | 0x7c00u | (mant ? 0x200u : 0u));
+    const int e = exp - 112;  // the f16 exponent field
+    if (e >= 31) return uint16_t(sign | 0x7c00u);
+    if (e <= 0) {  // subnormal in f16 (or zero)
+        if (e < -10) return uint16_t(sign);
+        mant |= 0x800000u;
+        const int shift = 14 - e;
+        uint32_t h = mant >> shift;
+        const uint32_t rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (h & 1u))) ++h;
+        return uint16_t(sign | h);
+    }
+    uint32_t h = (uint32_t(e) << 10) | (mant >> 13);
+    const uint32_t rem = mant & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
+    return uint16_t(sign | h);
+#endif
+}
+
 // GGML blocks are 2-byte aligned at best (Q4_0 is 18 bytes), so 32-bit words are read as two
 // 16-bit halves.
 __device__ __forceinline__ uint32_t xd_ld16(const uint8_t* p) {

@@ -8,10 +8,11 @@
 // provides `dot_<type>(block, sub, a)`: the dot product of sub-block `sub` of `block` with the
 // q8_1 block `a` of the same 32 columns.
 //
-// MoE dispatch uses the same kernels: grid.y runs over "slots"; slot j multiplies expert
-// ids[j]'s matrix (at byte offset ids[j] * expert_stride) with activation block row
-// x + j * x_stride (x_stride 0: every slot shares one activation) into y + j * nrows. With
-// ids == nullptr there is one slot and expert 0: a plain matvec.
+// Batches and MoE dispatch use the same kernels: grid.y runs over "slots"; slot j multiplies
+// expert ids[j]'s matrix (at byte offset ids[j] * expert_stride; expert 0 when ids is null)
+// with activation row x + (j / x_group) * x_stride into y + j * nrows. A batch of tokens is
+// one slot per token (ids null, x_group 1); the gate/up projections of k experts per token
+// are k slots per activation row (x_group k); the down projection one row per slot.
 #include "quant_dot.cuh"
 
 // ---- activation quantization ------------------------------------------------------------
@@ -41,7 +42,8 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, xd_q8_1* _
 template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
 __device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long expert_stride,
                                         const int* __restrict__ ids, const xd_q8_1* __restrict__ x,
-                                        int x_stride, float* __restrict__ y, int ncols, int nrows) {
+                                        int x_stride, int x_group, float* __restrict__ y, int ncols,
+                                        int nrows) {
     const int lane = threadIdx.x % XD_WARP;
     const int row = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
     const int slot = blockIdx.y;
@@ -49,7 +51,7 @@ __device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long
     const int nsub = ncols / 32;
     constexpr int SUBS = QK / 32;
     const uint8_t* wrow = w + expert * expert_stride + (long long)row * (ncols / QK) * BYTES;
-    const xd_q8_1* xs = x + (long long)slot * x_stride;
+    const xd_q8_1* xs = x + (long long)(slot / x_group) * x_stride;
     float acc = 0.0f;
     if (row < nrows) {
         for (int u = lane; u < nsub; u += XD_WARP) acc += DOT(wrow + (u / SUBS) * BYTES, u % SUBS, xs[u]);
@@ -62,8 +64,9 @@ __device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long
 #define XD_MMVQ_KERNEL(name, qk, bytes, dot)                                                      \
     extern "C" __global__ void name(const uint8_t* __restrict__ w, long long expert_stride,       \
                                     const int* __restrict__ ids, const xd_q8_1* __restrict__ x,   \
-                                    int x_stride, float* __restrict__ y, int ncols, int nrows) {  \
-        xd_mmvq<qk, bytes, dot>(w, expert_stride, ids, x, x_stride, y, ncols, nrows);             \
+                                    int x_stride, int x_group, float* __restrict__ y, int ncols,  \
+                                    int nrows) {                                                  \
+        xd_mmvq<qk, bytes, dot>(w, expert_stride, ids, x, x_stride, x_group, y, ncols, nrows);    \
     }
 
 XD_MMVQ_KERNEL(mul_mat_vec_q4_0, 32, 18, dot_q4_0)

@@ -356,20 +356,21 @@ fn check_swiglu_combine(h: &Harness, rng: &mut Rng, rep: &mut Report) {
         let want = gv / (1.0 + (-gv).exp()) * uv;
         assert!((y[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "swiglu {i}: {} vs {want}", y[i]);
     }
-    let k = 2;
-    let x = rng.vec(n, 1.0);
-    let e = rng.vec(k * n, 1.0);
-    let w = [0.7f32, 0.3];
-    let r = rng.vec(n, 1.0);
+    let (k, nt) = (2, 3);
+    let x = rng.vec(nt * n, 1.0);
+    let e = rng.vec(nt * k * n, 1.0);
+    let w = [0.7f32, 0.3, 0.5, 0.5, 0.9, 0.1];
     h.put_f32("x.f32", &x);
     h.put_f32("e.f32", &e);
     h.put_f32("w.f32", &w);
-    h.put_f32("r.f32", &r);
-    h.run("combine", &[k.to_string(), n.to_string()]);
+    h.run("combine", &[k.to_string(), n.to_string(), nt.to_string()]);
     let y = h.get_f32("y.f32");
-    for i in 0..n {
-        let want = x[i] as f64 + w[0] as f64 * e[i] as f64 + w[1] as f64 * e[n + i] as f64 + r[i] as f64;
-        assert!((y[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "moe_combine + add {i}");
+    for t in 0..nt {
+        for i in 0..n {
+            let mix: f64 = (0..k).map(|j| w[t * k + j] as f64 * e[(t * k + j) * n + i] as f64).sum();
+            let want = x[t * n + i] as f64 + mix;
+            assert!((y[t * n + i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "moe_combine + add token {t} [{i}]");
+        }
     }
     rep.lines.push(format!("swiglu, moe_combine, add_f32: {n} values ok"));
 }
@@ -431,24 +432,25 @@ fn check_routers(h: &Harness, rng: &mut Rng, rep: &mut Report) -> Vec<i32> {
     ids[6..8].to_vec()
 }
 
-/// MoE dispatch: k slots over n_expert stacked matrices, shared or per-slot activations.
-fn check_moe(h: &Harness, ty: &str, nrows: usize, ncols: usize, ids: &[i32], x_rows: usize, rng: &mut Rng, rep: &mut Report) {
+/// MoE dispatch: `ids.len()` slots over n_expert stacked matrices; slot j reads activation row
+/// j / x_group (x_group = k: the gate/up projections of k experts per token; 1: down).
+fn check_moe(h: &Harness, ty: &str, nrows: usize, ncols: usize, ids: &[i32], x_group: usize, rng: &mut Rng, rep: &mut Report) {
     let n_expert = 8;
     let (w, wf) = weights(ty, n_expert * nrows * ncols, rng);
+    let slots = ids.len();
+    let x_rows = slots.div_ceil(x_group);
     let x = activations(rng, ncols * x_rows);
     h.put("w.bin", &w);
     h.put_i32("ids.i32", ids);
     h.put_f32("x.f32", &x);
-    let k = ids.len();
-    h.run(
-        "moe",
-        &[ty.into(), nrows.to_string(), ncols.to_string(), n_expert.to_string(), k.to_string(), x_rows.to_string()],
-    );
+    let mut args = vec![ty.to_string()];
+    args.extend([nrows, ncols, n_expert, slots, x_rows, x_group].iter().map(|v| v.to_string()));
+    h.run("moe", &args);
     let y = h.get_f32("y.f32");
     let blocks = q8_blocks(&h.get("xq.bin"));
     let xq: Vec<f64> = blocks.iter().flat_map(|(d, _, q)| q.iter().map(move |&v| *d as f64 * v as f64)).collect();
     for (slot, &e) in ids.iter().enumerate() {
-        let xo = if x_rows == 1 { 0 } else { slot * ncols };
+        let xo = slot / x_group * ncols;
         for r in 0..nrows {
             let row = &wf[(e as usize * nrows + r) * ncols..][..ncols];
             let want: f64 = row.iter().zip(&xq[xo..xo + ncols]).map(|(&a, &b)| a as f64 * b).sum();
@@ -457,14 +459,15 @@ fn check_moe(h: &Harness, ty: &str, nrows: usize, ncols: usize, ids: &[i32], x_r
             assert!((got - want).abs() <= 2e-6 * mag + 1e-7, "moe {ty} slot {slot} expert {e} row {r}: {got} vs {want}");
         }
     }
-    rep.lines.push(format!("moe dispatch {ty}: experts {ids:?} of {n_expert}, {nrows}x{ncols}, activations per slot: {}", x_rows > 1));
+    rep.lines.push(format!("moe dispatch {ty}: slots {ids:?} of {n_expert} experts, {nrows}x{ncols}, {x_group} slot(s) per activation row"));
 }
 
 /// Attention over a paged cache: sequences of lengths `lens`, their 16-slot blocks scattered
 /// over the cache in reverse order. With `causal`, every position of each sequence is a query
 /// seeing the positions up to its own (as in a prefill); else one query per sequence seeing all
 /// (decode).
-fn check_attention(h: &Harness, lens: &[usize], causal: bool, nh: usize, nkv: usize, hd: usize, split: usize, rng: &mut Rng, rep: &mut Report) {
+#[allow(clippy::too_many_arguments)]
+fn check_attention(h: &Harness, lens: &[usize], causal: bool, f16: bool, nh: usize, nkv: usize, hd: usize, split: usize, rng: &mut Rng, rep: &mut Report) {
     let row = nkv * hd;
     let total_blocks: usize = lens.iter().map(|l| l.div_ceil(16)).sum();
     let n_blocks_pool = 2 * total_blocks + 1;
@@ -489,6 +492,11 @@ fn check_attention(h: &Harness, lens: &[usize], causal: bool, nh: usize, nkv: us
     }
     let knew = rng.vec(slots.len() * row, 1.0);
     let vnew = rng.vec(slots.len() * row, 1.0);
+    // What the cache holds: the values themselves, or rounded to f16.
+    let cached = |v: &[f32]| -> Vec<f32> {
+        if f16 { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() } else { v.to_vec() }
+    };
+    let (kref, vref) = (cached(&knew), cached(&vnew));
     let row_of = |s: usize, p: usize| kv_at.iter().position(|&x| x == (s, p)).unwrap();
     // Queries: (sequence, visible positions).
     let queries: Vec<(usize, usize)> = lens
@@ -508,6 +516,7 @@ fn check_attention(h: &Harness, lens: &[usize], causal: bool, nh: usize, nkv: us
     h.put_i32("n_kv.i32", &queries.iter().map(|&(_, n)| n as i32).collect::<Vec<_>>());
     let mut args: Vec<String> = [nt, nh, nkv, hd, split, n_blocks_pool * 16].iter().map(|v| v.to_string()).collect();
     args.push(scale.to_string());
+    args.push((f16 as i32).to_string());
     h.run("attn", &args);
     let out = h.get_f32("out.f32");
     let mut worst = 0f64;
@@ -517,7 +526,7 @@ fn check_attention(h: &Harness, lens: &[usize], causal: bool, nh: usize, nkv: us
             let qh = &q[(t * nh + head) * hd..][..hd];
             let sc: Vec<f64> = (0..n)
                 .map(|p| {
-                    let k = &knew[row_of(s, p) * row + kvh * hd..][..hd];
+                    let k = &kref[row_of(s, p) * row + kvh * hd..][..hd];
                     qh.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64
                 })
                 .collect();
@@ -525,7 +534,7 @@ fn check_attention(h: &Harness, lens: &[usize], causal: bool, nh: usize, nkv: us
             let z: f64 = sc.iter().map(|v| (v - mx).exp()).sum();
             for c in 0..hd {
                 let want: f64 =
-                    (0..n).map(|p| (sc[p] - mx).exp() / z * vnew[row_of(s, p) * row + kvh * hd + c] as f64).sum();
+                    (0..n).map(|p| (sc[p] - mx).exp() / z * vref[row_of(s, p) * row + kvh * hd + c] as f64).sum();
                 let got = out[(t * nh + head) * hd + c] as f64;
                 let err = (got - want).abs();
                 assert!(err <= 2e-6, "attention lens {lens:?} query {t} (seq {s}, {n} positions) head {head} dim {c}: {got} vs {want}");
@@ -533,10 +542,37 @@ fn check_attention(h: &Harness, lens: &[usize], causal: bool, nh: usize, nkv: us
             }
         }
     }
-    let kind = if causal { "causal batch" } else { "decode" };
+    let kind = match (causal, f16) {
+        (true, false) => "causal batch, f32 KV",
+        (true, true) => "causal batch, f16 KV",
+        (false, false) => "decode, f32 KV",
+        (false, true) => "decode, f16 KV",
+    };
     rep.lines.push(format!(
         "attention {kind} lens {lens:?} split {split} heads {nh}/{nkv} dim {hd}: {nt} queries, max |err| {worst:.1e}"
     ));
+}
+
+/// The f32 -> f16 conversion of the f16 KV cache, bit for bit against the `half` crate, on
+/// random values over the whole range and the edge cases (subnormals, ties, overflow, NaN).
+fn check_f2h(h: &Harness, rng: &mut Rng, rep: &mut Report) {
+    let mut x: Vec<f32> = (0..4000).map(|i| rng.next() * 2f32.powi((i % 40) - 28)).collect();
+    x.extend([0.0, -0.0, 65504.0, 65520.0, 65519.99, 1e9, -1e9, f32::INFINITY, f32::NEG_INFINITY]);
+    x.extend([5.96e-8, 2.98e-8, 2.9802322e-8, 2.9802326e-8, 6.1e-5, 6.097e-5, 1.0009765625, 1.00048828125, 1.00146484375]);
+    x.extend((0..2000).map(|i| f32::from_bits(0x3300_0000 + i * 0x0001_3579)));
+    h.put_f32("x.f32", &x);
+    h.run("f2h", &[]);
+    let got: Vec<u16> = h.get("h.u16").chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    for (i, &v) in x.iter().enumerate() {
+        let want = half::f16::from_f32(v).to_bits();
+        assert_eq!(got[i], want, "f32 {v:e} ({:#x}) -> f16 {:#06x}, want {want:#06x}", v.to_bits(), got[i]);
+    }
+    let nan = f32::NAN;
+    h.put_f32("x.f32", &[nan]);
+    h.run("f2h", &[]);
+    let g = h.get("h.u16");
+    assert!(half::f16::from_bits(u16::from_le_bytes([g[0], g[1]])).is_nan(), "NaN must stay NaN");
+    rep.lines.push(format!("convert_f32_f16: {} values bit-exact with the half crate, NaN kept", x.len()));
 }
 
 /// Every check; `small` keeps shapes and counts down for the sanitizer builds.
@@ -562,22 +598,30 @@ fn run_all(h: &Harness, small: bool) -> Report {
     check_rope(h, 16, 0.25, true, &mut rep, &mut rng);
     check_swiglu_combine(h, &mut rng, &mut rep);
     let top2 = check_routers(h, &mut rng, &mut rep);
+    // Top-2 of 8 for one token (gate/up: both slots read the token; down: one row per slot),
+    // then three tokens' choices at once.
+    let three = [top2[0], top2[1], 7, 0, 2, 7];
     for (ty, nrows, ncols) in [("Q8_0", 2, 512), ("Q4_K", 4, 256)] {
-        check_moe(h, ty, nrows, ncols, &top2, 1, &mut rng, &mut rep);
         check_moe(h, ty, nrows, ncols, &top2, 2, &mut rng, &mut rep);
+        check_moe(h, ty, nrows, ncols, &top2, 1, &mut rng, &mut rep);
+        check_moe(h, ty, nrows, ncols, &three, 2, &mut rng, &mut rep);
     }
     if small {
-        check_attention(h, &[17, 33], false, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[17, 33], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[17], false, true, 8, 2, 32, 32, &mut rng, &mut rep);
     } else {
         for len in [1, 15, 16, 17, 31, 32, 33, 100] {
-            check_attention(h, &[len], false, 8, 2, 32, 32, &mut rng, &mut rep);
+            check_attention(h, &[len], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
         }
-        check_attention(h, &[17, 1, 100, 33], false, 8, 2, 32, 32, &mut rng, &mut rep);
-        check_attention(h, &[100], false, 4, 4, 128, 16, &mut rng, &mut rep);
-        check_attention(h, &[100, 5], false, 4, 1, 256, 64, &mut rng, &mut rep);
-        check_attention(h, &[47], false, 2, 2, 64, 256, &mut rng, &mut rep);
-        check_attention(h, &[20, 35], true, 4, 2, 32, 16, &mut rng, &mut rep);
+        check_attention(h, &[17, 1, 100, 33], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[17, 1, 100, 33], false, true, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[100], false, false, 4, 4, 128, 16, &mut rng, &mut rep);
+        check_attention(h, &[100, 5], false, true, 4, 1, 256, 64, &mut rng, &mut rep);
+        check_attention(h, &[47], false, false, 2, 2, 64, 256, &mut rng, &mut rep);
+        check_attention(h, &[20, 35], true, false, 4, 2, 32, 16, &mut rng, &mut rep);
+        check_attention(h, &[20, 35], true, true, 4, 2, 32, 16, &mut rng, &mut rep);
     }
+    check_f2h(h, &mut rng, &mut rep);
     rep
 }
 

@@ -43,8 +43,8 @@ void store(const char* name, const std::vector<T>& v) {
     if (!f) fail(std::string("cannot write ") + name);
 }
 
-using MatvecQ = void (*)(const uint8_t*, long long, const int*, const xd_q8_1*, int, float*, int, int);
-using MatvecF = void (*)(const uint8_t*, long long, const int*, const float*, int, float*, int, int);
+using MatvecQ = void (*)(const uint8_t*, long long, const int*, const xd_q8_1*, int, int, float*, int, int);
+using MatvecF = void (*)(const uint8_t*, long long, const int*, const float*, int, int, float*, int, int);
 using GetRows = void (*)(const uint8_t*, const int*, float*, int);
 
 struct TypeEntry {
@@ -96,10 +96,11 @@ float farg(char** argv, int argc, int i) {
 }
 
 // y[slot][row] for `slots` slots: slot j uses expert ids[j] (or expert 0 with no ids) and
-// activation row j (x_rows == slots) or the single row (x_rows == 1).
+// activation row j / x_group of x ([x_rows][ncols]).
 void matvec(const TypeEntry& t, const std::vector<uint8_t>& w, const std::vector<int>* ids, int slots,
-            const std::vector<float>& x, int x_rows, int nrows, int ncols, std::vector<float>& y) {
+            const std::vector<float>& x, int x_rows, int x_group, int nrows, int ncols, std::vector<float>& y) {
     if (ncols % (t.qk == 1 ? 1 : t.qk) != 0) fail("ncols is not a whole number of blocks");
+    if (x_group < 1 || (slots + x_group - 1) / x_group > x_rows) fail("x_group does not fit the activation rows");
     const long long row_bytes = (long long)(ncols / t.qk) * t.bytes;
     const long long expert_stride = row_bytes * nrows;
     y.assign((size_t)slots * nrows, 0.0f);
@@ -108,14 +109,13 @@ void matvec(const TypeEntry& t, const std::vector<uint8_t>& w, const std::vector
     dim3 block(32 * rows_per_block);
     const int* idp = ids ? ids->data() : nullptr;
     if (t.mf) {
-        const int xs = x_rows == 1 ? 0 : ncols;
-        XD_LAUNCH(t.mf, grid, block, 0, w.data(), expert_stride, idp, x.data(), xs, y.data(), ncols, nrows);
+        XD_LAUNCH(t.mf, grid, block, 0, w.data(), expert_stride, idp, x.data(), ncols, x_group, y.data(), ncols, nrows);
     } else {
         const int nb = ncols / 32 * x_rows;
         std::vector<xd_q8_1> xq((size_t)nb);
         XD_LAUNCH(quantize_q8_1, dim3((nb + 3) / 4), dim3(128), 0, x.data(), xq.data(), nb * 32);
-        const int xs = x_rows == 1 ? 0 : ncols / 32;
-        XD_LAUNCH(t.mq, grid, block, 0, w.data(), expert_stride, idp, xq.data(), xs, y.data(), ncols, nrows);
+        XD_LAUNCH(t.mq, grid, block, 0, w.data(), expert_stride, idp, xq.data(), ncols / 32, x_group, y.data(), ncols,
+                  nrows);
         store("xq.bin", xq);
     }
 }
@@ -134,12 +134,12 @@ int main(int argc, char** argv) {
         if ((long long)w.size() != (long long)(ncols / t.qk) * t.bytes * nrows) fail("w.bin size");
         if ((int)x.size() != ncols) fail("x.f32 size");
         std::vector<float> y;
-        matvec(t, w, nullptr, 1, x, 1, nrows, ncols, y);
+        matvec(t, w, nullptr, 1, x, 1, 1, nrows, ncols, y);
         store("y.f32", y);
-    } else if (op == "moe") {  // TYPE NROWS NCOLS N_EXPERT K X_ROWS: w.bin, ids.i32, x.f32 -> y.f32
+    } else if (op == "moe") {  // TYPE NROWS NCOLS N_EXPERT SLOTS X_ROWS X_GROUP: w.bin, ids.i32, x.f32 -> y.f32
         const TypeEntry& t = type_named(argv[3]);
         const int nrows = iarg(argv, argc, 4), ncols = iarg(argv, argc, 5), n_expert = iarg(argv, argc, 6);
-        const int k = iarg(argv, argc, 7), x_rows = iarg(argv, argc, 8);
+        const int k = iarg(argv, argc, 7), x_rows = iarg(argv, argc, 8), x_group = iarg(argv, argc, 9);
         auto w = load<uint8_t>("w.bin");
         auto ids = load<int>("ids.i32");
         auto x = load<float>("x.f32");
@@ -149,7 +149,7 @@ int main(int argc, char** argv) {
             if (id < 0 || id >= n_expert) fail("expert id out of range");
         if ((int)x.size() != ncols * x_rows) fail("x.f32 size");
         std::vector<float> y;
-        matvec(t, w, &ids, k, x, x_rows, nrows, ncols, y);
+        matvec(t, w, &ids, k, x, x_rows, x_group, nrows, ncols, y);
         store("y.f32", y);
     } else if (op == "get_rows") {  // TYPE NCOLS: table.bin, ids.i32 -> out.f32
         const TypeEntry& t = type_named(argv[3]);
@@ -186,14 +186,14 @@ int main(int argc, char** argv) {
         std::vector<float> y(n);
         XD_LAUNCH(swiglu, dim3((n + 127) / 128), dim3(128), 0, g.data(), u.data(), y.data(), n);
         store("y.f32", y);
-    } else if (op == "combine") {  // K N: x.f32, e.f32, w.f32 -> y.f32 (x + sum w e, then + r)
-        const int k = iarg(argv, argc, 3), n = iarg(argv, argc, 4);
+    } else if (op == "combine") {  // K N N_TOKENS: x.f32, e.f32, w.f32 -> y.f32 (x + mixture of e)
+        const int k = iarg(argv, argc, 3), n = iarg(argv, argc, 4), nt = iarg(argv, argc, 5);
         auto x = load<float>("x.f32");
         auto e = load<float>("e.f32");
         auto w = load<float>("w.f32");
-        auto r = load<float>("r.f32");
-        XD_LAUNCH(moe_combine, dim3((n + 63) / 64), dim3(64), 0, x.data(), e.data(), w.data(), k, n);
-        XD_LAUNCH(add_f32, dim3((n + 63) / 64), dim3(64), 0, x.data(), r.data(), n);
+        std::vector<float> mix((size_t)nt * n);
+        XD_LAUNCH(moe_combine, dim3((nt * n + 63) / 64), dim3(64), 0, mix.data(), e.data(), w.data(), k, n, nt);
+        XD_LAUNCH(add_f32, dim3((nt * n + 63) / 64), dim3(64), 0, x.data(), mix.data(), nt * n);
         store("y.f32", x);
     } else if (op == "router") {  // N_TOKENS N_EXPERT K: logits.f32 -> ids.i32, weights.f32, probs.f32
         const int nt = iarg(argv, argc, 3), ne = iarg(argv, argc, 4), k = iarg(argv, argc, 5);
@@ -206,12 +206,13 @@ int main(int argc, char** argv) {
         store("weights.f32", weights);
         store("probs.f32", probs);
     } else if (op == "attn") {
-        // N_TOKENS N_HEADS N_KV HEAD_DIM SPLIT_LEN N_SLOTS SCALE:
+        // N_TOKENS N_HEADS N_KV HEAD_DIM SPLIT_LEN N_SLOTS SCALE KV_F16(0/1):
         // knew.f32 / vnew.f32 [n_store][n_kv * hd] stored at slots.i32 by kv_store; then
         // q.f32 [n_tokens][n_heads * hd], tables.i32, table_off.i32, n_kv.i32 -> out.f32
         const int nt = iarg(argv, argc, 3), nh = iarg(argv, argc, 4), nkv = iarg(argv, argc, 5);
         const int hd = iarg(argv, argc, 6), split = iarg(argv, argc, 7), n_slots = iarg(argv, argc, 8);
         const float scale = farg(argv, argc, 9);
+        const bool f16 = iarg(argv, argc, 10) != 0;
         auto knew = load<float>("knew.f32");
         auto vnew = load<float>("vnew.f32");
         auto slots = load<int>("slots.i32");
@@ -225,18 +226,33 @@ int main(int argc, char** argv) {
         for (int sl : slots)
             if (sl < 0 || sl >= n_slots) fail("slot out of range");
         std::vector<float> kc((size_t)n_slots * row, 0.0f), vc(kc.size(), 0.0f);
+        std::vector<uint16_t> kh(kc.size(), 0), vh(kc.size(), 0);
         const long long total = (long long)n_store * row;
-        XD_LAUNCH(kv_store, dim3(unsigned((total + 127) / 128)), dim3(128), 0, knew.data(), vnew.data(), kc.data(),
-                  vc.data(), slots.data(), n_store, row);
+        const dim3 sg(unsigned((total + 127) / 128)), sb(128);
+        if (f16)
+            XD_LAUNCH(kv_store_f16, sg, sb, 0, knew.data(), vnew.data(), kh.data(), vh.data(), slots.data(), n_store, row);
+        else
+            XD_LAUNCH(kv_store_f32, sg, sb, 0, knew.data(), vnew.data(), kc.data(), vc.data(), slots.data(), n_store, row);
         int max_len = 0;
         for (int n : n_kv) max_len = std::max(max_len, n);
         const int n_splits = (max_len + split - 1) / split;
         std::vector<float> ml((size_t)nt * nh * n_splits * 2), acc((size_t)nt * nh * n_splits * hd);
         std::vector<float> out((size_t)nt * nh * hd);
-        XD_LAUNCH(attn_split, dim3(nh, n_splits, nt), dim3(32 * XD_ATTN_WARPS), 0, q.data(), kc.data(), vc.data(),
-                  tables.data(), table_off.data(), n_kv.data(), nh, nkv, hd, split, scale, ml.data(), acc.data());
+        const dim3 ag(nh, n_splits, nt), ab(32 * XD_ATTN_WARPS);
+        if (f16)
+            XD_LAUNCH(attn_split_f16, ag, ab, 0, q.data(), kh.data(), vh.data(), tables.data(), table_off.data(),
+                      n_kv.data(), nh, nkv, hd, split, scale, ml.data(), acc.data());
+        else
+            XD_LAUNCH(attn_split_f32, ag, ab, 0, q.data(), kc.data(), vc.data(), tables.data(), table_off.data(),
+                      n_kv.data(), nh, nkv, hd, split, scale, ml.data(), acc.data());
         XD_LAUNCH(attn_combine, dim3(nh, nt), dim3(32), 0, ml.data(), acc.data(), n_splits, hd, out.data());
         store("out.f32", out);
+    } else if (op == "f2h") {  // x.f32 -> h.u16
+        auto x = load<float>("x.f32");
+        std::vector<uint16_t> h(x.size());
+        const int n = int(x.size());
+        XD_LAUNCH(convert_f32_f16, dim3((n + 255) / 256), dim3(256), 0, x.data(), h.data(), n);
+        store("h.u16", h);
     } else {
         fail("unknown op " + op);
     }

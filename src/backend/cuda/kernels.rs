@@ -87,7 +87,7 @@ mod tests {
         assert!(names.contains(&"mul_mat_vec_q4_0".to_string()));
         assert!(names.contains(&"mul_mat_vec_iq4_xs".to_string()));
         let attn = kernel_names(program("attention.cu").unwrap());
-        assert_eq!(attn, ["attn_split", "attn_combine"]);
+        assert_eq!(attn, ["attn_split_f32", "attn_split_f16", "attn_combine"]);
         for p in PROGRAMS {
             for inc in p.text.lines().filter_map(|l| l.strip_prefix("#include \"")) {
                 let h = inc.trim_end_matches('"');
