@@ -35,7 +35,8 @@ pub fn program(name: &str) -> Option<&'static KernelSource> {
     PROGRAMS.iter().find(|p| p.name == name)
 }
 
-/// The kernels (`extern "C" __global__` functions) a program defines, in source order.
+/// The kernels (`extern "C" __global__` functions) a program defines: those written out first,
+/// then those stamped out by a `XD_*_KERNEL(name, ...)` macro.
 pub fn kernel_names(src: &KernelSource) -> Vec<String> {
     let mut names = Vec::new();
     let text = src.text;
@@ -87,7 +88,7 @@ mod tests {
         assert!(names.contains(&"mul_mat_vec_q4_0".to_string()));
         assert!(names.contains(&"mul_mat_vec_iq4_xs".to_string()));
         let attn = kernel_names(program("attention.cu").unwrap());
-        assert_eq!(attn, ["attn_split_f32", "attn_split_f16", "attn_combine"]);
+        assert_eq!(attn, ["attn_combine", "attn_split_f32", "attn_split_f16"]);
         for p in PROGRAMS {
             for inc in p.text.lines().filter_map(|l| l.strip_prefix("#include \"")) {
                 let h = inc.trim_end_matches('"');
