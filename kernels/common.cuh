@@ -110,8 +110,8 @@ __device__ __forceinline__ float xd_warp_max(float v) {
 
 // Activations quantized for the integer dot products: 32 values as int8 with scale `d`, and
 // `s` = d * sum(qs) for the weight types with an offset (Q4_1, Q5_1, K-quant mins). Like ggml's
-// q8_1, but d and s are f32: this is a scratch buffer, not a file format, so 4 extra bytes buy
-// freedom from f16 rounding and keep the int8 words 4-byte aligned.
+// q8_1 (d holds an f16 value, see quantize_q8_1), but stored as f32: a scratch buffer, not a
+// file format, whose int8 words stay 4-byte aligned.
 struct xd_q8_1 {
     float d;
     float s;

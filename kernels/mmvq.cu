@@ -17,16 +17,20 @@
 
 // ---- activation quantization ------------------------------------------------------------
 
-// One warp per 32 values; n is a multiple of 32. Rounds half away from zero, as ggml does.
+// One warp per 32 values; n is a multiple of 32. The integers are ggml's (q = x * 127 / amax,
+// rounded half to even, as its AVX2 quantizer does) and the scale is rounded to f16 as ggml's
+// q8_0 / q8_1 store it, so that for the weight types whose CPU dot products take q8_0 or q8_1
+// activations the GPU sees the same activations as the CPU backend. `s` is d * sum(q) with
+// that d, exactly.
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, xd_q8_1* __restrict__ y, int n) {
     const int lane = threadIdx.x % XD_WARP;
     const int blk = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
     const bool live = blk * XD_WARP < n;
     const float v = live ? x[blk * XD_WARP + lane] : 0.0f;
     const float amax = xd_warp_max(fabsf(v));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    const int q = int(roundf(v * id));
+    const float d = xd_h2f(xd_f2h(amax / 127.0f));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    const int q = int(rintf(v * id));
     const int sum = xd_warp_sum_int(q);
     if (live) {
         reinterpret_cast<int8_t*>(y[blk].qs)[lane] = int8_t(q);

@@ -208,16 +208,19 @@ fn check_matvec(h: &Harness, ty: &str, nrows: usize, ncols: usize, rng: &mut Rng
     let xq: Vec<f64> = if quantized {
         let blocks = q8_blocks(&h.get("xq.bin"));
         assert_eq!(blocks.len(), ncols / 32);
-        // The quantizer itself: every value within d/2 of its input, s = d * sum(q).
+        // The quantizer itself: ggml's integers (x * 127 / amax rounded half to even), the
+        // scale amax / 127 rounded to f16, s = d * sum(q).
         for (b, (d, s, q)) in blocks.iter().enumerate() {
-            let amax = x[b * 32..b * 32 + 32].iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert!((d - amax / 127.0).abs() <= 1e-6 * amax, "{ty}: q8_1 block {b} scale {d}, amax {amax}");
-            let sum: i32 = q.iter().map(|&v| v as i32).sum();
-            assert!((s - d * sum as f32).abs() <= 1e-6 * s.abs().max(*d), "{ty}: q8_1 block {b} sum");
+            let xb = &x[b * 32..b * 32 + 32];
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let want_d = half::f16::from_f32(amax / 127.0).to_f32();
+            assert_eq!(*d, want_d, "{ty}: q8_1 block {b} scale, amax {amax}");
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
             for i in 0..32 {
-                let err = (x[b * 32 + i] - d * q[i] as f32).abs();
-                assert!(err <= d * 0.5 * (1.0 + 1e-5) + 1e-30, "{ty}: q8_1 block {b} value {i} off by {err}");
+                assert_eq!(q[i] as f32, (xb[i] * id).round_ties_even(), "{ty}: q8_1 block {b} value {i}");
             }
+            let sum: i32 = q.iter().map(|&v| v as i32).sum();
+            assert_eq!(*s, d * sum as f32, "{ty}: q8_1 block {b} sum");
         }
         blocks.iter().flat_map(|(d, _, q)| q.iter().map(move |&v| *d as f64 * v as f64)).collect()
     } else {
@@ -238,10 +241,13 @@ fn check_matvec(h: &Harness, ty: &str, nrows: usize, ncols: usize, rng: &mut Rng
             exact += wv * x[c] as f64;
         }
         if quantized {
+            // |x - d q| <= d0 / 2 + 127 |d - d0| per value, d0 = amax / 127 before f16 rounding.
             for b in 0..ncols / 32 {
                 let amax = x[b * 32..b * 32 + 32].iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                let d0 = amax / 127.0;
+                let dh = half::f16::from_f32(d0 as f32).to_f32() as f64;
                 let sw: f64 = row[b * 32..b * 32 + 32].iter().map(|v| v.abs() as f64).sum();
-                bound += amax / 127.0 / 2.0 * sw;
+                bound += (d0 / 2.0 + 127.0 * (dh - d0).abs()) * sw;
             }
         }
         // f32 products and sums of a few hundred terms: a few ulp of the magnitude.
