@@ -149,7 +149,10 @@ impl GgufWriter {
             offsets.push(offset);
             offset = (offset + t.data.len() as u64).div_ceil(align) * align;
         }
-        pad(&mut out, align);
+        // Like ggml's writer: a file without tensors has no data section, so no padding.
+        if !self.tensors.is_empty() {
+            pad(&mut out, align);
+        }
         for t in &self.tensors {
             out.extend_from_slice(&t.data);
             pad(&mut out, align);

@@ -1,0 +1,753 @@
+//! AVX2/FMA dot kernels for the hot weight types, selected at run time.
+//!
+//! Same math as the scalar kernels (exact integer sums inside a block, f32 across blocks); only
+//! the f32 summation order differs. The tests compare every kernel with its scalar twin.
+
+use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::block::as_blocks;
+use super::grids::{
+    IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
+    KVALUES_IQ4NL, KVALUES_MXFP4,
+};
+use super::iq::{
+    BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, BlockIQ4NL,
+    BlockIQ4XS,
+};
+use super::k_quants::{q3k_scales, scale_min_k4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
+use super::mxfp4::{e8m0_to_f32_half, BlockMXFP4};
+use super::GgmlType;
+
+static HAVE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
+
+/// Whether this CPU runs the AVX2 kernels (AVX2, FMA and F16C).
+#[inline]
+pub fn available() -> bool {
+    match HAVE.load(Ordering::Relaxed) {
+        2 => true,
+        1 => false,
+        _ => {
+            let ok = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            HAVE.store(if ok { 2 } else { 1 }, Ordering::Relaxed);
+            ok
+        }
+    }
+}
+
+/// The weight types with an AVX2 kernel.
+pub fn has_kernel(ty: GgmlType) -> bool {
+    use GgmlType::*;
+    matches!(
+        ty,
+        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K
+            | Q6_K | IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ4_NL | IQ4_XS
+    )
+}
+
+/// The AVX2 dot for `ty`, or `None` when the CPU lacks AVX2/FMA/F16C or `ty` has no kernel.
+/// Sizes are already checked by the caller.
+#[inline]
+pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
+    if !available() {
+        return None;
+    }
+    use GgmlType::*;
+    // SAFETY: the CPU features were checked above; the block views come from checked sizes.
+    unsafe {
+        Some(match ty {
+            F32 => dot_f32(n, w, act),
+            F16 => dot_f16(n, w, act),
+            BF16 => dot_bf16(n, w, act),
+            Q5_0 => dot_q5_0(as_blocks(w), as_blocks(act)),
+            Q5_1 => dot_q5_1(as_blocks(w), as_blocks(act)),
+            MXFP4 => dot_mxfp4(as_blocks(w), as_blocks(act)),
+            Q3_K => dot_q3_k(as_blocks(w), as_blocks(act)),
+            IQ1_S => dot_iq1_s(as_blocks(w), as_blocks(act)),
+            IQ1_M => dot_iq1_m(as_blocks(w), as_blocks(act)),
+            IQ2_XS => dot_iq2_xs(as_blocks(w), as_blocks(act)),
+            IQ2_S => dot_iq2_s(as_blocks(w), as_blocks(act)),
+            IQ3_XXS => dot_iq3_xxs(as_blocks(w), as_blocks(act)),
+            IQ3_S => dot_iq3_s(as_blocks(w), as_blocks(act)),
+            Q4_0 => dot_q4_0(as_blocks(w), as_blocks(act)),
+            Q4_1 => dot_q4_1(as_blocks(w), as_blocks(act)),
+            Q8_0 => dot_q8_0(as_blocks(w), as_blocks(act)),
+            Q2_K => dot_q2_k(as_blocks(w), as_blocks(act)),
+            Q4_K => dot_q4_k(as_blocks(w), as_blocks(act)),
+            Q5_K => dot_q5_k(as_blocks(w), as_blocks(act)),
+            Q6_K => dot_q6_k(as_blocks(w), as_blocks(act)),
+            IQ2_XXS => dot_iq2_xxs(as_blocks(w), as_blocks(act)),
+            IQ4_NL => dot_iq4_nl(as_blocks(w), as_blocks(act)),
+            IQ4_XS => dot_iq4_xs(as_blocks(w), as_blocks(act)),
+            _ => return None,
+        })
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_ps(x: __m256) -> f32 {
+    let mut r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
+/// f16 bytes to f32 with the F16C instruction (exact, like the scalar conversion).
+#[inline]
+#[target_feature(enable = "f16c")]
+unsafe fn h2f(b: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn loadu(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
+/// 16 bytes of nibbles to 32 bytes: low nibbles in the lower half, high nibbles in the upper.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibbles32(p: *const u8) -> __m256i {
+    let t = _mm_loadu_si128(p as *const __m128i);
+    let v = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+    _mm256_and_si256(v, _mm256_set1_epi8(0x0f))
+}
+
+/// Σ pairs of signed bytes x·y as 8 i32 lanes (sign trick: |x| unsigned times y with x's sign).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_i8_i32(x: __m256i, y: __m256i) -> __m256i {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+}
+
+/// Σ pairs of unsigned x times signed y as 8 i32 lanes (x ≤ 127 or products small enough).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_u8_i8_i32(x: __m256i, y: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (pw, pa) = (w.as_ptr() as *const f32, a.as_ptr() as *const f32);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for k in 0..4 {
+            let x = _mm256_loadu_ps(pw.add(i + 8 * k));
+            let y = _mm256_loadu_ps(pa.add(i + 8 * k));
+            acc[k] = _mm256_fmadd_ps(x, y, acc[k]);
+        }
+        i += 32;
+    }
+    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        s += pw.add(i).read_unaligned() * pa.add(i).read_unaligned();
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (pw, pa) = (w.as_ptr(), a.as_ptr() as *const f32);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for k in 0..4 {
+            let h = _mm_loadu_si128(pw.add(2 * (i + 8 * k)) as *const __m128i);
+            let x = _mm256_cvtph_ps(h);
+            let y = _mm256_loadu_ps(pa.add(i + 8 * k));
+            acc[k] = _mm256_fmadd_ps(x, y, acc[k]);
+        }
+        i += 32;
+    }
+    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        let h = u16::from_le_bytes([w[2 * i], w[2 * i + 1]]);
+        s += half::f16::from_bits(h).to_f32() * pa.add(i).read_unaligned();
+        i += 1;
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let p = dot_i8_i32(loadu(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let off = _mm256_set1_epi8(8);
+    for (bx, by) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let qx = _mm256_sub_epi8(nibbles32(bx.qs.as_ptr()), off);
+        let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        summs += h2f(bx.m) * h2f(by.s);
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let p = dot_u8_i8_i32(nibbles32(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc) + summs
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq4_nl(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
+    let values = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+    let m4 = _mm_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let q = _mm_loadu_si128(bx.qs.as_ptr() as *const __m128i);
+        let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
+        let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+        let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Two i16 scales broadcast over the lower and upper 128-bit halves.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn scales2(lo: i16, hi: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        let dy = by.d();
+        let mut summs = 0i32;
+        for g in 0..16 {
+            summs += (bx.scales[g] >> 4) as i32 * by.bsum(g);
+        }
+        mins += dy * h2f(bx.dmin) * summs as f32;
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let q2 = loadu(bx.qs.as_ptr().add(32 * n));
+            for j in 0..4 {
+                let q = _mm256_and_si256(_mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
+                let p = _mm256_maddubs_epi16(q, q8);
+                let s = 8 * n + 2 * j;
+                let sc = scales2((bx.scales[s] & 0xf) as i16, (bx.scales[s + 1] & 0xf) as i16);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+            }
+        }
+        let d = _mm256_set1_ps(dy * h2f(bx.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q4_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        let dy = by.d();
+        let mut sc = [0i16; 8];
+        let mut summ = 0i32;
+        for g in 0..8 {
+            let (s, m) = scale_min_k4(g, &bx.scales);
+            sc[g] = s as i16;
+            summ += m as i32 * (by.bsum(2 * g) + by.bsum(2 * g + 1));
+        }
+        mins += dy * h2f(bx.dmin) * summ as f32;
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..4 {
+            let q4 = loadu(bx.qs.as_ptr().add(32 * c));
+            let ql = _mm256_and_si256(q4, m4);
+            let qh = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
+            let pl = _mm256_maddubs_epi16(ql, loadu(by.qs.as_ptr().add(64 * c)));
+            let ph = _mm256_maddubs_epi16(qh, loadu(by.qs.as_ptr().add(64 * c + 32)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * c])));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * c + 1])));
+        }
+        let d = _mm256_set1_ps(dy * h2f(bx.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut mins = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        let dy = by.d();
+        let mut sc = [0i16; 8];
+        let mut summ = 0i32;
+        for g in 0..8 {
+            let (s, m) = scale_min_k4(g, &bx.scales);
+            sc[g] = s as i16;
+            summ += m as i32 * (by.bsum(2 * g) + by.bsum(2 * g + 1));
+        }
+        mins += dy * h2f(bx.dmin) * summ as f32;
+        let hb = loadu(bx.qh.as_ptr());
+        let mut sumi = _mm256_setzero_si256();
+        for c in 0..4 {
+            let q4 = loadu(bx.qs.as_ptr().add(32 * c));
+            let hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32)), one), 4);
+            let hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32 + 1)), one), 4);
+            let ql = _mm256_or_si256(_mm256_and_si256(q4, m4), hl);
+            let qh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), hh);
+            let pl = _mm256_maddubs_epi16(ql, loadu(by.qs.as_ptr().add(64 * c)));
+            let ph = _mm256_maddubs_epi16(qh, loadu(by.qs.as_ptr().add(64 * c + 32)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * c])));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * c + 1])));
+        }
+        let d = _mm256_set1_ps(dy * h2f(bx.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc) - mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m2 = _mm256_set1_epi8(3);
+    let m32 = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let l1 = loadu(bx.ql.as_ptr().add(64 * n));
+            let l2 = loadu(bx.ql.as_ptr().add(64 * n + 32));
+            let h = loadu(bx.qh.as_ptr().add(32 * n));
+            let hi = |k: i32| _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k)), m2), 4);
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(l1, m4), hi(0)),
+                _mm256_or_si256(_mm256_and_si256(l2, m4), hi(1)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m4), hi(2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m4), hi(3)),
+            ];
+            for k in 0..4 {
+                let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * k));
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8), _mm256_maddubs_epi16(m32, q8));
+                let s = 8 * n + 2 * k;
+                let sc = scales2(bx.scales[s] as i8 as i16, bx.scales[s + 1] as i8 as i16);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
+            }
+        }
+        let d = _mm256_set1_ps(by.d() * h2f(bx.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// Sign patterns of `ksigns_iq2xs` as 8 bytes of ±1.
+static KEVEN_SIGNS: [u64; 128] = {
+    let mut t = [0u64; 128];
+    let mut i = 0;
+    while i < 128 {
+        let s = KSIGNS_IQ2XS[i];
+        let mut v = 0u64;
+        let mut j = 0;
+        while j < 8 {
+            let b: u64 = if s & (1 << j) != 0 { 0xff } else { 0x01 };
+            v |= b << (8 * j);
+            j += 1;
+        }
+        t[i] = v;
+        i += 1;
+    }
+    t
+};
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq2_xxs(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let q = &bx.qs[8 * ib..8 * ib + 8];
+            let a1 = u32::from_le_bytes([q[4], q[5], q[6], q[7]]);
+            let g = _mm256_set_epi64x(
+                IQ2XXS_GRID[q[3] as usize] as i64,
+                IQ2XXS_GRID[q[2] as usize] as i64,
+                IQ2XXS_GRID[q[1] as usize] as i64,
+                IQ2XXS_GRID[q[0] as usize] as i64,
+            );
+            let s = _mm256_set_epi64x(
+                KEVEN_SIGNS[((a1 >> 21) & 127) as usize] as i64,
+                KEVEN_SIGNS[((a1 >> 14) & 127) as usize] as i64,
+                KEVEN_SIGNS[((a1 >> 7) & 127) as usize] as i64,
+                KEVEN_SIGNS[(a1 & 127) as usize] as i64,
+            );
+            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+            let p = _mm256_maddubs_epi16(g, q8);
+            let ls = (2 * (a1 >> 28) + 1) as i16;
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls)));
+        }
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.125 * hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq4_xs(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
+    let values = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+    let m4 = _mm_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let q = _mm_loadu_si128(bx.qs.as_ptr().add(16 * ib) as *const __m128i);
+            let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
+            let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+            let q8 = loadu(by.qs.as_ptr().add(32 * ib));
+            let v = _mm256_set_m128i(hi, lo);
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(v, v), _mm256_sign_epi8(q8, v));
+            let ls = bx.ls(ib) as i16;
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls)));
+        }
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let (pw, pa) = (w.as_ptr(), a.as_ptr() as *const f32);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for k in 0..4 {
+            let h = _mm_loadu_si128(pw.add(2 * (i + 8 * k)) as *const __m128i);
+            let x = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+            let y = _mm256_loadu_ps(pa.add(i + 8 * k));
+            acc[k] = _mm256_fmadd_ps(x, y, acc[k]);
+        }
+        i += 32;
+    }
+    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    while i < n {
+        let h = u16::from_le_bytes([w[2 * i], w[2 * i + 1]]);
+        s += f32::from_bits((h as u32) << 16) * pa.add(i).read_unaligned();
+        i += 1;
+    }
+    s
+}
+
+/// 32 bits to 32 bytes: 0xff where the bit is set, 0 elsewhere (byte i from bit i).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn bytes_from_bits(x: u32) -> __m256i {
+    let shuf = _mm256_set_epi64x(
+        0x0303_0303_0303_0303,
+        0x0202_0202_0202_0202,
+        0x0101_0101_0101_0101,
+        0,
+    );
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
+    let bit = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit), _mm256_set1_epi64x(-1))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        // A clear 5th bit turns the nibble into nibble − 16 (0xF0 | nibble as i8).
+        let hi = _mm256_andnot_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0xF0u8 as i8));
+        let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
+        let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut summs = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        summs += h2f(bx.m) * h2f(by.s);
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let hi = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
+        let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
+        let p = dot_u8_i8_i32(qx, loadu(by.qs.as_ptr()));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc) + summs
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_mxfp4(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
+    let values = _mm_loadu_si128(KVALUES_MXFP4.as_ptr() as *const __m128i);
+    let m4 = _mm_set1_epi8(0x0f);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let q = _mm_loadu_si128(bx.qs.as_ptr() as *const __m128i);
+        let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
+        let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+        let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
+        let d = _mm256_set1_ps(e8m0_to_f32_half(bx.e) * h2f(by.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
+    let m3 = _mm256_set1_epi8(3);
+    let one = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let sc = q3k_scales(&bx.scales);
+        let hb = loadu(bx.hmask.as_ptr());
+        let mut sumi = _mm256_setzero_si256();
+        for n in 0..2 {
+            let q3 = loadu(bx.qs.as_ptr().add(32 * n));
+            for j in 0..4 {
+                let lo = _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                let bit = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128((4 * n + j) as i32)), one);
+                // 4 where the high bit is clear: q = lo − 4·(1 − bit).
+                let sub = _mm256_slli_epi16(_mm256_xor_si256(bit, one), 2);
+                let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
+                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(sub, q8));
+                let s = 8 * n + 2 * j;
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales2(sc[s] as i16, sc[s + 1] as i16)));
+            }
+        }
+        let d = _mm256_set1_ps(by.d() * h2f(bx.d));
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+/// A sign byte as 8 bytes of ±1 (bit j set: element j negative).
+static SIGN_BYTES: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut v = 0u64;
+        let mut j = 0;
+        while j < 8 {
+            let b: u64 = if i & (1 << j) != 0 { 0xff } else { 0x01 };
+            v |= b << (8 * j);
+            j += 1;
+        }
+        t[i] = v;
+        i += 1;
+    }
+    t
+};
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn set_u64x4(a: u64, b: u64, c: u64, d: u64) -> __m256i {
+    _mm256_set_epi64x(d as i64, c as i64, b as i64, a as i64)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let q = |l: usize| u16::from_le_bytes([bx.qs[8 * ib + 2 * l], bx.qs[8 * ib + 2 * l + 1]]);
+            let (q0, q1, q2, q3) = (q(0), q(1), q(2), q(3));
+            let g = set_u64x4(
+                IQ2XS_GRID[(q0 & 511) as usize],
+                IQ2XS_GRID[(q1 & 511) as usize],
+                IQ2XS_GRID[(q2 & 511) as usize],
+                IQ2XS_GRID[(q3 & 511) as usize],
+            );
+            let s = set_u64x4(
+                KEVEN_SIGNS[(q0 >> 9) as usize],
+                KEVEN_SIGNS[(q1 >> 9) as usize],
+                KEVEN_SIGNS[(q2 >> 9) as usize],
+                KEVEN_SIGNS[(q3 >> 9) as usize],
+            );
+            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+            let p = _mm256_maddubs_epi16(g, q8);
+            let sc = bx.scales[ib];
+            let ls = scales2(2 * (sc & 0xf) as i16 + 1, 2 * (sc >> 4) as i16 + 1);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
+        }
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.125 * hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let qh = bx.qh[ib] as usize;
+            let idx = |l: usize| bx.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
+            let g = set_u64x4(IQ2S_GRID[idx(0)], IQ2S_GRID[idx(1)], IQ2S_GRID[idx(2)], IQ2S_GRID[idx(3)]);
+            let sg = &bx.qs[32 + 4 * ib..32 + 4 * ib + 4];
+            let s = set_u64x4(
+                SIGN_BYTES[sg[0] as usize],
+                SIGN_BYTES[sg[1] as usize],
+                SIGN_BYTES[sg[2] as usize],
+                SIGN_BYTES[sg[3] as usize],
+            );
+            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+            let p = _mm256_maddubs_epi16(g, q8);
+            let sc = bx.scales[ib];
+            let ls = scales2(2 * (sc & 0xf) as i16 + 1, 2 * (sc >> 4) as i16 + 1);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
+        }
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.125 * hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq3_xxs(x: &[BlockIQ3XXS], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let q = &bx.qs[8 * ib..8 * ib + 8];
+            let g = _mm256_set_epi32(
+                IQ3XXS_GRID[q[7] as usize] as i32,
+                IQ3XXS_GRID[q[6] as usize] as i32,
+                IQ3XXS_GRID[q[5] as usize] as i32,
+                IQ3XXS_GRID[q[4] as usize] as i32,
+                IQ3XXS_GRID[q[3] as usize] as i32,
+                IQ3XXS_GRID[q[2] as usize] as i32,
+                IQ3XXS_GRID[q[1] as usize] as i32,
+                IQ3XXS_GRID[q[0] as usize] as i32,
+            );
+            let a = &bx.qs[64 + 4 * ib..64 + 4 * ib + 4];
+            let aux = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+            let s = set_u64x4(
+                KEVEN_SIGNS[(aux & 127) as usize],
+                KEVEN_SIGNS[((aux >> 7) & 127) as usize],
+                KEVEN_SIGNS[((aux >> 14) & 127) as usize],
+                KEVEN_SIGNS[((aux >> 21) & 127) as usize],
+            );
+            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+            let p = _mm256_maddubs_epi16(g, q8);
+            let ls = (2 * (aux >> 28) + 1) as i16;
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls)));
+        }
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    0.25 * hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq3_s(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let q = &bx.qs[8 * ib..8 * ib + 8];
+            let qh = bx.qh[ib] as usize;
+            let gi = |k: usize| IQ3S_GRID[q[k] as usize | (((qh >> k) & 1) << 8)] as i32;
+            let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
+            let sg = &bx.signs[4 * ib..4 * ib + 4];
+            let s = set_u64x4(
+                SIGN_BYTES[sg[0] as usize],
+                SIGN_BYTES[sg[1] as usize],
+                SIGN_BYTES[sg[2] as usize],
+                SIGN_BYTES[sg[3] as usize],
+            );
+            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+            let p = _mm256_maddubs_epi16(g, q8);
+            let sc = bx.scales[ib / 2];
+            let s4 = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(1 + 2 * s4 as i16)));
+        }
+        let d = _mm256_set1_ps(h2f(bx.d) * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_ps(acc)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let mut accd = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        let mut sumd = 0i32;
+        for ib in 0..8 {
+            let qh = u16::from_le_bytes([bx.qh[2 * ib], bx.qh[2 * ib + 1]]) as usize;
+            let q = &bx.qs[4 * ib..4 * ib + 4];
+            let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
+            let g = set_u64x4(gi(0), gi(1), gi(2), gi(3));
+            let p = dot_i8_i32(g, loadu(by.qs.as_ptr().add(32 * ib)));
+            let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
+            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, _mm256_set1_epi32(ls)));
+            let ds = if qh & 0x8000 != 0 { -1 } else { 1 };
+            sumd += ls * ds * (by.bsum(2 * ib) + by.bsum(2 * ib + 1));
+        }
+        let dd = h2f(bx.d) * by.d();
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
+        accd += dd * sumd as f32;
+    }
+    hsum_ps(acc) + 0.125 * accd
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
+    let ones = _mm256_set1_epi8(1);
+    let mut acc = _mm256_setzero_ps();
+    let mut accd = _mm256_setzero_ps();
+    for (bx, by) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        let mut sumd = _mm256_setzero_si256();
+        for ib in 0..8 {
+            let (ls1, ls2, ds, v) = bx.group(ib);
+            let g = _mm256_loadu_si256(v.as_ptr() as *const __m256i);
+            let q8 = loadu(by.qs.as_ptr().add(32 * ib));
+            let ls = scales2(ls1 as i16, ls2 as i16);
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g, g), _mm256_sign_epi8(q8, g));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
+            let sv = |k: usize| if ds[k] < 0 { 0xffff_ffff_ffff_ffffu64 } else { 0x0101_0101_0101_0101 };
+            let dsv = set_u64x4(sv(0), sv(1), sv(2), sv(3));
+            let pd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, dsv));
+            sumd = _mm256_add_epi32(sumd, _mm256_madd_epi16(pd, ls));
+        }
+        let d = _mm256_set1_ps(bx.d() * by.d());
+        acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
+        accd = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumd), accd);
+    }
+    hsum_ps(acc) + 0.125 * hsum_ps(accd)
+}
