@@ -123,3 +123,61 @@ fn cuda_available_tells_the_truth_without_panicking() {
         Err(e) => println!("no CUDA: {e}"),
     }
 }
+
+/// kernels/iq_grids.cuh as rendered from the Rust tables (src/quant/grids.rs).
+fn render_iq_grids() -> String {
+    use xdan::quant::grids::*;
+    let mut o = String::new();
+    o.push_str("// The IQ lattice tables as __constant__ data for the IQ dot products (quant_dot.cuh).\n");
+    o.push_str("// Generated from src/quant/grids.rs by the test iq_grid_header_matches_the_rust_tables\n");
+    o.push_str("// (tests/cuda_nvrtc.rs; XDAN_WRITE_GRIDS=1 rewrites it): do not edit.\n");
+    o.push_str("#pragma once\n#include \"common.cuh\"\n\n");
+    let u64s: [(&str, &[u64]); 4] = [
+        ("xd_iq2xxs_grid", &IQ2XXS_GRID[..]),
+        ("xd_iq2xs_grid", &IQ2XS_GRID[..]),
+        ("xd_iq2s_grid", &IQ2S_GRID[..]),
+        ("xd_iq1s_grid", &IQ1S_GRID[..]),
+    ];
+    for (name, t) in u64s {
+        o.push_str(&format!("__constant__ uint64_t {name}[{}] = {{\n", t.len()));
+        for c in t.chunks(8) {
+            o.push_str(&c.iter().map(|v| format!("0x{v:016x}ull")).collect::<Vec<_>>().join(","));
+            o.push_str(",\n");
+        }
+        o.push_str("};\n\n");
+    }
+    let u32s: [(&str, &[u32]); 2] = [("xd_iq3xxs_grid", &IQ3XXS_GRID[..]), ("xd_iq3s_grid", &IQ3S_GRID[..])];
+    for (i, (name, t)) in u32s.iter().enumerate() {
+        o.push_str(&format!("__constant__ uint32_t {name}[{}] = {{\n", t.len()));
+        for c in t.chunks(8) {
+            o.push_str(&c.iter().map(|v| format!("0x{v:08x}u")).collect::<Vec<_>>().join(","));
+            o.push_str(",\n");
+        }
+        o.push_str(if i + 1 < u32s.len() { "};\n\n" } else { "};\n" });
+    }
+    o
+}
+
+/// The kernels' lattice and value tables are the Rust ones: kernels/iq_grids.cuh is generated
+/// from src/quant/grids.rs (set XDAN_WRITE_GRIDS=1 to rewrite it), and the value tables written
+/// in quant_dot.cuh equal KVALUES_IQ4NL and KVALUES_MXFP4.
+#[test]
+fn iq_grid_header_matches_the_rust_tables() {
+    let path = format!("{}/kernels/iq_grids.cuh", env!("CARGO_MANIFEST_DIR"));
+    let want = render_iq_grids();
+    if std::env::var_os("XDAN_WRITE_GRIDS").is_some() {
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read_to_string(&path).unwrap();
+    assert!(have == want, "kernels/iq_grids.cuh differs from src/quant/grids.rs: rerun with XDAN_WRITE_GRIDS=1");
+
+    let dot = HEADERS.iter().find(|h| h.name == "quant_dot.cuh").unwrap().text;
+    let table = |name: &str| -> Vec<i8> {
+        let start = dot.find(&format!("{name}[16] = {{")).unwrap_or_else(|| panic!("{name} not in quant_dot.cuh"));
+        let body = &dot[start..];
+        let body = &body[body.find('{').unwrap() + 1..body.find('}').unwrap()];
+        body.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect()
+    };
+    assert_eq!(table("xd_kvalues_iq4nl"), xdan::quant::grids::KVALUES_IQ4NL);
+    assert_eq!(table("xd_kvalues_mxfp4"), xdan::quant::grids::KVALUES_MXFP4);
+}

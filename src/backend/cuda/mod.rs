@@ -8,9 +8,11 @@ pub mod cache;
 pub mod device;
 mod dl;
 pub mod driver;
+pub mod gpu;
 pub mod kernels;
 pub mod nvrtc;
 
 pub use backend::CudaBackend;
 pub use device::{Device, EmuDevice};
 pub use driver::{cuda_available, devices, DeviceInfo};
+pub use gpu::GpuDevice;
