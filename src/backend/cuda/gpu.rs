@@ -216,6 +216,22 @@ impl GpuDevice {
     }
 }
 
+impl GpuDevice {
+    /// Compiles (or takes from the cache) and loads every program, and looks up every kernel:
+    /// the number of kernels.
+    pub fn preload(&self) -> Result<usize> {
+        self.current()?;
+        let mut n = 0;
+        for p in PROGRAMS {
+            for k in kernel_names(p) {
+                self.function(&k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
 impl Device for GpuDevice {
     fn name(&self) -> String {
         format!("cuda:{} ({}, sm_{})", self.ordinal, self.device_name, self.arch)

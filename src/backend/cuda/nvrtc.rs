@@ -49,7 +49,7 @@ pub struct Compiled {
 }
 
 /// Where NVRTC may be, in the order tried: `$XDAN_NVRTC` (a file), the loader's search path by
-/// soname, then the `nvidia-cuda-nvrtc` wheels of the `python3` on PATH.
+/// soname, /usr/local/cuda, then the `nvidia-cuda-nvrtc` wheels of the `python3` on PATH.
 pub fn candidates() -> Vec<String> {
     let mut c = Vec::new();
     if let Ok(p) = std::env::var("XDAN_NVRTC") {
@@ -59,6 +59,10 @@ pub fn candidates() -> Vec<String> {
     }
     for name in ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"] {
         c.push(name.to_string());
+    }
+    // A CUDA toolkit installed where the loader does not look.
+    for dir in ["/usr/local/cuda/lib64", "/usr/local/cuda/targets/x86_64-linux/lib"] {
+        c.push(format!("{dir}/libnvrtc.so"));
     }
     c.extend(wheel_libraries().into_iter().map(|p| p.display().to_string()));
     c
