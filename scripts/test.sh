@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TERM_COLOR=never
+scripts/fetch-smollm2.sh >/dev/null
 # NVRTC for tests/cuda_nvrtc.rs (the CUDA kernels must compile; no GPU needed). The version is
 # pinned so the ptxas reports stay comparable.
 python3 -m pip install --quiet --disable-pip-version-check nvidia-cuda-nvrtc-cu12==12.9.86 2>&1 \

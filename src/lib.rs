@@ -15,3 +15,5 @@ pub mod engine;
 pub mod backend;
 pub mod kv;
 pub mod model;
+pub mod log;
+pub mod capi;

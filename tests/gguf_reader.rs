@@ -9,7 +9,9 @@ use xdan::quant::GgmlType;
 use xdan::ErrorKind;
 
 fn data(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(rel)
 }
 
 /// One key per scalar type, one array per element type, with the edge values of each.
@@ -35,13 +37,28 @@ fn every_value() -> Vec<(String, Value)> {
         ("a.u16", Value::Array(Array::U16(vec![0, 65535]))),
         ("a.i16", Value::Array(Array::I16(vec![-32768, 32767]))),
         ("a.u32", Value::Array(Array::U32(vec![0, u32::MAX]))),
-        ("a.i32", Value::Array(Array::I32(vec![i32::MIN, -1, i32::MAX]))),
-        ("a.f32", Value::Array(Array::F32(vec![-0.0, 1e-40, f32::INFINITY]))),
-        ("a.bool", Value::Array(Array::Bool(vec![true, false, false, true]))),
-        ("a.str", Value::Array(Array::String(vec![b"".to_vec(), b"x".to_vec(), vec![0xc3]]))),
+        (
+            "a.i32",
+            Value::Array(Array::I32(vec![i32::MIN, -1, i32::MAX])),
+        ),
+        (
+            "a.f32",
+            Value::Array(Array::F32(vec![-0.0, 1e-40, f32::INFINITY])),
+        ),
+        (
+            "a.bool",
+            Value::Array(Array::Bool(vec![true, false, false, true])),
+        ),
+        (
+            "a.str",
+            Value::Array(Array::String(vec![b"".to_vec(), b"x".to_vec(), vec![0xc3]])),
+        ),
         ("a.u64", Value::Array(Array::U64(vec![0, u64::MAX]))),
         ("a.i64", Value::Array(Array::I64(vec![i64::MIN, i64::MAX]))),
-        ("a.f64", Value::Array(Array::F64(vec![f64::MIN, f64::EPSILON]))),
+        (
+            "a.f64",
+            Value::Array(Array::F64(vec![f64::MIN, f64::EPSILON])),
+        ),
         ("a.empty.u8", Value::Array(Array::U8(vec![]))),
         ("a.empty.str", Value::Array(Array::String(vec![]))),
     ];
@@ -60,8 +77,10 @@ fn every_value_file(version: u32, alignment: Option<u32>) -> (Vec<u8>, Vec<(Stri
     }
     let f32s: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
     w.add_f32("a", &[3, 4], &f32s).unwrap();
-    w.add_tensor("b", &[32, 2], GgmlType::Q8_0, (0..68).collect()).unwrap();
-    w.add_tensor("c", &[256, 1, 1, 2], GgmlType::Q6_K, vec![9; 420]).unwrap();
+    w.add_tensor("b", &[32, 2], GgmlType::Q8_0, (0..68).collect())
+        .unwrap();
+    w.add_tensor("c", &[256, 1, 1, 2], GgmlType::Q6_K, vec![9; 420])
+        .unwrap();
     w.add_tensor("d", &[1], GgmlType::I8, vec![0x7f]).unwrap();
     (w.to_bytes(), meta)
 }
@@ -75,7 +94,11 @@ fn every_value_type_round_trips_in_v2_and_v3() {
             let g = Gguf::from_bytes(bytes).unwrap();
             assert_eq!(g.version(), version);
             assert_eq!(g.alignment(), alignment.unwrap_or(32) as u64);
-            assert_eq!(g.metadata(), &meta[..], "v{version} alignment {alignment:?}");
+            assert_eq!(
+                g.metadata(),
+                &meta[..],
+                "v{version} alignment {alignment:?}"
+            );
             for (k, v) in &meta {
                 assert_eq!(g.get(k), Some(v));
                 kinds_seen.insert(match v {
@@ -84,13 +107,19 @@ fn every_value_type_round_trips_in_v2_and_v3() {
                 });
             }
             let a = g.tensor("a").unwrap();
-            assert_eq!((a.dims.clone(), a.ty, a.n_elements, a.n_bytes), (vec![3, 4], GgmlType::F32, 12, 48));
+            assert_eq!(
+                (a.dims.clone(), a.ty, a.n_elements, a.n_bytes),
+                (vec![3, 4], GgmlType::F32, 12, 48)
+            );
             assert_eq!((a.n_rows(), a.row_bytes()), (4, 12));
             assert_eq!(&g.tensor_data(a)[8..12], &1.0f32.to_le_bytes());
             let b = g.tensor("b").unwrap();
             assert_eq!(g.tensor_data(b), &(0..68).collect::<Vec<u8>>()[..]);
             let c = g.tensor("c").unwrap();
-            assert_eq!((c.n_elements, c.n_bytes, c.n_rows(), c.row_bytes()), (512, 420, 2, 210));
+            assert_eq!(
+                (c.n_elements, c.n_bytes, c.n_rows(), c.row_bytes()),
+                (512, 420, 2, 210)
+            );
             assert_eq!(g.tensor_data(g.tensor("d").unwrap()), &[0x7f]);
             for t in g.tensors() {
                 assert_eq!(t.offset % g.alignment(), 0);
@@ -114,7 +143,8 @@ fn writer_output_is_a_fixed_point() {
             w.set(k, v.clone());
         }
         for t in g.tensors() {
-            w.add_tensor(&t.name, &t.dims, t.ty, g.tensor_data(t).to_vec()).unwrap();
+            w.add_tensor(&t.name, &t.dims, t.ty, g.tensor_data(t).to_vec())
+                .unwrap();
         }
         assert_eq!(w.to_bytes(), bytes);
     }
@@ -140,22 +170,78 @@ fn accessors_name_the_key_and_what_was_found() {
     assert_eq!(g.get_array("a.u8").unwrap(), &Array::U8(vec![0, 1, 255]));
 
     let cases: Vec<(xdan::Error, &str, &[&str])> = vec![
-        (g.get_u32("s.str").unwrap_err(), "s.str", &["expected an unsigned integer", "found string"]),
+        (
+            g.get_u32("s.str").unwrap_err(),
+            "s.str",
+            &["expected an unsigned integer", "found string"],
+        ),
         (g.get_u32("s.i8").unwrap_err(), "s.i8", &["found i8 -128"]),
-        (g.get_u32("s.u64").unwrap_err(), "s.u64", &["18446744073709551615", "does not fit in u32"]),
+        (
+            g.get_u32("s.u64").unwrap_err(),
+            "s.u64",
+            &["18446744073709551615", "does not fit in u32"],
+        ),
         (g.get_u64("s.f32").unwrap_err(), "s.f32", &["found f32"]),
-        (g.get_i64("s.u64").unwrap_err(), "s.u64", &["expected an integer", "found u64"]),
-        (g.get_f32("s.u32").unwrap_err(), "s.u32", &["expected a float", "found u32 4294967295"]),
-        (g.get_bool("s.u8").unwrap_err(), "s.u8", &["expected bool", "found u8 255"]),
-        (g.get_str("a.str").unwrap_err(), "a.str", &["expected string", "found array[string]"]),
-        (g.get_str("s.str.bytes").unwrap_err(), "s.str.bytes", &["not UTF-8"]),
-        (g.get_array("s.i64").unwrap_err(), "s.i64", &["expected array", "found i64"]),
-        (g.get_str_array("a.u8").unwrap_err(), "a.u8", &["expected array[string]", "found array[u8]"]),
-        (g.get_f32_array("a.f64").unwrap_err(), "a.f64", &["expected array[f32]", "found array[f64]"]),
-        (g.get_i32_array("a.u32").unwrap_err(), "a.u32", &["expected array[i32]", "found array[u32]"]),
-        (g.get_i32_array("s.str").unwrap_err(), "s.str", &["expected array", "found string"]),
-        (g.get_u32("no.such.key").unwrap_err(), "no.such.key", &["missing"]),
-        (g.get_str_array("no.such.key").unwrap_err(), "no.such.key", &["missing"]),
+        (
+            g.get_i64("s.u64").unwrap_err(),
+            "s.u64",
+            &["expected an integer", "found u64"],
+        ),
+        (
+            g.get_f32("s.u32").unwrap_err(),
+            "s.u32",
+            &["expected a float", "found u32 4294967295"],
+        ),
+        (
+            g.get_bool("s.u8").unwrap_err(),
+            "s.u8",
+            &["expected bool", "found u8 255"],
+        ),
+        (
+            g.get_str("a.str").unwrap_err(),
+            "a.str",
+            &["expected string", "found array[string]"],
+        ),
+        (
+            g.get_str("s.str.bytes").unwrap_err(),
+            "s.str.bytes",
+            &["not UTF-8"],
+        ),
+        (
+            g.get_array("s.i64").unwrap_err(),
+            "s.i64",
+            &["expected array", "found i64"],
+        ),
+        (
+            g.get_str_array("a.u8").unwrap_err(),
+            "a.u8",
+            &["expected array[string]", "found array[u8]"],
+        ),
+        (
+            g.get_f32_array("a.f64").unwrap_err(),
+            "a.f64",
+            &["expected array[f32]", "found array[f64]"],
+        ),
+        (
+            g.get_i32_array("a.u32").unwrap_err(),
+            "a.u32",
+            &["expected array[i32]", "found array[u32]"],
+        ),
+        (
+            g.get_i32_array("s.str").unwrap_err(),
+            "s.str",
+            &["expected array", "found string"],
+        ),
+        (
+            g.get_u32("no.such.key").unwrap_err(),
+            "no.such.key",
+            &["missing"],
+        ),
+        (
+            g.get_str_array("no.such.key").unwrap_err(),
+            "no.such.key",
+            &["missing"],
+        ),
     ];
     for (e, key, words) in cases {
         assert_eq!(e.kind, ErrorKind::Format, "{e}");
@@ -205,7 +291,12 @@ fn open_both(path: &Path) -> Gguf {
     assert_eq!(mapped.metadata(), read.metadata());
     assert_eq!(mapped.tensors(), read.tensors());
     for t in mapped.tensors() {
-        assert!(mapped.tensor_data(t) == read.tensor_data(t), "{}: {}", path.display(), t.name);
+        assert!(
+            mapped.tensor_data(t) == read.tensor_data(t),
+            "{}: {}",
+            path.display(),
+            t.name
+        );
     }
     mapped
 }
@@ -216,7 +307,9 @@ fn every_tiny_mixtral_file_opens_and_matches_llama_cpp_tensor_table() {
     let mut types = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(data("tiny-mixtral")).unwrap() {
         let dir = entry.unwrap().path();
-        let Some(variant) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+        let Some(variant) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
         let path = dir.join(format!("tiny-mixtral-{variant}.gguf"));
         if !path.exists() {
             continue; // F32 and BF16 are not stored (see FIXTURES.md)
@@ -228,21 +321,48 @@ fn every_tiny_mixtral_file_opens_and_matches_llama_cpp_tensor_table() {
         assert_eq!(g.file_bytes(), refs["model_size_bytes"].as_u64().unwrap());
         assert_eq!(g.version(), 3);
         assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
-        assert_eq!(g.get_u32("general.file_type").unwrap() as u64, refs["general.file_type"].as_u64().unwrap());
+        assert_eq!(
+            g.get_u32("general.file_type").unwrap() as u64,
+            refs["general.file_type"].as_u64().unwrap()
+        );
         assert_eq!(g.get_u32("llama.expert_count").unwrap(), 8);
-        assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap().len(), 1024);
-        assert_eq!(g.get_f32_array("tokenizer.ggml.scores").unwrap().len(), 1024);
-        assert_eq!(g.get_i32_array("tokenizer.ggml.token_type").unwrap().len(), 1024);
+        assert_eq!(
+            g.get_str_array("tokenizer.ggml.tokens").unwrap().len(),
+            1024
+        );
+        assert_eq!(
+            g.get_f32_array("tokenizer.ggml.scores").unwrap().len(),
+            1024
+        );
+        assert_eq!(
+            g.get_i32_array("tokenizer.ggml.token_type").unwrap().len(),
+            1024
+        );
         let want = refs["tensors"].as_array().unwrap();
         assert_eq!(g.tensors().len(), want.len(), "{variant}");
         for w in want {
             let name = w["name"].as_str().unwrap();
-            let t = g.tensor(name).unwrap_or_else(|| panic!("{variant}: no tensor {name}"));
-            let ne: Vec<u64> = w["ne"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+            let t = g
+                .tensor(name)
+                .unwrap_or_else(|| panic!("{variant}: no tensor {name}"));
+            let ne: Vec<u64> = w["ne"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap())
+                .collect();
             assert_eq!(t.dims, ne, "{variant} {name}");
-            assert_eq!(t.ty.id() as u64, w["type_id"].as_u64().unwrap(), "{variant} {name}");
+            assert_eq!(
+                t.ty.id() as u64,
+                w["type_id"].as_u64().unwrap(),
+                "{variant} {name}"
+            );
             assert_eq!(t.ty.name(), w["type"].as_str().unwrap());
-            assert_eq!(t.n_bytes, w["n_bytes"].as_u64().unwrap(), "{variant} {name}");
+            assert_eq!(
+                t.n_bytes,
+                w["n_bytes"].as_u64().unwrap(),
+                "{variant} {name}"
+            );
             types.insert(t.ty.name());
         }
         // ggml lays tensors out back to back, each padded to the alignment: the sizes computed
@@ -266,12 +386,18 @@ fn vocab_and_imatrix_files_open() {
         assert!(g.tensors().is_empty());
         let tokens = g.get_str_array("tokenizer.ggml.tokens").unwrap();
         assert!(tokens.len() > 30000, "{name}: {}", tokens.len());
-        assert_eq!(g.get_i32_array("tokenizer.ggml.token_type").unwrap().len(), tokens.len());
+        assert_eq!(
+            g.get_i32_array("tokenizer.ggml.token_type").unwrap().len(),
+            tokens.len()
+        );
         assert!(!g.get_str("tokenizer.ggml.model").unwrap().is_empty());
     }
     let g = open_both(&data("tiny-mixtral/imatrix.gguf"));
     assert!(!g.tensors().is_empty());
-    assert!(g.metadata().iter().any(|(_, v)| v.value_type() == ValueType::String));
+    assert!(g
+        .metadata()
+        .iter()
+        .any(|(_, v)| v.value_type() == ValueType::String));
 }
 
 #[test]
@@ -282,7 +408,10 @@ fn open_reports_the_path() {
     assert!(e.message.contains("no-such-file.gguf"), "{e}");
     let dir = std::env::temp_dir().join(format!("xdan-gguf-reader-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in [("empty.gguf", Vec::new()), ("short.gguf", b"GGUF\x03\0\0\0".to_vec())] {
+    for (name, bytes) in [
+        ("empty.gguf", Vec::new()),
+        ("short.gguf", b"GGUF\x03\0\0\0".to_vec()),
+    ] {
         let p = dir.join(name);
         std::fs::write(&p, &bytes).unwrap();
         for mmap in [true, false] {
@@ -316,7 +445,8 @@ fn writer_reproduces_the_fixtures_byte_for_byte() {
             w.set(k, v.clone());
         }
         for t in g.tensors() {
-            w.add_tensor(&t.name, &t.dims, t.ty, g.tensor_data(t).to_vec()).unwrap();
+            w.add_tensor(&t.name, &t.dims, t.ty, g.tensor_data(t).to_vec())
+                .unwrap();
         }
         let rewritten = w.to_bytes();
         let first_diff = original.iter().zip(&rewritten).position(|(a, b)| a != b);
@@ -328,4 +458,18 @@ fn writer_reproduces_the_fixtures_byte_for_byte() {
             original.len()
         );
     }
+}
+
+/// A file without tensors has no data section: any power-of-two alignment is accepted, and
+/// writing it back adds no padding (a 2 GiB alignment must not make a 2 GiB file).
+#[test]
+fn tensorless_file_with_a_huge_alignment() {
+    let mut w = GgufWriter::new();
+    w.set_u32("general.alignment", 1 << 31)
+        .set_str("general.name", "x");
+    let bytes = w.to_bytes();
+    assert!(bytes.len() < 128, "{}", bytes.len());
+    let g = Gguf::from_bytes(bytes.clone()).unwrap();
+    assert_eq!(g.alignment(), 1 << 31);
+    assert_eq!(g.header().data_offset, bytes.len() as u64);
 }

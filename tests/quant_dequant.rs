@@ -62,11 +62,28 @@ fn dequantize_matches_fixtures_bit_exact() {
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
     // Every type the task names that has a fixture must be present in the manifest.
     for ty in [
-        GgmlType::F16, GgmlType::BF16, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0,
-        GgmlType::Q5_1, GgmlType::Q8_0, GgmlType::Q2_K, GgmlType::Q3_K, GgmlType::Q4_K,
-        GgmlType::Q5_K, GgmlType::Q6_K, GgmlType::IQ1_S, GgmlType::IQ1_M, GgmlType::IQ2_XXS,
-        GgmlType::IQ2_XS, GgmlType::IQ2_S, GgmlType::IQ3_XXS, GgmlType::IQ3_S, GgmlType::IQ4_NL,
-        GgmlType::IQ4_XS, GgmlType::MXFP4,
+        GgmlType::F16,
+        GgmlType::BF16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::MXFP4,
     ] {
         assert!(types_seen.contains(&ty), "manifest lacks {ty}");
     }
@@ -111,5 +128,40 @@ fn dequantize_q8_k_and_q8_1_layout() {
     dequantize(GgmlType::Q8_1, &b, &mut out).unwrap();
     for i in 0..32 {
         assert_eq!(out[i], 0.25 * (i as f32 - 16.0));
+    }
+}
+
+/// `dequantize` takes the F16C path for F16 where the CPU has it; the portable conversion must
+/// agree bit for bit on every finite pattern too.
+#[test]
+fn portable_f16_conversion_is_exact() {
+    let src = std::fs::read(data_dir().join("F16_exhaustive.bin")).unwrap();
+    let want = read_f32(&data_dir().join("F16_exhaustive.f32"));
+    let mut got = vec![0f32; want.len()];
+    xdan::quant::float::dequantize_f16(&src, &mut got);
+    for i in 0..want.len() {
+        assert_eq!(got[i].to_bits(), want[i].to_bits(), "F16 exhaustive [{i}]");
+    }
+    // Odd lengths exercise the SIMD tail.
+    let mut a = vec![0f32; 13];
+    dequantize(GgmlType::F16, &src[..26], &mut a).unwrap();
+    assert_eq!(
+        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+        want[..13].iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+    );
+}
+
+/// The inline f16 conversion used by the scalar kernels against `half` on all 65536 patterns
+/// (NaN payloads compared as NaN).
+#[test]
+fn f16_bit_conversion_matches_half_everywhere() {
+    for h in 0..=u16::MAX {
+        let a = xdan::quant::block::f16_bits_to_f32(h);
+        let b = half::f16::from_bits(h).to_f32();
+        if b.is_nan() {
+            assert!(a.is_nan(), "{h:#06x}");
+        } else {
+            assert_eq!(a.to_bits(), b.to_bits(), "{h:#06x}");
+        }
     }
 }

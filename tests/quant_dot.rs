@@ -102,8 +102,10 @@ fn check_row(ty: GgmlType, w: &[u8], n: usize, seed: u64, label: &str) -> Result
     if abs_wx >= f32::MAX as f64 / 4.0 {
         // Partial sums may leave the f32 range (BF16's exhaustive case holds values up to 3e38):
         // not a kernel property; such rows only have to agree between SIMD and scalar.
-        assert!(got.to_bits() == scalar.to_bits() || (got.is_nan() && scalar.is_nan()) || got == scalar,
-            "{label} {ty}: out-of-range row: SIMD {got} vs scalar {scalar}");
+        assert!(
+            got.to_bits() == scalar.to_bits() || (got.is_nan() && scalar.is_nan()) || got == scalar,
+            "{label} {ty}: out-of-range row: SIMD {got} vs scalar {scalar}"
+        );
         return Err(String::from("skip"));
     }
 
@@ -146,7 +148,11 @@ fn check_row(ty: GgmlType, w: &[u8], n: usize, seed: u64, label: &str) -> Result
         let direct = avx2::vec_dot(ty, n, w, &act);
         assert_eq!(direct.is_some(), avx2::available() && avx2::has_kernel(ty), "{label} {ty}");
         if let Some(v) = direct {
-            assert_eq!(v.to_bits(), got.to_bits(), "{label} {ty}: dispatch did not use the SIMD kernel");
+            assert_eq!(
+                v.to_bits(),
+                got.to_bits(),
+                "{label} {ty}: dispatch did not use the SIMD kernel"
+            );
         }
     }
     // SIMD and scalar differ only in f32 summation order.
@@ -225,7 +231,8 @@ fn simd_equals_scalar_on_short_rows() {
             if bytes > w.len() {
                 continue;
             }
-            let o = check_row(ty, &w[..bytes], n, 11 + nb as u64, "short").unwrap_or_else(|e| panic!("{e}"));
+            let o = check_row(ty, &w[..bytes], n, 11 + nb as u64, "short")
+                .unwrap_or_else(|e| panic!("{e}"));
             assert!(o.got.is_finite() && o.scalar.is_finite());
         }
     }
@@ -236,8 +243,17 @@ fn simd_equals_scalar_on_short_rows() {
 #[test]
 fn simd_kernels_cover_the_hot_types() {
     use xdan::quant::avx2;
-    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q5_K,
-        GgmlType::Q6_K, GgmlType::Q2_K, GgmlType::IQ2_XXS, GgmlType::IQ4_XS] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::Q2_K,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ4_XS,
+    ] {
         assert!(avx2::has_kernel(ty), "{ty}");
     }
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
@@ -267,7 +283,9 @@ fn activation_quantizers_round_trip() {
         dequantize(ty, &q, &mut y).unwrap();
         let e = match ty {
             GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K => act_bounds(ty, &x),
-            GgmlType::F16 => x.iter().map(|v| (v.abs() as f64 * 2f64.powi(-11)).max(2f64.powi(-25))).collect(),
+            GgmlType::F16 => {
+                x.iter().map(|v| (v.abs() as f64 * 2f64.powi(-11)).max(2f64.powi(-25))).collect()
+            }
             GgmlType::BF16 => x.iter().map(|v| v.abs() as f64 * 2f64.powi(-8)).collect(),
             _ => vec![0.0; n],
         };
@@ -279,9 +297,17 @@ fn activation_quantizers_round_trip() {
         if matches!(ty, GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K) {
             let be = ty.block_elems();
             let bb = ty.block_bytes();
-            let qoff = match ty { GgmlType::Q8_0 => 2, GgmlType::Q8_1 => 4, _ => 4 };
+            let qoff = match ty {
+                GgmlType::Q8_0 => 2,
+                GgmlType::Q8_1 => 4,
+                _ => 4,
+            };
             for b in 1..n / be {
-                let m = q[b * bb + qoff..b * bb + qoff + be].iter().map(|v| (*v as i8 as i32).abs()).max().unwrap();
+                let m = q[b * bb + qoff..b * bb + qoff + be]
+                    .iter()
+                    .map(|v| (*v as i8 as i32).abs())
+                    .max()
+                    .unwrap();
                 assert_eq!(m, 127, "{ty} block {b}");
             }
         }
@@ -290,7 +316,8 @@ fn activation_quantizers_round_trip() {
             for b in 0..n / 256 {
                 let blk = &q[b * 292..(b + 1) * 292];
                 for j in 0..16 {
-                    let s: i32 = blk[4 + 16 * j..4 + 16 * j + 16].iter().map(|v| *v as i8 as i32).sum();
+                    let s: i32 =
+                        blk[4 + 16 * j..4 + 16 * j + 16].iter().map(|v| *v as i8 as i32).sum();
                     let bs = i16::from_le_bytes([blk[260 + 2 * j], blk[261 + 2 * j]]) as i32;
                     assert_eq!(s, bs);
                 }
@@ -304,12 +331,22 @@ fn activation_quantizers_round_trip() {
                 let sum: i32 = blk[4..].iter().map(|v| *v as i8 as i32).sum();
                 // s = f16(sum * d_unrounded); |d_unrounded - d| <= 2^-11 d.
                 let want = sum as f64 * d as f64;
-                assert!((s as f64 - want).abs() <= want.abs() * 2.0 * 2f64.powi(-11) + 1e-30, "Q8_1 s block {b}: {s} vs {want}");
+                assert!(
+                    (s as f64 - want).abs() <= want.abs() * 2.0 * 2f64.powi(-11) + 1e-30,
+                    "Q8_1 s block {b}: {s} vs {want}"
+                );
             }
         }
     }
     // The slice variant writes the same bytes and refuses a wrong-sized slice.
-    for ty in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K, GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q8_1,
+        GgmlType::Q8_K,
+        GgmlType::F32,
+        GgmlType::F16,
+        GgmlType::BF16,
+    ] {
         let x = activations(512, 9);
         let mut v = vec![0xAA];
         quantize_act(ty, &x, &mut v).unwrap();
@@ -336,7 +373,10 @@ fn vec_dot_rows_and_size_checks() {
     xdan::quant::vec_dot_rows(GgmlType::Q4_K, n, &w, &act, &mut out);
     let rb = w.len() / rows;
     for r in 0..rows {
-        assert_eq!(out[r].to_bits(), vec_dot(GgmlType::Q4_K, n, &w[r * rb..(r + 1) * rb], &act).to_bits());
+        assert_eq!(
+            out[r].to_bits(),
+            vec_dot(GgmlType::Q4_K, n, &w[r * rb..(r + 1) * rb], &act).to_bits()
+        );
     }
     let e = xdan::quant::check_dot(GgmlType::Q4_K, n, &w[..rb - 1], &act).unwrap_err();
     assert!(e.message.contains("Q4_K"), "{}", e.message);

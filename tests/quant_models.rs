@@ -35,10 +35,15 @@ fn every_tiny_mixtral_tensor_dequantizes() {
             let t = g.tensor(name).unwrap_or_else(|| panic!("{variant}: no tensor {name}"));
             let ty = GgmlType::from_name(wt["type"].as_str().unwrap()).unwrap();
             assert_eq!(t.ty, ty, "{variant} {name}: type");
-            let ne: Vec<u64> = wt["ne"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+            let ne: Vec<u64> =
+                wt["ne"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
             assert_eq!(t.dims, ne, "{variant} {name}: ne");
             let data = g.tensor_data(t);
-            assert_eq!(data.len() as u64, wt["n_bytes"].as_u64().unwrap(), "{variant} {name}: bytes");
+            assert_eq!(
+                data.len() as u64,
+                wt["n_bytes"].as_u64().unwrap(),
+                "{variant} {name}: bytes"
+            );
             let mut out = vec![f32::NAN; t.n_elements as usize];
             dequantize(t.ty, data, &mut out).unwrap_or_else(|e| panic!("{variant} {name}: {e}"));
             if let Some(i) = out.iter().position(|v| !v.is_finite()) {
@@ -52,8 +57,10 @@ fn every_tiny_mixtral_tensor_dequantizes() {
     eprintln!("{variants} variants, {tensors} tensors; types {types:?}");
     assert_eq!(variants, 21);
     // The stored models cover these types between them.
-    for ty in ["F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
-        "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS"] {
+    for ty in [
+        "F16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+        "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
+    ] {
         assert!(types.contains(ty), "no stored model has a {ty} tensor");
     }
 }

@@ -38,11 +38,25 @@ fuzz_target!(|data: &[u8]| {
     for (k, v) in g.metadata() {
         assert!(g.get(k).is_some());
         let _ = v.to_text(8);
-        let _ = (g.get_u32(k), g.get_u64(k), g.get_i64(k), g.get_f32(k), g.get_bool(k));
-        let _ = (g.get_str(k), g.get_str_array(k), g.get_f32_array(k), g.get_i32_array(k));
+        let _ = (
+            g.get_u32(k),
+            g.get_u64(k),
+            g.get_i64(k),
+            g.get_f32(k),
+            g.get_bool(k),
+        );
+        let _ = (
+            g.get_str(k),
+            g.get_str_array(k),
+            g.get_f32_array(k),
+            g.get_i32_array(k),
+        );
     }
     // The writer lays tensors out afresh, so compare a rewrite with the rewrite of its reading.
     let once = rewrite(&g);
     let again = Gguf::from_bytes(once.clone()).expect("the writer's output reads back");
-    assert!(rewrite(&again) == once, "writer round trip changed the file");
+    assert!(
+        rewrite(&again) == once,
+        "writer round trip changed the file"
+    );
 });

@@ -96,16 +96,9 @@ pub struct Ffn<W> {
 /// (ties to the lower id), their probabilities renormalised to sum to one. Writes the chosen ids
 /// (by descending probability) and weights; `probs` is scratch of `logits.len()`.
 pub fn route_top_k(logits: &[f32], k: usize, probs: &mut [f32], ids: &mut [u32], weights: &mut [f32]) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f64;
-    for (p, &l) in probs.iter_mut().zip(logits) {
-        *p = (l - max).exp();
-        sum += *p as f64;
-    }
-    let inv = (1.0 / sum) as f32;
-    for p in probs.iter_mut() {
-        *p *= inv;
-    }
+    // The softmax as llama.cpp computes it, so near-ties resolve the same way.
+    probs.copy_from_slice(logits);
+    cpu::vmath::softmax(probs);
     let mut taken = 0u64; // n_expert is small (≤ 64 here is enforced at load)
     let mut wsum = 0.0f32;
     for j in 0..k {

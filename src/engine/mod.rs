@@ -346,7 +346,11 @@ impl Context {
         match self.run_step(c, &seqs, &old_len, items, &copies) {
             Ok(()) => {
                 for (i, &s) in seqs.iter().enumerate() {
-                    self.logits[s] = Some(self.out_buf[i * n_vocab..(i + 1) * n_vocab].to_vec());
+                    let src = &self.out_buf[i * n_vocab..(i + 1) * n_vocab];
+                    match &mut self.logits[s] {
+                        Some(l) => l.copy_from_slice(src),
+                        None => self.logits[s] = Some(src.to_vec()),
+                    }
                 }
                 Ok(())
             }

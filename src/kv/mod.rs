@@ -260,7 +260,7 @@ mod tests {
 
     #[test]
     fn fork_cow_truncate_and_rollback() {
-        let mut m = KvManager::new(8, 3, 64);
+        let mut m = KvManager::new(8, 3, 200);
         let mut copies = Vec::new();
         m.append(0, &[1; 20], &mut copies).unwrap();
         assert_eq!(m.used_blocks(), 2);
@@ -279,7 +279,7 @@ mod tests {
         m.check_invariants().unwrap();
         // Context full: more than the free blocks.
         let snap = m.snapshot([2]);
-        let e = m.append(2, &[1; 64], &mut copies).unwrap_err();
+        let e = m.append(2, &[1; 100], &mut copies).unwrap_err();
         assert_eq!(e.kind, ErrorKind::ContextFull);
         m.rollback(snap);
         m.check_invariants().unwrap();

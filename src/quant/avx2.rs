@@ -15,7 +15,9 @@ use super::iq::{
     BlockIQ1M, BlockIQ1S, BlockIQ2S, BlockIQ2XS, BlockIQ2XXS, BlockIQ3S, BlockIQ3XXS, BlockIQ4NL,
     BlockIQ4XS,
 };
-use super::k_quants::{q3k_scales, scale_min_k4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+use super::k_quants::{
+    q3k_scales, scale_min_k4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
+};
 use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use super::mxfp4::{e8m0_to_f32_half, BlockMXFP4};
 use super::GgmlType;
@@ -43,8 +45,28 @@ pub fn has_kernel(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         ty,
-        F32 | F16 | BF16 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 | MXFP4 | Q2_K | Q3_K | Q4_K | Q5_K
-            | Q6_K | IQ1_S | IQ1_M | IQ2_XXS | IQ2_XS | IQ2_S | IQ3_XXS | IQ3_S | IQ4_NL | IQ4_XS
+        F32 | F16
+            | BF16
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q8_0
+            | MXFP4
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | IQ1_S
+            | IQ1_M
+            | IQ2_XXS
+            | IQ2_XS
+            | IQ2_S
+            | IQ3_XXS
+            | IQ3_S
+            | IQ4_NL
+            | IQ4_XS
     )
 }
 
@@ -100,7 +122,16 @@ unsafe fn hsum_ps(x: __m256) -> f32 {
 #[inline]
 #[target_feature(enable = "f16c")]
 unsafe fn h2f(b: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes(b) as i32)))
+    // A broadcast load, not an insert: an insert into a register would carry a false
+    // dependency on whatever it held (the compiler picked the accumulator), serialising blocks.
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes(b) as i16)))
+}
+
+/// f16 bytes to 8 lanes of the same f32.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn h2f8(b: [u8; 2]) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes(b) as i16))
 }
 
 #[inline]
@@ -147,7 +178,8 @@ unsafe fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
         i += 32;
     }
-    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut s =
+        hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     while i < n {
         s += pw.add(i).read_unaligned() * pa.add(i).read_unaligned();
         i += 1;
@@ -169,7 +201,8 @@ unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
         i += 32;
     }
-    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut s =
+        hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     while i < n {
         let h = u16::from_le_bytes([w[2 * i], w[2 * i + 1]]);
         s += half::f16::from_bits(h).to_f32() * pa.add(i).read_unaligned();
@@ -182,7 +215,7 @@ unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 unsafe fn dot_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         let p = dot_i8_i32(loadu(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
@@ -194,7 +227,7 @@ unsafe fn dot_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let off = _mm256_set1_epi8(8);
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         let qx = _mm256_sub_epi8(nibbles32(bx.qs.as_ptr()), off);
         let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
@@ -208,7 +241,7 @@ unsafe fn dot_q4_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut summs = 0f32;
     for (bx, by) in x.iter().zip(y) {
         summs += h2f(bx.m) * h2f(by.s);
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         let p = dot_u8_i8_i32(nibbles32(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
@@ -225,10 +258,62 @@ unsafe fn dot_iq4_nl(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
         let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
         let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
         let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
+}
+
+/// Byte masks picking i16 element 2k of a 128-bit lane for the lower half and 2k+1 for the
+/// upper half (used with `scale_pairs`).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn pair_mask(k: usize) -> __m256i {
+    let lo = (4 * k) as i8;
+    let hi = (4 * k + 2) as i8;
+    _mm256_set_epi8(
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        hi + 1,
+        hi,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+        lo + 1,
+        lo,
+    )
+}
+
+/// 8 signed byte scales (at `p`) widened to i16 and repeated in both 128-bit halves; with
+/// `pair_mask(k)` a shuffle broadcasts scales 2k (lower half) and 2k+1 (upper half).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn scale_pairs(p: *const i8) -> __m256i {
+    let v = _mm_cvtepi8_epi16(_mm_loadl_epi64(p as *const __m128i));
+    _mm256_broadcastsi128_si256(v)
 }
 
 /// Two i16 scales broadcast over the lower and upper 128-bit halves.
@@ -241,24 +326,27 @@ unsafe fn scales2(lo: i16, hi: i16) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
+    let masks = [pair_mask(0), pair_mask(1), pair_mask(2), pair_mask(3)];
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for (bx, by) in x.iter().zip(y) {
         let dy = by.d();
         let mut summs = 0i32;
+        let mut sc4 = [0i8; 16];
         for g in 0..16 {
             summs += (bx.scales[g] >> 4) as i32 * by.bsum(g);
+            sc4[g] = (bx.scales[g] & 0xf) as i8;
         }
         mins += dy * h2f(bx.dmin) * summs as f32;
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let q2 = loadu(bx.qs.as_ptr().add(32 * n));
+            let scv = scale_pairs(sc4.as_ptr().add(8 * n));
             for j in 0..4 {
                 let q = _mm256_and_si256(_mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * j as i32)), m3);
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
                 let p = _mm256_maddubs_epi16(q, q8);
-                let s = 8 * n + 2 * j;
-                let sc = scales2((bx.scales[s] & 0xf) as i16, (bx.scales[s + 1] & 0xf) as i16);
+                let sc = _mm256_shuffle_epi8(scv, masks[j]);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }
         }
@@ -319,8 +407,14 @@ unsafe fn dot_q5_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for c in 0..4 {
             let q4 = loadu(bx.qs.as_ptr().add(32 * c));
-            let hl = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32)), one), 4);
-            let hh = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32 + 1)), one), 4);
+            let hl = _mm256_slli_epi16(
+                _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32)), one),
+                4,
+            );
+            let hh = _mm256_slli_epi16(
+                _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * c as i32 + 1)), one),
+                4,
+            );
             let ql = _mm256_or_si256(_mm256_and_si256(q4, m4), hl);
             let qh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), hh);
             let pl = _mm256_maddubs_epi16(ql, loadu(by.qs.as_ptr().add(64 * c)));
@@ -340,13 +434,20 @@ unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let m2 = _mm256_set1_epi8(3);
     let m32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
+    let masks = [pair_mask(0), pair_mask(1), pair_mask(2), pair_mask(3)];
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
+            let scv = scale_pairs(bx.scales.as_ptr().add(8 * n) as *const i8);
             let l1 = loadu(bx.ql.as_ptr().add(64 * n));
             let l2 = loadu(bx.ql.as_ptr().add(64 * n + 32));
             let h = loadu(bx.qh.as_ptr().add(32 * n));
-            let hi = |k: i32| _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k)), m2), 4);
+            let hi = |k: i32| {
+                _mm256_slli_epi16(
+                    _mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k)), m2),
+                    4,
+                )
+            };
             let q = [
                 _mm256_or_si256(_mm256_and_si256(l1, m4), hi(0)),
                 _mm256_or_si256(_mm256_and_si256(l2, m4), hi(1)),
@@ -355,9 +456,9 @@ unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             ];
             for k in 0..4 {
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * k));
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8), _mm256_maddubs_epi16(m32, q8));
-                let s = 8 * n + 2 * k;
-                let sc = scales2(bx.scales[s] as i8 as i16, bx.scales[s + 1] as i8 as i16);
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8), _mm256_maddubs_epi16(m32, q8));
+                let sc = _mm256_shuffle_epi8(scv, masks[k]);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }
         }
@@ -454,7 +555,8 @@ unsafe fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
         }
         i += 32;
     }
-    let mut s = hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+    let mut s =
+        hsum_ps(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
     while i < n {
         let h = u16::from_le_bytes([w[2 * i], w[2 * i + 1]]);
         s += f32::from_bits((h as u32) << 16) * pa.add(i).read_unaligned();
@@ -467,12 +569,8 @@ unsafe fn dot_bf16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn bytes_from_bits(x: u32) -> __m256i {
-    let shuf = _mm256_set_epi64x(
-        0x0303_0303_0303_0303,
-        0x0202_0202_0202_0202,
-        0x0101_0101_0101_0101,
-        0,
-    );
+    let shuf =
+        _mm256_set_epi64x(0x0303_0303_0303_0303, 0x0202_0202_0202_0202, 0x0101_0101_0101_0101, 0);
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(x as i32), shuf);
     let bit = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
     _mm256_cmpeq_epi8(_mm256_or_si256(bytes, bit), _mm256_set1_epi64x(-1))
@@ -482,9 +580,12 @@ unsafe fn bytes_from_bits(x: u32) -> __m256i {
 unsafe fn dot_q5_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
         // A clear 5th bit turns the nibble into nibble − 16 (0xF0 | nibble as i8).
-        let hi = _mm256_andnot_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0xF0u8 as i8));
+        let hi = _mm256_andnot_si256(
+            bytes_from_bits(u32::from_le_bytes(bx.qh)),
+            _mm256_set1_epi8(0xF0u8 as i8),
+        );
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
         let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
@@ -498,8 +599,9 @@ unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     let mut summs = 0f32;
     for (bx, by) in x.iter().zip(y) {
         summs += h2f(bx.m) * h2f(by.s);
-        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        let hi = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
+        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
+        let hi =
+            _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
         let p = dot_u8_i8_i32(qx, loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
@@ -527,6 +629,7 @@ unsafe fn dot_mxfp4(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
 unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let one = _mm256_set1_epi8(1);
+    let masks = [pair_mask(0), pair_mask(1), pair_mask(2), pair_mask(3)];
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
         let sc = q3k_scales(&bx.scales);
@@ -534,15 +637,23 @@ unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let q3 = loadu(bx.qs.as_ptr().add(32 * n));
+            let scv = scale_pairs(sc.as_ptr().add(8 * n));
             for j in 0..4 {
-                let lo = _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
-                let bit = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128((4 * n + j) as i32)), one);
+                let lo =
+                    _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                let bit = _mm256_and_si256(
+                    _mm256_srl_epi16(hb, _mm_cvtsi32_si128((4 * n + j) as i32)),
+                    one,
+                );
                 // 4 where the high bit is clear: q = lo − 4·(1 − bit).
                 let sub = _mm256_slli_epi16(_mm256_xor_si256(bit, one), 2);
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
-                let p = _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(sub, q8));
-                let s = 8 * n + 2 * j;
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, scales2(sc[s] as i16, sc[s + 1] as i16)));
+                let p =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(lo, q8), _mm256_maddubs_epi16(sub, q8));
+                sumi = _mm256_add_epi32(
+                    sumi,
+                    _mm256_madd_epi16(p, _mm256_shuffle_epi8(scv, masks[j])),
+                );
             }
         }
         let d = _mm256_set1_ps(by.d() * h2f(bx.d));
@@ -581,7 +692,8 @@ unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for ib in 0..8 {
-            let q = |l: usize| u16::from_le_bytes([bx.qs[8 * ib + 2 * l], bx.qs[8 * ib + 2 * l + 1]]);
+            let q =
+                |l: usize| u16::from_le_bytes([bx.qs[8 * ib + 2 * l], bx.qs[8 * ib + 2 * l + 1]]);
             let (q0, q1, q2, q3) = (q(0), q(1), q(2), q(3));
             let g = set_u64x4(
                 IQ2XS_GRID[(q0 & 511) as usize],
@@ -615,7 +727,12 @@ unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
         for ib in 0..8 {
             let qh = bx.qh[ib] as usize;
             let idx = |l: usize| bx.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
-            let g = set_u64x4(IQ2S_GRID[idx(0)], IQ2S_GRID[idx(1)], IQ2S_GRID[idx(2)], IQ2S_GRID[idx(3)]);
+            let g = set_u64x4(
+                IQ2S_GRID[idx(0)],
+                IQ2S_GRID[idx(1)],
+                IQ2S_GRID[idx(2)],
+                IQ2S_GRID[idx(3)],
+            );
             let sg = &bx.qs[32 + 4 * ib..32 + 4 * ib + 4];
             let s = set_u64x4(
                 SIGN_BYTES[sg[0] as usize],
@@ -692,7 +809,8 @@ unsafe fn dot_iq3_s(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
             let p = _mm256_maddubs_epi16(g, q8);
             let sc = bx.scales[ib / 2];
             let s4 = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(1 + 2 * s4 as i16)));
+            sumi =
+                _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(1 + 2 * s4 as i16)));
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
@@ -740,7 +858,8 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
             let ls = scales2(ls1 as i16, ls2 as i16);
             let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g, g), _mm256_sign_epi8(q8, g));
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
-            let sv = |k: usize| if ds[k] < 0 { 0xffff_ffff_ffff_ffffu64 } else { 0x0101_0101_0101_0101 };
+            let sv =
+                |k: usize| if ds[k] < 0 { 0xffff_ffff_ffff_ffffu64 } else { 0x0101_0101_0101_0101 };
             let dsv = set_u64x4(sv(0), sv(1), sv(2), sv(3));
             let pd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, dsv));
             sumd = _mm256_add_epi32(sumd, _mm256_madd_epi16(pd, ls));
@@ -750,4 +869,31 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
         accd = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumd), accd);
     }
     hsum_ps(acc) + 0.125 * hsum_ps(accd)
+}
+
+/// F16 → f32 for whole slices (`dst.len()` elements from `2·dst.len()` bytes), or `false` when
+/// the CPU lacks F16C.
+pub fn dequantize_f16(src: &[u8], dst: &mut [f32]) -> bool {
+    if !available() {
+        return false;
+    }
+    assert!(src.len() >= 2 * dst.len());
+    // SAFETY: features checked; every load/store stays inside the slices (8 at a time, then a tail).
+    unsafe { f16_rows(src, dst) };
+    true
+}
+
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn f16_rows(src: &[u8], dst: &mut [f32]) {
+    let n = dst.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        let h = _mm_loadu_si128(src.as_ptr().add(2 * i) as *const __m128i);
+        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
+        i += 8;
+    }
+    while i < n {
+        dst[i] = h2f([src[2 * i], src[2 * i + 1]]);
+        i += 1;
+    }
 }

@@ -65,7 +65,23 @@ pub(crate) fn as_blocks_mut<B: Block>(bytes: &mut [u8]) -> &mut [B] {
 /// IEEE binary16 (little-endian bytes) to f32; exact.
 #[inline(always)]
 pub(crate) fn f16_to_f32(b: [u8; 2]) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes(b)).to_f32()
+    f16_bits_to_f32(u16::from_le_bytes(b))
+}
+
+/// Binary16 bits to f32, exact, branch-light and inlinable (the scalar kernels convert one or
+/// two scales per block; a call per conversion would dominate them). Placing the 15 bits below
+/// the f32 exponent field scales every finite value, subnormals included, by exactly 2^-112.
+#[inline(always)]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let sign = ((h as u32) & 0x8000) << 16;
+    let em = (h as u32) & 0x7fff;
+    if em >= 0x7c00 {
+        // Inf stays Inf; NaN keeps its payload and comes out quiet, as F16C converts it.
+        let nan_quiet = if em > 0x7c00 { 0x0040_0000 } else { 0 };
+        return f32::from_bits(sign | 0x7f80_0000 | nan_quiet | ((em & 0x3ff) << 13));
+    }
+    let mag = f32::from_bits(em << 13) * f32::from_bits(0x7780_0000); // 2^112
+    f32::from_bits(sign | mag.to_bits())
 }
 
 /// f32 to binary16 bytes, round to nearest even (what ggml's FP32_TO_FP16 does).

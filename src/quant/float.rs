@@ -24,7 +24,7 @@ pub fn dequantize_f32(src: &[u8], dst: &mut [f32]) {
 
 pub fn dequantize_f16(src: &[u8], dst: &mut [f32]) {
     for (o, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
-        *o = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+        *o = super::block::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
     }
 }
 
@@ -66,5 +66,7 @@ macro_rules! float_dot {
 }
 
 float_dot!(dot_f32_f32, 4, |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-float_dot!(dot_f16_f32, 2, |b: &[u8]| half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32());
+float_dot!(dot_f16_f32, 2, |b: &[u8]| super::block::f16_bits_to_f32(u16::from_le_bytes([
+    b[0], b[1]
+])));
 float_dot!(dot_bf16_f32, 2, |b: &[u8]| bf16_to_f32(u16::from_le_bytes([b[0], b[1]])));

@@ -24,7 +24,8 @@ pub const KSIGNS_IQ2XS: [u8; 128] = {
 };
 
 /// `kvalues_iq4nl`: the 16 non-linear levels of IQ4_NL / IQ4_XS.
-pub const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub const KVALUES_IQ4NL: [i8; 16] =
+    [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
 /// `kvalues_mxfp4`: E2M1 values, doubled (the E8M0 scale is halved to compensate).
 pub const KVALUES_MXFP4: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];

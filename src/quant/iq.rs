@@ -297,7 +297,8 @@ impl BlockIQ3S {
     pub fn group(&self, ib: usize) -> (i32, [i8; 32]) {
         let mut v = [0i8; 32];
         for l in 0..4 {
-            v[8 * l..8 * l + 8].copy_from_slice(&signed8(self.grid_bytes(ib, l), self.signs[4 * ib + l]));
+            v[8 * l..8 * l + 8]
+                .copy_from_slice(&signed8(self.grid_bytes(ib, l), self.signs[4 * ib + l]));
         }
         let sc = self.scales[ib / 2];
         let s4 = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
@@ -351,7 +352,7 @@ impl BlockIQ1M {
     pub fn d(&self) -> f32 {
         let (s0, s1, s2, s3) = (self.sc(0), self.sc(1), self.sc(2), self.sc(3));
         let bits = (s0 >> 12) | ((s1 >> 8) & 0x00f0) | ((s2 >> 4) & 0x0f00) | (s3 & 0xf000);
-        half::f16::from_bits(bits).to_f32()
+        super::block::f16_bits_to_f32(bits)
     }
     /// Group `ib` of 32: the two half scales (2s+1), per-8 delta signs, the lattice values.
     #[inline(always)]
@@ -569,6 +570,3 @@ pub fn dot_iq4_xs_q8_k(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
     }
     sumf
 }
-
-#[allow(dead_code)]
-const _T: GgmlType = GgmlType::IQ1_S;

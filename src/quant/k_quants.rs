@@ -350,20 +350,24 @@ pub fn dot_q4_k_q8_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     let mut sumf = 0f32;
     for (bx, by) in x.iter().zip(y) {
         let q8 = by.q();
+        // Unpack the nibbles first: fixed-size loops the compiler vectorises.
+        let mut q = [0u8; 256];
+        for c in 0..4 {
+            for l in 0..32 {
+                q[64 * c + l] = bx.qs[32 * c + l] & 0xf;
+                q[64 * c + 32 + l] = bx.qs[32 * c + l] >> 4;
+            }
+        }
         let mut isum = 0i32;
         let mut summ = 0i32;
-        for c in 0..4 {
-            let (sc1, m1) = scale_min_k4(2 * c, &bx.scales);
-            let (sc2, m2) = scale_min_k4(2 * c + 1, &bx.scales);
-            let q = &bx.qs[32 * c..32 * c + 32];
-            let (mut s1, mut s2) = (0i32, 0i32);
+        for g in 0..8 {
+            let (sc, m) = scale_min_k4(g, &bx.scales);
+            let mut s = 0i32;
             for l in 0..32 {
-                s1 += (q[l] & 0xf) as i32 * q8[64 * c + l] as i32;
-                s2 += (q[l] >> 4) as i32 * q8[64 * c + 32 + l] as i32;
+                s += q[32 * g + l] as i32 * q8[32 * g + l] as i32;
             }
-            isum += sc1 as i32 * s1 + sc2 as i32 * s2;
-            summ += m1 as i32 * (by.bsum(4 * c) + by.bsum(4 * c + 1))
-                + m2 as i32 * (by.bsum(4 * c + 2) + by.bsum(4 * c + 3));
+            isum += sc as i32 * s;
+            summ += m as i32 * (by.bsum(2 * g) + by.bsum(2 * g + 1));
         }
         let d = f16_to_f32(bx.d) * by.d();
         let dmin = f16_to_f32(bx.dmin) * by.d();
@@ -421,6 +425,3 @@ pub fn dot_q8_k_q8_k(x: &[BlockQ8K], y: &[BlockQ8K]) -> f32 {
     }
     sumf
 }
-
-#[allow(dead_code)]
-const _T: GgmlType = GgmlType::Q2_K;

@@ -211,7 +211,8 @@ pub fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
             let v1 = (bx.qs[j] >> 4) as i32;
             sumi += v0 * yq[j] as i32 + v1 * yq[j + 16] as i32;
         }
-        sumf += sumi as f32 * (f16_to_f32(bx.d) * f16_to_f32(by.d)) + f16_to_f32(bx.m) * f16_to_f32(by.s);
+        sumf += sumi as f32 * (f16_to_f32(bx.d) * f16_to_f32(by.d))
+            + f16_to_f32(bx.m) * f16_to_f32(by.s);
     }
     sumf
 }
@@ -239,7 +240,8 @@ pub fn dot_q5_1_q8_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
         for j in 0..32 {
             sumi += q[j] as i32 * yq[j] as i32;
         }
-        sumf += sumi as f32 * (f16_to_f32(bx.d) * f16_to_f32(by.d)) + f16_to_f32(bx.m) * f16_to_f32(by.s);
+        sumf += sumi as f32 * (f16_to_f32(bx.d) * f16_to_f32(by.d))
+            + f16_to_f32(bx.m) * f16_to_f32(by.s);
     }
     sumf
 }

@@ -21,12 +21,19 @@
 //! | Q8_K (weights) | Q8_K | |
 //!
 //! Integer sums inside a block are exact; the only error beyond the weights' own quantization is
-//! the activation rounding (≤ half a step of the activation block scale per element) and f32
-//! accumulation across blocks.
+//! the activation rounding (half a step of the activation block scale per element, plus the f16
+//! rounding of that scale for Q8_0/Q8_1 and of the block sum for Q8_1) and f32 accumulation
+//! across blocks (the bound is spelled out in `tests/quant_dot.rs`).
 //!
 //! # Speed
-//! On x86-64 with AVX2+FMA (detected at run time) the hot types use the [`avx2`] kernels; the
-//! portable scalar kernels are always present ([`vec_dot_scalar`]) and the tests check both agree.
+//! On x86-64 with AVX2+FMA+F16C (detected once at run time) every weight type except Q8_1 and
+//! Q8_K dots through an [`avx2`] kernel; the portable scalar kernels are always present
+//! ([`vec_dot_scalar`]) and the tests check both agree. [`vec_dot_rows`] dots many rows with one
+//! activation row; [`quantize_act_into`] quantizes into a reused buffer.
+//!
+//! # Quantizing weights
+//! [`quantize_weights`] writes Q4_0 … Q8_0, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS blocks from f32
+//! (for tests and synthetic models; see [`quantize`]).
 
 pub mod block;
 pub mod float;
@@ -35,10 +42,12 @@ pub mod iq;
 pub mod k_quants;
 pub mod legacy;
 pub mod mxfp4;
+pub mod quantize;
 pub mod types;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 
+pub use quantize::{can_quantize, quantize_weights};
 pub use types::{GgmlType, TypeFacts, TYPE_FACTS};
 
 use crate::error::{Error, Result};
@@ -88,7 +97,13 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<()> {
     use GgmlType::*;
     match ty {
         F32 => float::dequantize_f32(src, dst),
-        F16 => float::dequantize_f16(src, dst),
+        F16 => {
+            #[cfg(target_arch = "x86_64")]
+            if avx2::dequantize_f16(src, dst) {
+                return Ok(());
+            }
+            float::dequantize_f16(src, dst)
+        }
         BF16 => float::dequantize_bf16(src, dst),
         Q4_0 => deq(src, dst, BlockQ4_0::dequantize),
         Q4_1 => deq(src, dst, BlockQ4_1::dequantize),
@@ -274,7 +289,13 @@ pub fn vec_dot_scalar(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
 /// activations, writing `out[r]`.
 pub fn vec_dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     let rb = ty.row_bytes(n as u64).unwrap_or(0) as usize;
-    assert!(rb > 0 && w.len() == rb * out.len(), "vec_dot_rows: {} rows of {n} {ty} need {} bytes, got {}", out.len(), rb * out.len(), w.len());
+    assert!(
+        rb > 0 && w.len() == rb * out.len(),
+        "vec_dot_rows: {} rows of {n} {ty} need {} bytes, got {}",
+        out.len(),
+        rb * out.len(),
+        w.len()
+    );
     for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
         *o = vec_dot(ty, n, row, act);
     }

@@ -45,6 +45,3 @@ pub fn dot_mxfp4_q8_0(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
     }
     sumf
 }
-
-#[allow(dead_code)]
-const _T: GgmlType = GgmlType::MXFP4;

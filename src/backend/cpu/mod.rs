@@ -1,8 +1,8 @@
 //! The CPU backend: weights read in place from the GGUF map, activations in host vectors, ops
 //! parallel over rows (rayon; the caller picks the pool with `ThreadPool::install`).
 
-mod qfallback;
 pub mod qops;
+pub mod vmath;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 
 /// Below this many multiply-adds an op runs on the calling thread: a rayon dispatch costs more.
-const PAR_MIN_WORK: usize = 1 << 15;
+const PAR_MIN_WORK: usize = 1 << 18;
 
 /// A row-major f32 matrix.
 #[derive(Default, Clone, Debug)]
@@ -45,7 +45,7 @@ impl Mat {
 #[derive(Clone)]
 pub struct CpuWeight {
     gguf: Arc<Gguf>,
-    info: TensorInfo,
+    info: Arc<TensorInfo>,
     pub ty: GgmlType,
     pub cols: usize,
     pub rows: usize,
@@ -83,8 +83,10 @@ pub struct CpuKv {
 pub struct CpuBackend;
 
 thread_local! {
+    /// Per-thread buffer of converted activations.
+    static QBUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     /// Per-thread scratch reused across calls (quantized activations, attention rows).
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = RefCell::new((Vec::new(), Vec::new()));
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 fn kv_row_to_f32(ty: GgmlType, b: &[u8], out: &mut [f32]) {
@@ -138,11 +140,17 @@ impl CpuBackend {
         out.resize(n_tok, rows);
         let work = rows * k * n_tok;
         if n_tok == 1 {
-            let f = |(r, o): (usize, &mut f32)| *o = qops::dot(w.ty, k, w.row(all, r), &xq[..arb]);
+            // Bands of rows per task, each band one `dot_rows` call.
+            let band = 16usize;
+            let rb = w.row_bytes;
+            let f = |(bi, o): (usize, &mut [f32])| {
+                let r0 = bi * band;
+                qops::dot_rows(w.ty, k, &all[r0 * rb..(r0 + o.len()) * rb], &xq[..arb], o)
+            };
             if work < PAR_MIN_WORK {
-                out.data.iter_mut().enumerate().for_each(f);
+                out.data.chunks_mut(band).enumerate().for_each(f);
             } else {
-                out.data.par_iter_mut().with_min_len(16).enumerate().for_each(f);
+                out.data.par_chunks_mut(band).enumerate().for_each(f);
             }
             return;
         }
@@ -152,11 +160,16 @@ impl CpuBackend {
             let tr = &mut s.borrow_mut().1;
             tr.resize(rows * n_tok, 0.0);
             let band = 16usize;
+            let rb = w.row_bytes;
             let f = |(bi, o): (usize, &mut [f32])| {
-                for (j, orow) in o.chunks_exact_mut(n_tok).enumerate() {
-                    let wr = w.row(all, bi * band + j);
-                    for (t, v) in orow.iter_mut().enumerate() {
-                        *v = qops::dot(w.ty, k, wr, &xq[t * arb..(t + 1) * arb]);
+                let r0 = bi * band;
+                let nr = o.len() / n_tok;
+                let wb = &all[r0 * rb..(r0 + nr) * rb];
+                let mut tmp = [0.0f32; 16];
+                for t in 0..n_tok {
+                    qops::dot_rows(w.ty, k, wb, &xq[t * arb..(t + 1) * arb], &mut tmp[..nr]);
+                    for (j, &v) in tmp[..nr].iter().enumerate() {
+                        o[j * n_tok + t] = v;
                     }
                 }
             };
@@ -173,17 +186,16 @@ impl CpuBackend {
         });
     }
 
-    /// Quantizes every row of `x` for weight type `wty`; returns (buffer, bytes per row).
-    fn quantize_rows(x: &Mat, wty: GgmlType, buf: &mut Vec<f32>) -> usize {
+    /// Converts every row of `x` for weight type `wty` into `buf`; returns the bytes per row.
+    fn quantize_rows(x: &Mat, wty: GgmlType, buf: &mut Vec<u8>) -> usize {
         let a = qops::act_type(wty);
         let arb = qops::act_row_bytes(a, x.cols);
-        buf.resize((arb * x.rows).div_ceil(4), 0.0);
-        let bytes = qops::f32_bytes_mut(buf);
+        buf.resize(arb * x.rows, 0);
         let f = |(t, o): (usize, &mut [u8])| qops::quantize_act(a, x.row(t), o);
-        if x.rows * x.cols < PAR_MIN_WORK {
-            bytes[..arb * x.rows].chunks_exact_mut(arb).enumerate().for_each(f);
+        if x.rows * x.cols < PAR_MIN_WORK / 16 {
+            buf.chunks_exact_mut(arb).enumerate().for_each(f);
         } else {
-            bytes[..arb * x.rows].par_chunks_exact_mut(arb).enumerate().for_each(f);
+            buf.par_chunks_exact_mut(arb).enumerate().for_each(f);
         }
         arb
     }
@@ -213,7 +225,7 @@ impl Backend for CpuBackend {
         let rows = t.n_rows() as usize;
         Ok(CpuWeight {
             gguf: gguf.clone(),
-            info: t.clone(),
+            info: Arc::new(t.clone()),
             ty: t.ty,
             cols,
             rows,
@@ -250,7 +262,7 @@ impl Backend for CpuBackend {
         for t in 0..x.rows {
             let xr = x.row(t);
             let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
-            let scale = (1.0 / ((ss / n as f64) as f32 + eps).sqrt()) as f32;
+            let scale = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
             for ((o, &v), &g) in out.row_mut(t).iter_mut().zip(xr).zip(wv.iter()) {
                 *o = v * scale * g;
             }
@@ -262,21 +274,19 @@ impl Backend for CpuBackend {
         for w in ws {
             Self::check_weight(w, x)?;
         }
-        SCRATCH.with(|s| -> Result<()> {
-            let mut buf = std::mem::take(&mut s.borrow_mut().0);
-            let mut cur: Option<GgmlType> = None;
-            let mut arb = 0;
-            for (w, out) in ws.iter().zip(outs.iter_mut()) {
-                let a = qops::act_type(w.ty);
-                if cur != Some(a) {
-                    arb = Self::quantize_rows(x, w.ty, &mut buf);
-                    cur = Some(a);
-                }
-                self.matmul_q(w, qops::f32_bytes(&buf), arb, x.rows, out);
+        let mut buf = QBUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        let mut cur: Option<GgmlType> = None;
+        let mut arb = 0;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            let a = qops::act_type(w.ty);
+            if cur != Some(a) {
+                arb = Self::quantize_rows(x, w.ty, &mut buf);
+                cur = Some(a);
             }
-            s.borrow_mut().0 = buf;
-            Ok(())
-        })
+            self.matmul_q(w, &buf, arb, x.rows, out);
+        }
+        QBUF.with(|b| *b.borrow_mut() = buf);
+        Ok(())
     }
 
     fn add(&self, x: &mut Mat, y: &Mat) -> Result<()> {
@@ -299,21 +309,24 @@ impl Backend for CpuBackend {
         let half = p.n_rot / 2;
         let mut cs = vec![(0.0f32, 0.0f32); half];
         for t in 0..x.rows {
-            let pf = pos[t] as f64 * p.freq_scale as f64;
+            // As llama.cpp computes it (f32 throughout): theta_i = pos * base^(-2i/n_rot) by
+            // repeated multiplication, scaled, divided by the frequency factor; libm cos/sin.
+            let theta_scale = p.freq_base.powf(-2.0 / p.n_rot as f32);
+            let mut theta = pos[t] as f32;
             for (i, c) in cs.iter_mut().enumerate() {
-                let mut theta = pf * (p.freq_base as f64).powf(-2.0 * i as f64 / p.n_rot as f64);
-                if let Some(ff) = &p.freq_factors {
-                    theta /= ff[i] as f64;
-                }
-                *c = (theta.cos() as f32, theta.sin() as f32);
+                let ff = p.freq_factors.as_ref().map_or(1.0, |f| f[i]);
+                let th = p.freq_scale * (theta / ff);
+                *c = (th.cos(), th.sin());
+                theta *= theta_scale;
             }
             let row = x.row_mut(t);
             for h in 0..n_head {
                 let hv = &mut row[h * hd..h * hd + p.n_rot];
                 for (i, &(c, s)) in cs.iter().enumerate() {
                     let (a, b) = (hv[2 * i], hv[2 * i + 1]);
-                    hv[2 * i] = a * c - b * s;
-                    hv[2 * i + 1] = a * s + b * c;
+                    // The rounding of llama.cpp's compiled rotation (one product fused into each).
+                    hv[2 * i] = (-b).mul_add(s, a * c);
+                    hv[2 * i + 1] = a.mul_add(s, b * c);
                 }
             }
         }
@@ -411,22 +424,15 @@ impl Backend for CpuBackend {
                 for h in 0..nh {
                     let g = h / group;
                     let qh = &qrow[h * hd..(h + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
                     for p in 0..n {
                         let kh = &kf[p * n_embd_kv + g * hd..p * n_embd_kv + (g + 1) * hd];
                         sc[p] = qops::dot_f32(qh, kh) * scale;
-                        max = max.max(sc[p]);
                     }
-                    let mut sum = 0.0f64;
-                    for v in sc.iter_mut() {
-                        *v = (*v - max).exp();
-                        sum += *v as f64;
-                    }
-                    let inv = (1.0 / sum) as f32;
+                    vmath::softmax(&mut sc[..n]);
                     let oh = &mut orow[h * hd..(h + 1) * hd];
                     oh.fill(0.0);
                     for p in 0..n {
-                        let w = sc[p] * inv;
+                        let w = sc[p];
                         let vh = &vf[p * n_embd_kv + g * hd..p * n_embd_kv + (g + 1) * hd];
                         for (o, &v) in oh.iter_mut().zip(vh) {
                             *o += w * v;
@@ -444,58 +450,82 @@ impl Backend for CpuBackend {
     }
 
     fn ffn(&self, x: &Mat, f: &Ffn<CpuWeight>, out: &mut Mat, routes: Option<&mut Vec<u32>>) -> Result<()> {
+        let mut s = FFN_SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        let r = self.ffn_with(x, f, out, routes, &mut s);
+        FFN_SCRATCH.with(|c| *c.borrow_mut() = s);
+        r
+    }
+}
+
+/// Buffers of the feed-forward kept per thread, so a decode step allocates nothing.
+#[derive(Default)]
+struct FfnScratch {
+    ids: Vec<u32>,
+    wts: Vec<f32>,
+    probs: Vec<f32>,
+    logits: Mat,
+    xe: Mat,
+    g: Mat,
+    u: Mat,
+    y: Mat,
+    toks: Vec<u32>,
+    tw: Vec<f32>,
+}
+
+thread_local! {
+    static FFN_SCRATCH: RefCell<FfnScratch> = RefCell::new(FfnScratch::default());
+}
+
+impl CpuBackend {
+    fn ffn_with(&self, x: &Mat, f: &Ffn<CpuWeight>, out: &mut Mat, routes: Option<&mut Vec<u32>>, s: &mut FfnScratch) -> Result<()> {
         let n_tok = x.rows;
         let k = f.n_expert_used;
         // Routing: per token its experts and weights (dense: expert 0, weight 1).
-        let mut ids = vec![0u32; n_tok * k];
-        let mut wts = vec![1.0f32; n_tok * k];
+        s.ids.clear();
+        s.ids.resize(n_tok * k, 0);
+        s.wts.clear();
+        s.wts.resize(n_tok * k, 1.0);
         if let Some(router) = &f.router {
-            let mut logits = Mat::default();
-            self.matmul(x, &[router], &mut [&mut logits])?;
-            let mut probs = vec![0.0f32; f.n_expert];
+            self.matmul(x, &[router], &mut [&mut s.logits])?;
+            s.probs.resize(f.n_expert, 0.0);
             for t in 0..n_tok {
-                route_top_k(logits.row(t), k, &mut probs, &mut ids[t * k..(t + 1) * k], &mut wts[t * k..(t + 1) * k]);
+                route_top_k(s.logits.row(t), k, &mut s.probs, &mut s.ids[t * k..(t + 1) * k], &mut s.wts[t * k..(t + 1) * k]);
             }
             if let Some(r) = routes {
-                r.extend_from_slice(&ids);
+                r.extend_from_slice(&s.ids);
             }
         }
         out.resize(n_tok, x.cols);
         out.data.fill(0.0);
-        // Group the tokens by expert; only chosen experts are touched.
-        let mut xe = Mat::default();
-        let (mut g, mut u, mut y) = (Mat::default(), Mat::default(), Mat::default());
-        let mut toks: Vec<u32> = Vec::with_capacity(n_tok);
-        let mut tw: Vec<f32> = Vec::with_capacity(n_tok);
+        // Group the tokens by expert; only the chosen experts are touched.
         for e in 0..f.n_expert {
-            toks.clear();
-            tw.clear();
-            for (i, &id) in ids.iter().enumerate() {
+            s.toks.clear();
+            s.tw.clear();
+            for (i, &id) in s.ids.iter().enumerate() {
                 if id as usize == e {
-                    toks.push((i / k) as u32);
-                    tw.push(wts[i]);
+                    s.toks.push((i / k) as u32);
+                    s.tw.push(s.wts[i]);
                 }
             }
-            if toks.is_empty() {
+            if s.toks.is_empty() {
                 continue;
             }
-            let xin: &Mat = if toks.len() == n_tok && toks.iter().enumerate().all(|(i, &t)| i as u32 == t) {
-                x
-            } else {
-                self.gather_rows(x, &toks, &mut xe)?;
-                &xe
-            };
+            let all = s.toks.len() == n_tok && s.toks.iter().enumerate().all(|(i, &t)| i as u32 == t);
+            if !all {
+                self.gather_rows(x, &s.toks, &mut s.xe)?;
+            }
+            let xin: &Mat = if all { x } else { &s.xe };
             let gate = f.gate.sub_rows(e * f.n_ff, f.n_ff);
             let up = f.up.sub_rows(e * f.n_ff, f.n_ff);
             let down = f.down.sub_rows(e * x.cols, x.cols);
-            self.matmul(xin, &[&gate, &up], &mut [&mut g, &mut u])?;
-            for (a, &b) in g.data.iter_mut().zip(&u.data) {
-                *a = *a / (1.0 + (-*a).exp()) * b;
+            self.matmul(xin, &[&gate, &up], &mut [&mut s.g, &mut s.u])?;
+            for (gr, ur) in s.g.data.chunks_exact_mut(f.n_ff).zip(s.u.data.chunks_exact(f.n_ff)) {
+                vmath::swiglu(gr, ur);
             }
-            self.matmul(&g, &[&down], &mut [&mut y])?;
-            for (i, &t) in toks.iter().enumerate() {
-                let w = tw[i];
-                for (o, &v) in out.row_mut(t as usize).iter_mut().zip(y.row(i)) {
+            self.matmul(&s.g, &[&down], &mut [&mut s.y])?;
+            for (i, &t) in s.toks.iter().enumerate() {
+                let w = s.tw[i];
+                for (o, &v) in out.row_mut(t as usize).iter_mut().zip(s.y.row(i)) {
                     *o += w * v;
                 }
             }

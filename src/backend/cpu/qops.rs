@@ -1,24 +1,14 @@
-//! The CPU backend's view of the block formats: which type an activation row is quantized to
-//! for a weight type, quantizing it, the row·activation dot, and dequantizing a row.
-//!
-//! F32/F16/BF16 weights are handled here (activations rounded to F16/BF16 as llama.cpp does);
-//! every block-quantized type goes through `crate::quant`.
-
-use half::{bf16, f16};
+//! The CPU backend's view of the block formats, all from `crate::quant`: which type an
+//! activation row is converted to for a weight type, converting it, the row·activation dot, and
+//! dequantizing a row. Kept in one place so the matmuls name no format.
 
 use crate::error::{Error, Result};
-use crate::quant::GgmlType;
-use super::qfallback;
+use crate::quant::{self, GgmlType};
 
 /// Views f32s as their bytes (always sound: u8 has no alignment or validity constraints).
 pub fn f32_bytes(x: &[f32]) -> &[u8] {
     // SAFETY: any f32 bit pattern is valid bytes; the length covers the same memory.
     unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, x.len() * 4) }
-}
-
-pub fn f32_bytes_mut(x: &mut [f32]) -> &mut [u8] {
-    // SAFETY: as above; u8 writes may produce any f32 bit pattern, all of which are valid.
-    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u8, x.len() * 4) }
 }
 
 /// Reads little-endian f32s from bytes, borrowing when aligned (GGUF data is 32-aligned).
@@ -32,17 +22,15 @@ pub fn as_f32(b: &[u8]) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
-/// The type activations are converted to before a dot with a row of `w`.
+/// The type activations are converted to before a dot with a row of `w` (llama.cpp's pairing
+/// for quantized weights; f32 for float weights).
 pub fn act_type(w: GgmlType) -> GgmlType {
-    match w {
-        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => w,
-        _ => qfallback::vec_dot_type(w),
-    }
+    quant::vec_dot_type(w)
 }
 
-/// Whether the engine can multiply with weights of type `w`.
+/// Whether the engine can multiply with (and dequantize) weights of type `w`.
 pub fn supported(w: GgmlType) -> bool {
-    matches!(w, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) || qfallback::vec_dot_supported(w)
+    quant::is_supported(w)
 }
 
 /// Bytes of one activation row of `n` elements in type `a`.
@@ -50,49 +38,49 @@ pub fn act_row_bytes(a: GgmlType, n: usize) -> usize {
     a.row_bytes(n as u64).unwrap_or(0) as usize
 }
 
-/// Converts one activation row to type `a` (see [`act_type`]).
+/// Converts one activation row to type `a` (see [`act_type`]); `out` is exactly its bytes.
 pub fn quantize_act(a: GgmlType, x: &[f32], out: &mut [u8]) {
     match a {
-        GgmlType::F32 => out.copy_from_slice(f32_bytes(x)),
-        GgmlType::F16 => {
-            for (o, v) in out.chunks_exact_mut(2).zip(x) {
-                o.copy_from_slice(&f16::from_f32(*v).to_le_bytes());
-            }
-        }
-        GgmlType::BF16 => {
-            for (o, v) in out.chunks_exact_mut(2).zip(x) {
-                o.copy_from_slice(&bf16::from_f32(*v).to_le_bytes());
-            }
-        }
-        _ => qfallback::quantize_act(a, x, out),
+        GgmlType::Q8_0 => q8_x86(x, out, 34, false),
+        GgmlType::Q8_1 => q8_x86(x, out, 36, true),
+        // Shapes are checked at load (every row length is whole blocks), so this cannot fail.
+        _ => quant::quantize_act_into(a, x, out).expect("activation row sizes are checked at load"),
     }
+}
+
+/// Q8_0 / Q8_1 activation blocks as llama.cpp's CPU backend makes them on x86 (its SIMD
+/// quantizer, not the reference one): scale 127 / amax, round half to even. The two differ on
+/// rare values, and a real model turns one such code into visible logit differences.
+/// Layout: d (f16) [, s = d * sum(q) (f16)], 32 signed codes.
+fn q8_x86(x: &[f32], out: &mut [u8], block_bytes: usize, with_sum: bool) {
+    let off = if with_sum { 4 } else { 2 };
+    for (v, o) in x.chunks_exact(32).zip(out.chunks_exact_mut(block_bytes)) {
+        let amax = v.iter().fold(0.0f32, |m, &y| m.max(y.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &y) in o[off..].iter_mut().zip(v) {
+            let r = (y * id).round_ties_even() as i32;
+            sum += r;
+            *q = r as i8 as u8;
+        }
+        o[..2].copy_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        if with_sum {
+            o[2..4].copy_from_slice(&half::f16::from_f32(d * sum as f32).to_le_bytes());
+        }
+    }
+}
+
+/// Dots rows `w` (consecutive rows of `n` elements of type `ty`) with one activation row.
+#[inline]
+pub fn dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+    quant::vec_dot_rows(ty, n, w, act, out)
 }
 
 /// Dot of a weight row of type `w` (n elements) with an activation row made by [`quantize_act`].
 #[inline]
 pub fn dot(w: GgmlType, n: usize, wrow: &[u8], act: &[u8]) -> f32 {
-    match w {
-        GgmlType::F32 => {
-            let a = as_f32(act);
-            let b = as_f32(wrow);
-            dot_f32(&a[..n], &b[..n])
-        }
-        GgmlType::F16 => {
-            let mut s = 0.0f32;
-            for (x, y) in wrow.chunks_exact(2).zip(act.chunks_exact(2)) {
-                s += f16::from_le_bytes([x[0], x[1]]).to_f32() * f16::from_le_bytes([y[0], y[1]]).to_f32();
-            }
-            s
-        }
-        GgmlType::BF16 => {
-            let mut s = 0.0f32;
-            for (x, y) in wrow.chunks_exact(2).zip(act.chunks_exact(2)) {
-                s += bf16::from_le_bytes([x[0], x[1]]).to_f32() * bf16::from_le_bytes([y[0], y[1]]).to_f32();
-            }
-            s
-        }
-        _ => qfallback::vec_dot(w, n, wrow, act),
-    }
+    quant::vec_dot(w, n, wrow, act)
 }
 
 /// f32 dot with 8 independent accumulators (lets the compiler vectorise it).
@@ -116,20 +104,5 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// Dequantizes one row (`out.len()` elements) of type `ty`.
 pub fn dequant_row(ty: GgmlType, data: &[u8], out: &mut [f32]) -> Result<()> {
-    match ty {
-        GgmlType::F32 => out.copy_from_slice(&as_f32(data)[..out.len()]),
-        GgmlType::F16 => {
-            for (o, c) in out.iter_mut().zip(data.chunks_exact(2)) {
-                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        GgmlType::BF16 => {
-            for (o, c) in out.iter_mut().zip(data.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        _ => qfallback::dequantize(ty, data, out)
-            .map_err(|e| Error::unsupported(format!("cannot dequantize {ty}: {}", e.message)))?,
-    }
-    Ok(())
+    quant::dequantize(ty, data, out).map_err(|e| Error::internal(format!("dequantize {ty}: {}", e.message)))
 }

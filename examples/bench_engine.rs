@@ -1,0 +1,96 @@
+//! Engine throughput, llama-bench style: prefill of `-p N` tokens (pp N) and decode of `-n N`
+//! tokens one at a time from an empty context (tg N), `-r` repetitions, mean ± sd tokens/s.
+//!
+//! cargo run --release --example bench_engine -- --model PATH -p 64 -n 64 -r 3 -t 2
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use xdan::engine::{Context, ContextParams, Model, ModelParams};
+
+fn arg<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> T {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("bad value for {flag}")))
+        .unwrap_or(default)
+}
+
+fn stats(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
+    (m, var.sqrt())
+}
+
+/// CPU time used by this process so far (user + system), seconds: on a shared machine the
+/// wall-clock rate says as much about the neighbours as about the engine.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let model: String = arg(&args, "--model", String::new());
+    if model.is_empty() {
+        eprintln!("usage: bench_engine --model PATH [-p 64] [-n 64] [-r 3] [-t 2]");
+        std::process::exit(2);
+    }
+    let (pp, tg, reps, threads): (usize, usize, usize, usize) = (arg(&args, "-p", 64), arg(&args, "-n", 64), arg(&args, "-r", 3), arg(&args, "-t", 2));
+    let m = Model::load(&PathBuf::from(&model), &ModelParams { n_threads: threads, ..Default::default() }, None)
+        .unwrap_or_else(|e| panic!("{model}: {}", e.message));
+    let n_vocab = m.n_vocab() as u64;
+    let cp = ContextParams { n_ctx: (pp.max(tg) + 16) as u32, n_batch: pp.max(1) as u32, n_threads: threads, ..Default::default() };
+    let mut c = Context::new(&m, &cp).unwrap();
+    let mut seed = 0x1234_5678u64;
+    let mut tok = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) % n_vocab) as i32
+    };
+    println!("model: {model}");
+    println!("machine: {} ({} logical CPUs), threads: {threads}, KV F16", cpu_name(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!("| test | t/s (mean ± sd) | reps | CPU ms per token | CPUs busy |");
+    println!("|---|---:|---:|---:|---:|");
+    // Warm-up (pages in the weights, sizes the buffers).
+    c.step(0, &[tok()]).unwrap();
+    c.seq_clear(0).unwrap();
+    if pp > 0 {
+        let mut r = Vec::new();
+        let (c0, w0) = (cpu_seconds(), Instant::now());
+        for _ in 0..reps {
+            let t: Vec<i32> = (0..pp).map(|_| tok()).collect();
+            c.seq_clear(0).unwrap();
+            let s = Instant::now();
+            c.step(0, &t).unwrap();
+            r.push(pp as f64 / s.elapsed().as_secs_f64());
+        }
+        let (cpu, wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
+        let (mu, sd) = stats(&r);
+        println!("| pp{pp} | {mu:.2} ± {sd:.2} | {reps} | {:.3} | {:.2} |", cpu * 1e3 / (pp * reps) as f64, cpu / wall);
+    }
+    if tg > 0 {
+        let mut r = Vec::new();
+        let (c0, w0) = (cpu_seconds(), Instant::now());
+        for _ in 0..reps {
+            c.seq_clear(0).unwrap();
+            let s = Instant::now();
+            for _ in 0..tg {
+                c.step(0, &[tok()]).unwrap();
+            }
+            r.push(tg as f64 / s.elapsed().as_secs_f64());
+        }
+        let (cpu, wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
+        let (mu, sd) = stats(&r);
+        println!("| tg{tg} | {mu:.2} ± {sd:.2} | {reps} | {:.3} | {:.2} |", cpu * 1e3 / (tg * reps) as f64, cpu / wall);
+    }
+}
