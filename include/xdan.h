@@ -523,7 +523,7 @@ void xdan_set_log_callback(xdan_log_fn fn, void *user);
 
 /**
  * Whether a usable CUDA device, driver and NVRTC are present (what `XDAN_DEVICE_AUTO`
- * decides on). False in a build without CUDA support.
+ * decides on).
  */
 bool xdan_cuda_available(void);
 

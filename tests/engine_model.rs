@@ -49,6 +49,7 @@ fn info_and_hparams() {
     let m = load(&p, 1);
     let i = m.info();
     assert_eq!(i.arch, "llama");
+    assert_eq!((i.bos, i.eos), (1, 2));
     assert_eq!((i.n_vocab, i.n_ctx_train, i.n_embd, i.n_layer), (1024, 4096, 256, 2));
     assert_eq!((i.n_head, i.n_head_kv, i.n_ff, i.n_expert, i.n_expert_used), (8, 2, 512, 8, 2));
     let g = Gguf::open(&p, true).unwrap();

@@ -791,8 +791,8 @@ fn build_cases(cases: &mut Cases, tag: &str, fi: usize, b: &[u8]) {
         }
     }
     // Overlap: move a tensor onto the start of the previous one's bytes (it still fits there).
-    for ti in 1..l.tensors.len().min(8) {
-        let (prev, t) = (&l.tensors[ti - 1], &l.tensors[ti]);
+    for (ti, pair) in l.tensors.windows(2).enumerate().take(7) {
+        let (prev, t) = (&pair[0], &pair[1]);
         if prev.offset < t.offset {
             let keyword = format!(
                 "tensor '{}': data [{}, {}) overlaps tensor '{}'",
@@ -803,7 +803,7 @@ fn build_cases(cases: &mut Cases, tag: &str, fi: usize, b: &[u8]) {
             );
             cases.format(
                 format!("{tag}: {keyword}"),
-                patched(b, offsets[ti].at, &prev.offset.to_le_bytes()),
+                patched(b, offsets[ti + 1].at, &prev.offset.to_le_bytes()),
                 keyword,
             );
         }
@@ -1061,6 +1061,11 @@ fn malformed_files_are_refused_within_2gib_of_address_space() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     print!("{stdout}");
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    // The count goes to the real stdout, past the harness's capture, so every run shows it.
+    if let Some(line) = stdout.lines().find(|l| l.starts_with("malformed GGUF cases:")) {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+    }
     assert!(
         out.status.success(),
         "the child running the cases under RLIMIT_AS failed: {:?}",

@@ -17,6 +17,7 @@
 //! * Errors are reported, never panicked: a device failure is `ErrorKind::Device`.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::sync::Arc;
 

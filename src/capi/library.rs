@@ -82,8 +82,8 @@ pub extern "C" fn xdan_set_log_callback(r#fn: xdan_log_fn, user: *mut c_void) {
 }
 
 /// Whether a usable CUDA device, driver and NVRTC are present (what `XDAN_DEVICE_AUTO`
-/// decides on). False in a build without CUDA support.
+/// decides on).
 #[no_mangle]
 pub extern "C" fn xdan_cuda_available() -> bool {
-    guard_value(false, || Ok(false))
+    guard_value(false, || Ok(crate::backend::cuda::probe().is_ok()))
 }

@@ -129,8 +129,21 @@ pub fn physical_cores() -> usize {
 
 impl Model {
     pub fn load(path: &Path, params: &ModelParams, progress: Option<ProgressFn>) -> Result<Model> {
-        if params.device == Device::Cuda {
-            return Err(Error::new(ErrorKind::Device, "the CUDA backend is not available; use the CPU device"));
+        match (params.device, crate::backend::cuda::probe()) {
+            (Device::Cpu, _) => {}
+            (Device::Cuda, Err(e)) => {
+                return Err(Error::new(ErrorKind::Device, format!("CUDA requested but unusable: {}", e.message)))
+            }
+            // The CUDA backend's kernels are verified on the emulator; the engine does not yet
+            // place a model on a real GPU, so say so rather than run elsewhere than asked.
+            (Device::Cuda, Ok(_)) => {
+                return Err(Error::new(
+                    ErrorKind::Device,
+                    "CUDA device found, but this build runs models on the CPU only; use XDAN_DEVICE_CPU or AUTO",
+                ))
+            }
+            (Device::Auto, Err(e)) => crate::log::info!("CUDA not used ({}); running on the CPU", e.message),
+            (Device::Auto, Ok(_)) => crate::log::info!("this build runs models on the CPU; the CUDA device is not used"),
         }
         let mut cb_store;
         let progress: &mut dyn FnMut(f32) -> bool = match progress {

@@ -227,6 +227,19 @@ static xdan_model *test_model_load(void) {
   EXPECT(xdan_model_load(model_path, &mp, &m), XDAN_E_INVALID_ARG);
   CHECK(m == sentinel);
 
+  /* CUDA demanded: this build places models on the CPU only, so XDAN_E_DEVICE with the reason
+     (no driver here, or the CPU-only notice); AUTO falls back to the CPU. */
+  xdan_model_params_init(&mp);
+  mp.device = XDAN_DEVICE_CUDA;
+  EXPECT(xdan_model_load(model_path, &mp, &m), XDAN_E_DEVICE);
+  CHECK(strstr(xdan_last_error(), "CUDA") != NULL);
+  CHECK(m == sentinel);
+  xdan_model_params_init(&mp);
+  mp.device = XDAN_DEVICE_AUTO;
+  xdan_model *autom = NULL;
+  OK(xdan_model_load(model_path, &mp, &autom));
+  xdan_model_free(autom);
+
   /* A caller compiled with an older, shorter struct: the rest are defaults. The garbage
      after `size` bytes must not be read. */
   xdan_model_params_init(&mp);

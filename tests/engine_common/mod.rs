@@ -3,6 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod exact;
+pub mod regen;
+
 use xdan::engine::{Context, ContextParams, KvType, Model, ModelParams};
 
 pub fn data_dir() -> PathBuf {
@@ -33,6 +36,9 @@ pub fn f32s(v: &serde_json::Value) -> Vec<f32> {
 }
 
 pub fn tiny_mixtral(variant: &str) -> PathBuf {
+    if variant == "F32" || variant == "BF16" {
+        return regen::regenerated(variant);
+    }
     data_dir().join(format!("tiny-mixtral/{variant}/tiny-mixtral-{variant}.gguf"))
 }
 

@@ -1,0 +1,3 @@
+module xdan
+
+go 1.19

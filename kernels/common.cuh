@@ -1,0 +1,119 @@
+// Shared definitions of the xdan CUDA kernels: integer types, f16 conversion, unaligned block
+// loads, warp reductions, and the q8_1 activation block the quantized matvecs consume.
+//
+// The sources build three ways: by NVRTC at run time (no CUDA headers: NVRTC ships none, so
+// nothing here includes any), and by the host compiler under kernels/emu/cuda_emu.h for tests.
+#pragma once
+
+#if defined(__CUDACC_RTC__)
+typedef signed char int8_t;
+typedef unsigned char uint8_t;
+typedef short int16_t;
+typedef unsigned short uint16_t;
+typedef int int32_t;
+typedef unsigned int uint32_t;
+typedef long long int64_t;
+typedef unsigned long long uint64_t;
+#endif
+
+#define XD_FULL_MASK 0xffffffffu
+#define XD_WARP 32
+
+// f16 bits to f32. On the GPU one cvt instruction; the portable path (the emulator's) decodes
+// the bits, subnormals included.
+__device__ __forceinline__ float xd_h2f(uint16_t h) {
+#if defined(__CUDA_ARCH__)
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+#else
+    uint32_t sign = uint32_t(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else {
+            int e = 113;
+            while (!(man & 0x400u)) {
+                man <<= 1;
+                --e;
+            }
+            bits = sign | (uint32_t(e) << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    }
+    return __uint_as_float(bits);
+#endif
+}
+
+// f32 to f16 bits, rounding to nearest even (overflow to inf, NaN kept a NaN).
+__device__ __forceinline__ uint16_t xd_f2h(float f) {
+#if defined(__CUDA_ARCH__)
+    uint16_t h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#else
+    const uint32_t x = __float_as_uint(f);
+    const uint32_t sign = (x >> 16) & 0x8000u;
+    uint32_t mant = x & 0x7fffffu;
+    const int exp = int((x >> 23) & 0xffu);
+    if (exp == 255) return uint16_t(sign | 0x7c00u | (mant ? 0x200u : 0u));
+    const int e = exp - 112;  // the f16 exponent field
+    if (e >= 31) return uint16_t(sign | 0x7c00u);
+    if (e <= 0) {  // subnormal in f16 (or zero)
+        if (e < -10) return uint16_t(sign);
+        mant |= 0x800000u;
+        const int shift = 14 - e;
+        uint32_t h = mant >> shift;
+        const uint32_t rem = mant & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (h & 1u))) ++h;
+        return uint16_t(sign | h);
+    }
+    uint32_t h = (uint32_t(e) << 10) | (mant >> 13);
+    const uint32_t rem = mant & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // a carry into the exponent is right
+    return uint16_t(sign | h);
+#endif
+}
+
+// GGML blocks are 2-byte aligned at best (Q4_0 is 18 bytes), so 32-bit words are read as two
+// 16-bit halves.
+__device__ __forceinline__ uint32_t xd_ld16(const uint8_t* p) {
+    return *reinterpret_cast<const uint16_t*>(p);
+}
+__device__ __forceinline__ int xd_ld32(const uint8_t* p) {
+    const uint16_t* q = reinterpret_cast<const uint16_t*>(p);
+    return int(uint32_t(q[0]) | (uint32_t(q[1]) << 16));
+}
+__device__ __forceinline__ float xd_ldh(const uint8_t* p) { return xd_h2f(uint16_t(xd_ld16(p))); }
+
+__device__ __forceinline__ float xd_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(XD_FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ int xd_warp_sum_int(int v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(XD_FULL_MASK, v, o);
+    return v;
+}
+__device__ __forceinline__ float xd_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(XD_FULL_MASK, v, o));
+    return v;
+}
+
+// Activations quantized for the integer dot products: 32 values as int8 with scale `d`, and
+// `s` = d * sum(qs) for the weight types with an offset (Q4_1, Q5_1, K-quant mins). Like ggml's
+// q8_1 (d holds an f16 value, see quantize_q8_1), but stored as f32: a scratch buffer, not a
+// file format, whose int8 words stay 4-byte aligned.
+struct xd_q8_1 {
+    float d;
+    float s;
+    int qs[8];
+};

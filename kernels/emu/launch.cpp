@@ -1,0 +1,75 @@
+// The emulated kernels as a shared library with a cuLaunchKernel-like entry point, so the
+// CUDA backend's host code (src/backend/cuda/backend.rs) runs unchanged against the emulator:
+// device pointers are host pointers, and a launch names its kernel and passes an array of
+// pointers to the argument values, as the driver API does. Built by the tests only.
+#include "cuda_emu.h"
+
+#include "../mmvq.cu"
+#include "../matvec_float.cu"
+#include "../get_rows.cu"
+#include "../norm.cu"
+#include "../rope.cu"
+#include "../elementwise.cu"
+#include "../router.cu"
+#include "../attention.cu"
+
+#include <cstring>
+#include <type_traits>
+#include <utility>
+
+namespace {
+
+template <typename... A, size_t... I>
+void call_with(void (*k)(A...), void** args, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_cv_t<std::remove_reference_t<A>>*>(args[I])...);
+}
+template <typename... A>
+void call(void (*k)(A...), void** args) {
+    call_with(k, args, std::index_sequence_for<A...>{});
+}
+
+struct Entry {
+    const char* name;
+    void (*run)(void**);
+};
+
+#define XD_REG(k) {#k, [](void** a) { call(k, a); }}
+
+const Entry kKernels[] = {
+    XD_REG(quantize_q8_1),
+    XD_REG(mul_mat_vec_q4_0), XD_REG(mul_mat_vec_q4_1), XD_REG(mul_mat_vec_q5_0), XD_REG(mul_mat_vec_q5_1),
+    XD_REG(mul_mat_vec_q8_0), XD_REG(mul_mat_vec_q2_k), XD_REG(mul_mat_vec_q3_k), XD_REG(mul_mat_vec_q4_k),
+    XD_REG(mul_mat_vec_q5_k), XD_REG(mul_mat_vec_q6_k), XD_REG(mul_mat_vec_iq4_nl), XD_REG(mul_mat_vec_iq4_xs),
+    XD_REG(mul_mat_vec_iq2_xxs), XD_REG(mul_mat_vec_iq2_xs), XD_REG(mul_mat_vec_iq2_s), XD_REG(mul_mat_vec_iq3_xxs),
+    XD_REG(mul_mat_vec_iq3_s), XD_REG(mul_mat_vec_iq1_s), XD_REG(mul_mat_vec_iq1_m), XD_REG(mul_mat_vec_mxfp4),
+    XD_REG(mul_mat_vec_f32), XD_REG(mul_mat_vec_f16),
+    XD_REG(get_rows_f32), XD_REG(get_rows_f16), XD_REG(get_rows_q4_0), XD_REG(get_rows_q4_1), XD_REG(get_rows_q5_0),
+    XD_REG(get_rows_q5_1), XD_REG(get_rows_q8_0), XD_REG(get_rows_q2_k), XD_REG(get_rows_q3_k), XD_REG(get_rows_q4_k),
+    XD_REG(get_rows_q5_k), XD_REG(get_rows_q6_k), XD_REG(get_rows_iq4_nl), XD_REG(get_rows_iq4_xs),
+    XD_REG(get_rows_iq2_xxs), XD_REG(get_rows_iq2_xs), XD_REG(get_rows_iq2_s), XD_REG(get_rows_iq3_xxs),
+    XD_REG(get_rows_iq3_s), XD_REG(get_rows_iq1_s), XD_REG(get_rows_iq1_m), XD_REG(get_rows_mxfp4),
+    XD_REG(rms_norm), XD_REG(rope_norm), XD_REG(swiglu), XD_REG(add_f32), XD_REG(moe_combine), XD_REG(kv_store_f32),
+    XD_REG(kv_store_f16), XD_REG(convert_f32_f16),
+    XD_REG(moe_router), XD_REG(attn_split_f32), XD_REG(attn_split_f16), XD_REG(attn_combine),
+};
+
+const Entry* find(const char* name) {
+    for (const Entry& e : kKernels)
+        if (std::strcmp(e.name, name) == 0) return &e;
+    return nullptr;
+}
+
+}  // namespace
+
+// 1 when `name` is a registered kernel.
+extern "C" int xd_emu_has(const char* name) { return find(name) != nullptr; }
+
+// Runs kernel `name` over grid g with blocks b; args[i] points at the i-th argument's value.
+// Returns 0, or 1 for an unknown kernel.
+extern "C" int xd_emu_launch(const char* name, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
+                             unsigned bz, unsigned smem, void** args) {
+    const Entry* e = find(name);
+    if (!e) return 1;
+    xd_emu::launch(dim3(gx, gy, gz), dim3(bx, by, bz), smem, [&] { e->run(args); });
+    return 0;
+}

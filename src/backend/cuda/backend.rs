@@ -1,0 +1,671 @@
+//! The engine's [`Backend`] on a CUDA device: weights uploaded once in their GGUF types,
+//! activations and the KV cache in device memory, every op a kernel launch.
+//!
+//! Generic over [`Device`], so the same host code drives a GPU (driver API) or the emulator
+//! ([`super::device::EmuDevice`]), on which the tests run it end to end.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::device::{Arg, DevBuf, DevPtr, Device};
+use crate::backend::{AttnBatch, Backend, Ffn, KvLayout, RopeParams, KV_BLOCK};
+use crate::error::{Error, ErrorKind, Result};
+use crate::gguf::{Gguf, TensorInfo};
+use crate::quant::GgmlType;
+
+/// Rows per block of the matvec kernels (one warp each).
+const MATVEC_ROWS: u32 = 4;
+/// Positions per attention split.
+const ATTN_SPLIT: usize = 128;
+/// Bytes of one q8_1 activation block (common.cuh: f32 d, f32 s, 32 int8).
+const Q8_1_BYTES: usize = 40;
+
+/// The kernel-name suffix of a weight type, or None when no kernel reads it.
+pub fn type_suffix(ty: GgmlType) -> Option<&'static str> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => "f32",
+        F16 => "f16",
+        Q4_0 => "q4_0",
+        Q4_1 => "q4_1",
+        Q5_0 => "q5_0",
+        Q5_1 => "q5_1",
+        Q8_0 => "q8_0",
+        Q2_K => "q2_k",
+        Q3_K => "q3_k",
+        Q4_K => "q4_k",
+        Q5_K => "q5_k",
+        Q6_K => "q6_k",
+        IQ4_NL => "iq4_nl",
+        IQ4_XS => "iq4_xs",
+        IQ2_XXS => "iq2_xxs",
+        IQ2_XS => "iq2_xs",
+        IQ2_S => "iq2_s",
+        IQ3_XXS => "iq3_xxs",
+        IQ3_S => "iq3_s",
+        IQ1_S => "iq1_s",
+        IQ1_M => "iq1_m",
+        MXFP4 => "mxfp4",
+        _ => return None,
+    })
+}
+
+fn is_float(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::F32 | GgmlType::F16)
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per) as u32
+}
+
+/// A weight in device memory: `rows` rows of `cols` elements of type `ty`.
+pub struct CudaWeight<D: Device> {
+    buf: Arc<DevBuf<D>>,
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub row_bytes: usize,
+}
+
+/// A row-major f32 matrix in device memory.
+pub struct CudaAct<D: Device> {
+    buf: Option<DevBuf<D>>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<D: Device> CudaAct<D> {
+    fn ptr(&self) -> DevPtr {
+        self.buf.as_ref().map_or(0, |b| b.ptr)
+    }
+}
+
+/// K and V of every layer: `n_slots` rows of `n_embd_kv` values (f32 or f16).
+pub struct CudaKv<D: Device> {
+    layout: KvLayout,
+    row_bytes: usize,
+    k: Vec<DevBuf<D>>,
+    v: Vec<DevBuf<D>>,
+}
+
+/// Grow-only device scratch, one buffer per use.
+#[derive(Clone, Copy)]
+enum S {
+    Xq,
+    Ids,
+    Pos,
+    FreqFactors,
+    Tables,
+    TableOff,
+    NKv,
+    PartMl,
+    PartAcc,
+    Slots,
+    Logits,
+    RouteIds,
+    RouteW,
+    Gate,
+    Up,
+    Down,
+    GateQ,
+}
+const N_SCRATCH: usize = S::GateQ as usize + 1;
+
+pub struct CudaBackend<D: Device> {
+    dev: Arc<D>,
+    scratch: Mutex<Vec<Option<DevBuf<D>>>>,
+}
+
+/// Scratch buffers borrowed for one op (the backend's lock is held meanwhile).
+struct Scratch<'a, D: Device> {
+    dev: &'a Arc<D>,
+    bufs: parking_lot::MutexGuard<'a, Vec<Option<DevBuf<D>>>>,
+}
+
+impl<D: Device> Scratch<'_, D> {
+    fn get(&mut self, s: S, bytes: usize) -> Result<DevPtr> {
+        let slot = &mut self.bufs[s as usize];
+        if slot.as_ref().map_or(true, |b| b.bytes < bytes) {
+            *slot = None;
+            *slot = Some(DevBuf::new(self.dev, bytes)?);
+        }
+        Ok(slot.as_ref().unwrap().ptr)
+    }
+    fn put_i32(&mut self, s: S, v: &[i32]) -> Result<DevPtr> {
+        let p = self.get(s, v.len() * 4)?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        // SAFETY: the buffer holds at least v.len() * 4 bytes.
+        unsafe { self.dev.upload(p, &bytes)? };
+        Ok(p)
+    }
+    fn put_f32(&mut self, s: S, v: &[f32]) -> Result<DevPtr> {
+        let p = self.get(s, v.len() * 4)?;
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        // SAFETY: as above.
+        unsafe { self.dev.upload(p, &bytes)? };
+        Ok(p)
+    }
+}
+
+fn to_i32(v: &[u32], what: &str) -> Result<Vec<i32>> {
+    v.iter()
+        .map(|&x| i32::try_from(x).map_err(|_| Error::invalid_arg(format!("{what} {x} is out of range"))))
+        .collect()
+}
+
+impl<D: Device> CudaBackend<D> {
+    pub fn new(dev: Arc<D>) -> CudaBackend<D> {
+        CudaBackend { dev, scratch: Mutex::new((0..N_SCRATCH).map(|_| None).collect()) }
+    }
+
+    pub fn device(&self) -> &Arc<D> {
+        &self.dev
+    }
+
+    fn scratch(&self) -> Scratch<'_, D> {
+        Scratch { dev: &self.dev, bufs: self.scratch.lock() }
+    }
+
+    fn launch(&self, name: &str, grid: [u32; 3], block: u32, args: &[Arg]) -> Result<()> {
+        // SAFETY: every call site passes the kernel's parameters in order, with pointers into
+        // buffers sized for the shapes it launches over.
+        unsafe { self.dev.launch(name, grid, [block, 1, 1], 0, args) }
+    }
+
+    fn resize(&self, a: &mut CudaAct<D>, rows: usize, cols: usize) -> Result<()> {
+        let need = rows * cols * 4;
+        if a.buf.as_ref().map_or(true, |b| b.bytes < need) {
+            a.buf = None;
+            a.buf = Some(DevBuf::new(&self.dev, need)?);
+        }
+        a.rows = rows;
+        a.cols = cols;
+        Ok(())
+    }
+
+    /// Quantizes `rows` rows of `cols` f32 values at `x` to q8_1 blocks into scratch `s`.
+    fn quantize(&self, sc: &mut Scratch<'_, D>, s: S, x: DevPtr, rows: usize, cols: usize) -> Result<DevPtr> {
+        if cols % 32 != 0 {
+            return Err(Error::unsupported(format!("CUDA matmul: rows of {cols} values are not whole q8_1 blocks of 32")));
+        }
+        let nb = rows * cols / 32;
+        let xq = sc.get(s, nb * Q8_1_BYTES)?;
+        self.launch("quantize_q8_1", [blocks(nb, 4), 1, 1], 128, &[Arg::Ptr(x), Arg::Ptr(xq), Arg::I32((nb * 32) as i32)])?;
+        Ok(xq)
+    }
+
+    /// `y[slot][r] = dot(W_e[r], x[slot / x_group])` for `slots` slots, W_e the expert
+    /// ids[slot] (0 when ids is null) of `w_rows` rows at `expert_stride` bytes apart. `x` is
+    /// f32 rows (float weights) or q8_1 rows (quantized weights) of `cols` values.
+    #[allow(clippy::too_many_arguments)]
+    fn matvec(&self, w: &CudaWeight<D>, w_rows: usize, expert_stride: usize, ids: DevPtr, x: DevPtr, x_group: usize, y: DevPtr, slots: usize) -> Result<()> {
+        let sfx = type_suffix(w.ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({})", w.name, w.ty)))?;
+        let cols = w.cols;
+        let x_stride = if is_float(w.ty) { cols } else { cols / 32 };
+        if slots > 65535 {
+            return Err(Error::unsupported(format!("CUDA matmul: {slots} rows in one batch (at most 65535)")));
+        }
+        self.launch(
+            &format!("mul_mat_vec_{sfx}"),
+            [blocks(w_rows, MATVEC_ROWS as usize), slots as u32, 1],
+            32 * MATVEC_ROWS,
+            &[
+                Arg::Ptr(w.buf.ptr),
+                Arg::I64(expert_stride as i64),
+                Arg::Ptr(ids),
+                Arg::Ptr(x),
+                Arg::I32(x_stride as i32),
+                Arg::I32(x_group as i32),
+                Arg::Ptr(y),
+                Arg::I32(cols as i32),
+                Arg::I32(w_rows as i32),
+            ],
+        )
+    }
+
+    fn kv_suffix(kv: &CudaKv<D>) -> &'static str {
+        if kv.layout.ty == GgmlType::F16 {
+            "f16"
+        } else {
+            "f32"
+        }
+    }
+
+    fn check_layer(kv: &CudaKv<D>, layer: usize) -> Result<()> {
+        if layer >= kv.k.len() {
+            return Err(Error::internal(format!("KV layer {layer} of {}", kv.k.len())));
+        }
+        Ok(())
+    }
+
+    fn check_slots(kv: &CudaKv<D>, slots: &[u32]) -> Result<()> {
+        if let Some(&s) = slots.iter().find(|&&s| s as usize >= kv.layout.n_slots) {
+            return Err(Error::internal(format!("KV slot {s} of {}", kv.layout.n_slots)));
+        }
+        Ok(())
+    }
+}
+
+impl<D: Device> Backend for CudaBackend<D> {
+    type Weight = CudaWeight<D>;
+    type Act = CudaAct<D>;
+    type Kv = CudaKv<D>;
+
+    fn name(&self) -> String {
+        self.dev.name()
+    }
+
+    fn weight(&self, gguf: &Arc<Gguf>, t: &TensorInfo) -> Result<CudaWeight<D>> {
+        if type_suffix(t.ty).is_none() {
+            return Err(Error::unsupported(format!("CUDA backend: tensor '{}' has type {}, which no kernel reads", t.name, t.ty)));
+        }
+        let data = gguf.tensor_data(t);
+        let buf = DevBuf::new(&self.dev, data.len())?;
+        // SAFETY: the buffer was sized for the data.
+        unsafe { self.dev.upload(buf.ptr, data)? };
+        Ok(CudaWeight {
+            buf: Arc::new(buf),
+            name: t.name.clone(),
+            ty: t.ty,
+            rows: t.n_rows() as usize,
+            cols: t.dims[0] as usize,
+            row_bytes: t.row_bytes(),
+        })
+    }
+
+    fn act_new(&self) -> CudaAct<D> {
+        CudaAct { buf: None, rows: 0, cols: 0 }
+    }
+
+    fn act_resize(&self, a: &mut CudaAct<D>, rows: usize, cols: usize) -> Result<()> {
+        self.resize(a, rows, cols)
+    }
+
+    fn act_read_row(&self, a: &CudaAct<D>, row: usize, out: &mut [f32]) -> Result<()> {
+        if row >= a.rows || out.len() != a.cols {
+            return Err(Error::internal(format!("act_read_row: row {row} of {}x{}", a.rows, a.cols)));
+        }
+        let mut bytes = vec![0u8; a.cols * 4];
+        // SAFETY: the row lies inside the activation's buffer.
+        unsafe { self.dev.download(a.ptr() + (row * a.cols * 4) as u64, &mut bytes)? };
+        for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+        Ok(())
+    }
+
+    fn embed(&self, table: &CudaWeight<D>, ids: &[u32], out: &mut CudaAct<D>) -> Result<()> {
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= table.rows) {
+            return Err(Error::invalid_arg(format!("token id {id} is outside the vocabulary of {} ({} rows)", table.name, table.rows)));
+        }
+        self.resize(out, ids.len(), table.cols)?;
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sfx = type_suffix(table.ty).unwrap_or("f32");
+        let mut sc = self.scratch();
+        let idp = sc.put_i32(S::Ids, &to_i32(ids, "token id")?)?;
+        self.launch(
+            &format!("get_rows_{sfx}"),
+            [ids.len() as u32, 1, 1],
+            128,
+            &[Arg::Ptr(table.buf.ptr), Arg::Ptr(idp), Arg::Ptr(out.ptr()), Arg::I32(table.cols as i32)],
+        )
+    }
+
+    fn rms_norm(&self, x: &CudaAct<D>, w: &CudaWeight<D>, eps: f32, out: &mut CudaAct<D>) -> Result<()> {
+        if w.ty != GgmlType::F32 || w.cols != x.cols {
+            return Err(Error::unsupported(format!("CUDA rms_norm: weight '{}' is {} of {} values, rows have {}", w.name, w.ty, w.cols, x.cols)));
+        }
+        self.resize(out, x.rows, x.cols)?;
+        if x.rows == 0 {
+            return Ok(());
+        }
+        self.launch(
+            "rms_norm",
+            [x.rows as u32, 1, 1],
+            256,
+            &[Arg::Ptr(x.ptr()), Arg::Ptr(w.buf.ptr), Arg::Ptr(out.ptr()), Arg::I32(x.cols as i32), Arg::F32(eps)],
+        )
+    }
+
+    fn matmul(&self, x: &CudaAct<D>, ws: &[&CudaWeight<D>], outs: &mut [&mut CudaAct<D>]) -> Result<()> {
+        for w in ws {
+            if w.cols != x.cols {
+                return Err(Error::internal(format!("matmul: weight '{}' has rows of {} elements, input has {}", w.name, w.cols, x.cols)));
+            }
+        }
+        let mut sc = self.scratch();
+        let mut xq: Option<DevPtr> = None;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.resize(out, x.rows, w.rows)?;
+            if x.rows == 0 {
+                continue;
+            }
+            let xin = if is_float(w.ty) {
+                x.ptr()
+            } else {
+                match xq {
+                    Some(p) => p,
+                    None => {
+                        let p = self.quantize(&mut sc, S::Xq, x.ptr(), x.rows, x.cols)?;
+                        xq = Some(p);
+                        p
+                    }
+                }
+            };
+            self.matvec(w, w.rows, 0, 0, xin, 1, out.ptr(), x.rows)?;
+        }
+        Ok(())
+    }
+
+    fn add(&self, x: &mut CudaAct<D>, y: &CudaAct<D>) -> Result<()> {
+        if x.rows != y.rows || x.cols != y.cols {
+            return Err(Error::internal(format!("add: {}x{} + {}x{}", x.rows, x.cols, y.rows, y.cols)));
+        }
+        let n = x.rows * x.cols;
+        if n == 0 {
+            return Ok(());
+        }
+        self.launch("add_f32", [blocks(n, 256), 1, 1], 256, &[Arg::Ptr(x.ptr()), Arg::Ptr(y.ptr()), Arg::I32(n as i32)])
+    }
+
+    fn gather_rows(&self, x: &CudaAct<D>, rows: &[u32], out: &mut CudaAct<D>) -> Result<()> {
+        if let Some(&r) = rows.iter().find(|&&r| r as usize >= x.rows) {
+            return Err(Error::internal(format!("gather_rows: row {r} of {}", x.rows)));
+        }
+        self.resize(out, rows.len(), x.cols)?;
+        let rb = x.cols * 4;
+        for (i, &r) in rows.iter().enumerate() {
+            // SAFETY: both rows lie inside their activations.
+            unsafe { self.dev.copy(out.ptr() + (i * rb) as u64, x.ptr() + (r as usize * rb) as u64, rb)? };
+        }
+        Ok(())
+    }
+
+    fn rope(&self, x: &mut CudaAct<D>, n_head: usize, pos: &[u32], p: &RopeParams) -> Result<()> {
+        if n_head == 0 || x.cols % n_head != 0 || pos.len() != x.rows {
+            return Err(Error::internal(format!("rope: {} heads over rows of {}, {} positions for {} rows", n_head, x.cols, pos.len(), x.rows)));
+        }
+        let hd = x.cols / n_head;
+        if p.n_rot > hd || p.n_rot % 2 != 0 {
+            return Err(Error::unsupported(format!("rope: n_rot {} with heads of {hd}", p.n_rot)));
+        }
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let mut sc = self.scratch();
+        let posp = sc.put_i32(S::Pos, &to_i32(pos, "position")?)?;
+        let ff = match &p.freq_factors {
+            Some(f) if f.len() >= p.n_rot / 2 => sc.put_f32(S::FreqFactors, f)?,
+            Some(f) => return Err(Error::format(format!("rope: {} frequency factors for {} pairs", f.len(), p.n_rot / 2))),
+            None => 0,
+        };
+        self.launch(
+            "rope_norm",
+            [x.rows as u32, n_head as u32, 1],
+            32,
+            &[
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(posp),
+                Arg::I32(n_head as i32),
+                Arg::I32(hd as i32),
+                Arg::I32(p.n_rot as i32),
+                Arg::F32(p.freq_base),
+                Arg::F32(p.freq_scale),
+                Arg::Ptr(ff),
+            ],
+        )
+    }
+
+    fn kv_new(&self, layout: &KvLayout) -> Result<CudaKv<D>> {
+        if !matches!(layout.ty, GgmlType::F32 | GgmlType::F16) {
+            return Err(Error::unsupported(format!("CUDA backend: KV cache type {} (F32 and F16 are supported)", layout.ty)));
+        }
+        let row_bytes = layout.row_bytes();
+        let bytes = layout
+            .n_slots
+            .checked_mul(row_bytes)
+            .ok_or_else(|| Error::new(ErrorKind::OutOfMemory, "KV cache size overflows"))?;
+        let mut k = Vec::with_capacity(layout.n_layer);
+        let mut v = Vec::with_capacity(layout.n_layer);
+        for _ in 0..layout.n_layer {
+            k.push(DevBuf::new(&self.dev, bytes)?);
+            v.push(DevBuf::new(&self.dev, bytes)?);
+        }
+        Ok(CudaKv { layout: *layout, row_bytes, k, v })
+    }
+
+    fn kv_store(&self, kv: &mut CudaKv<D>, layer: usize, slots: &[u32], k: &CudaAct<D>, v: &CudaAct<D>) -> Result<()> {
+        Self::check_layer(kv, layer)?;
+        Self::check_slots(kv, slots)?;
+        let row = kv.layout.n_embd_kv;
+        if k.cols != row || v.cols != row || k.rows != slots.len() || v.rows != slots.len() {
+            return Err(Error::internal(format!("kv_store: K {}x{}, V {}x{} for {} slots of {row}", k.rows, k.cols, v.rows, v.cols, slots.len())));
+        }
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut sc = self.scratch();
+        let sp = sc.put_i32(S::Slots, &to_i32(slots, "KV slot")?)?;
+        let n = slots.len() * row;
+        self.launch(
+            &format!("kv_store_{}", Self::kv_suffix(kv)),
+            [blocks(n, 256), 1, 1],
+            256,
+            &[
+                Arg::Ptr(k.ptr()),
+                Arg::Ptr(v.ptr()),
+                Arg::Ptr(kv.k[layer].ptr),
+                Arg::Ptr(kv.v[layer].ptr),
+                Arg::Ptr(sp),
+                Arg::I32(slots.len() as i32),
+                Arg::I32(row as i32),
+            ],
+        )
+    }
+
+    fn kv_copy_block(&self, kv: &mut CudaKv<D>, src: u32, dst: u32, n: usize) -> Result<()> {
+        let n_blocks = kv.layout.n_slots / KV_BLOCK;
+        if src as usize >= n_blocks || dst as usize >= n_blocks || n > KV_BLOCK {
+            return Err(Error::internal(format!("kv_copy_block: {n} slots from block {src} to {dst} of {n_blocks}")));
+        }
+        if src == dst || n == 0 {
+            return Ok(());
+        }
+        let rb = kv.row_bytes;
+        let (s, d) = ((src as usize * KV_BLOCK * rb) as u64, (dst as usize * KV_BLOCK * rb) as u64);
+        for l in 0..kv.k.len() {
+            for buf in [&kv.k[l], &kv.v[l]] {
+                // SAFETY: distinct blocks inside the layer's buffer.
+                unsafe { self.dev.copy(buf.ptr + d, buf.ptr + s, n * rb)? };
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_export(&self, kv: &CudaKv<D>, layer: usize, slots: &[u32], out: &mut Vec<u8>) -> Result<()> {
+        Self::check_layer(kv, layer)?;
+        Self::check_slots(kv, slots)?;
+        let rb = kv.row_bytes;
+        for buf in [&kv.k[layer], &kv.v[layer]] {
+            for &s in slots {
+                let at = out.len();
+                out.resize(at + rb, 0);
+                // SAFETY: the slot's row lies inside the buffer (checked above).
+                unsafe { self.dev.download(buf.ptr + (s as usize * rb) as u64, &mut out[at..])? };
+            }
+        }
+        Ok(())
+    }
+
+    fn kv_import(&self, kv: &mut CudaKv<D>, layer: usize, slots: &[u32], data: &[u8]) -> Result<()> {
+        Self::check_layer(kv, layer)?;
+        Self::check_slots(kv, slots)?;
+        let rb = kv.row_bytes;
+        if data.len() != 2 * slots.len() * rb {
+            return Err(Error::internal("kv_import: data size does not match the slots"));
+        }
+        for (half, buf) in [&kv.k[layer], &kv.v[layer]].into_iter().enumerate() {
+            for (i, &s) in slots.iter().enumerate() {
+                let src = &data[(half * slots.len() + i) * rb..][..rb];
+                // SAFETY: as in kv_export.
+                unsafe { self.dev.upload(buf.ptr + (s as usize * rb) as u64, src)? };
+            }
+        }
+        Ok(())
+    }
+
+    fn attention(&self, kv: &CudaKv<D>, layer: usize, q: &CudaAct<D>, b: &AttnBatch, out: &mut CudaAct<D>) -> Result<()> {
+        Self::check_layer(kv, layer)?;
+        let (nh, nkv, hd) = (b.n_head, b.n_head_kv, b.head_dim);
+        if hd % 32 != 0 || hd > 256 || nkv == 0 || nh % nkv != 0 {
+            return Err(Error::unsupported(format!("CUDA attention: head_dim {hd} (a multiple of 32 up to 256), {nh} heads over {nkv} KV heads")));
+        }
+        if q.cols != nh * hd || b.tok_n_kv.len() != q.rows || b.tok_seq.len() != q.rows {
+            return Err(Error::internal(format!("attention: q {}x{} for {} tokens of {nh}x{hd}", q.rows, q.cols, b.tok_n_kv.len())));
+        }
+        self.resize(out, q.rows, nh * hd)?;
+        if q.rows == 0 {
+            return Ok(());
+        }
+        // The block tables side by side; each token points at its sequence's.
+        let mut tables = Vec::new();
+        let mut starts = Vec::with_capacity(b.tables.len());
+        for t in b.tables {
+            starts.push(tables.len() as i32);
+            tables.extend(to_i32(t, "KV block")?);
+        }
+        let mut table_off = Vec::with_capacity(q.rows);
+        for (t, (&s, &n)) in b.tok_seq.iter().zip(b.tok_n_kv).enumerate() {
+            let s = s as usize;
+            if s >= b.tables.len() || n == 0 || (n as usize).div_ceil(KV_BLOCK) > b.tables[s].len() {
+                return Err(Error::internal(format!("attention: token {t} sees {n} positions of sequence {s}")));
+            }
+            if let Some(&blk) = b.tables[s][..(n as usize).div_ceil(KV_BLOCK)].iter().find(|&&x| (x as usize + 1) * KV_BLOCK > kv.layout.n_slots) {
+                return Err(Error::internal(format!("attention: block {blk} is outside the KV cache")));
+            }
+            table_off.push(starts[s]);
+        }
+        let max_n = *b.tok_n_kv.iter().max().unwrap() as usize;
+        let n_splits = max_n.div_ceil(ATTN_SPLIT);
+        let mut sc = self.scratch();
+        let tp = sc.put_i32(S::Tables, &tables)?;
+        let op = sc.put_i32(S::TableOff, &table_off)?;
+        let np = sc.put_i32(S::NKv, &to_i32(b.tok_n_kv, "position count")?)?;
+        let ml = sc.get(S::PartMl, q.rows * nh * n_splits * 2 * 4)?;
+        let acc = sc.get(S::PartAcc, q.rows * nh * n_splits * hd * 4)?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        self.launch(
+            &format!("attn_split_{}", Self::kv_suffix(kv)),
+            [nh as u32, n_splits as u32, q.rows as u32],
+            128,
+            &[
+                Arg::Ptr(q.ptr()),
+                Arg::Ptr(kv.k[layer].ptr),
+                Arg::Ptr(kv.v[layer].ptr),
+                Arg::Ptr(tp),
+                Arg::Ptr(op),
+                Arg::Ptr(np),
+                Arg::I32(nh as i32),
+                Arg::I32(nkv as i32),
+                Arg::I32(hd as i32),
+                Arg::I32(ATTN_SPLIT as i32),
+                Arg::F32(scale),
+                Arg::Ptr(ml),
+                Arg::Ptr(acc),
+            ],
+        )?;
+        self.launch(
+            "attn_combine",
+            [nh as u32, q.rows as u32, 1],
+            32,
+            &[Arg::Ptr(ml), Arg::Ptr(acc), Arg::I32(n_splits as i32), Arg::I32(hd as i32), Arg::Ptr(out.ptr())],
+        )
+    }
+
+    fn ffn(&self, x: &CudaAct<D>, f: &Ffn<CudaWeight<D>>, out: &mut CudaAct<D>, routes: Option<&mut Vec<u32>>) -> Result<()> {
+        let (n_tok, n_embd, n_ff) = (x.rows, x.cols, f.n_ff);
+        let n_exp = if f.router.is_some() { f.n_expert } else { 1 };
+        let k = if f.router.is_some() { f.n_expert_used } else { 1 };
+        for (w, rows, cols) in [(&f.gate, n_exp * n_ff, n_embd), (&f.up, n_exp * n_ff, n_embd), (&f.down, n_exp * n_embd, n_ff)] {
+            if w.rows != rows || w.cols != cols {
+                return Err(Error::format(format!("ffn: '{}' is {}x{}, expected {rows}x{cols}", w.name, w.rows, w.cols)));
+            }
+        }
+        self.resize(out, n_tok, n_embd)?;
+        if n_tok == 0 {
+            return Ok(());
+        }
+        let slots = n_tok * k;
+        let mut sc = self.scratch();
+        // Routing: ids and weights per token on the device (dense: expert 0, weight 1).
+        let (ids, wts) = if let Some(router) = &f.router {
+            if f.n_expert > 256 || k == 0 || k > f.n_expert {
+                return Err(Error::unsupported(format!("CUDA router: top-{k} of {} experts (at most 256)", f.n_expert)));
+            }
+            if router.rows != f.n_expert || router.cols != n_embd {
+                return Err(Error::format(format!("ffn: router '{}' is {}x{}", router.name, router.rows, router.cols)));
+            }
+            let logits = sc.get(S::Logits, n_tok * f.n_expert * 4)?;
+            let xin = if is_float(router.ty) { x.ptr() } else { self.quantize(&mut sc, S::Xq, x.ptr(), n_tok, n_embd)? };
+            self.matvec(router, f.n_expert, 0, 0, xin, 1, logits, n_tok)?;
+            let ids = sc.get(S::RouteIds, slots * 4)?;
+            let wts = sc.get(S::RouteW, slots * 4)?;
+            self.launch(
+                "moe_router",
+                [blocks(n_tok, 4), 1, 1],
+                128,
+                &[
+                    Arg::Ptr(logits),
+                    Arg::I32(n_tok as i32),
+                    Arg::I32(f.n_expert as i32),
+                    Arg::I32(k as i32),
+                    Arg::Ptr(ids),
+                    Arg::Ptr(wts),
+                    Arg::Ptr(0),
+                ],
+            )?;
+            if let Some(r) = routes {
+                let mut bytes = vec![0u8; slots * 4];
+                // SAFETY: the ids buffer holds `slots` ints.
+                unsafe { self.dev.download(ids, &mut bytes)? };
+                r.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            }
+            (ids, wts)
+        } else {
+            (0, sc.put_f32(S::RouteW, &vec![1.0f32; n_tok])?)
+        };
+        // Gate and up for every (token, expert) slot, k slots per token row.
+        let g = sc.get(S::Gate, slots * n_ff * 4)?;
+        let u = sc.get(S::Up, slots * n_ff * 4)?;
+        let mut xq: Option<DevPtr> = None;
+        for (w, y) in [(&f.gate, g), (&f.up, u)] {
+            let xin = if is_float(w.ty) {
+                x.ptr()
+            } else if let Some(p) = xq {
+                p
+            } else {
+                let p = self.quantize(&mut sc, S::Xq, x.ptr(), n_tok, n_embd)?;
+                xq = Some(p);
+                p
+            };
+            self.matvec(w, n_ff, n_ff * w.row_bytes, ids, xin, k, y, slots)?;
+        }
+        let n = slots * n_ff;
+        self.launch("swiglu", [blocks(n, 256), 1, 1], 256, &[Arg::Ptr(g), Arg::Ptr(u), Arg::Ptr(g), Arg::I32(n as i32)])?;
+        // Down, one slot per row of the gated activations.
+        let y = sc.get(S::Down, slots * n_embd * 4)?;
+        let gin = if is_float(f.down.ty) { g } else { self.quantize(&mut sc, S::GateQ, g, slots, n_ff)? };
+        self.matvec(&f.down, n_embd, n_embd * f.down.row_bytes, ids, gin, 1, y, slots)?;
+        let n = n_tok * n_embd;
+        self.launch(
+            "moe_combine",
+            [blocks(n, 256), 1, 1],
+            256,
+            &[Arg::Ptr(out.ptr()), Arg::Ptr(y), Arg::Ptr(wts), Arg::I32(k as i32), Arg::I32(n_embd as i32), Arg::I32(n_tok as i32)],
+        )
+    }
+}

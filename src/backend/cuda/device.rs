@@ -1,0 +1,161 @@
+//! What the CUDA backend needs from a device: memory, copies, and kernel launches by name with
+//! the driver API's argument convention (an array of pointers to the argument values).
+//!
+//! Two implementations: the GPU through the driver API, and [`EmuDevice`], the kernels built
+//! by the host compiler (kernels/emu/launch.cpp) with host memory as device memory, which lets
+//! the backend's host code run and be tested on a machine without a GPU.
+
+use super::dl::Library;
+use crate::{Error, ErrorKind, Result};
+use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::sync::Arc;
+
+/// A device address.
+pub type DevPtr = u64;
+
+/// One kernel argument, passed by value.
+#[derive(Clone, Copy, Debug)]
+pub enum Arg {
+    Ptr(DevPtr),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+pub trait Device: Send + Sync + 'static {
+    /// For messages: "cuda:0 (NVIDIA H100)", "cuda-emu".
+    fn name(&self) -> String;
+    /// `bytes` of device memory, zeroed.
+    fn alloc(&self, bytes: usize) -> Result<DevPtr>;
+    /// # Safety
+    /// `p` came from `alloc` of this device and is not used afterwards.
+    unsafe fn free(&self, p: DevPtr);
+    /// # Safety
+    /// `[dst, dst + src.len())` lies inside one allocation.
+    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
+    /// # Safety
+    /// `[src, src + dst.len())` lies inside one allocation.
+    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()>;
+    /// # Safety
+    /// Both ranges lie inside allocations and do not overlap.
+    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
+    /// Runs kernel `name` on `grid` blocks of `block` threads. Launches run in order; a
+    /// download sees every launch before it.
+    ///
+    /// # Safety
+    /// `args` match the kernel's parameters in number and type, and every pointer argument and
+    /// every address the kernel derives from the arguments is valid.
+    unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> Result<()>;
+}
+
+/// Device memory that frees itself.
+pub struct DevBuf<D: Device> {
+    dev: Arc<D>,
+    pub ptr: DevPtr,
+    pub bytes: usize,
+}
+
+impl<D: Device> DevBuf<D> {
+    pub fn new(dev: &Arc<D>, bytes: usize) -> Result<DevBuf<D>> {
+        // A zero-byte buffer still gets a distinct address.
+        let ptr = dev.alloc(bytes.max(1))?;
+        Ok(DevBuf { dev: dev.clone(), ptr, bytes })
+    }
+}
+
+impl<D: Device> Drop for DevBuf<D> {
+    fn drop(&mut self) {
+        // SAFETY: allocated by this device in `new`, and this is its only owner.
+        unsafe { self.dev.free(self.ptr) }
+    }
+}
+
+type EmuLaunch = unsafe extern "C" fn(*const c_char, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, *mut *mut c_void) -> c_int;
+type EmuHas = unsafe extern "C" fn(*const c_char) -> c_int;
+
+/// The kernels compiled for the host (kernels/emu/launch.cpp as a shared library), run by the
+/// CUDA emulator: blocks in turn, one OS thread per CUDA thread. Device memory is host memory.
+pub struct EmuDevice {
+    _lib: Library,
+    launch: EmuLaunch,
+    has: EmuHas,
+}
+
+impl EmuDevice {
+    /// Opens the emulator library at `path`.
+    pub fn open(path: &str) -> Result<EmuDevice> {
+        let lib = Library::open(path)?;
+        // SAFETY: the types are those of kernels/emu/launch.cpp.
+        unsafe { Ok(EmuDevice { launch: lib.sym("xd_emu_launch")?, has: lib.sym("xd_emu_has")?, _lib: lib }) }
+    }
+
+    /// Whether the library has kernel `name`.
+    pub fn has(&self, name: &str) -> bool {
+        let c = CString::new(name).unwrap_or_default();
+        // SAFETY: a valid C string.
+        unsafe { (self.has)(c.as_ptr()) == 1 }
+    }
+}
+
+const EMU_ALIGN: usize = 256;
+
+impl Device for EmuDevice {
+    fn name(&self) -> String {
+        "cuda-emu".into()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: posix_memalign with a power-of-two alignment; the memory is zeroed below.
+        let rc = unsafe { libc::posix_memalign(&mut p, EMU_ALIGN, bytes) };
+        if rc != 0 || p.is_null() {
+            return Err(Error::new(ErrorKind::OutOfMemory, format!("cuda-emu: cannot allocate {bytes} bytes")));
+        }
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0, bytes) };
+        Ok(p as DevPtr)
+    }
+
+    unsafe fn free(&self, p: DevPtr) {
+        libc::free(p as *mut c_void)
+    }
+
+    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len());
+        Ok(())
+    }
+
+    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len());
+        Ok(())
+    }
+
+    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes);
+        Ok(())
+    }
+
+    unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> Result<()> {
+        // Each value in an 8-byte cell; the kernel reads its parameter's type from the cell's
+        // start (little-endian, as on the GPU).
+        let mut cells: Vec<[u8; 8]> = args
+            .iter()
+            .map(|a| {
+                let mut c = [0u8; 8];
+                match *a {
+                    Arg::Ptr(p) => c.copy_from_slice(&p.to_le_bytes()),
+                    Arg::I64(v) => c.copy_from_slice(&v.to_le_bytes()),
+                    Arg::I32(v) => c[..4].copy_from_slice(&v.to_le_bytes()),
+                    Arg::F32(v) => c[..4].copy_from_slice(&v.to_le_bytes()),
+                }
+                c
+            })
+            .collect();
+        let mut ptrs: Vec<*mut c_void> = cells.iter_mut().map(|c| c.as_mut_ptr() as *mut c_void).collect();
+        let c = CString::new(name).map_err(|_| Error::internal("kernel name with a NUL byte"))?;
+        let rc = (self.launch)(c.as_ptr(), grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, ptrs.as_mut_ptr());
+        if rc != 0 {
+            return Err(Error::new(ErrorKind::Device, format!("cuda-emu: no kernel named {name}")));
+        }
+        Ok(())
+    }
+}

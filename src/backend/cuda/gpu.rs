@@ -1,0 +1,311 @@
+//! [`Device`] on an NVIDIA GPU through the driver API (libcuda, opened at run time): memory on
+//! the device's primary context, kernels compiled by NVRTC for the device's architecture on first
+//! use (through the CUBIN disk cache) and launched on the legacy default stream, so launches and
+//! copies run in the order they are issued.
+//!
+//! Not yet run on a GPU: the emulator exercises everything above this layer (see
+//! tests/cuda_emu_model.rs); scripts/gpu-check.sh runs examples/cuda_check.rs on a GPU machine.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+
+use parking_lot::Mutex;
+
+use super::cache::{compile_cached, CubinCache};
+use super::device::{Arg, DevPtr, Device};
+use super::dl::Library;
+use super::kernels::{kernel_names, PROGRAMS};
+use super::nvrtc::Nvrtc;
+use crate::{Error, ErrorKind, Result};
+
+type CuResult = c_int;
+type Ctx = *mut c_void;
+type Module = *mut c_void;
+type Function = *mut c_void;
+
+#[allow(clippy::type_complexity)]
+struct Api {
+    init: unsafe extern "C" fn(c_uint) -> CuResult,
+    device_get: unsafe extern "C" fn(*mut c_int, c_int) -> CuResult,
+    attr: unsafe extern "C" fn(*mut c_int, c_int, c_int) -> CuResult,
+    name: unsafe extern "C" fn(*mut c_char, c_int, c_int) -> CuResult,
+    primary_retain: unsafe extern "C" fn(*mut Ctx, c_int) -> CuResult,
+    ctx_set: unsafe extern "C" fn(Ctx) -> CuResult,
+    ctx_sync: unsafe extern "C" fn() -> CuResult,
+    alloc: unsafe extern "C" fn(*mut u64, usize) -> CuResult,
+    free: unsafe extern "C" fn(u64) -> CuResult,
+    memset: unsafe extern "C" fn(u64, u8, usize) -> CuResult,
+    h2d: unsafe extern "C" fn(u64, *const c_void, usize) -> CuResult,
+    d2h: unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult,
+    d2d: unsafe extern "C" fn(u64, u64, usize) -> CuResult,
+    module_load: unsafe extern "C" fn(*mut Module, *const c_void) -> CuResult,
+    get_function: unsafe extern "C" fn(*mut Function, Module, *const c_char) -> CuResult,
+    #[allow(clippy::type_complexity)]
+    launch: unsafe extern "C" fn(
+        Function,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        *mut c_void,
+        *mut *mut c_void,
+        *mut *mut c_void,
+    ) -> CuResult,
+    err_str: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+}
+
+/// One GPU.
+pub struct GpuDevice {
+    _lib: Library,
+    api: Api,
+    ctx: Ctx,
+    ordinal: i32,
+    /// Compute capability, 10 * major + minor.
+    pub arch: u32,
+    pub device_name: String,
+    nvrtc: Nvrtc,
+    cache: Option<CubinCache>,
+    /// Kernel name -> program file.
+    program_of: HashMap<String, &'static str>,
+    /// Loaded programs and the functions looked up in them.
+    loaded: Mutex<(HashMap<&'static str, usize>, HashMap<String, usize>)>,
+}
+
+// The context and function handles are process-wide driver objects, usable from any thread
+// once the context is made current (every call below does).
+unsafe impl Send for GpuDevice {}
+unsafe impl Sync for GpuDevice {}
+
+impl GpuDevice {
+    fn err(&self, what: &str, rc: CuResult) -> Error {
+        let mut s: *const c_char = std::ptr::null();
+        // SAFETY: cuGetErrorString writes a static string or leaves null.
+        let msg = unsafe {
+            (self.api.err_str)(rc, &mut s);
+            if s.is_null() {
+                format!("error {rc}")
+            } else {
+                CStr::from_ptr(s).to_string_lossy().into_owned()
+            }
+        };
+        Error::new(ErrorKind::Device, format!("cuda:{}: {what}: {msg}", self.ordinal))
+    }
+
+    fn check(&self, what: &str, rc: CuResult) -> Result<()> {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(self.err(what, rc))
+        }
+    }
+
+    /// Opens GPU `ordinal` with NVRTC and the CUBIN cache at their default places.
+    pub fn open(ordinal: i32) -> Result<GpuDevice> {
+        let nvrtc = Nvrtc::load()?;
+        GpuDevice::open_with(ordinal, nvrtc, CubinCache::default_location())
+    }
+
+    pub fn open_with(ordinal: i32, nvrtc: Nvrtc, cache: Option<CubinCache>) -> Result<GpuDevice> {
+        let lib = Library::open("libcuda.so.1").or_else(|_| Library::open("libcuda.so"))?;
+        // SAFETY: the types are those of cuda.h (the _v2 entry points for memory).
+        let api = unsafe {
+            Api {
+                init: lib.sym("cuInit")?,
+                device_get: lib.sym("cuDeviceGet")?,
+                attr: lib.sym("cuDeviceGetAttribute")?,
+                name: lib.sym("cuDeviceGetName")?,
+                primary_retain: lib.sym("cuDevicePrimaryCtxRetain")?,
+                ctx_set: lib.sym("cuCtxSetCurrent")?,
+                ctx_sync: lib.sym("cuCtxSynchronize")?,
+                alloc: lib.sym("cuMemAlloc_v2")?,
+                free: lib.sym("cuMemFree_v2")?,
+                memset: lib.sym("cuMemsetD8_v2")?,
+                h2d: lib.sym("cuMemcpyHtoD_v2")?,
+                d2h: lib.sym("cuMemcpyDtoH_v2")?,
+                d2d: lib.sym("cuMemcpyDtoD_v2")?,
+                module_load: lib.sym("cuModuleLoadData")?,
+                get_function: lib.sym("cuModuleGetFunction")?,
+                launch: lib.sym("cuLaunchKernel")?,
+                err_str: lib.sym("cuGetErrorString")?,
+            }
+        };
+        let fail = |what: &str, rc: CuResult| Error::new(ErrorKind::Device, format!("cuda:{ordinal}: {what} failed ({rc})"));
+        let (ctx, arch, device_name) = unsafe {
+            let rc = (api.init)(0);
+            if rc != 0 {
+                return Err(fail("cuInit", rc));
+            }
+            let mut dev = 0;
+            let rc = (api.device_get)(&mut dev, ordinal);
+            if rc != 0 {
+                return Err(fail("cuDeviceGet", rc));
+            }
+            let (mut major, mut minor) = (0, 0);
+            (api.attr)(&mut major, 75, dev);
+            (api.attr)(&mut minor, 76, dev);
+            let mut name = [0 as c_char; 256];
+            (api.name)(name.as_mut_ptr(), 256, dev);
+            let mut ctx: Ctx = std::ptr::null_mut();
+            let rc = (api.primary_retain)(&mut ctx, dev);
+            if rc != 0 {
+                return Err(fail("cuDevicePrimaryCtxRetain", rc));
+            }
+            (ctx, (major * 10 + minor) as u32, CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned())
+        };
+        let mut program_of = HashMap::new();
+        for p in PROGRAMS {
+            for k in kernel_names(p) {
+                program_of.insert(k, p.name);
+            }
+        }
+        Ok(GpuDevice {
+            _lib: lib,
+            api,
+            ctx,
+            ordinal,
+            arch,
+            device_name,
+            nvrtc,
+            cache,
+            program_of,
+            loaded: Mutex::new((HashMap::new(), HashMap::new())),
+        })
+    }
+
+    fn current(&self) -> Result<()> {
+        // SAFETY: the primary context retained in open_with.
+        self.check("cuCtxSetCurrent", unsafe { (self.api.ctx_set)(self.ctx) })
+    }
+
+    /// Waits for every launch issued so far; reports an error a kernel raised.
+    pub fn synchronize(&self) -> Result<()> {
+        self.current()?;
+        self.check("cuCtxSynchronize", unsafe { (self.api.ctx_sync)() })
+    }
+
+    fn function(&self, name: &str) -> Result<Function> {
+        let mut loaded = self.loaded.lock();
+        if let Some(&f) = loaded.1.get(name) {
+            return Ok(f as Function);
+        }
+        let prog = *self
+            .program_of
+            .get(name)
+            .ok_or_else(|| Error::internal(format!("no kernel named {name} in the embedded sources")))?;
+        let module = match loaded.0.get(prog) {
+            Some(&m) => m as Module,
+            None => {
+                let src = PROGRAMS.iter().find(|p| p.name == prog).unwrap();
+                let (cubin, _) = compile_cached(&self.nvrtc, self.cache.as_ref(), src, self.arch)?;
+                let mut m: Module = std::ptr::null_mut();
+                // SAFETY: a CUBIN image for this device's architecture.
+                self.check(&format!("loading {prog}"), unsafe { (self.api.module_load)(&mut m, cubin.as_ptr() as *const c_void) })?;
+                loaded.0.insert(prog, m as usize);
+                m
+            }
+        };
+        let c = CString::new(name).map_err(|_| Error::internal("kernel name with a NUL byte"))?;
+        let mut f: Function = std::ptr::null_mut();
+        // SAFETY: a loaded module and a C string.
+        self.check(&format!("kernel {name}"), unsafe { (self.api.get_function)(&mut f, module, c.as_ptr()) })?;
+        loaded.1.insert(name.to_string(), f as usize);
+        Ok(f)
+    }
+}
+
+impl GpuDevice {
+    /// Compiles (or takes from the cache) and loads every program, and looks up every kernel:
+    /// the number of kernels.
+    pub fn preload(&self) -> Result<usize> {
+        self.current()?;
+        let mut n = 0;
+        for p in PROGRAMS {
+            for k in kernel_names(p) {
+                self.function(&k)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Device for GpuDevice {
+    fn name(&self) -> String {
+        format!("cuda:{} ({}, sm_{})", self.ordinal, self.device_name, self.arch)
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        self.current()?;
+        let mut p = 0u64;
+        // SAFETY: out-pointer valid; the memory is zeroed before use.
+        unsafe {
+            let rc = (self.api.alloc)(&mut p, bytes);
+            if rc == 2 {
+                return Err(Error::new(ErrorKind::OutOfMemory, format!("cuda:{}: cannot allocate {bytes} bytes", self.ordinal)));
+            }
+            self.check("cuMemAlloc", rc)?;
+            self.check("cuMemsetD8", (self.api.memset)(p, 0, bytes))?;
+        }
+        Ok(p)
+    }
+
+    unsafe fn free(&self, p: DevPtr) {
+        if self.current().is_ok() {
+            (self.api.free)(p);
+        }
+    }
+
+    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.current()?;
+        self.check("cuMemcpyHtoD", (self.api.h2d)(dst, src.as_ptr() as *const c_void, src.len()))
+    }
+
+    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        self.current()?;
+        self.check("cuMemcpyDtoH", (self.api.d2h)(dst.as_mut_ptr() as *mut c_void, src, dst.len()))
+    }
+
+    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        self.current()?;
+        self.check("cuMemcpyDtoD", (self.api.d2d)(dst, src, bytes))
+    }
+
+    unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> Result<()> {
+        self.current()?;
+        let f = self.function(name)?;
+        // The driver reads each parameter's size from the cell its pointer points at.
+        let mut cells: Vec<[u8; 8]> = args
+            .iter()
+            .map(|a| {
+                let mut c = [0u8; 8];
+                match *a {
+                    Arg::Ptr(p) => c.copy_from_slice(&p.to_le_bytes()),
+                    Arg::I64(v) => c.copy_from_slice(&v.to_le_bytes()),
+                    Arg::I32(v) => c[..4].copy_from_slice(&v.to_le_bytes()),
+                    Arg::F32(v) => c[..4].copy_from_slice(&v.to_le_bytes()),
+                }
+                c
+            })
+            .collect();
+        let mut ptrs: Vec<*mut c_void> = cells.iter_mut().map(|c| c.as_mut_ptr() as *mut c_void).collect();
+        self.check(
+            &format!("launching {name}"),
+            (self.api.launch)(
+                f,
+                grid[0],
+                grid[1],
+                grid[2],
+                block[0],
+                block[1],
+                block[2],
+                smem,
+                std::ptr::null_mut(),
+                ptrs.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+        )
+    }
+}

@@ -1,0 +1,99 @@
+//! The CUDA C sources of the kernels, embedded in the library so a GPU machine needs nothing
+//! but the driver and NVRTC. Each `.cu` file is one NVRTC program; the `.cuh` headers are
+//! handed to NVRTC by name (NVRTC itself ships no CUDA headers, and the kernels use none).
+
+/// A kernel source file: its name (also the NVRTC program name) and text.
+pub struct KernelSource {
+    pub name: &'static str,
+    pub text: &'static str,
+}
+
+macro_rules! sources {
+    ($($name:literal),* $(,)?) => {
+        &[$(KernelSource { name: $name, text: include_str!(concat!("../../../kernels/", $name)) }),*]
+    };
+}
+
+/// Every program: the quantized matvecs and their activation quantizer, the float matvecs,
+/// the row gather, RMSNorm, RoPE, the element-wise kernels, the MoE router, decode attention.
+pub const PROGRAMS: &[KernelSource] = sources!(
+    "mmvq.cu",
+    "matvec_float.cu",
+    "get_rows.cu",
+    "norm.cu",
+    "rope.cu",
+    "elementwise.cu",
+    "router.cu",
+    "attention.cu",
+);
+
+/// The headers the programs include.
+pub const HEADERS: &[KernelSource] = sources!("common.cuh", "quant_dot.cuh", "iq_grids.cuh");
+
+/// The program named `name`.
+pub fn program(name: &str) -> Option<&'static KernelSource> {
+    PROGRAMS.iter().find(|p| p.name == name)
+}
+
+/// The kernels (`extern "C" __global__` functions) a program defines: those written out first,
+/// then those stamped out by a `XD_*_KERNEL(name, ...)` macro.
+pub fn kernel_names(src: &KernelSource) -> Vec<String> {
+    let mut names = Vec::new();
+    let text = src.text;
+    // Plain definitions: `extern "C" __global__ void [__launch_bounds__(..)] name(`.
+    const MARK: &str = "extern \"C\" __global__ void";
+    let mut from = 0;
+    while let Some(at) = text[from..].find(MARK).map(|i| from + i) {
+        from = at + MARK.len();
+        // Skip the template inside a kernel-stamping macro (a line continued with '\\').
+        let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+        if text[at..line_end].trim_end().ends_with('\\') {
+            continue;
+        }
+        let mut s = text[from..].trim_start();
+        if s.starts_with("__launch_bounds__") {
+            let close = s.find(')').unwrap_or(0);
+            s = s[close + 1..].trim_start();
+        }
+        let end = s.find('(').unwrap_or(0);
+        let name = s[..end].trim();
+        if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            names.push(name.to_string());
+        }
+    }
+    // Kernels stamped out by a macro: `XD_..._KERNEL(name, ...)` lines.
+    for line in text.lines() {
+        let l = line.trim_start();
+        if l.starts_with("XD_") && !l.starts_with("XD_LAUNCH") && l.contains("_KERNEL(") && !l.starts_with("#") {
+            if let Some(open) = l.find('(') {
+                let name = l[open + 1..].split(',').next().unwrap_or("").trim();
+                if !name.is_empty() {
+                    names.push(name.to_string());
+                }
+            }
+        }
+    }
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_and_header_is_embedded() {
+        assert!(PROGRAMS.iter().all(|p| p.text.contains("#include \"")));
+        let names = kernel_names(program("mmvq.cu").unwrap());
+        assert!(names.contains(&"quantize_q8_1".to_string()));
+        assert!(names.contains(&"mul_mat_vec_q4_0".to_string()));
+        assert!(names.contains(&"mul_mat_vec_iq4_xs".to_string()));
+        let attn = kernel_names(program("attention.cu").unwrap());
+        assert_eq!(attn, ["attn_combine", "attn_split_f32", "attn_split_f16"]);
+        for p in PROGRAMS {
+            for inc in p.text.lines().filter_map(|l| l.strip_prefix("#include \"")) {
+                let h = inc.trim_end_matches('"');
+                assert!(HEADERS.iter().any(|x| x.name == h), "{} includes {h}, which is not embedded", p.name);
+            }
+        }
+    }
+}

@@ -1,0 +1,700 @@
+//! The CUDA kernels (kernels/*.cu), built unchanged by the host C++ compiler under the
+//! emulation header kernels/emu/cuda_emu.h, checked against float64 references on the CPU:
+//! quantized matvecs on real GGML blocks (tests/data/quant/*_real.bin, whose .f32 twins are
+//! llama.cpp's dequantization), the row gather, RMSNorm, RoPE, SwiGLU, the MoE router with
+//! ties, MoE dispatch, and paged split-K decode attention. The same checks run again, on
+//! small shapes, under AddressSanitizer and ThreadSanitizer, and a copy of RMSNorm with its
+//! `__syncthreads()` removed must be reported by ThreadSanitizer.
+//!
+//! The harness (tests/cuda_emu/harness.cpp) runs one operation per process: inputs and
+//! outputs are raw arrays in a scratch folder under the target directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+// ---- building and running the harness ---------------------------------------------------
+
+/// Compiles the harness with `flags` into `target/tmp/cuda-emu/<name>/harness`. `kernel_dir`
+/// is searched before kernels/ (the broken-kernel test puts its copy there).
+fn build(name: &str, flags: &[&str], kernel_dir: Option<&Path>) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join("harness");
+    let mut cmd = Command::new(std::env::var("CXX").unwrap_or_else(|_| "g++".into()));
+    cmd.args(["-std=c++20", "-g", "-fno-strict-aliasing", "-pthread", "-Wall", "-Werror"]);
+    cmd.args(["-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"]);
+    cmd.args(flags);
+    if let Some(k) = kernel_dir {
+        cmd.arg(format!("-I{}", k.display()));
+    }
+    cmd.arg(format!("-I{ROOT}/kernels"));
+    cmd.arg(format!("{ROOT}/tests/cuda_emu/harness.cpp"));
+    cmd.arg("-o").arg(&exe);
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C++ compiler (g++ >= 12 is required): {e}"));
+    assert!(
+        out.status.success(),
+        "compiling the emulated kernels ({name}) failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+struct Harness {
+    exe: PathBuf,
+    work: PathBuf,
+    /// Extra environment (sanitizer options).
+    env: Vec<(String, String)>,
+    /// Sanitizer output seen so far (empty for the plain build).
+    reports: std::cell::RefCell<String>,
+}
+
+impl Harness {
+    fn new(exe: PathBuf, env: Vec<(String, String)>) -> Harness {
+        let work = exe.parent().unwrap().join("work");
+        std::fs::create_dir_all(&work).unwrap();
+        Harness { exe, work, env, reports: Default::default() }
+    }
+
+    fn put(&self, name: &str, bytes: &[u8]) {
+        std::fs::write(self.work.join(name), bytes).unwrap();
+    }
+    fn put_f32(&self, name: &str, v: &[f32]) {
+        self.put(name, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>());
+    }
+    fn put_i32(&self, name: &str, v: &[i32]) {
+        self.put(name, &v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<_>>());
+    }
+    fn get(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.work.join(name)).unwrap_or_else(|e| panic!("harness output {name}: {e}"))
+    }
+    fn get_f32(&self, name: &str) -> Vec<f32> {
+        f32s(&self.get(name))
+    }
+    fn get_i32(&self, name: &str) -> Vec<i32> {
+        self.get(name).chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()
+    }
+
+    /// Runs one operation; returns its stderr. Panics when it fails.
+    fn run(&self, op: &str, args: &[String]) -> String {
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg(op).arg(&self.work).args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        self.reports.borrow_mut().push_str(&err);
+        assert!(out.status.success(), "harness {op} {args:?} failed ({}):\n{err}", out.status);
+        err
+    }
+}
+
+fn f32s(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+fn fixture(ty: &str) -> (Vec<u8>, Vec<f32>) {
+    let dir = Path::new(ROOT).join("tests/data/quant");
+    let bin = std::fs::read(dir.join(format!("{ty}_real.bin"))).unwrap();
+    let f = f32s(&std::fs::read(dir.join(format!("{ty}_real.f32"))).unwrap());
+    (bin, f)
+}
+
+/// Deterministic pseudo-random numbers (a 64-bit LCG), uniform in [-1, 1).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+/// Activations whose magnitude changes from one 32-block to the next, as hidden states do.
+fn activations(rng: &mut Rng, n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let block_scale = 0.2 + 2.0 * ((i / 32) % 5) as f32;
+            rng.next() * block_scale
+        })
+        .collect()
+}
+
+/// (block elements, block bytes) of the types the harness knows.
+fn type_shape(ty: &str) -> (usize, usize) {
+    match ty {
+        "F32" => (1, 4),
+        "F16" => (1, 2),
+        "Q4_0" | "IQ4_NL" => (32, 18),
+        "Q4_1" => (32, 20),
+        "Q5_0" => (32, 22),
+        "Q5_1" => (32, 24),
+        "Q8_0" => (32, 34),
+        "Q2_K" => (256, 84),
+        "Q3_K" => (256, 110),
+        "Q4_K" => (256, 144),
+        "Q5_K" => (256, 176),
+        "Q6_K" => (256, 210),
+        "IQ4_XS" => (256, 136),
+        "IQ2_XXS" => (256, 66),
+        "IQ2_XS" => (256, 74),
+        "IQ2_S" => (256, 82),
+        "IQ3_XXS" => (256, 98),
+        "IQ3_S" => (256, 110),
+        "IQ1_S" => (256, 50),
+        "IQ1_M" => (256, 56),
+        "MXFP4" => (32, 17),
+        _ => panic!("no shape for {ty}"),
+    }
+}
+
+const QUANT_TYPES: &[&str] = &[
+    "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "IQ2_XXS",
+    "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "MXFP4",
+];
+
+/// The weights of a type as (raw bytes, dequantized f32) for `n` elements.
+fn weights(ty: &str, n: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f32>) {
+    if ty == "F32" {
+        let w = rng.vec(n, 0.1);
+        return (w.iter().flat_map(|x| x.to_le_bytes()).collect(), w);
+    }
+    let (bin, f) = fixture(ty);
+    let (be, bb) = type_shape(ty);
+    assert!(f.len() >= n, "{ty}: the fixture has {} values, {n} wanted", f.len());
+    (bin[..n / be * bb].to_vec(), f[..n].to_vec())
+}
+
+/// Decoded q8_1 activation blocks written by the harness: (d, s, 32 int8 values).
+fn q8_blocks(raw: &[u8]) -> Vec<(f32, f32, [i8; 32])> {
+    raw.chunks_exact(40)
+        .map(|c| {
+            let d = f32::from_le_bytes(c[0..4].try_into().unwrap());
+            let s = f32::from_le_bytes(c[4..8].try_into().unwrap());
+            let mut q = [0i8; 32];
+            for (i, v) in q.iter_mut().enumerate() {
+                *v = c[8 + i] as i8;
+            }
+            (d, s, q)
+        })
+        .collect()
+}
+
+// ---- the checks ------------------------------------------------------------------------------
+
+struct Report {
+    lines: Vec<String>,
+}
+
+/// Checks y = W x for one type and shape against float64 references: `strict` against the
+/// activations as the kernel quantized them (only float rounding may differ), `loose` against
+/// the original activations with the exact bound of the q8_1 rounding, sum over blocks of
+/// d/2 * sum |w|.
+fn check_matvec(h: &Harness, ty: &str, nrows: usize, ncols: usize, rng: &mut Rng, rep: &mut Report) {
+    let (w, wf) = weights(ty, nrows * ncols, rng);
+    let x = activations(rng, ncols);
+    h.put("w.bin", &w);
+    h.put_f32("x.f32", &x);
+    h.run("matvec", &[ty.into(), nrows.to_string(), ncols.to_string()]);
+    let y = h.get_f32("y.f32");
+    assert_eq!(y.len(), nrows);
+    let quantized = !matches!(ty, "F32" | "F16");
+    let xq: Vec<f64> = if quantized {
+        let blocks = q8_blocks(&h.get("xq.bin"));
+        assert_eq!(blocks.len(), ncols / 32);
+        // The quantizer itself: ggml's integers (x * 127 / amax rounded half to even), the
+        // scale amax / 127 rounded to f16, s = d * sum(q).
+        for (b, (d, s, q)) in blocks.iter().enumerate() {
+            let xb = &x[b * 32..b * 32 + 32];
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let want_d = half::f16::from_f32(amax / 127.0).to_f32();
+            assert_eq!(*d, want_d, "{ty}: q8_1 block {b} scale, amax {amax}");
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            for i in 0..32 {
+                assert_eq!(q[i] as f32, (xb[i] * id).round_ties_even(), "{ty}: q8_1 block {b} value {i}");
+            }
+            let sum: i32 = q.iter().map(|&v| v as i32).sum();
+            assert_eq!(*s, d * sum as f32, "{ty}: q8_1 block {b} sum");
+        }
+        blocks.iter().flat_map(|(d, _, q)| q.iter().map(move |&v| *d as f64 * v as f64)).collect()
+    } else {
+        x.iter().map(|&v| v as f64).collect()
+    };
+    let mut worst_strict = 0f64;
+    let mut worst_loose = 0f64;
+    for r in 0..nrows {
+        let row = &wf[r * ncols..(r + 1) * ncols];
+        let mut strict = 0f64;
+        let mut mag = 0f64;
+        let mut exact = 0f64;
+        let mut bound = 0f64;
+        for c in 0..ncols {
+            let wv = row[c] as f64;
+            strict += wv * xq[c];
+            mag += (wv * xq[c]).abs();
+            exact += wv * x[c] as f64;
+        }
+        if quantized {
+            // |x - d q| <= d0 / 2 + 127 |d - d0| per value, d0 = amax / 127 before f16 rounding.
+            for b in 0..ncols / 32 {
+                let amax = x[b * 32..b * 32 + 32].iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+                let d0 = amax / 127.0;
+                let dh = half::f16::from_f32(d0 as f32).to_f32() as f64;
+                let sw: f64 = row[b * 32..b * 32 + 32].iter().map(|v| v.abs() as f64).sum();
+                bound += (d0 / 2.0 + 127.0 * (dh - d0).abs()) * sw;
+            }
+        }
+        // f32 products and sums of a few hundred terms: a few ulp of the magnitude.
+        let tol = 2e-6 * mag + 1e-7;
+        let ds = (y[r] as f64 - strict).abs();
+        assert!(ds <= tol, "{ty} {nrows}x{ncols} row {r}: got {}, float64 reference {strict} (|diff| {ds} > {tol})", y[r]);
+        let dl = (y[r] as f64 - exact).abs();
+        assert!(dl <= bound * 1.0001 + tol, "{ty} row {r}: {} vs unquantized {exact}: {dl} > q8_1 bound {bound}", y[r]);
+        worst_strict = worst_strict.max(ds / mag.max(1e-30));
+        worst_loose = worst_loose.max(dl / bound.max(1e-30));
+    }
+    let loose = if quantized { format!(", max |err vs f32 x| / q8_1 bound = {worst_loose:.2}") } else { String::new() };
+    rep.lines.push(format!("matvec {ty:7} {nrows:2}x{ncols:4}: max |err| / sum|w*xq| = {worst_strict:.1e}{loose}"));
+}
+
+fn check_get_rows(h: &Harness, ty: &str, rng: &mut Rng, rep: &mut Report) {
+    let ncols = 512;
+    let nrows = 16;
+    let (w, wf) = weights(ty, nrows * ncols, rng);
+    let ids = [3i32, 0, 15, 7, 3];
+    h.put("table.bin", &w);
+    h.put_i32("ids.i32", &ids);
+    h.run("get_rows", &[ty.into(), ncols.to_string()]);
+    let out = h.get_f32("out.f32");
+    let mut worst = 0f32;
+    for (t, &id) in ids.iter().enumerate() {
+        for c in 0..ncols {
+            let want = wf[id as usize * ncols + c];
+            let got = out[t * ncols + c];
+            let err = (got - want).abs();
+            assert!(err <= 2e-7 * want.abs() + 1e-9, "get_rows {ty} id {id} col {c}: {got} vs {want}");
+            worst = worst.max(err);
+        }
+    }
+    rep.lines.push(format!("get_rows {ty:7}: max |err| {worst:.1e}"));
+}
+
+fn check_rms_norm(h: &Harness, rows: usize, n: usize, threads: usize, rng: &mut Rng, rep: &mut Report) {
+    let x = rng.vec(rows * n, 3.0);
+    let w: Vec<f32> = (0..n).map(|_| 1.0 + 0.1 * rng.next()).collect();
+    let eps = 1e-5f32;
+    h.put_f32("x.f32", &x);
+    h.put_f32("w.f32", &w);
+    h.run("rms_norm", &[rows.to_string(), n.to_string(), eps.to_string(), threads.to_string()]);
+    let y = h.get_f32("y.f32");
+    let mut worst = 0f64;
+    for r in 0..rows {
+        let xr = &x[r * n..(r + 1) * n];
+        let ms = xr.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / n as f64;
+        let scale = 1.0 / (ms + eps as f64).sqrt();
+        for i in 0..n {
+            let want = xr[i] as f64 * scale * w[i] as f64;
+            let err = (y[r * n + i] as f64 - want).abs();
+            assert!(err <= 1e-5 * want.abs() + 1e-6, "rms_norm {rows}x{n} [{r},{i}]: {} vs {want}", y[r * n + i]);
+            worst = worst.max(err);
+        }
+    }
+    rep.lines.push(format!("rms_norm {rows}x{n} ({threads} threads): max |err| {worst:.1e}"));
+}
+
+fn check_rope(h: &Harness, n_rot: usize, freq_scale: f32, factors: bool, rep: &mut Report, rng: &mut Rng) {
+    let (nt, nh, hd, base) = (4usize, 3usize, 32usize, 1e6f32);
+    let pos = [0i32, 1, 17, 100000];
+    let x = rng.vec(nt * nh * hd, 1.0);
+    let ff: Vec<f32> = (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.25).collect();
+    h.put_f32("x.f32", &x);
+    h.put_i32("pos.i32", &pos);
+    h.put_f32("ff.f32", &ff);
+    let mut args: Vec<String> = [nt, nh, hd, n_rot].iter().map(|v| v.to_string()).collect();
+    args.extend([base.to_string(), freq_scale.to_string(), (factors as i32).to_string()]);
+    h.run("rope", &args);
+    let y = h.get_f32("y.f32");
+    let mut worst = 0f64;
+    for t in 0..nt {
+        for head in 0..nh {
+            let o = (t * nh + head) * hd;
+            for i in 0..hd / 2 {
+                let (a, b) = (x[o + 2 * i] as f64, x[o + 2 * i + 1] as f64);
+                let (wa, wb) = if 2 * i < n_rot {
+                    let mut theta = pos[t] as f64 * freq_scale as f64 * (base as f64).powf(-2.0 * i as f64 / n_rot as f64);
+                    if factors {
+                        theta /= ff[i] as f64;
+                    }
+                    (a * theta.cos() - b * theta.sin(), a * theta.sin() + b * theta.cos())
+                } else {
+                    (a, b)
+                };
+                // The angle is exact to double precision; sin/cos are rounded to f32.
+                for (got, want) in [(y[o + 2 * i], wa), (y[o + 2 * i + 1], wb)] {
+                    let err = (got as f64 - want).abs();
+                    assert!(err <= 1e-6 * (1.0 + a.abs() + b.abs()), "rope pos {} head {head} pair {i}: {got} vs {want}", pos[t]);
+                    worst = worst.max(err);
+                }
+            }
+        }
+    }
+    rep.lines.push(format!(
+        "rope_norm n_rot {n_rot}/{hd}, freq_scale {freq_scale}, freq_factors {factors}, positions {pos:?}: max |err| {worst:.1e}"
+    ));
+}
+
+fn check_swiglu_combine(h: &Harness, rng: &mut Rng, rep: &mut Report) {
+    let n = 300;
+    let g = rng.vec(n, 4.0);
+    let u = rng.vec(n, 2.0);
+    h.put_f32("g.f32", &g);
+    h.put_f32("u.f32", &u);
+    h.run("swiglu", &[n.to_string()]);
+    let y = h.get_f32("y.f32");
+    for i in 0..n {
+        let (gv, uv) = (g[i] as f64, u[i] as f64);
+        let want = gv / (1.0 + (-gv).exp()) * uv;
+        assert!((y[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "swiglu {i}: {} vs {want}", y[i]);
+    }
+    let (k, nt) = (2, 3);
+    let x = rng.vec(nt * n, 1.0);
+    let e = rng.vec(nt * k * n, 1.0);
+    let w = [0.7f32, 0.3, 0.5, 0.5, 0.9, 0.1];
+    h.put_f32("x.f32", &x);
+    h.put_f32("e.f32", &e);
+    h.put_f32("w.f32", &w);
+    h.run("combine", &[k.to_string(), n.to_string(), nt.to_string()]);
+    let y = h.get_f32("y.f32");
+    for t in 0..nt {
+        for i in 0..n {
+            let mix: f64 = (0..k).map(|j| w[t * k + j] as f64 * e[(t * k + j) * n + i] as f64).sum();
+            let want = x[t * n + i] as f64 + mix;
+            assert!((y[t * n + i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "moe_combine + add token {t} [{i}]");
+        }
+    }
+    rep.lines.push(format!("swiglu, moe_combine, add_f32: {n} values ok"));
+}
+
+/// The router on the logits given; checks probabilities against a float64 softmax and the
+/// choice against a CPU selection on the kernel's own probabilities (larger first, ties to the
+/// lower id), plus `expect` where given.
+fn check_router(h: &Harness, ne: usize, k: usize, logits: &[f32], expect: &[Option<Vec<i32>>]) -> Vec<i32> {
+    let nt = logits.len() / ne;
+    h.put_f32("logits.f32", logits);
+    h.run("router", &[nt.to_string(), ne.to_string(), k.to_string()]);
+    let ids = h.get_i32("ids.i32");
+    let wts = h.get_f32("weights.f32");
+    let probs = h.get_f32("probs.f32");
+    for t in 0..nt {
+        let lg = &logits[t * ne..(t + 1) * ne];
+        let mx = lg.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
+        let z: f64 = lg.iter().map(|&v| (v as f64 - mx).exp()).sum();
+        for e in 0..ne {
+            let want = (lg[e] as f64 - mx).exp() / z;
+            let got = probs[t * ne + e] as f64;
+            assert!((got - want).abs() <= 1e-6 * want + 1e-9, "router token {t} expert {e}: p {got} vs {want}");
+        }
+        let p = &probs[t * ne..(t + 1) * ne];
+        let mut order: Vec<usize> = (0..ne).collect();
+        order.sort_by(|&a, &b| p[b].partial_cmp(&p[a]).unwrap().then(a.cmp(&b)));
+        let want_ids: Vec<i32> = order[..k].iter().map(|&e| e as i32).collect();
+        assert_eq!(&ids[t * k..(t + 1) * k], &want_ids[..], "router token {t}: chosen experts");
+        if let Some(Some(e)) = expect.get(t) {
+            assert_eq!(&ids[t * k..(t + 1) * k], &e[..], "router token {t}: chosen experts (ties)");
+        }
+        let total: f64 = want_ids.iter().map(|&e| p[e as usize] as f64).sum();
+        for j in 0..k {
+            let want = p[want_ids[j] as usize] as f64 / total;
+            assert!((wts[t * k + j] as f64 - want).abs() <= 1e-6, "router token {t} weight {j}");
+        }
+    }
+    ids
+}
+
+fn check_routers(h: &Harness, rng: &mut Rng, rep: &mut Report) -> Vec<i32> {
+    // 8 experts, top-2, with ties: all equal; a tie for first; a tie for second; random.
+    let mut logits = vec![0.5f32; 8];
+    logits.extend([0.1, 2.0, -1.0, 2.0, 0.3, 0.0, 1.0, -3.0]);
+    logits.extend([3.0, 1.0, -1.0, 1.5, 0.2, 1.5, 1.5, 0.0]);
+    logits.extend(rng.vec(8, 3.0));
+    let expect = [Some(vec![0, 1]), Some(vec![1, 3]), Some(vec![0, 3]), None];
+    let ids = check_router(h, 8, 2, &logits, &expect);
+    // 40 experts (two per lane for some lanes), top-4, 3 tokens (a warp past the end in the
+    // last block): a tie between expert 33 (lane 1, second slot) and expert 1.
+    let mut l40 = rng.vec(40 * 3, 1.0);
+    l40[33] = 5.0;
+    l40[1] = 5.0;
+    l40[7] = 4.0;
+    l40[39] = 4.5;
+    let expect40 = [Some(vec![1, 33, 39, 7])];
+    check_router(h, 40, 4, &l40, &expect40);
+    rep.lines.push("moe_router: 8 experts top-2 (4 tokens, ties), 40 experts top-4 (3 tokens, ties) ok".into());
+    ids[6..8].to_vec()
+}
+
+/// MoE dispatch: `ids.len()` slots over n_expert stacked matrices; slot j reads activation row
+/// j / x_group (x_group = k: the gate/up projections of k experts per token; 1: down).
+fn check_moe(h: &Harness, ty: &str, nrows: usize, ncols: usize, ids: &[i32], x_group: usize, rng: &mut Rng, rep: &mut Report) {
+    let n_expert = 8;
+    let (w, wf) = weights(ty, n_expert * nrows * ncols, rng);
+    let slots = ids.len();
+    let x_rows = slots.div_ceil(x_group);
+    let x = activations(rng, ncols * x_rows);
+    h.put("w.bin", &w);
+    h.put_i32("ids.i32", ids);
+    h.put_f32("x.f32", &x);
+    let mut args = vec![ty.to_string()];
+    args.extend([nrows, ncols, n_expert, slots, x_rows, x_group].iter().map(|v| v.to_string()));
+    h.run("moe", &args);
+    let y = h.get_f32("y.f32");
+    let blocks = q8_blocks(&h.get("xq.bin"));
+    let xq: Vec<f64> = blocks.iter().flat_map(|(d, _, q)| q.iter().map(move |&v| *d as f64 * v as f64)).collect();
+    for (slot, &e) in ids.iter().enumerate() {
+        let xo = slot / x_group * ncols;
+        for r in 0..nrows {
+            let row = &wf[(e as usize * nrows + r) * ncols..][..ncols];
+            let want: f64 = row.iter().zip(&xq[xo..xo + ncols]).map(|(&a, &b)| a as f64 * b).sum();
+            let mag: f64 = row.iter().zip(&xq[xo..xo + ncols]).map(|(&a, &b)| (a as f64 * b).abs()).sum();
+            let got = y[slot * nrows + r] as f64;
+            assert!((got - want).abs() <= 2e-6 * mag + 1e-7, "moe {ty} slot {slot} expert {e} row {r}: {got} vs {want}");
+        }
+    }
+    rep.lines.push(format!("moe dispatch {ty}: slots {ids:?} of {n_expert} experts, {nrows}x{ncols}, {x_group} slot(s) per activation row"));
+}
+
+/// Attention over a paged cache: sequences of lengths `lens`, their 16-slot blocks scattered
+/// over the cache in reverse order. With `causal`, every position of each sequence is a query
+/// seeing the positions up to its own (as in a prefill); else one query per sequence seeing all
+/// (decode).
+#[allow(clippy::too_many_arguments)]
+fn check_attention(h: &Harness, lens: &[usize], causal: bool, f16: bool, nh: usize, nkv: usize, hd: usize, split: usize, rng: &mut Rng, rep: &mut Report) {
+    let row = nkv * hd;
+    let total_blocks: usize = lens.iter().map(|l| l.div_ceil(16)).sum();
+    let n_blocks_pool = 2 * total_blocks + 1;
+    let mut tables: Vec<i32> = Vec::new();
+    let mut table_of = Vec::new();
+    let mut next = n_blocks_pool as i32 - 1;
+    for &len in lens {
+        table_of.push(tables.len() as i32);
+        for _ in 0..len.div_ceil(16) {
+            tables.push(next);
+            next -= 2;
+        }
+    }
+    // K/V per sequence position, stored at their slots.
+    let mut slots = Vec::new();
+    let mut kv_at = Vec::new(); // (sequence, position) of each stored row
+    for (s, &len) in lens.iter().enumerate() {
+        for p in 0..len {
+            slots.push(tables[table_of[s] as usize + p / 16] * 16 + (p % 16) as i32);
+            kv_at.push((s, p));
+        }
+    }
+    let knew = rng.vec(slots.len() * row, 1.0);
+    let vnew = rng.vec(slots.len() * row, 1.0);
+    // What the cache holds: the values themselves, or rounded to f16.
+    let cached = |v: &[f32]| -> Vec<f32> {
+        if f16 { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() } else { v.to_vec() }
+    };
+    let (kref, vref) = (cached(&knew), cached(&vnew));
+    let row_of = |s: usize, p: usize| kv_at.iter().position(|&x| x == (s, p)).unwrap();
+    // Queries: (sequence, visible positions).
+    let queries: Vec<(usize, usize)> = lens
+        .iter()
+        .enumerate()
+        .flat_map(|(s, &len)| if causal { (1..=len).map(|n| (s, n)).collect::<Vec<_>>() } else { vec![(s, len)] })
+        .collect();
+    let nt = queries.len();
+    let q = rng.vec(nt * nh * hd, 1.0);
+    let scale = 1.0 / (hd as f32).sqrt();
+    h.put_f32("knew.f32", &knew);
+    h.put_f32("vnew.f32", &vnew);
+    h.put_i32("slots.i32", &slots);
+    h.put_f32("q.f32", &q);
+    h.put_i32("tables.i32", &tables);
+    h.put_i32("table_off.i32", &queries.iter().map(|&(s, _)| table_of[s]).collect::<Vec<_>>());
+    h.put_i32("n_kv.i32", &queries.iter().map(|&(_, n)| n as i32).collect::<Vec<_>>());
+    let mut args: Vec<String> = [nt, nh, nkv, hd, split, n_blocks_pool * 16].iter().map(|v| v.to_string()).collect();
+    args.push(scale.to_string());
+    args.push((f16 as i32).to_string());
+    h.run("attn", &args);
+    let out = h.get_f32("out.f32");
+    let mut worst = 0f64;
+    for (t, &(s, n)) in queries.iter().enumerate() {
+        for head in 0..nh {
+            let kvh = head / (nh / nkv);
+            let qh = &q[(t * nh + head) * hd..][..hd];
+            let sc: Vec<f64> = (0..n)
+                .map(|p| {
+                    let k = &kref[row_of(s, p) * row + kvh * hd..][..hd];
+                    qh.iter().zip(k).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>() * scale as f64
+                })
+                .collect();
+            let mx = sc.iter().cloned().fold(f64::MIN, f64::max);
+            let z: f64 = sc.iter().map(|v| (v - mx).exp()).sum();
+            for c in 0..hd {
+                let want: f64 =
+                    (0..n).map(|p| (sc[p] - mx).exp() / z * vref[row_of(s, p) * row + kvh * hd + c] as f64).sum();
+                let got = out[(t * nh + head) * hd + c] as f64;
+                let err = (got - want).abs();
+                assert!(err <= 2e-6, "attention lens {lens:?} query {t} (seq {s}, {n} positions) head {head} dim {c}: {got} vs {want}");
+                worst = worst.max(err);
+            }
+        }
+    }
+    let kind = match (causal, f16) {
+        (true, false) => "causal batch, f32 KV",
+        (true, true) => "causal batch, f16 KV",
+        (false, false) => "decode, f32 KV",
+        (false, true) => "decode, f16 KV",
+    };
+    rep.lines.push(format!(
+        "attention {kind} lens {lens:?} split {split} heads {nh}/{nkv} dim {hd}: {nt} queries, max |err| {worst:.1e}"
+    ));
+}
+
+/// The f32 -> f16 conversion of the f16 KV cache, bit for bit against the `half` crate, on
+/// random values over the whole range and the edge cases (subnormals, ties, overflow, NaN).
+fn check_f2h(h: &Harness, rng: &mut Rng, rep: &mut Report) {
+    let mut x: Vec<f32> = (0..4000).map(|i| rng.next() * 2f32.powi((i % 40) - 28)).collect();
+    x.extend([0.0, -0.0, 65504.0, 65520.0, 65519.99, 1e9, -1e9, f32::INFINITY, f32::NEG_INFINITY]);
+    x.extend([5.96e-8, 2.98e-8, 2.9802322e-8, 2.9802326e-8, 6.1e-5, 6.097e-5, 1.0009765625, 1.00048828125, 1.00146484375]);
+    x.extend((0..2000).map(|i| f32::from_bits(0x3300_0000 + i * 0x0001_3579)));
+    h.put_f32("x.f32", &x);
+    h.run("f2h", &[]);
+    let got: Vec<u16> = h.get("h.u16").chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    for (i, &v) in x.iter().enumerate() {
+        let want = half::f16::from_f32(v).to_bits();
+        assert_eq!(got[i], want, "f32 {v:e} ({:#x}) -> f16 {:#06x}, want {want:#06x}", v.to_bits(), got[i]);
+    }
+    let nan = f32::NAN;
+    h.put_f32("x.f32", &[nan]);
+    h.run("f2h", &[]);
+    let g = h.get("h.u16");
+    assert!(half::f16::from_bits(u16::from_le_bytes([g[0], g[1]])).is_nan(), "NaN must stay NaN");
+    rep.lines.push(format!("convert_f32_f16: {} values bit-exact with the half crate, NaN kept", x.len()));
+}
+
+/// Every check; `small` keeps shapes and counts down for the sanitizer builds.
+fn run_all(h: &Harness, small: bool) -> Report {
+    let mut rep = Report { lines: Vec::new() };
+    let mut rng = Rng(0x5eed);
+    for ty in QUANT_TYPES.iter().chain(&["F16", "F32"]) {
+        check_matvec(h, ty, 16, 512, &mut rng, &mut rep);
+        if !small {
+            check_matvec(h, ty, 4, 2048, &mut rng, &mut rep);
+            check_matvec(h, ty, 3, 2048, &mut rng, &mut rep); // a block with a row past the end
+        }
+        if !small || *ty == "Q4_K" {
+            check_get_rows(h, ty, &mut rng, &mut rep);
+        }
+    }
+    check_rms_norm(h, 3, 256, 128, &mut rng, &mut rep);
+    if !small {
+        check_rms_norm(h, 2, 1000, 256, &mut rng, &mut rep);
+        check_rms_norm(h, 1, 4096, 1024, &mut rng, &mut rep);
+    }
+    check_rope(h, 32, 1.0, false, &mut rep, &mut rng);
+    check_rope(h, 16, 0.25, true, &mut rep, &mut rng);
+    check_swiglu_combine(h, &mut rng, &mut rep);
+    let top2 = check_routers(h, &mut rng, &mut rep);
+    // Top-2 of 8 for one token (gate/up: both slots read the token; down: one row per slot),
+    // then three tokens' choices at once.
+    let three = [top2[0], top2[1], 7, 0, 2, 7];
+    for (ty, nrows, ncols) in [("Q8_0", 2, 512), ("Q4_K", 4, 256)] {
+        check_moe(h, ty, nrows, ncols, &top2, 2, &mut rng, &mut rep);
+        check_moe(h, ty, nrows, ncols, &top2, 1, &mut rng, &mut rep);
+        check_moe(h, ty, nrows, ncols, &three, 2, &mut rng, &mut rep);
+    }
+    if small {
+        check_attention(h, &[17, 33], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[17], false, true, 8, 2, 32, 32, &mut rng, &mut rep);
+    } else {
+        for len in [1, 15, 16, 17, 31, 32, 33, 100] {
+            check_attention(h, &[len], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
+        }
+        check_attention(h, &[17, 1, 100, 33], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[17, 1, 100, 33], false, true, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[100], false, false, 4, 4, 128, 16, &mut rng, &mut rep);
+        check_attention(h, &[100, 5], false, true, 4, 1, 256, 64, &mut rng, &mut rep);
+        check_attention(h, &[47], false, false, 2, 2, 64, 256, &mut rng, &mut rep);
+        check_attention(h, &[20, 35], true, false, 4, 2, 32, 16, &mut rng, &mut rep);
+        check_attention(h, &[20, 35], true, true, 4, 2, 32, 16, &mut rng, &mut rep);
+    }
+    check_f2h(h, &mut rng, &mut rep);
+    rep
+}
+
+fn print(rep: &Report, what: &str) {
+    println!("{what}:");
+    for l in &rep.lines {
+        println!("  {l}");
+    }
+}
+
+#[test]
+fn emulated_kernels_match_cpu() {
+    let exe = build("plain", &["-O2"], None);
+    let h = Harness::new(exe, vec![]);
+    let rep = run_all(&h, false);
+    print(&rep, "emulated kernels vs float64 CPU references");
+}
+
+#[test]
+fn emulated_kernels_under_asan() {
+    let exe = build("asan", &["-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"], None);
+    let h = Harness::new(exe, vec![("ASAN_OPTIONS".into(), "detect_leaks=1:abort_on_error=0:exitcode=23".into())]);
+    let rep = run_all(&h, true);
+    assert!(!h.reports.borrow().contains("ERROR: AddressSanitizer"), "ASan reported:\n{}", h.reports.borrow());
+    assert!(!h.reports.borrow().contains("runtime error"), "UBSan reported:\n{}", h.reports.borrow());
+    print(&rep, "AddressSanitizer + UBSan build, no report");
+}
+
+#[test]
+fn emulated_kernels_under_tsan() {
+    let exe = build("tsan", &["-O1", "-fsanitize=thread"], None);
+    let h = Harness::new(exe, vec![("TSAN_OPTIONS".into(), "exitcode=66".into())]);
+    let rep = run_all(&h, true);
+    assert!(!h.reports.borrow().contains("ThreadSanitizer"), "TSan reported:\n{}", h.reports.borrow());
+    print(&rep, "ThreadSanitizer build, no report");
+}
+
+/// A copy of norm.cu without its `__syncthreads()`: warps then read the partial sums of other
+/// warps with no barrier in between, which ThreadSanitizer must report as a data race.
+#[test]
+fn tsan_catches_missing_syncthreads() {
+    let src = std::fs::read_to_string(format!("{ROOT}/kernels/norm.cu")).unwrap();
+    assert_eq!(src.matches("__syncthreads();").count(), 1, "norm.cu has one barrier to remove");
+    let broken = src.replace("__syncthreads();", "/* barrier removed */");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu").join("broken-src");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("norm.cu"), broken).unwrap();
+    let exe = build("tsan-broken", &["-O1", "-fsanitize=thread"], Some(&dir));
+    // halt_on_error: the first report ends the run, with TSan's exit code.
+    let h = Harness::new(exe, vec![("TSAN_OPTIONS".into(), "exitcode=66:halt_on_error=1".into())]);
+    let mut rng = Rng(7);
+    let x = rng.vec(256, 1.0);
+    h.put_f32("x.f32", &x);
+    h.put_f32("w.f32", &vec![1.0; 256]);
+    let out = Command::new(&h.exe)
+        .args(["rms_norm"])
+        .arg(&h.work)
+        .args(["1", "256", "1e-5", "128"])
+        .envs(h.env.iter().cloned())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARNING: ThreadSanitizer: data race"),
+        "TSan did not report the missing barrier (status {}):\n{err}",
+        out.status
+    );
+    assert!(err.contains("rms_norm"), "the race report should point into rms_norm:\n{err}");
+    println!("TSan reported the removed __syncthreads in rms_norm (exit status {})", out.status);
+}
