@@ -6,9 +6,14 @@
 //! the logits by tenths (llama.cpp's own activation quantization moves them by ~0.8 against f32
 //! activations). The engine reproduces llama.cpp's arithmetic for the 5-token prompt bit for bit;
 //! for longer contexts its attention sums in a different order than llama.cpp's kernels, and the
-//! 42- and 295-token prompts end 0.72 / 0.80 apart. `smollm2_matches_llama_cpp` holds the full
-//! requirement and is ignored until that order is matched; `smollm2_short_prompt_matches`
-//! checks what holds today.
+//! 42- and 295-token prompts end 0.72 / 0.80 apart. Measured so far, with llama.cpp's greedy
+//! tokens fed back one at a time: single-token steps match to the bit through context 19 when
+//! `q·k` is summed as `ggml_vec_dot_f32` (4 FMA chains of 8 lanes), the softmax keeps libm `expf`
+//! on its tail, and `kqv` is summed as tinyBLAS does (an FMA chain per lane of 8, cell mod 8, then
+//! its hsum tree); the batch references instead want `q·k` in the engine's present order, and a
+//! step must agree exactly with a recompute of its prefix, so neither change is taken yet.
+//! `smollm2_matches_llama_cpp` holds the full requirement and is ignored until that order is
+//! matched; `smollm2_short_prompt_matches` checks what holds today.
 
 mod engine_common;
 use engine_common::*;
