@@ -433,7 +433,35 @@ fn idot(a: &[i8], b: &[i8]) -> i32 {
     a.iter().zip(b).map(|(x, y)| *x as i32 * *y as i32).sum()
 }
 
-pub fn dot_iq2_xxs_q8_k(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
+/// A super-block whose 8 groups of 32 each carry one integer scale (IQ2_XXS, IQ3_XXS, IQ3_S).
+trait OneScaleGroups {
+    fn d(&self) -> [u8; 2];
+    fn group(&self, ib: usize) -> (i32, [i8; 32]);
+}
+
+/// A super-block whose 8 groups of 32 carry a scale per half (IQ2_XS, IQ2_S).
+trait TwoScaleGroups {
+    fn d(&self) -> [u8; 2];
+    fn group(&self, ib: usize) -> (i32, i32, [i8; 32]);
+}
+
+macro_rules! groups {
+    ($trait:ident, $ret:ty: $($b:ty),*) => {$(
+        impl $trait for $b {
+            fn d(&self) -> [u8; 2] {
+                self.d
+            }
+            fn group(&self, ib: usize) -> $ret {
+                <$b>::group(self, ib)
+            }
+        }
+    )*};
+}
+groups!(OneScaleGroups, (i32, [i8; 32]): BlockIQ2XXS, BlockIQ3XXS, BlockIQ3S);
+groups!(TwoScaleGroups, (i32, i32, [i8; 32]): BlockIQ2XS, BlockIQ2S);
+
+/// Σ d·d8·Σ_groups ls·(v·q8), times the format's fixed factor.
+fn dot_one_scale<B: OneScaleGroups>(x: &[B], y: &[BlockQ8K], factor: f32) -> f32 {
     let mut sumf = 0f32;
     for (bx, by) in x.iter().zip(y) {
         let q8 = by.q();
@@ -442,67 +470,45 @@ pub fn dot_iq2_xxs_q8_k(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
             let (ls, v) = bx.group(ib);
             bsum += ls * idot(&v, &q8[32 * ib..32 * ib + 32]);
         }
-        sumf += f16_to_f32(bx.d) * by.d() * bsum as f32;
+        sumf += f16_to_f32(bx.d()) * by.d() * bsum as f32;
     }
-    0.125 * sumf
+    factor * sumf
+}
+
+/// As `dot_one_scale`, with a scale for each 16-element half of a group.
+fn dot_two_scales<B: TwoScaleGroups>(x: &[B], y: &[BlockQ8K], factor: f32) -> f32 {
+    let mut sumf = 0f32;
+    for (bx, by) in x.iter().zip(y) {
+        let q8 = by.q();
+        let mut bsum = 0i32;
+        for ib in 0..8 {
+            let (ls1, ls2, v) = bx.group(ib);
+            bsum += ls1 * idot(&v[..16], &q8[32 * ib..32 * ib + 16])
+                + ls2 * idot(&v[16..], &q8[32 * ib + 16..32 * ib + 32]);
+        }
+        sumf += f16_to_f32(bx.d()) * by.d() * bsum as f32;
+    }
+    factor * sumf
+}
+
+pub fn dot_iq2_xxs_q8_k(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
+    dot_one_scale(x, y, 0.125)
 }
 
 pub fn dot_iq2_xs_q8_k(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
-    let mut sumf = 0f32;
-    for (bx, by) in x.iter().zip(y) {
-        let q8 = by.q();
-        let mut bsum = 0i32;
-        for ib in 0..8 {
-            let (ls1, ls2, v) = bx.group(ib);
-            bsum += ls1 * idot(&v[..16], &q8[32 * ib..32 * ib + 16])
-                + ls2 * idot(&v[16..], &q8[32 * ib + 16..32 * ib + 32]);
-        }
-        sumf += f16_to_f32(bx.d) * by.d() * bsum as f32;
-    }
-    0.125 * sumf
+    dot_two_scales(x, y, 0.125)
 }
 
 pub fn dot_iq2_s_q8_k(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
-    let mut sumf = 0f32;
-    for (bx, by) in x.iter().zip(y) {
-        let q8 = by.q();
-        let mut bsum = 0i32;
-        for ib in 0..8 {
-            let (ls1, ls2, v) = bx.group(ib);
-            bsum += ls1 * idot(&v[..16], &q8[32 * ib..32 * ib + 16])
-                + ls2 * idot(&v[16..], &q8[32 * ib + 16..32 * ib + 32]);
-        }
-        sumf += f16_to_f32(bx.d) * by.d() * bsum as f32;
-    }
-    0.125 * sumf
+    dot_two_scales(x, y, 0.125)
 }
 
 pub fn dot_iq3_xxs_q8_k(x: &[BlockIQ3XXS], y: &[BlockQ8K]) -> f32 {
-    let mut sumf = 0f32;
-    for (bx, by) in x.iter().zip(y) {
-        let q8 = by.q();
-        let mut bsum = 0i32;
-        for ib in 0..8 {
-            let (ls, v) = bx.group(ib);
-            bsum += ls * idot(&v, &q8[32 * ib..32 * ib + 32]);
-        }
-        sumf += f16_to_f32(bx.d) * by.d() * bsum as f32;
-    }
-    0.25 * sumf
+    dot_one_scale(x, y, 0.25)
 }
 
 pub fn dot_iq3_s_q8_k(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
-    let mut sumf = 0f32;
-    for (bx, by) in x.iter().zip(y) {
-        let q8 = by.q();
-        let mut bsum = 0i32;
-        for ib in 0..8 {
-            let (ls, v) = bx.group(ib);
-            bsum += ls * idot(&v, &q8[32 * ib..32 * ib + 32]);
-        }
-        sumf += f16_to_f32(bx.d) * by.d() * bsum as f32;
-    }
-    sumf
+    dot_one_scale(x, y, 1.0)
 }
 
 pub fn dot_iq1_s_q8_k(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
