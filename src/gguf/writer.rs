@@ -14,7 +14,9 @@ struct PendingTensor {
     name: String,
     dims: Vec<u64>,
     ty: GgmlType,
-    data: Vec<u8>,
+    bytes: u64,
+    /// None: deferred, produced by the fill callback of [`GgufWriter::write_to_with`].
+    data: Option<Vec<u8>>,
 }
 
 /// Collects metadata and tensors, then writes a GGUF image (v3 unless told otherwise).
@@ -78,6 +80,17 @@ impl GgufWriter {
         ty: GgmlType,
         data: Vec<u8>,
     ) -> Result<&mut Self> {
+        self.push(name, dims, ty, Some(data))
+    }
+
+    /// Declares a tensor whose bytes are produced only while writing, by the callback of
+    /// [`write_to_with`](Self::write_to_with): a file larger than memory streams out one tensor
+    /// at a time. [`to_bytes`](Self::to_bytes) and [`write_to`](Self::write_to) write zeros.
+    pub fn add_tensor_deferred(&mut self, name: &str, dims: &[u64], ty: GgmlType) -> Result<&mut Self> {
+        self.push(name, dims, ty, None)
+    }
+
+    fn push(&mut self, name: &str, dims: &[u64], ty: GgmlType, data: Option<Vec<u8>>) -> Result<&mut Self> {
         if dims.is_empty() || dims.len() > MAX_DIMS || dims.contains(&0) {
             return Err(Error::invalid_arg(format!(
                 "tensor '{name}': shape {dims:?} needs 1 to {MAX_DIMS} non-zero dims"
@@ -93,11 +106,18 @@ impl GgufWriter {
             ty.row_bytes(dims[0])
                 .and_then(|r| r.checked_mul(n / dims[0]))
         });
-        if want != Some(data.len() as u64) {
+        let Some(bytes) = want else {
             return Err(Error::invalid_arg(format!(
-                "tensor '{name}': {} bytes given, {ty} {dims:?} needs {want:?}",
-                data.len()
+                "tensor '{name}': {ty} {dims:?} is not a whole number of blocks per row or too large"
             )));
+        };
+        if let Some(d) = &data {
+            if d.len() as u64 != bytes {
+                return Err(Error::invalid_arg(format!(
+                    "tensor '{name}': {} bytes given, {ty} {dims:?} needs {bytes}",
+                    d.len()
+                )));
+            }
         }
         if self.tensors.iter().any(|t| t.name == name) {
             return Err(Error::invalid_arg(format!("tensor '{name}' added twice")));
@@ -106,6 +126,7 @@ impl GgufWriter {
             name: name.to_string(),
             dims: dims.to_vec(),
             ty,
+            bytes,
             data,
         });
         Ok(self)
@@ -124,8 +145,8 @@ impl GgufWriter {
         }
     }
 
-    /// The whole file as bytes.
-    pub fn to_bytes(&self) -> Vec<u8> {
+    /// Everything before the first tensor's bytes (header, metadata, tensor infos, padding).
+    fn head(&self) -> Vec<u8> {
         let align = self.alignment();
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
@@ -137,7 +158,6 @@ impl GgufWriter {
             put_value(&mut out, v);
         }
         let mut offset = 0u64;
-        let mut offsets = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             put_str(&mut out, t.name.as_bytes());
             out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
@@ -146,26 +166,74 @@ impl GgufWriter {
             }
             out.extend_from_slice(&t.ty.id().to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
-            offsets.push(offset);
-            offset = (offset + t.data.len() as u64).div_ceil(align) * align;
+            offset = (offset + t.bytes).div_ceil(align) * align;
         }
         // Like ggml's writer: a file without tensors has no data section, so no padding.
         if !self.tensors.is_empty() {
             pad(&mut out, align);
         }
+        out
+    }
+
+    /// The whole file as bytes (deferred tensors as zeros).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let align = self.alignment();
+        let mut out = self.head();
         for t in &self.tensors {
-            out.extend_from_slice(&t.data);
+            match &t.data {
+                Some(d) => out.extend_from_slice(d),
+                None => out.resize(out.len() + t.bytes as usize, 0),
+            }
             pad(&mut out, align);
         }
         out
     }
 
+    /// The total file size in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        let align = self.alignment();
+        self.head().len() as u64 + self.tensors.iter().map(|t| t.bytes.div_ceil(align) * align).sum::<u64>()
+    }
+
     pub fn write_to(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.write_to_with(path, &mut |_, _, buf| {
+            buf.fill(0);
+            Ok(())
+        })
+    }
+
+    /// Writes the file, streaming: each deferred tensor's bytes are made by
+    /// `fill(index, name, buffer)` into a buffer of its exact size just before they are written,
+    /// so at most one tensor is in memory. An error from `fill` stops the write and is returned
+    /// (the partial file is left for the caller to remove).
+    pub fn write_to_with(
+        &self,
+        path: impl AsRef<Path>,
+        fill: &mut dyn FnMut(usize, &str, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
         let path = path.as_ref();
-        let mut f = std::fs::File::create(path)
+        let io = |e: std::io::Error| Error::io(format!("{}: cannot write: {e}", path.display()));
+        let f = std::fs::File::create(path)
             .map_err(|e| Error::io(format!("{}: cannot create: {e}", path.display())))?;
-        f.write_all(&self.to_bytes())
-            .map_err(|e| Error::io(format!("{}: cannot write: {e}", path.display())))
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, f);
+        let align = self.alignment();
+        f.write_all(&self.head()).map_err(io)?;
+        let mut buf = Vec::new();
+        for (i, t) in self.tensors.iter().enumerate() {
+            let data: &[u8] = match &t.data {
+                Some(d) => d,
+                None => {
+                    buf.clear();
+                    buf.resize(t.bytes as usize, 0);
+                    fill(i, &t.name, &mut buf)?;
+                    &buf
+                }
+            };
+            f.write_all(data).map_err(io)?;
+            let padded = t.bytes.div_ceil(align) * align;
+            f.write_all(&vec![0u8; (padded - t.bytes) as usize]).map_err(io)?;
+        }
+        f.flush().map_err(io)
     }
 }
 
@@ -261,5 +329,47 @@ mod tests {
         assert_eq!(g.tensor_data(b), &[7u8; 34][..]);
         let e = g.get_u32("general.architecture").unwrap_err();
         assert!(e.message.contains("general.architecture") && e.message.contains("string"));
+    }
+
+    /// A streamed file equals the in-memory image of the same tensors, the callback sees each
+    /// deferred tensor once with its exact size, and its error stops the write.
+    #[test]
+    fn streamed_write_equals_in_memory() {
+        let dir = std::env::temp_dir().join(format!("xdan-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.gguf");
+        let q: Vec<u8> = (0..68u8).collect();
+        let mut eager = GgufWriter::new();
+        eager.set_u32("general.alignment", 64).set_str("general.architecture", "llama");
+        eager.add_f32("a", &[3], &[1., 2., 3.]).unwrap();
+        eager.add_tensor("q", &[64], GgmlType::Q8_0, q.clone()).unwrap();
+        eager.add_f32("z", &[2], &[0., 0.]).unwrap();
+        let mut lazy = GgufWriter::new();
+        lazy.set_u32("general.alignment", 64).set_str("general.architecture", "llama");
+        lazy.add_f32("a", &[3], &[1., 2., 3.]).unwrap();
+        lazy.add_tensor_deferred("q", &[64], GgmlType::Q8_0).unwrap();
+        lazy.add_tensor_deferred("z", &[2], GgmlType::F32).unwrap();
+        assert!(lazy.add_tensor_deferred("bad", &[33], GgmlType::Q8_0).is_err());
+        let mut seen = Vec::new();
+        lazy.write_to_with(&path, &mut |i, name, buf| {
+            seen.push((i, name.to_string(), buf.len()));
+            if name == "q" {
+                buf.copy_from_slice(&q);
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(1, "q".to_string(), 68), (2, "z".to_string(), 8)]);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes, eager.to_bytes());
+        assert_eq!(lazy.file_bytes(), bytes.len() as u64);
+        assert_eq!(lazy.to_bytes().len(), bytes.len());
+        let g = Gguf::from_bytes(bytes).unwrap();
+        assert_eq!(g.tensor_data(g.tensor("q").unwrap()), &q[..]);
+        let e = lazy
+            .write_to_with(&path, &mut |_, _, _| Err(Error::invalid_arg("stop here")))
+            .unwrap_err();
+        assert!(e.message.contains("stop here"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -43,11 +43,13 @@ pub mod k_quants;
 pub mod legacy;
 pub mod mxfp4;
 pub mod quantize;
+pub mod synth;
 pub mod types;
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
 
 pub use quantize::{can_quantize, quantize_weights};
+pub use synth::{can_randomize, random_weights};
 pub use types::{GgmlType, TypeFacts, TYPE_FACTS};
 
 use crate::error::{Error, Result};
