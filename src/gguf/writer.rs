@@ -2,7 +2,6 @@
 //! alignment. Tests, benchmarks (random-weight models of any shape) and examples build their
 //! files with it.
 
-use std::io::Write;
 use std::path::Path;
 
 use super::reader::{DEFAULT_ALIGNMENT, MAX_DIMS, MAX_TENSOR_NAME_LEN};
@@ -196,44 +195,56 @@ impl GgufWriter {
     }
 
     pub fn write_to(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.write_to_with(path, &mut |_, _, buf| {
+        self.write_to_with(path, &|_, _, buf| {
             buf.fill(0);
             Ok(())
         })
     }
 
-    /// Writes the file, streaming: each deferred tensor's bytes are made by
-    /// `fill(index, name, buffer)` into a buffer of its exact size just before they are written,
-    /// so at most one tensor is in memory. An error from `fill` stops the write and is returned
-    /// (the partial file is left for the caller to remove).
+    /// Writes the file, streaming: the bytes of deferred tensor `i` are made by
+    /// `fill(i, offset, piece)` in pieces (of at most 8 MiB, whole blocks, `offset` bytes into
+    /// the tensor) on all cores and written in place, so memory holds a piece per thread, not
+    /// the file. An error from `fill` stops the write and is returned (the partial file is left
+    /// for the caller to remove).
     pub fn write_to_with(
         &self,
         path: impl AsRef<Path>,
-        fill: &mut dyn FnMut(usize, &str, &mut [u8]) -> Result<()>,
+        fill: &(dyn Fn(usize, u64, &mut [u8]) -> Result<()> + Sync),
     ) -> Result<()> {
+        use rayon::prelude::*;
+        use std::os::unix::fs::FileExt;
+        const PIECE: u64 = 8 << 20;
         let path = path.as_ref();
         let io = |e: std::io::Error| Error::io(format!("{}: cannot write: {e}", path.display()));
         let f = std::fs::File::create(path)
             .map_err(|e| Error::io(format!("{}: cannot create: {e}", path.display())))?;
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, f);
+        // Sized first: padding reads as zeros and pieces land anywhere in any order.
+        f.set_len(self.file_bytes()).map_err(io)?;
+        let head = self.head();
+        f.write_all_at(&head, 0).map_err(io)?;
         let align = self.alignment();
-        f.write_all(&self.head()).map_err(io)?;
-        let mut buf = Vec::new();
+        let mut at = head.len() as u64;
+        let mut pieces = Vec::new();
         for (i, t) in self.tensors.iter().enumerate() {
-            let data: &[u8] = match &t.data {
-                Some(d) => d,
+            match &t.data {
+                Some(d) => f.write_all_at(d, at).map_err(io)?,
                 None => {
-                    buf.clear();
-                    buf.resize(t.bytes as usize, 0);
-                    fill(i, &t.name, &mut buf)?;
-                    &buf
+                    let step = (PIECE / t.ty.block_bytes() as u64).max(1) * t.ty.block_bytes() as u64;
+                    let mut o = 0;
+                    while o < t.bytes {
+                        pieces.push((i, at, o, step.min(t.bytes - o)));
+                        o += step;
+                    }
                 }
-            };
-            f.write_all(data).map_err(io)?;
-            let padded = t.bytes.div_ceil(align) * align;
-            f.write_all(&vec![0u8; (padded - t.bytes) as usize]).map_err(io)?;
+            }
+            at += t.bytes.div_ceil(align) * align;
         }
-        f.flush().map_err(io)
+        pieces.par_iter().try_for_each_init(Vec::new, |buf: &mut Vec<u8>, &(i, start, o, len)| {
+            buf.clear();
+            buf.resize(len as usize, 0);
+            fill(i, o, buf)?;
+            f.write_all_at(buf, start + o).map_err(io)
+        })
     }
 }
 
@@ -332,7 +343,7 @@ mod tests {
     }
 
     /// A streamed file equals the in-memory image of the same tensors, the callback sees each
-    /// deferred tensor once with its exact size, and its error stops the write.
+    /// deferred tensor's bytes once, and its error stops the write. (Pieces: see `pieces_cover`.)
     #[test]
     fn streamed_write_equals_in_memory() {
         let dir = std::env::temp_dir().join(format!("xdan-writer-{}", std::process::id()));
@@ -350,16 +361,18 @@ mod tests {
         lazy.add_tensor_deferred("q", &[64], GgmlType::Q8_0).unwrap();
         lazy.add_tensor_deferred("z", &[2], GgmlType::F32).unwrap();
         assert!(lazy.add_tensor_deferred("bad", &[33], GgmlType::Q8_0).is_err());
-        let mut seen = Vec::new();
-        lazy.write_to_with(&path, &mut |i, name, buf| {
-            seen.push((i, name.to_string(), buf.len()));
-            if name == "q" {
+        let seen = std::sync::Mutex::new(Vec::new());
+        lazy.write_to_with(&path, &|i, o, buf| {
+            seen.lock().unwrap().push((i, o, buf.len()));
+            if i == 1 {
                 buf.copy_from_slice(&q);
             }
             Ok(())
         })
         .unwrap();
-        assert_eq!(seen, vec![(1, "q".to_string(), 68), (2, "z".to_string(), 8)]);
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen, vec![(1, 0, 68), (2, 0, 8)]);
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(bytes, eager.to_bytes());
         assert_eq!(lazy.file_bytes(), bytes.len() as u64);
@@ -367,9 +380,46 @@ mod tests {
         let g = Gguf::from_bytes(bytes).unwrap();
         assert_eq!(g.tensor_data(g.tensor("q").unwrap()), &q[..]);
         let e = lazy
-            .write_to_with(&path, &mut |_, _, _| Err(Error::invalid_arg("stop here")))
+            .write_to_with(&path, &|_, _, _| Err(Error::invalid_arg("stop here")))
             .unwrap_err();
         assert!(e.message.contains("stop here"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A deferred tensor over the piece size is cut into whole blocks whose offsets cover it
+    /// exactly once, each landing at its place in the file.
+    #[test]
+    fn pieces_cover() {
+        let dir = std::env::temp_dir().join(format!("xdan-writer-p-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.gguf");
+        let n_blocks = (17u64 << 20) / 34 + 5; // three pieces, the last one short
+        let mut w = GgufWriter::new();
+        w.add_tensor_deferred("big", &[32 * n_blocks], GgmlType::Q8_0).unwrap();
+        let seen = std::sync::Mutex::new(Vec::new());
+        w.write_to_with(&path, &|_, o, buf| {
+            assert_eq!(o % 34, 0);
+            assert_eq!(buf.len() % 34, 0);
+            seen.lock().unwrap().push((o, buf.len() as u64));
+            for (j, b) in buf.iter_mut().enumerate() {
+                *b = ((o + j as u64) % 251) as u8;
+            }
+            Ok(())
+        })
+        .unwrap();
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen.len(), 3);
+        let mut next = 0;
+        for (o, len) in seen {
+            assert_eq!(o, next);
+            next += len;
+        }
+        assert_eq!(next, 34 * n_blocks);
+        let g = Gguf::open(&path, false).unwrap();
+        let d = g.tensor_data(g.tensor("big").unwrap());
+        assert!(d.iter().enumerate().all(|(j, &b)| b == (j % 251) as u8));
+        drop(g);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
