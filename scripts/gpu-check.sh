@@ -1,65 +1,177 @@
 #!/usr/bin/env bash
-# The CUDA backend on a real GPU, for a session that has one (CI has none: tests/cuda_*.rs
-# check the kernels there with NVRTC and the CPU emulator).
+# The CUDA backend on a real GPU, in one run (CI has no GPU: tests/cuda_*.rs check the kernels
+# there with NVRTC and the CPU emulator).
 #
-#   scripts/gpu-check.sh pack      (here) builds examples/cuda_check in release and copies it,
-#                                  stripped, with the fixtures it reads into .gpu-pack/
-#                                  (about 25 MiB; ignored by git through .git/info/exclude).
-#   scripts/gpu-check.sh run [--sanitize]
-#                                  (on the GPU machine, from the repository root, with
-#                                  .gpu-pack carried) runs it: NVRTC compiles every kernel for
-#                                  the device, tiny-mixtral Q8_0 and F16 go through the engine's
-#                                  forward on the GPU and are compared with the CPU backend and
-#                                  with llama.cpp (experts, argmax, logits), then decode-shaped
-#                                  matvec timings are printed. --sanitize runs the parity part
-#                                  again under compute-sanitizer memcheck and racecheck.
-#                                  Output goes to stdout and, when $OUT is set, $OUT/gpu-check.log.
+#   scripts/gpu-check.sh pack   (here, with Rust) builds the tools in release, strips them and
+#                               copies them with the data they read into .gpu-pack/ (ignored by
+#                               git through .git/info/exclude); prints its size and fails above
+#                               50 MiB. Fixture models are added smallest first up to 48 MiB.
+#   scripts/gpu-check.sh run    (on the GPU machine, from the repository root, .gpu-pack carried;
+#                               no Rust or network needed) runs the stages below, each under its
+#                               own `timeout`, all within TOTAL seconds (default 300): a stage
+#                               gets min(its cap, what is left); one without time is skipped.
+#
+# Stages (cap, expected time on an H100/H200):
+#   a  nvidia-smi: card, driver, memory                                        (10 s, 1 s)
+#   b  cuda_parity: CUDA vs CPU on every carried tiny-mixtral fixture (and vs
+#      llama.cpp's greedy tokens) and on a random tiny-mixtral model of every
+#      weight type; prompt logits within a per-type tolerance, 16 greedy steps  (50 s, 15 s)
+#   c  compute-sanitizer --tool memcheck on one small parity run (random Q4_K,
+#      2 steps), if compute-sanitizer is installed                             (45 s, 20 s)
+#   d  cuda_check: kernels, Q8_0/F16 forward parity, matvec microbenchmark     (25 s, 10 s)
+#   e  make_model a Mixtral-8x7B-shaped random model, llama.cpp's IQ2_XXS mix
+#      (~12 GB), in /dev/shm if it has room, else /tmp                         (30 s, 10 s)
+#      bench_gpu: pp512 + tg64 x3 next to the measured copy bandwidth and the
+#      roofline (its --budget keeps it inside the limit); delete the model     (70 s, 30 s)
+#   f  the same at Q4_K_M (~27 GB)                                     (45 s, 25 s; 80 s, 40 s)
+#
+# A dry run without a GPU (stages a-d fail or skip, e/f run small on the CPU):
+#   OUT=/tmp/gc MODEL_ARGS="--layers 2 --embd 256 --ff 512 --heads 8 --heads-kv 2" \
+#   BENCH_DEVICE=cpu bash scripts/gpu-check.sh run
+#
+# Output: everything to stdout and $OUT/gpu-check.log (appended stage by stage, so a later
+# failure or timeout keeps what came before); the benchmark table alone in $OUT/bench.md;
+# a summary of the stages at the end. Without $OUT, /tmp. Exit 0 when every stage passed.
 #
 # NVRTC there: the python3 wheels (nvidia-cuda-nvrtc) or /usr/local/cuda, found by the library
 # itself; XDAN_NVRTC overrides. Compiled kernels are cached in $XDAN_CACHE_DIR (default here:
-# /tmp/xdan-cache). The machine needs a glibc at least as new as the build machine's.
-set -euo pipefail
+# /tmp/xdan-cache), so only the first stage compiles. The machine needs a glibc at least as new
+# as the build machine's.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 pack=.gpu-pack
+tools="cuda_check cuda_parity bench_gpu make_model"
 
 case "${1:-}" in
 pack)
-    cargo build --release --example cuda_check
+    set -e
+    args=""
+    for t in $tools; do args="$args --example $t"; done
+    # shellcheck disable=SC2086
+    cargo build --release $args
     rm -rf "$pack"
     mkdir -p "$pack/data/quant" "$pack/data/tiny-mixtral"
-    cp target/release/examples/cuda_check "$pack/"
-    strip "$pack/cuda_check" 2>/dev/null || true
+    for t in $tools; do
+        cp "target/release/examples/$t" "$pack/"
+        strip "$pack/$t" 2>/dev/null || true
+    done
+    cp scripts/gpu-check.sh "$pack/"
     for t in Q4_0 Q8_0 Q4_K Q6_K IQ4_XS IQ2_XXS; do cp "tests/data/quant/${t}_real.bin" "$pack/data/quant/"; done
-    for v in Q8_0 F16; do
+    fix=tests/data/tiny-mixtral
+    add() {  # variant, files...
+        local v=$1; shift
         mkdir -p "$pack/data/tiny-mixtral/$v"
-        cp "tests/data/tiny-mixtral/$v/tiny-mixtral-$v.gguf" "tests/data/tiny-mixtral/$v/logits_p1.bin" \
-           "tests/data/tiny-mixtral/$v/routing_order_p1.bin" "$pack/data/tiny-mixtral/$v/"
+        for f in "$@"; do cp "$fix/$v/$f" "$pack/data/tiny-mixtral/$v/"; done
+    }
+    # cuda_check reads Q8_0 and F16 with llama.cpp's logits and expert order of prompt p1.
+    for v in Q8_0 F16; do add "$v" "tiny-mixtral-$v.gguf" logits_p1.bin routing_order_p1.bin refs.json; done
+    cap=$((48 << 20))
+    for f in $(ls -S -r "$fix"/*/tiny-mixtral-*.gguf); do
+        v=$(basename "$(dirname "$f")")
+        [ -e "$pack/data/tiny-mixtral/$v" ] && continue
+        size=$(du -sb "$pack" | cut -f1)
+        [ $((size + $(stat -c %s "$f") + 20000)) -gt "$cap" ] && continue
+        add "$v" "tiny-mixtral-$v.gguf" refs.json
     done
     ex="$(git rev-parse --git-path info/exclude)"
     grep -qx "/$pack/" "$ex" 2>/dev/null || echo "/$pack/" >> "$ex"
-    du -sh "$pack"
+    bytes=$(du -sb "$pack" | cut -f1)
+    echo "fixtures packed: $(ls "$pack/data/tiny-mixtral" | tr '\n' ' ')"
+    echo "pack: $pack, $bytes bytes ($((bytes >> 20)) MiB)"
+    if [ "$bytes" -gt $((50 << 20)) ]; then
+        echo "pack: over the 50 MiB limit" >&2
+        exit 1
+    fi
     echo "now: device run, carry [\"$pack\"], command: bash scripts/gpu-check.sh run"
     ;;
 run)
     export XDAN_CACHE_DIR="${XDAN_CACHE_DIR:-/tmp/xdan-cache}"
-    log="${OUT:-/tmp}/gpu-check.log"
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$log" || true
-    set +e
-    "$pack/cuda_check" "$pack/data" 2>&1 | tee -a "$log"
-    rc=${PIPESTATUS[0]}
-    if [ "${2:-}" = "--sanitize" ] && command -v compute-sanitizer >/dev/null; then
-        for tool in memcheck racecheck; do
-            echo "== compute-sanitizer --tool $tool" | tee -a "$log"
-            compute-sanitizer --tool "$tool" --error-exitcode 3 "$pack/cuda_check" "$pack/data" 2>&1 | tail -n 30 | tee -a "$log"
-            r=${PIPESTATUS[0]}
-            [ "$r" -ne 0 ] && rc=$r
-        done
+    out="${OUT:-/tmp}"
+    log="$out/gpu-check.log"
+    md="$out/bench.md"
+    total="${TOTAL:-300}"
+    : > "$log"
+    : > "$md"
+    summary=()
+    failed=0
+    say() { echo "$*" | tee -a "$log"; }
+    # stage NAME CAP COMMAND...: runs under min(CAP, time left) seconds, logs, records.
+    stage() {
+        local name=$1 cap=$2; shift 2
+        local left=$((total - SECONDS - 5))
+        local t=$((cap < left ? cap : left))
+        if [ "$t" -lt 5 ]; then
+            say "== $name: SKIPPED (no time left)"
+            summary+=("$name: skipped (time)")
+            failed=1
+            return 1
+        fi
+        say "== $name [limit ${t} s, at ${SECONDS} s]"
+        local t0=$SECONDS
+        timeout -k 5 "$t" "$@" 2>&1 | tee -a "$log"
+        local rc=${PIPESTATUS[0]}
+        local what="rc $rc"
+        [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && what="TIMEOUT after ${t} s"
+        say "-> $name: $what in $((SECONDS - t0)) s"
+        summary+=("$name: $what, $((SECONDS - t0)) s")
+        [ "$rc" -ne 0 ] && failed=1
+        return "$rc"
+    }
+    # A directory with room for BYTES, else /tmp.
+    room() {
+        local need=$1
+        local avail
+        avail=$(df -B1 --output=avail /dev/shm 2>/dev/null | tail -n 1 | tr -d ' ')
+        if [ -n "$avail" ] && [ "$avail" -gt "$need" ]; then echo /dev/shm; else echo /tmp; fi
+    }
+    # bench MIX BYTES_ESTIMATE MAKE_CAP BENCH_CAP: make the model, bench it, delete it.
+    bench() {
+        local mix=$1 need=$2 mcap=$3 cap=$4
+        local dir
+        dir=$(room "$need")
+        local model="$dir/xdan-bench-$mix.gguf"
+        say "model: $model (free there: $(df -h --output=avail "$dir" | tail -n 1 | tr -d ' '))"
+        # shellcheck disable=SC2086
+        stage "make $mix" "$mcap" "$pack/make_model" "$model" --mix "$mix" ${MODEL_ARGS:-} \
+            && { local left=$((total - SECONDS - 10)); local b=$((cap < left ? cap : left));
+                 stage "bench $mix" "$b" "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" -p 512 -n 64 -r 3 \
+                     --budget $((b - 10)) --label "Mixtral-8x7B shape, random, $mix" --md "$md"; }
+        rm -f "$model"
+    }
+
+    say "gpu-check: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(uname -srm), budget ${total} s"
+    stage "a nvidia-smi" 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv
+    stage "b parity" 50 "$pack/cuda_parity" "$pack/data"
+    san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
+    if [ -n "$san" ]; then
+        stage "c memcheck" 45 "$san" --tool memcheck --error-exitcode 3 \
+            "$pack/cuda_parity" "$pack/data" --no-fixtures --types Q4_K --steps 2
+    else
+        say "== c memcheck: SKIPPED (compute-sanitizer not found)"
+        summary+=("c memcheck: skipped (no compute-sanitizer)")
     fi
-    echo "gpu-check: exit $rc" | tee -a "$log"
-    exit "$rc"
+    stage "d cuda_check" 25 "$pack/cuda_check" "$pack/data"
+    {
+        echo "GPU benchmark, $(date -u '+%Y-%m-%d'): $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
+        echo "Mixtral-8x7B shape (32 layers, 4096 embd, 14336 ff, 8 experts top-2, 32000 vocab), random weights;"
+        echo "pp512 = one 512-token prefill step, tg64 = 64 single-token decode steps, mean ± sd of up to 3 runs;"
+        echo "roofline = measured device copy rate (read+write bytes/s) / weight bytes read per decode token."
+        echo
+    } >> "$md"
+    bench iq2_xxs $((14 << 30)) 30 70
+    bench q4_k_m $((29 << 30)) 45 80
+
+    say ""
+    say "== summary (${SECONDS} s of ${total})"
+    for s in "${summary[@]}"; do say "  $s"; done
+    say "  check lines in the log: $(grep -c '^ok ' "$log") ok, $(grep -c '^FAIL' "$log") FAIL, $(grep -c '^n/a ' "$log") n/a"
+    say ""
+    cat "$md" | tee -a "$log"
+    say "gpu-check: $([ "$failed" -eq 0 ] && echo 'all stages passed' || echo 'some stage FAILED'), ${SECONDS} s"
+    exit "$failed"
     ;;
 *)
-    sed -n '2,25p' "$0"
+    sed -n '2,38p' "$0"
     exit 2
     ;;
 esac
