@@ -55,7 +55,6 @@ pack)
         cp "target/release/examples/$t" "$pack/"
         strip "$pack/$t" 2>/dev/null || true
     done
-    cp scripts/gpu-check.sh "$pack/"
     for t in Q4_0 Q8_0 Q4_K Q6_K IQ4_XS IQ2_XXS; do cp "tests/data/quant/${t}_real.bin" "$pack/data/quant/"; done
     fix=tests/data/tiny-mixtral
     add() {  # variant, files...
@@ -171,7 +170,7 @@ run)
     exit "$failed"
     ;;
 *)
-    sed -n '2,38p' "$0"
+    sed -n '2,39p' "$0"
     exit 2
     ;;
 esac
