@@ -144,7 +144,7 @@ run)
     san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
     if [ -n "$san" ]; then
         stage "c memcheck" 45 "$san" --tool memcheck --error-exitcode 3 \
-            "$pack/cuda_parity" "$pack/data" --no-fixtures --types Q4_K --steps 2
+            "$pack/cuda_parity" "$pack/data" --no-fixtures --types Q4_K --steps 2 --lazy
     else
         say "== c memcheck: SKIPPED (compute-sanitizer not found)"
         summary+=("c memcheck: skipped (no compute-sanitizer)")
