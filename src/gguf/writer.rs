@@ -203,48 +203,57 @@ impl GgufWriter {
 
     /// Writes the file, streaming: the bytes of deferred tensor `i` are made by
     /// `fill(i, offset, piece)` in pieces (of at most 8 MiB, whole blocks, `offset` bytes into
-    /// the tensor) on all cores and written in place, so memory holds a piece per thread, not
-    /// the file. An error from `fill` stops the write and is returned (the partial file is left
-    /// for the caller to remove).
+    /// the tensor) on all cores, straight into the file mapped in memory — no copy and no buffer
+    /// beyond the file's own pages, which matters for a model of tens of GB in tmpfs. An error
+    /// from `fill` stops the write and is returned (the partial file is left for the caller to
+    /// remove).
     pub fn write_to_with(
         &self,
         path: impl AsRef<Path>,
         fill: &(dyn Fn(usize, u64, &mut [u8]) -> Result<()> + Sync),
     ) -> Result<()> {
         use rayon::prelude::*;
-        use std::os::unix::fs::FileExt;
         const PIECE: u64 = 8 << 20;
         let path = path.as_ref();
         let io = |e: std::io::Error| Error::io(format!("{}: cannot write: {e}", path.display()));
-        let f = std::fs::File::create(path)
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
             .map_err(|e| Error::io(format!("{}: cannot create: {e}", path.display())))?;
-        // Sized first: padding reads as zeros and pieces land anywhere in any order.
-        f.set_len(self.file_bytes()).map_err(io)?;
+        // Sized first: padding reads as zeros.
+        let total = self.file_bytes();
+        f.set_len(total).map_err(io)?;
         let head = self.head();
-        f.write_all_at(&head, 0).map_err(io)?;
+        // SAFETY: the file was just created by us and sized; nothing else maps or truncates it
+        // while the map lives.
+        let mut map = unsafe { memmap2::MmapMut::map_mut(&f) }.map_err(io)?;
+        let (h, mut rest) = map.split_at_mut(head.len());
+        h.copy_from_slice(&head);
         let align = self.alignment();
-        let mut at = head.len() as u64;
         let mut pieces = Vec::new();
         for (i, t) in self.tensors.iter().enumerate() {
+            let padded = t.bytes.div_ceil(align) * align;
+            let (region, tail) = std::mem::take(&mut rest).split_at_mut(padded as usize);
+            rest = tail;
+            let data = &mut region[..t.bytes as usize];
             match &t.data {
-                Some(d) => f.write_all_at(d, at).map_err(io)?,
+                Some(d) => data.copy_from_slice(d),
                 None => {
                     let step = (PIECE / t.ty.block_bytes() as u64).max(1) * t.ty.block_bytes() as u64;
-                    let mut o = 0;
-                    while o < t.bytes {
-                        pieces.push((i, at, o, step.min(t.bytes - o)));
-                        o += step;
+                    for (k, p) in data.chunks_mut(step as usize).enumerate() {
+                        pieces.push((i, k as u64 * step, p));
                     }
                 }
             }
-            at += t.bytes.div_ceil(align) * align;
         }
-        pieces.par_iter().try_for_each_init(Vec::new, |buf: &mut Vec<u8>, &(i, start, o, len)| {
-            buf.clear();
-            buf.resize(len as usize, 0);
-            fill(i, o, buf)?;
-            f.write_all_at(buf, start + o).map_err(io)
-        })
+        pieces.into_par_iter().try_for_each(|(i, o, p)| fill(i, o, p))?;
+        // The pages are the file's (tmpfs) or written back by the kernel; readers of the path see
+        // them either way.
+        drop(map);
+        Ok(())
     }
 }
 
