@@ -155,6 +155,7 @@ run)
         echo "Mixtral-8x7B shape (32 layers, 4096 embd, 14336 ff, 8 experts top-2, 32000 vocab), random weights;"
         echo "pp512 = one 512-token prefill step, tg64 = 64 single-token decode steps, mean ± sd of up to 3 runs;"
         echo "roofline = measured device copy rate (read+write bytes/s) / weight bytes read per decode token."
+        [ -n "${MODEL_ARGS:-}" ] && echo "(shape overridden: make_model $MODEL_ARGS; device ${BENCH_DEVICE:-cuda})"
         echo
     } >> "$md"
     bench iq2_xxs $((14 << 30)) 30 70
