@@ -172,7 +172,9 @@ fn main() {
         (3 + (seed >> 33) % (n_vocab - 3)) as i32
     };
     let fail = |what: &str, e: xdan::Error| -> ! { die(1, &format!("{what}: {}", e.message)) };
-    // Warm-up: first launches, buffer sizing.
+    // Warm-up of both paths (prefill and decode): first launches, module loads, buffer sizing.
+    let warm: Vec<i32> = (0..pp.clamp(1, 32)).map(|_| tok()).collect();
+    c.step(0, &warm).unwrap_or_else(|e| fail("warm-up prefill", e));
     c.step(0, &[tok()]).unwrap_or_else(|e| fail("warm-up step", e));
     c.seq_clear(0).unwrap_or_else(|e| fail("clear", e));
     // What is left of the budget after loading: half for prefill, the rest for decode.
