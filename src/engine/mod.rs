@@ -348,7 +348,12 @@ impl Context {
         let per_token = 2 * hp.n_layer as u64 * row;
         let n_seq = params.n_seq_max as u64;
         let n_ctx = if params.n_ctx == 0 {
-            let cap = (DEFAULT_KV_BYTES_CAP / per_token.max(1) / n_seq).max(KV_BLOCK as u64);
+            // On a GPU, also at most what its budget has left once the activations are counted.
+            let room = match c.placed.room() {
+                Some(r) => r.saturating_sub(act_bytes(hp, params.n_batch as u64, n_seq, hp.n_ctx_train as u64)),
+                None => u64::MAX,
+            };
+            let cap = (DEFAULT_KV_BYTES_CAP.min(room) / per_token.max(1) / n_seq).max(KV_BLOCK as u64);
             (hp.n_ctx_train as u64).min(cap).max(1)
         } else {
             params.n_ctx as u64

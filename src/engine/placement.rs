@@ -27,6 +27,8 @@ pub(crate) trait Placed: Send + Sync {
     fn device_name(&self) -> String;
     /// Whether the forward pass computes on the host (then it runs on the context's threads).
     fn on_host(&self) -> bool;
+    /// Device bytes still available to this model (None on the host).
+    fn room(&self) -> Option<u64>;
     /// A KV store of `layout` and fresh scratch; `act_bytes` is the estimated activation memory
     /// of one forward pass, checked against the device's budget together with the KV.
     fn new_kv(self: Arc<Self>, layout: &KvLayout, act_bytes: u64) -> Result<Box<dyn DeviceKv>>;
@@ -98,6 +100,15 @@ impl Vram {
         Ok(())
     }
 
+    /// Bytes a reservation may still take (None: the device cannot tell).
+    fn room(&self) -> Option<u64> {
+        if self.budget != 0 {
+            Some(self.budget.saturating_sub(self.used.load(Ordering::SeqCst)))
+        } else {
+            (self.free)().map(|f| f.saturating_sub(VRAM_MARGIN))
+        }
+    }
+
     fn release(&self, n: u64) {
         self.used.fetch_sub(n, Ordering::SeqCst);
     }
@@ -132,6 +143,9 @@ impl<B: Backend> Placed for OnBackend<B> {
     }
     fn on_host(&self) -> bool {
         self.vram.is_none()
+    }
+    fn room(&self) -> Option<u64> {
+        self.vram.as_ref().and_then(|v| v.room())
     }
     fn new_kv(self: Arc<Self>, layout: &KvLayout, act_bytes: u64) -> Result<Box<dyn DeviceKv>> {
         let mut reserved = 0;
