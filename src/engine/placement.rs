@@ -75,7 +75,7 @@ impl Vram {
             let left = self.budget.saturating_sub(used);
             if need > left {
                 return oom(format!(
-                    "{}: {what} needs {} but only {} of vram_budget {} is left ({} already in use by this model)",
+                    "{}: {what} would take {}, but only {} of vram_budget {} is left ({} already in use by this model)",
                     self.device,
                     mib(need),
                     mib(left),
@@ -87,7 +87,7 @@ impl Vram {
             let avail = free.saturating_sub(VRAM_MARGIN);
             if need > avail {
                 return oom(format!(
-                    "{}: {what} needs {} but the device has {} free, {} after a margin of {} (set vram_budget to override)",
+                    "{}: {what} would take {}, but the device has {} free, {} after a margin of {} (set vram_budget to override)",
                     self.device,
                     mib(need),
                     mib(free),
