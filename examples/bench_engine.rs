@@ -1,12 +1,15 @@
 //! Engine throughput, llama-bench style: prefill of `-p N` tokens (pp N) and decode of `-n N`
 //! tokens one at a time from an empty context (tg N), `-r` repetitions, mean ± sd tokens/s.
 //!
-//! cargo run --release --example bench_engine -- --model PATH -p 64 -n 64 -r 3 -t 2
+//! cargo run --release --example bench_engine -- --model PATH -p 64 -n 64 -r 3 -t 2 [--device cpu|cuda|auto]
+//!
+//! `--device` (default cpu) picks where the model runs; the header names the device. On a GPU
+//! the CPU columns say how much host time the launches and copies take.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use xdan::engine::{Context, ContextParams, Model, ModelParams};
+use xdan::engine::{Context, ContextParams, Device, Model, ModelParams};
 
 fn arg<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> T {
     args.iter()
@@ -43,22 +46,43 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model: String = arg(&args, "--model", String::new());
     if model.is_empty() {
-        eprintln!("usage: bench_engine --model PATH [-p 64] [-n 64] [-r 3] [-t 2]");
+        eprintln!("usage: bench_engine --model PATH [-p 64] [-n 64] [-r 3] [-t 2] [--device cpu|cuda|auto] [--cuda-device 0]");
         std::process::exit(2);
     }
+    let device = match arg(&args, "--device", "cpu".to_string()).as_str() {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda,
+        "auto" => Device::Auto,
+        other => {
+            eprintln!("--device {other}: expected cpu, cuda or auto");
+            std::process::exit(2);
+        }
+    };
+    let cuda_device: i32 = arg(&args, "--cuda-device", 0);
     let (pp, tg, reps, threads): (usize, usize, usize, usize) = (arg(&args, "-p", 64), arg(&args, "-n", 64), arg(&args, "-r", 3), arg(&args, "-t", 2));
-    let m = Model::load(&PathBuf::from(&model), &ModelParams { n_threads: threads, ..Default::default() }, None)
-        .unwrap_or_else(|e| panic!("{model}: {}", e.message));
+    let mp = ModelParams { device, cuda_device, n_threads: threads, ..Default::default() };
+    let m = Model::load(&PathBuf::from(&model), &mp, None).unwrap_or_else(|e| {
+        eprintln!("{model}: {:?}: {}", e.kind, e.message);
+        std::process::exit(1)
+    });
     let n_vocab = m.n_vocab() as u64;
     let cp = ContextParams { n_ctx: (pp.max(tg) + 16) as u32, n_batch: pp.max(1) as u32, n_threads: threads, ..Default::default() };
-    let mut c = Context::new(&m, &cp).unwrap();
+    let mut c = Context::new(&m, &cp).unwrap_or_else(|e| {
+        eprintln!("context: {:?}: {}", e.kind, e.message);
+        std::process::exit(1)
+    });
     let mut seed = 0x1234_5678u64;
     let mut tok = || {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((seed >> 33) % n_vocab) as i32
     };
     println!("model: {model}");
-    println!("machine: {} ({} logical CPUs), threads: {threads}, KV F16", cpu_name(), std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "device: {}, machine: {} ({} logical CPUs), threads: {threads}, KV F16",
+        m.device_name(),
+        cpu_name(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
     println!("| test | t/s (mean ± sd) | reps | CPU ms per token | CPUs busy |");
     println!("|---|---:|---:|---:|---:|");
     // Warm-up (pages in the weights, sizes the buffers).

@@ -211,7 +211,8 @@ typedef struct xdan_model_params {
    */
   uint32_t size;
   /**
-   * Where to run (default `XDAN_DEVICE_AUTO`).
+   * Where to run (default `XDAN_DEVICE_AUTO`: the GPU when `xdan_cuda_available()`, else
+   * the CPU; the choice is logged at INFO level).
    */
   enum xdan_device device;
   /**
@@ -219,7 +220,9 @@ typedef struct xdan_model_params {
    */
   int32_t cuda_device;
   /**
-   * Bytes of GPU memory the model may use; 0 = the free memory minus a margin.
+   * Bytes of GPU memory the model may use: its weights, then each context's KV cache and
+   * activations; 0 = the free memory minus a margin (512 MiB). What does not fit fails with
+   * `XDAN_E_OUT_OF_MEMORY`, the message naming the bytes needed and available.
    */
   uint64_t vram_budget;
   /**
@@ -496,7 +499,8 @@ extern "C" {
 uint32_t xdan_abi_version(void);
 
 /**
- * The library's version and build, e.g. `"0.1.0 (cpu)"`: a static string, never freed.
+ * The library's version and build, e.g. `"0.1.0 (cuda)"` (CUDA support built in; whether a
+ * GPU is usable here is `xdan_cuda_available()`): a static string, never freed.
  */
 const char *xdan_version(void);
 
@@ -537,7 +541,10 @@ void xdan_model_params_init(struct xdan_model_params *p);
  * handle in `*out`. Errors: `XDAN_E_IO` (cannot open/read/map; the message names the path),
  * `XDAN_E_FORMAT` (malformed or truncated file; the message says where),
  * `XDAN_E_UNSUPPORTED` (architecture, tensor type or tokenizer not supported),
- * `XDAN_E_DEVICE`, `XDAN_E_OUT_OF_MEMORY`, `XDAN_E_CANCELLED` (the progress callback said stop).
+ * `XDAN_E_DEVICE` (`XDAN_DEVICE_CUDA` without a usable GPU, driver and NVRTC, or a driver
+ * failure; the message says which), `XDAN_E_OUT_OF_MEMORY` (the weights do not fit in
+ * `vram_budget` or host memory), `XDAN_E_CANCELLED` (the progress callback said stop). With
+ * `XDAN_DEVICE_AUTO`, a GPU that cannot take the model is logged (WARN) and the CPU is used.
  */
 enum xdan_status xdan_model_load(const char *path,
                                  const struct xdan_model_params *p,
@@ -567,6 +574,13 @@ enum xdan_status xdan_model_meta(const struct xdan_model *m,
                                  char *buf,
                                  size_t cap,
                                  size_t *len);
+
+/**
+ * The device the model runs on, e.g. `"cpu"` or `"cuda:0 (NVIDIA H100 80GB HBM3, sm_90)"`
+ * (empty for a model loaded with `vocab_only`), through the buffer protocol of
+ * `xdan_model_meta`.
+ */
+enum xdan_status xdan_model_device(const struct xdan_model *m, char *buf, size_t cap, size_t *len);
 
 /**
  * Tokenizes `text` (`text_len` bytes of UTF-8; need not be NUL-terminated; NULL only with
@@ -637,7 +651,9 @@ void xdan_context_params_init(struct xdan_context_params *p);
  * Makes a context for model `m` with `p` (NULL = defaults) and stores it in `*out`. The
  * context keeps the model alive: `xdan_model_free` may come first. `XDAN_E_INVALID_ARG` for a
  * model loaded with `vocab_only` or out-of-range parameters; `XDAN_E_OUT_OF_MEMORY` when the
- * KV cache cannot be allocated.
+ * KV cache cannot be allocated or, on a GPU, does not fit what is left of the model's
+ * `vram_budget` (the message names the bytes needed and left); `XDAN_E_UNSUPPORTED` for
+ * `XDAN_KV_Q8_0` on a GPU (F16 and F32 are supported there).
  */
 enum xdan_status xdan_context_new(struct xdan_model *m,
                                   const struct xdan_context_params *p,

@@ -87,7 +87,9 @@ pub unsafe extern "C" fn xdan_context_params_init(p: *mut xdan_context_params) {
 /// Makes a context for model `m` with `p` (NULL = defaults) and stores it in `*out`. The
 /// context keeps the model alive: `xdan_model_free` may come first. `XDAN_E_INVALID_ARG` for a
 /// model loaded with `vocab_only` or out-of-range parameters; `XDAN_E_OUT_OF_MEMORY` when the
-/// KV cache cannot be allocated.
+/// KV cache cannot be allocated or, on a GPU, does not fit what is left of the model's
+/// `vram_budget` (the message names the bytes needed and left); `XDAN_E_UNSUPPORTED` for
+/// `XDAN_KV_Q8_0` on a GPU (F16 and F32 are supported there).
 #[no_mangle]
 pub unsafe extern "C" fn xdan_context_new(
     m: *mut xdan_model,

@@ -12,9 +12,11 @@ pub extern "C" fn xdan_abi_version() -> u32 {
     super::XDAN_ABI_VERSION
 }
 
-const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (cpu)\0");
+// Every build runs on the CPU and, where the driver and NVRTC load at run time, on CUDA.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (cuda)\0");
 
-/// The library's version and build, e.g. `"0.1.0 (cpu)"`: a static string, never freed.
+/// The library's version and build, e.g. `"0.1.0 (cuda)"` (CUDA support built in; whether a
+/// GPU is usable here is `xdan_cuda_available()`): a static string, never freed.
 #[no_mangle]
 pub extern "C" fn xdan_version() -> *const c_char {
     VERSION.as_ptr() as *const c_char

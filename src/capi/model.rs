@@ -24,11 +24,14 @@ pub struct xdan_model_params {
     /// library reads only the fields that fit, so programs built against an older header
     /// keep working when fields are appended.
     pub size: u32,
-    /// Where to run (default `XDAN_DEVICE_AUTO`).
+    /// Where to run (default `XDAN_DEVICE_AUTO`: the GPU when `xdan_cuda_available()`, else
+    /// the CPU; the choice is logged at INFO level).
     pub device: xdan_device,
     /// CUDA device ordinal (default 0).
     pub cuda_device: i32,
-    /// Bytes of GPU memory the model may use; 0 = the free memory minus a margin.
+    /// Bytes of GPU memory the model may use: its weights, then each context's KV cache and
+    /// activations; 0 = the free memory minus a margin (512 MiB). What does not fit fails with
+    /// `XDAN_E_OUT_OF_MEMORY`, the message naming the bytes needed and available.
     pub vram_budget: u64,
     /// CPU threads; 0 = the number of physical cores.
     pub n_threads: i32,
@@ -122,7 +125,10 @@ pub(crate) fn threads_from(raw: i32, name: &str) -> Result<usize> {
 /// handle in `*out`. Errors: `XDAN_E_IO` (cannot open/read/map; the message names the path),
 /// `XDAN_E_FORMAT` (malformed or truncated file; the message says where),
 /// `XDAN_E_UNSUPPORTED` (architecture, tensor type or tokenizer not supported),
-/// `XDAN_E_DEVICE`, `XDAN_E_OUT_OF_MEMORY`, `XDAN_E_CANCELLED` (the progress callback said stop).
+/// `XDAN_E_DEVICE` (`XDAN_DEVICE_CUDA` without a usable GPU, driver and NVRTC, or a driver
+/// failure; the message says which), `XDAN_E_OUT_OF_MEMORY` (the weights do not fit in
+/// `vram_budget` or host memory), `XDAN_E_CANCELLED` (the progress callback said stop). With
+/// `XDAN_DEVICE_AUTO`, a GPU that cannot take the model is logged (WARN) and the CPU is used.
 #[no_mangle]
 pub unsafe extern "C" fn xdan_model_load(
     path: *const c_char,
@@ -237,5 +243,22 @@ pub unsafe extern "C" fn xdan_model_meta(
             Error::new(ErrorKind::InvalidArg, format!("metadata key '{key}' is absent"))
         })?;
         write_bytes(v.to_text(usize::MAX).as_bytes(), buf, cap, len)
+    })
+}
+
+/// The device the model runs on, e.g. `"cpu"` or `"cuda:0 (NVIDIA H100 80GB HBM3, sm_90)"`
+/// (empty for a model loaded with `vocab_only`), through the buffer protocol of
+/// `xdan_model_meta`.
+#[no_mangle]
+pub unsafe extern "C" fn xdan_model_device(
+    m: *const xdan_model,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+) -> xdan_status {
+    guard(|| {
+        let m = model_ref(m)?;
+        non_null_mut(len, "len")?;
+        write_bytes(m.model.device_name().as_bytes(), buf, cap, len)
     })
 }

@@ -1,18 +1,23 @@
 //! The Rust API: [`Model`] (weights + tokenizer, immutable, shareable), [`Context`] (KV cache +
 //! scratch, one thread at a time), stepping and logits. The C ABI in `capi` is a thin layer over
-//! exactly this.
+//! exactly this. A model runs on the CPU or on a CUDA GPU ([`placement`]); its contexts keep their
+//! KV cache on the same device, and only the logits come back to the host.
+
+mod placement;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::backend::cpu::{CpuBackend, CpuKv};
-use crate::backend::{Backend, KvLayout, RopeParams, KV_BLOCK};
+use crate::backend::cuda::EmuDevice;
+use crate::backend::{KvLayout, RopeParams, KV_BLOCK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::Gguf;
 use crate::kv::file::SavedSeq;
 use crate::kv::{BlockCopy, KvManager};
-use crate::model::forward::{forward, Batch, Scratch};
-use crate::model::{self, HParams, Weights};
+use crate::model::forward::Batch;
+use crate::model::{self, HParams};
+use placement::{DeviceKv, Placed, Target};
+pub use placement::VRAM_MARGIN;
 use crate::quant::GgmlType;
 use crate::tokenizer::{Token, Tokenizer};
 
@@ -44,8 +49,12 @@ impl KvType {
 pub type ProgressFn<'a> = &'a mut dyn FnMut(f32) -> bool;
 
 pub struct ModelParams {
+    /// Auto: the GPU when `crate::backend::cuda::probe()` finds one (else the CPU).
     pub device: Device,
+    /// CUDA device ordinal.
     pub cuda_device: i32,
+    /// Bytes the model (weights, then each context's KV cache and activations) may use on the
+    /// GPU; 0 = the free memory minus [`VRAM_MARGIN`].
     pub vram_budget: u64,
     /// 0 = physical cores.
     pub n_threads: usize,
@@ -75,20 +84,22 @@ pub struct ModelInfo {
     pub file_bytes: u64,
     pub bos: Token,
     pub eos: Token,
+    /// Where the weights are: "cpu", "cuda:0 (NVIDIA H100 80GB HBM3, sm_90)"; empty for a
+    /// vocab-only load.
+    pub device: String,
 }
 
 /// What a model needs to compute (absent for a vocab-only load).
 struct Compute {
     hp: HParams,
     rope: RopeParams,
-    weights: Weights<CpuBackend>,
+    placed: Arc<dyn Placed>,
     fingerprint: u64,
 }
 
 struct ModelInner {
     // Weights refer into the map held by `gguf`: declared first so they drop first.
     compute: Option<Compute>,
-    backend: CpuBackend,
     gguf: Arc<Gguf>,
     tokenizer: Tokenizer,
     n_threads: usize,
@@ -129,22 +140,49 @@ pub fn physical_cores() -> usize {
 
 impl Model {
     pub fn load(path: &Path, params: &ModelParams, progress: Option<ProgressFn>) -> Result<Model> {
-        match (params.device, crate::backend::cuda::probe()) {
-            (Device::Cpu, _) => {}
+        // (target, whether a failure on the GPU falls back to the CPU)
+        let (target, fallback) = match (params.device, crate::backend::cuda::probe()) {
+            (Device::Cpu, _) => (Target::Cpu, false),
             (Device::Cuda, Err(e)) => {
                 return Err(Error::new(ErrorKind::Device, format!("CUDA requested but unusable: {}", e.message)))
             }
-            // The CUDA backend's kernels are verified on the emulator; the engine does not yet
-            // place a model on a real GPU, so say so rather than run elsewhere than asked.
-            (Device::Cuda, Ok(_)) => {
-                return Err(Error::new(
-                    ErrorKind::Device,
-                    "CUDA device found, but this build runs models on the CPU only; use XDAN_DEVICE_CPU or AUTO",
-                ))
+            (Device::Cuda, Ok(devs)) => {
+                if !devs.iter().any(|d| d.ordinal == params.cuda_device) {
+                    return Err(Error::new(
+                        ErrorKind::Device,
+                        format!("CUDA device {} requested, but the driver reports {} device(s)", params.cuda_device, devs.len()),
+                    ));
+                }
+                (Target::Gpu(params.cuda_device), false)
             }
-            (Device::Auto, Err(e)) => crate::log::info!("CUDA not used ({}); running on the CPU", e.message),
-            (Device::Auto, Ok(_)) => crate::log::info!("this build runs models on the CPU; the CUDA device is not used"),
-        }
+            (Device::Auto, Err(e)) => {
+                crate::log::info!("CUDA not used ({}); running on the CPU", e.message);
+                (Target::Cpu, false)
+            }
+            (Device::Auto, Ok(devs)) => {
+                if devs.iter().any(|d| d.ordinal == params.cuda_device) {
+                    (Target::Gpu(params.cuda_device), true)
+                } else {
+                    crate::log::info!(
+                        "CUDA device {} does not exist ({} found); running on the CPU",
+                        params.cuda_device,
+                        devs.len()
+                    );
+                    (Target::Cpu, false)
+                }
+            }
+        };
+        Self::load_on(path, params, progress, target, fallback)
+    }
+
+    /// Loads onto the CUDA emulator (tests of the GPU path on machines without a GPU);
+    /// `params.device` is ignored, `params.vram_budget` applies.
+    #[doc(hidden)]
+    pub fn load_emulated(path: &Path, params: &ModelParams, emu: Arc<EmuDevice>, progress: Option<ProgressFn>) -> Result<Model> {
+        Self::load_on(path, params, progress, Target::Emulated(emu), false)
+    }
+
+    fn load_on(path: &Path, params: &ModelParams, progress: Option<ProgressFn>, target: Target, fallback: bool) -> Result<Model> {
         let mut cb_store;
         let progress: &mut dyn FnMut(f32) -> bool = match progress {
             Some(p) => p,
@@ -155,17 +193,24 @@ impl Model {
         };
         let gguf = Arc::new(Gguf::open(path, params.use_mmap)?);
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
-        let backend = CpuBackend;
         let compute = if params.vocab_only {
             None
         } else {
             let shown = path.display();
             let hp = HParams::from_gguf(&gguf).map_err(|e| e.context(&shown))?;
-            let weights = Weights::load(&backend, &gguf, &hp, progress).map_err(|e| e.context(&shown))?;
+            let placed = match placement::place(&target, params.vram_budget, path, &gguf, &hp, progress) {
+                Ok(p) => p,
+                Err(e) if fallback && e.kind != ErrorKind::Cancelled => {
+                    crate::log::warning!("the GPU could not take the model ({}); running on the CPU", e.message);
+                    placement::place(&Target::Cpu, 0, path, &gguf, &hp, progress)?
+                }
+                Err(e) => return Err(e),
+            };
+            crate::log::info!("{shown}: running on {}", placed.device_name());
             let mut rope = hp.rope.clone();
             rope.freq_factors = model::rope_freq_factors(&gguf, &hp).map_err(|e| e.context(&shown))?;
             let fingerprint = model::fingerprint(&gguf, &hp);
-            Some(Compute { hp, rope, weights, fingerprint })
+            Some(Compute { hp, rope, placed, fingerprint })
         };
         if !progress(1.0) {
             return Err(Error::new(ErrorKind::Cancelled, "model load cancelled by the progress callback"));
@@ -181,6 +226,7 @@ impl Model {
             ..Default::default()
         };
         if let Some(c) = &compute {
+            info.device = c.placed.device_name();
             let h = &c.hp;
             info.n_vocab = h.n_vocab as u32;
             info.n_ctx_train = h.n_ctx_train as u32;
@@ -192,7 +238,7 @@ impl Model {
             info.n_expert = h.n_expert as u32;
             info.n_expert_used = h.n_expert_used as u32;
         }
-        Ok(Model { inner: Arc::new(ModelInner { compute, backend, gguf, tokenizer, n_threads, info }) })
+        Ok(Model { inner: Arc::new(ModelInner { compute, gguf, tokenizer, n_threads, info }) })
     }
     pub fn gguf(&self) -> &Gguf {
         &self.inner.gguf
@@ -212,6 +258,11 @@ impl Model {
     /// The hyper-parameters (None for a vocab-only load).
     pub fn hparams(&self) -> Option<&HParams> {
         self.inner.compute.as_ref().map(|c| &c.hp)
+    }
+    /// Where the weights are ("cpu", "cuda:0 (NVIDIA H200, sm_90)", "cuda-emu"); empty for a
+    /// vocab-only load.
+    pub fn device_name(&self) -> String {
+        self.inner.compute.as_ref().map_or(String::new(), |c| c.placed.device_name())
     }
     /// The model's fingerprint as written in saved KV files.
     pub fn fingerprint(&self) -> u64 {
@@ -246,6 +297,18 @@ pub struct KvStats {
 /// Called during a step; returning false cancels it (the sequences stay as they were).
 pub type AbortFn = Box<dyn FnMut() -> bool + Send>;
 
+/// Estimated device memory of one forward pass's activations and scratch for `n_batch` tokens
+/// (checked against the GPU budget with the KV cache): the residual stream and attention
+/// projections, the split attention's partial results over `n_ctx` positions, the chosen
+/// experts' hidden rows, and the logits of one row per sequence.
+fn act_bytes(hp: &HParams, n_batch: u64, n_seq: u64, n_ctx: u64) -> u64 {
+    let (e, ekv, ff) = (hp.n_embd as u64, hp.n_embd_kv() as u64, hp.n_ff as u64);
+    let k = hp.n_expert_used.max(1) as u64;
+    let splits = n_ctx.div_ceil(128);
+    let per_token = 7 * e + 2 * ekv + 3 * k * ff + k * e + hp.n_head as u64 * splits * (hp.head_dim as u64 + 2);
+    4 * (n_batch * per_token + n_seq.min(n_batch) * hp.n_vocab as u64)
+}
+
 /// Default KV budget when `n_ctx = 0` asks for the training context.
 const DEFAULT_KV_BYTES_CAP: u64 = 4 << 30;
 
@@ -254,9 +317,10 @@ pub struct Context {
     n_batch: usize,
     layout: KvLayout,
     kv: KvManager,
-    store: CpuKv,
-    scratch: Scratch<CpuBackend>,
-    pool: rayon::ThreadPool,
+    /// The K/V bytes and activation scratch, on the model's device.
+    dev: Box<dyn DeviceKv>,
+    /// Worker threads of the CPU backend (None on a GPU, which runs the pass from the caller).
+    pool: Option<rayon::ThreadPool>,
     logits: Vec<Option<Vec<f32>>>,
     abort: Option<AbortFn>,
     record_routes: bool,
@@ -284,7 +348,12 @@ impl Context {
         let per_token = 2 * hp.n_layer as u64 * row;
         let n_seq = params.n_seq_max as u64;
         let n_ctx = if params.n_ctx == 0 {
-            let cap = (DEFAULT_KV_BYTES_CAP / per_token.max(1) / n_seq).max(KV_BLOCK as u64);
+            // On a GPU, also at most what its budget has left once the activations are counted.
+            let room = match c.placed.room() {
+                Some(r) => r.saturating_sub(act_bytes(hp, params.n_batch as u64, n_seq, hp.n_ctx_train as u64)),
+                None => u64::MAX,
+            };
+            let cap = (DEFAULT_KV_BYTES_CAP.min(room) / per_token.max(1) / n_seq).max(KV_BLOCK as u64);
             (hp.n_ctx_train as u64).min(cap).max(1)
         } else {
             params.n_ctx as u64
@@ -292,19 +361,23 @@ impl Context {
         let n_kv = if params.n_kv_tokens == 0 { n_ctx * n_seq } else { params.n_kv_tokens as u64 };
         let n_blocks = n_kv.div_ceil(KV_BLOCK as u64);
         let layout = KvLayout { n_layer: hp.n_layer, n_slots: (n_blocks as usize) * KV_BLOCK, n_embd_kv: hp.n_embd_kv(), ty };
-        let store = model.inner.backend.kv_new(&layout)?;
-        let n_threads = if params.n_threads == 0 { model.inner.n_threads } else { params.n_threads };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(n_threads.max(1))
-            .build()
-            .map_err(|e| Error::internal(format!("cannot start {n_threads} threads: {e}")))?;
+        let dev = c.placed.clone().new_kv(&layout, act_bytes(hp, params.n_batch as u64, n_seq, n_ctx))?;
+        let pool = if c.placed.on_host() {
+            let n_threads = if params.n_threads == 0 { model.inner.n_threads } else { params.n_threads };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n_threads.max(1))
+                .build()
+                .map_err(|e| Error::internal(format!("cannot start {n_threads} threads: {e}")))?;
+            Some(pool)
+        } else {
+            None
+        };
         Ok(Context {
             model: model.clone(),
             n_batch: params.n_batch as usize,
             layout,
             kv: KvManager::new(n_blocks as usize, params.n_seq_max as usize, n_ctx as usize),
-            store,
-            scratch: Scratch::new(&model.inner.backend),
+            dev,
             pool,
             logits: vec![None; params.n_seq_max as usize],
             abort: None,
@@ -377,9 +450,8 @@ impl Context {
     /// The forward passes of one step after the blocks are allocated; the logits of each item's
     /// last token land in `out_buf` (item order).
     fn run_step(&mut self, c: &Compute, seqs: &[usize], old_len: &[usize], items: &[(u32, &[Token])], copies: &[BlockCopy]) -> Result<()> {
-        let be = &self.model.inner.backend;
         for cp in copies {
-            be.kv_copy_block(&mut self.store, cp.src, cp.dst, cp.n)?;
+            self.dev.copy_block(cp.src, cp.dst, cp.n)?;
         }
         let n_vocab = c.hp.n_vocab;
         // Flatten: (item, index in item).
@@ -424,8 +496,12 @@ impl Context {
             let abort = &mut self.abort;
             let mut poll = || abort.as_mut().map_or(true, |f| f());
             let routes = if self.record_routes { Some(&mut self.routes) } else { None };
-            let (store, scratch) = (&mut self.store, &mut self.scratch);
-            self.pool.install(|| forward(be, &c.weights, &c.hp, &c.rope, store, &b, scratch, &mut poll, routes, &mut chunk_logits))?;
+            let dev = &mut self.dev;
+            let run = || dev.forward(&c.hp, &c.rope, &b, &mut poll, routes, &mut chunk_logits);
+            match &self.pool {
+                Some(pool) => pool.install(run)?,
+                None => run()?,
+            }
             for (k, &item) in out_items.iter().enumerate() {
                 self.out_buf[item * n_vocab..(item + 1) * n_vocab].copy_from_slice(&chunk_logits[k * n_vocab..(k + 1) * n_vocab]);
             }
@@ -475,13 +551,12 @@ impl Context {
     pub fn seq_save(&mut self, seq: u32, path: &Path) -> Result<()> {
         let s = self.kv.check_seq(seq)?;
         let c = self.model.inner.compute.as_ref().expect("a context has a computing model");
-        let be = &self.model.inner.backend;
         let n = self.kv.len(s);
         let slots: Vec<u32> = (0..n).map(|p| self.kv.slot(s, p)).collect();
         let mut layers = Vec::with_capacity(self.layout.n_layer);
         for l in 0..self.layout.n_layer {
             let mut buf = Vec::with_capacity(2 * n * self.layout.row_bytes());
-            be.kv_export(&self.store, l, &slots, &mut buf)?;
+            self.dev.export(l, &slots, &mut buf)?;
             layers.push(buf);
         }
         let saved = SavedSeq {
@@ -528,9 +603,8 @@ impl Context {
         let n = saved.tokens.len();
         let blocks = self.kv.alloc_fresh(n)?;
         let slots: Vec<u32> = (0..n).map(|p| blocks[p / KV_BLOCK] * KV_BLOCK as u32 + (p % KV_BLOCK) as u32).collect();
-        let be = &self.model.inner.backend;
         for (l, data) in saved.layers.iter().enumerate() {
-            if let Err(e) = be.kv_import(&mut self.store, l, &slots, data) {
+            if let Err(e) = self.dev.import(l, &slots, data) {
                 self.kv.free_blocks(&blocks);
                 return Err(e);
             }

@@ -227,17 +227,31 @@ static xdan_model *test_model_load(void) {
   EXPECT(xdan_model_load(model_path, &mp, &m), XDAN_E_INVALID_ARG);
   CHECK(m == sentinel);
 
-  /* CUDA demanded: this build places models on the CPU only, so XDAN_E_DEVICE with the reason
-     (no driver here, or the CPU-only notice); AUTO falls back to the CPU. */
+  /* CUDA demanded: without a usable GPU, XDAN_E_DEVICE with the reason; with one, the model
+     runs there. AUTO runs wherever it can, and says where. */
   xdan_model_params_init(&mp);
   mp.device = XDAN_DEVICE_CUDA;
-  EXPECT(xdan_model_load(model_path, &mp, &m), XDAN_E_DEVICE);
-  CHECK(strstr(xdan_last_error(), "CUDA") != NULL);
-  CHECK(m == sentinel);
+  char dev[128];
+  size_t dev_len = 0;
+  if (!xdan_cuda_available()) {
+    EXPECT(xdan_model_load(model_path, &mp, &m), XDAN_E_DEVICE);
+    CHECK(strstr(xdan_last_error(), "CUDA") != NULL);
+    CHECK(m == sentinel);
+  } else {
+    xdan_model *gm = NULL;
+    OK(xdan_model_load(model_path, &mp, &gm));
+    OK(xdan_model_device(gm, dev, sizeof dev, &dev_len));
+    CHECK(strncmp(dev, "cuda:", 5) == 0);
+    xdan_model_free(gm);
+  }
   xdan_model_params_init(&mp);
   mp.device = XDAN_DEVICE_AUTO;
   xdan_model *autom = NULL;
   OK(xdan_model_load(model_path, &mp, &autom));
+  OK(xdan_model_device(autom, dev, sizeof dev, &dev_len));
+  CHECK(dev_len == strlen(dev) && dev_len > 0);
+  if (!xdan_cuda_available()) CHECK(strcmp(dev, "cpu") == 0);
+  EXPECT(xdan_model_device(autom, dev, 1, &dev_len), XDAN_E_BUFFER_TOO_SMALL);
   xdan_model_free(autom);
 
   /* A caller compiled with an older, shorter struct: the rest are defaults. The garbage
@@ -351,6 +365,10 @@ static void test_tokenizer(xdan_model *tiny, const char *text, const char *ids_s
   xdan_model *m = NULL;
   OK(xdan_model_load(spm_path, &mp, &m));
   if (!m) return;
+  char dev[8];
+  size_t dev_len = 99;
+  OK(xdan_model_device(m, dev, sizeof dev, &dev_len));
+  CHECK(dev_len == 0 && dev[0] == 0); /* vocab-only: no device */
 
   xdan_token toks[256];
   size_t n = 0;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 pub mod exact;
 pub mod regen;
 
-use xdan::engine::{Context, ContextParams, KvType, Model, ModelParams};
+use xdan::engine::{Context, ContextParams, Device, KvType, Model, ModelParams};
 
 pub fn data_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
@@ -43,7 +43,8 @@ pub fn tiny_mixtral(variant: &str) -> PathBuf {
 }
 
 pub fn load(path: &Path, n_threads: usize) -> Model {
-    let mp = ModelParams { n_threads, ..Default::default() };
+    // The CPU engine's tests: on a machine with a GPU, AUTO would place the model there.
+    let mp = ModelParams { device: Device::Cpu, n_threads, ..Default::default() };
     Model::load(path, &mp, None).unwrap_or_else(|e| panic!("{}: {:?}: {}", path.display(), e.kind, e.message))
 }
 

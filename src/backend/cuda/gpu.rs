@@ -38,6 +38,7 @@ struct Api {
     h2d: unsafe extern "C" fn(u64, *const c_void, usize) -> CuResult,
     d2h: unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult,
     d2d: unsafe extern "C" fn(u64, u64, usize) -> CuResult,
+    mem_info: unsafe extern "C" fn(*mut usize, *mut usize) -> CuResult,
     module_load: unsafe extern "C" fn(*mut Module, *const c_void) -> CuResult,
     get_function: unsafe extern "C" fn(*mut Function, Module, *const c_char) -> CuResult,
     #[allow(clippy::type_complexity)]
@@ -126,6 +127,7 @@ impl GpuDevice {
                 h2d: lib.sym("cuMemcpyHtoD_v2")?,
                 d2h: lib.sym("cuMemcpyDtoH_v2")?,
                 d2d: lib.sym("cuMemcpyDtoD_v2")?,
+                mem_info: lib.sym("cuMemGetInfo_v2")?,
                 module_load: lib.sym("cuModuleLoadData")?,
                 get_function: lib.sym("cuModuleGetFunction")?,
                 launch: lib.sym("cuLaunchKernel")?,
@@ -178,6 +180,15 @@ impl GpuDevice {
     fn current(&self) -> Result<()> {
         // SAFETY: the primary context retained in open_with.
         self.check("cuCtxSetCurrent", unsafe { (self.api.ctx_set)(self.ctx) })
+    }
+
+    /// (free, total) bytes of device memory, as the driver reports them now.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.current()?;
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: two valid out-pointers.
+        self.check("cuMemGetInfo", unsafe { (self.api.mem_info)(&mut free, &mut total) })?;
+        Ok((free, total))
     }
 
     /// Waits for every launch issued so far; reports an error a kernel raised.

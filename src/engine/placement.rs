@@ -1,0 +1,257 @@
+//! Where a model runs: its weights on one backend (the CPU, a GPU, or the emulated GPU the
+//! tests use), and per context the KV store and activation scratch on that same backend.
+//!
+//! The engine holds these behind two small object-safe traits, [`Placed`] (per model) and
+//! [`DeviceKv`] (per context), so `Model` and `Context` stay one type whatever the device;
+//! the forward pass itself stays generic over [`Backend`] and is monomorphised per backend.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::{CudaBackend, Device as _, EmuDevice, GpuDevice};
+use crate::backend::{Backend, KvLayout, RopeParams};
+use crate::error::{Error, ErrorKind, Result};
+use crate::gguf::Gguf;
+use crate::model::forward::{forward, Batch, Scratch};
+use crate::model::{HParams, Weights};
+
+/// Device memory kept free when `vram_budget` is 0 ("free memory minus a margin"): room for
+/// the driver's own allocations, the kernels' modules and other processes' small needs.
+pub const VRAM_MARGIN: u64 = 512 << 20;
+
+/// A model's weights on one backend; makes the per-context device state.
+pub(crate) trait Placed: Send + Sync {
+    /// "cpu", "cuda:0 (NVIDIA H100 80GB HBM3, sm_90)", "cuda-emu".
+    fn device_name(&self) -> String;
+    /// Whether the forward pass computes on the host (then it runs on the context's threads).
+    fn on_host(&self) -> bool;
+    /// Device bytes still available to this model (None on the host).
+    fn room(&self) -> Option<u64>;
+    /// A KV store of `layout` and fresh scratch; `act_bytes` is the estimated activation memory
+    /// of one forward pass, checked against the device's budget together with the KV.
+    fn new_kv(self: Arc<Self>, layout: &KvLayout, act_bytes: u64) -> Result<Box<dyn DeviceKv>>;
+}
+
+/// One context's K/V store and scratch on the model's backend.
+pub(crate) trait DeviceKv: Send {
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        hp: &HParams,
+        rope: &RopeParams,
+        b: &Batch,
+        abort: &mut dyn FnMut() -> bool,
+        routes: Option<&mut Vec<Vec<u32>>>,
+        logits: &mut [f32],
+    ) -> Result<()>;
+    fn copy_block(&mut self, src: u32, dst: u32, n: usize) -> Result<()>;
+    fn export(&self, layer: usize, slots: &[u32], out: &mut Vec<u8>) -> Result<()>;
+    fn import(&mut self, layer: usize, slots: &[u32], data: &[u8]) -> Result<()>;
+}
+
+/// Accounting of a GPU's memory against `vram_budget`: the weights, then every live context's
+/// KV cache and activations.
+pub(crate) struct Vram {
+    device: String,
+    /// Bytes the model may use; 0 = what the device has free (minus [`VRAM_MARGIN`]) at each check.
+    budget: u64,
+    used: AtomicU64,
+    /// Free device memory now, when the device can tell.
+    free: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+}
+
+fn mib(b: u64) -> String {
+    format!("{b} bytes ({:.1} MiB)", b as f64 / (1u64 << 20) as f64)
+}
+
+impl Vram {
+    /// Reserves `need` bytes for `what`, or says why they do not fit (`OutOfMemory`).
+    fn reserve(&self, need: u64, what: &str) -> Result<()> {
+        let used = self.used.load(Ordering::SeqCst);
+        let oom = |m: String| Err(Error::new(ErrorKind::OutOfMemory, m));
+        if self.budget != 0 {
+            let left = self.budget.saturating_sub(used);
+            if need > left {
+                return oom(format!(
+                    "{}: {what} would take {}, but only {} of vram_budget {} is left ({} already in use by this model)",
+                    self.device,
+                    mib(need),
+                    mib(left),
+                    mib(self.budget),
+                    mib(used)
+                ));
+            }
+        } else if let Some(free) = (self.free)() {
+            let avail = free.saturating_sub(VRAM_MARGIN);
+            if need > avail {
+                return oom(format!(
+                    "{}: {what} would take {}, but the device has {} free, {} after a margin of {} (set vram_budget to override)",
+                    self.device,
+                    mib(need),
+                    mib(free),
+                    mib(avail),
+                    mib(VRAM_MARGIN)
+                ));
+            }
+        }
+        self.used.fetch_add(need, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Bytes a reservation may still take (None: the device cannot tell).
+    fn room(&self) -> Option<u64> {
+        if self.budget != 0 {
+            Some(self.budget.saturating_sub(self.used.load(Ordering::SeqCst)))
+        } else {
+            (self.free)().map(|f| f.saturating_sub(VRAM_MARGIN))
+        }
+    }
+
+    fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+/// A model on backend `B`.
+pub(crate) struct OnBackend<B: Backend> {
+    be: B,
+    weights: Weights<B>,
+    /// None on the host (the CPU backend maps the file instead of allocating).
+    vram: Option<Vram>,
+}
+
+struct KvOn<B: Backend> {
+    placed: Arc<OnBackend<B>>,
+    store: B::Kv,
+    scratch: Scratch<B>,
+    reserved: u64,
+}
+
+impl<B: Backend> Drop for KvOn<B> {
+    fn drop(&mut self) {
+        if let Some(v) = &self.placed.vram {
+            v.release(self.reserved);
+        }
+    }
+}
+
+impl<B: Backend> Placed for OnBackend<B> {
+    fn device_name(&self) -> String {
+        self.be.name()
+    }
+    fn on_host(&self) -> bool {
+        self.vram.is_none()
+    }
+    fn room(&self) -> Option<u64> {
+        self.vram.as_ref().and_then(|v| v.room())
+    }
+    fn new_kv(self: Arc<Self>, layout: &KvLayout, act_bytes: u64) -> Result<Box<dyn DeviceKv>> {
+        let mut reserved = 0;
+        if let Some(v) = &self.vram {
+            let kv = layout.total_bytes();
+            reserved = kv + act_bytes;
+            v.reserve(reserved, &format!("a context (KV cache {}, activations about {})", mib(kv), mib(act_bytes)))?;
+        }
+        let store = match self.be.kv_new(layout) {
+            Ok(s) => s,
+            Err(e) => {
+                if let Some(v) = &self.vram {
+                    v.release(reserved);
+                }
+                return Err(e);
+            }
+        };
+        let scratch = Scratch::new(&self.be);
+        Ok(Box::new(KvOn { placed: self, store, scratch, reserved }))
+    }
+}
+
+impl<B: Backend> DeviceKv for KvOn<B> {
+    fn forward(
+        &mut self,
+        hp: &HParams,
+        rope: &RopeParams,
+        b: &Batch,
+        abort: &mut dyn FnMut() -> bool,
+        routes: Option<&mut Vec<Vec<u32>>>,
+        logits: &mut [f32],
+    ) -> Result<()> {
+        let p = &*self.placed;
+        forward(&p.be, &p.weights, hp, rope, &mut self.store, b, &mut self.scratch, abort, routes, logits)
+    }
+    fn copy_block(&mut self, src: u32, dst: u32, n: usize) -> Result<()> {
+        self.placed.be.kv_copy_block(&mut self.store, src, dst, n)
+    }
+    fn export(&self, layer: usize, slots: &[u32], out: &mut Vec<u8>) -> Result<()> {
+        self.placed.be.kv_export(&self.store, layer, slots, out)
+    }
+    fn import(&mut self, layer: usize, slots: &[u32], data: &[u8]) -> Result<()> {
+        self.placed.be.kv_import(&mut self.store, layer, slots, data)
+    }
+}
+
+/// Where to put a model.
+pub(crate) enum Target {
+    Cpu,
+    /// GPU ordinal.
+    Gpu(i32),
+    Emulated(Arc<EmuDevice>),
+}
+
+/// Bytes the weights take on a device: every tensor the engine uploads (a tied output head is
+/// uploaded a second time as `output`; `rope_freqs` stays on the host).
+fn weight_bytes(g: &Gguf) -> u64 {
+    let mut n: u64 = g.tensors().iter().filter(|t| t.name != "rope_freqs.weight").map(|t| t.n_bytes).sum();
+    if g.tensor("output.weight").is_none() {
+        n += g.tensor("token_embd.weight").map_or(0, |t| t.n_bytes);
+    }
+    n
+}
+
+fn on_device<D: crate::backend::cuda::Device>(
+    dev: Arc<D>,
+    free: Box<dyn Fn() -> Option<u64> + Send + Sync>,
+    budget: u64,
+    g: &Arc<Gguf>,
+    hp: &HParams,
+    progress: &mut dyn FnMut(f32) -> bool,
+) -> Result<Arc<dyn Placed>> {
+    let be = CudaBackend::new(dev);
+    let vram = Vram { device: be.name(), budget, used: AtomicU64::new(0), free };
+    vram.reserve(weight_bytes(g), "the weights")?;
+    let weights = Weights::load(&be, g, hp, progress)?;
+    Ok(Arc::new(OnBackend { be, weights, vram: Some(vram) }))
+}
+
+/// Loads the weights of `g` onto `target`. The path is only for messages.
+pub(crate) fn place(
+    target: &Target,
+    budget: u64,
+    path: &Path,
+    g: &Arc<Gguf>,
+    hp: &HParams,
+    progress: &mut dyn FnMut(f32) -> bool,
+) -> Result<Arc<dyn Placed>> {
+    let shown = path.display();
+    match target {
+        Target::Cpu => {
+            let weights = Weights::load(&CpuBackend, g, hp, progress).map_err(|e| e.context(&shown))?;
+            Ok(Arc::new(OnBackend { be: CpuBackend, weights, vram: None }))
+        }
+        Target::Emulated(dev) => {
+            on_device(dev.clone(), Box::new(|| None), budget, g, hp, progress).map_err(|e| e.context(&shown))
+        }
+        Target::Gpu(ordinal) => {
+            let dev = Arc::new(GpuDevice::open(*ordinal)?);
+            // Compile (or take from the disk cache) and load every kernel now, so a driver or
+            // NVRTC problem fails the load rather than the first step.
+            let n = dev.preload()?;
+            crate::log::debug!("{}: {n} kernels loaded", dev.name());
+            let d = dev.clone();
+            let free = Box::new(move || d.mem_info().ok().map(|(f, _)| f as u64));
+            on_device(dev, free, budget, g, hp, progress).map_err(|e| e.context(&shown))
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! The engine's GPU path end to end without a GPU: tiny-mixtral Q8_0 loaded through
+//! `Model::load_emulated` onto `CudaBackend<EmuDevice>` (weights uploaded, KV cache in device
+//! memory, every op a launch of the kernels in kernels/), driven through the same Rust engine API
+//! as the CPU engine and compared with it: prompt, greedy steps, fork + copy-on-write continue,
+//! a two-sequence step_batch, truncate, save → load (also across devices), a cancelled step, the
+//! VRAM budget, and the load progress. The emulator runs each CUDA thread as an OS thread, so
+//! the sequences are kept short.
+
+mod engine_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use engine_common::{argmax, max_abs_diff, tiny_mixtral};
+use xdan::backend::cuda::EmuDevice;
+use xdan::engine::{Context, ContextParams, Device, KvType, Model, ModelParams};
+use xdan::ErrorKind;
+
+/// Max |logit difference| allowed between the emulated GPU and the CPU engine (logits have a
+/// standard deviation of about 1): both quantize activations to 8 bits the same way for Q8_0,
+/// so what differs is float summation order (tests/cuda_emu_model.rs measures ~1e-5 here).
+const TOL: f32 = 1e-3;
+
+fn build_emulator() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu-engine");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = dir.join("libxdan_cuda_emu.so");
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new(std::env::var("CXX").unwrap_or_else(|_| "g++".into()))
+        .args(["-std=c++20", "-O2", "-fno-strict-aliasing", "-pthread", "-shared", "-fPIC", "-Wall", "-Werror"])
+        .args(["-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"])
+        .arg(format!("{root}/kernels/emu/launch.cpp"))
+        .arg("-o")
+        .arg(&lib)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the C++ compiler (g++ >= 12 is required): {e}"));
+    assert!(out.status.success(), "building the emulator library failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    lib
+}
+
+fn params() -> ModelParams {
+    ModelParams { device: Device::Cpu, n_threads: 2, ..Default::default() }
+}
+
+fn ctx(m: &Model, n_seq: u32, kv: KvType) -> Result<Context, xdan::Error> {
+    Context::new(m, &ContextParams { n_ctx: 48, n_seq_max: n_seq, n_batch: 16, kv_type: kv, n_threads: 2, ..Default::default() })
+}
+
+/// Logits of `seq` on both engines agree within TOL and pick the same greedy token.
+fn same(what: &str, cpu: &Context, gpu: &Context, seq: u32) -> i32 {
+    let (a, b) = (cpu.logits(seq).unwrap(), gpu.logits(seq).unwrap());
+    let d = max_abs_diff(a, b);
+    assert!(d < TOL, "{what}: logits differ from the CPU engine's by {d} (> {TOL})");
+    let (ta, tb) = (argmax(a), argmax(b));
+    assert_eq!(ta, tb, "{what}: greedy token {tb} on the emulated GPU, {ta} on the CPU");
+    println!("{what}: max |logit diff| {d:.1e}, greedy {ta}");
+    ta as i32
+}
+
+#[test]
+fn engine_runs_tiny_mixtral_on_the_emulated_gpu() {
+    let emu = Arc::new(EmuDevice::open(build_emulator().to_str().unwrap()).unwrap());
+    let path = tiny_mixtral("Q8_0");
+
+    // Load progress advances while the weights are uploaded, and ends at 1.
+    let mut seen = Vec::new();
+    let mut cb = |f: f32| {
+        seen.push(f);
+        true
+    };
+    let gm = Model::load_emulated(&path, &params(), emu.clone(), Some(&mut cb)).unwrap();
+    assert!(seen.len() > 10 && seen.windows(2).all(|w| w[0] <= w[1]), "progress: {seen:?}");
+    assert_eq!(*seen.last().unwrap(), 1.0);
+    assert!(seen.iter().filter(|&&f| f > 0.0 && f < 1.0).count() > 5);
+    let cm = Model::load(&path, &params(), None).unwrap();
+    assert_eq!((cm.device_name().as_str(), gm.device_name().as_str()), ("cpu", "cuda-emu"));
+    assert_eq!(gm.info().device, "cuda-emu");
+    same_as_cpu(&cm, &gm);
+}
+
+/// The same on a real GPU (`XDAN_DEVICE_CUDA` through the engine API): run it on a GPU machine
+/// with `cargo test --release --test engine_cuda_emu -- --ignored`; without one it fails.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn engine_runs_tiny_mixtral_on_the_gpu() {
+    let path = tiny_mixtral("Q8_0");
+    let mut seen = 0;
+    let mut cb = |_f: f32| {
+        seen += 1;
+        true
+    };
+    let gm = Model::load(&path, &ModelParams { device: Device::Cuda, ..params() }, Some(&mut cb))
+        .unwrap_or_else(|e| panic!("{:?}: {}", e.kind, e.message));
+    assert!(seen > 10);
+    assert!(gm.device_name().starts_with("cuda:0 ("), "{}", gm.device_name());
+    println!("device: {}", gm.device_name());
+    let cm = Model::load(&path, &params(), None).unwrap();
+    same_as_cpu(&cm, &gm);
+    let e = Model::load(&path, &ModelParams { device: Device::Cuda, vram_budget: 1 << 20, ..params() }, None).err();
+    let e = e.expect("weights over a 1 MiB budget");
+    assert_eq!(e.kind, ErrorKind::OutOfMemory);
+    println!("1 MiB budget: {}", e.message);
+}
+
+/// Drives the CPU model `cm` and the GPU model `gm` through the same calls, comparing logits.
+fn same_as_cpu(cm: &Model, gm: &Model) {
+
+    // KV F32 on both sides: the cache holds what the GPU computed, nothing rounds it.
+    let (mut c, mut g) = (ctx(cm, 3, KvType::F32).unwrap(), ctx(gm, 3, KvType::F32).unwrap());
+    let prompt = [1, 832, 165, 251, 189, 895, 149];
+    for e in [&mut c, &mut g] {
+        e.step(0, &prompt).unwrap();
+    }
+    let mut t = same("prompt", &c, &g, 0);
+    for i in 0..2 {
+        for e in [&mut c, &mut g] {
+            e.step(0, &[t]).unwrap();
+        }
+        t = same(&format!("greedy step {i}"), &c, &g, 0);
+    }
+    // 9 tokens: the fork shares a partly filled block, which the next appends copy.
+    for e in [&mut c, &mut g] {
+        e.seq_fork(0, 1).unwrap();
+        e.step_batch(&[(0, &[t]), (1, &[17, 42])]).unwrap();
+    }
+    same("step_batch seq 0 after fork", &c, &g, 0);
+    same("step_batch seq 1 after fork", &c, &g, 1);
+    assert_eq!(g.kv_stats(), c.kv_stats());
+    g.kv_check().unwrap();
+
+    // Truncate back into the shared block and step again.
+    for e in [&mut c, &mut g] {
+        e.seq_truncate(1, 5).unwrap();
+        e.step(1, &[300]).unwrap();
+    }
+    same("truncate + step", &c, &g, 1);
+
+    // A cancelled step leaves the sequence (tokens, KV, logits) as it was.
+    let before = g.logits(0).unwrap().to_vec();
+    let len = g.seq_len(0);
+    g.set_abort(Some(Box::new(|| false)));
+    let e = g.step(0, &[5, 6, 7]).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Cancelled);
+    g.set_abort(None);
+    assert_eq!((g.seq_len(0), g.logits(0).unwrap()), (len, &before[..]));
+
+    // Save from the emulated GPU; load into another sequence there and into the CPU engine.
+    let file = std::env::temp_dir().join(format!("xdan-engine-{}-{}-seq0.kv", std::process::id(), gm.device_name().split(' ').next().unwrap()));
+    g.seq_save(0, &file).unwrap();
+    g.seq_load(2, &file).unwrap();
+    c.seq_load(2, &file).unwrap();
+    assert_eq!(g.seq_tokens(2).unwrap(), c.seq_tokens(0).unwrap());
+    for e in [&mut c, &mut g] {
+        e.step(2, &[99]).unwrap();
+        e.step(0, &[99]).unwrap();
+    }
+    same("loaded seq 2", &c, &g, 2);
+    assert_eq!(g.logits(2).unwrap(), g.logits(0).unwrap(), "loaded copy continues exactly like the original");
+    let d = max_abs_diff(c.logits(2).unwrap(), c.logits(0).unwrap());
+    assert!(d < TOL, "the GPU-saved KV continued on the CPU differs from the CPU's own by {d}");
+    for s in 0..3 {
+        g.seq_clear(s).unwrap();
+    }
+    assert_eq!(g.kv_used_blocks(), 0);
+    let _ = std::fs::remove_file(&file);
+
+    // KV types the device does not hold are refused at context creation.
+    let e = ctx(gm, 1, KvType::Q8_0).err().expect("Q8_0 KV on the GPU");
+    assert_eq!(e.kind, ErrorKind::Unsupported, "{}", e.message);
+}
+
+#[test]
+fn vram_budget_is_enforced_with_a_clear_error() {
+    let emu = Arc::new(EmuDevice::open(build_emulator().to_str().unwrap()).unwrap());
+    let path = tiny_mixtral("Q8_0");
+    let p = |budget: u64| ModelParams { vram_budget: budget, ..params() };
+
+    let e = Model::load_emulated(&path, &p(1 << 20), emu.clone(), None).err().expect("1 MiB budget");
+    assert_eq!(e.kind, ErrorKind::OutOfMemory);
+    assert!(e.message.contains("the weights would take") && e.message.contains("vram_budget 1048576"), "{}", e.message);
+
+    // The weights fit with a little room, which a context's KV cache does not.
+    let vocab = Model::load(&path, &ModelParams { vocab_only: true, ..params() }, None).unwrap();
+    let weights: u64 = vocab.gguf().tensors().iter().map(|t| t.n_bytes).sum();
+    let m = Model::load_emulated(&path, &p(weights + (64 << 10)), emu.clone(), None).unwrap();
+    let e = ctx(&m, 1, KvType::F16).err().expect("KV over the budget");
+    assert_eq!(e.kind, ErrorKind::OutOfMemory);
+    assert!(e.message.contains("KV cache") && e.message.contains("is left"), "{}", e.message);
+
+    // Room for one context of 4096 tokens (2 MiB of F16 KV + about 1 MiB of activations), not
+    // for two at once: the second fits once the first is dropped.
+    let big = ContextParams { n_ctx: 4096, n_batch: 16, ..Default::default() };
+    let m = Model::load_emulated(&path, &p(weights + (9 << 19)), emu, None).unwrap();
+    let c1 = Context::new(&m, &big).unwrap();
+    assert_eq!(c1.kv_stats().bytes, 2 << 20);
+    let e = Context::new(&m, &big).err().expect("a second context over the budget");
+    assert_eq!(e.kind, ErrorKind::OutOfMemory, "{}", e.message);
+    drop(c1);
+    let mut c2 = Context::new(&m, &big).unwrap();
+    c2.step(0, &[1, 2]).unwrap();
+    assert_eq!(c2.logits(0).unwrap().len(), 1024);
+}
