@@ -820,3 +820,33 @@ fn tsan_catches_missing_syncthreads() {
     assert!(err.contains("rms_norm"), "the race report should point into rms_norm:\n{err}");
     println!("TSan reported the removed __syncthreads in rms_norm (exit status {})", out.status);
 }
+
+/// A copy of gemm.cu without the barrier between writing a step's tiles and the warps' tensor-
+/// core loads of them: ThreadSanitizer must see the emulated fragment loads race the writes.
+#[test]
+fn tsan_catches_missing_syncthreads_in_gemm() {
+    let src = std::fs::read_to_string(format!("{ROOT}/kernels/gemm.cu")).unwrap();
+    let barrier = "        __syncthreads();\n#pragma unroll\n        for (int kk = 0;";
+    assert_eq!(src.matches(barrier).count(), 1, "gemm.cu has one barrier before its MMAs");
+    let broken = src.replace(barrier, "#pragma unroll\n        for (int kk = 0;");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu").join("broken-gemm-src");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gemm.cu"), broken).unwrap();
+    let exe = build("tsan-broken-gemm", &["-O1", "-fsanitize=thread"], Some(&dir));
+    let h = Harness::new(exe, vec![("TSAN_OPTIONS".into(), "exitcode=66:halt_on_error=1".into())]);
+    let mut rng = Rng(11);
+    let (w, _) = weights("F32", 72 * 256, &mut rng);
+    h.put("w.bin", &w);
+    h.put_f32("x.f32", &rng.vec(7 * 256, 1.0));
+    let out = Command::new(&h.exe)
+        .args(["gemm"])
+        .arg(&h.work)
+        .args(["F32", "72", "256", "7"])
+        .envs(h.env.iter().cloned())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARNING: ThreadSanitizer: data race"), "TSan did not report the missing barrier (status {}):\n{err}", out.status);
+    assert!(err.contains("xd_gemm"), "the race report should point into the GEMM:\n{err}");
+    println!("TSan reported the removed __syncthreads in the GEMM (exit status {})", out.status);
+}

@@ -137,7 +137,11 @@ fn emulated_cuda_backend_runs_tiny_mixtral() {
         let line = check_variant(&dev, variant, kv, GEMM_MIN_ROWS, tol);
         println!("{line}");
     }
-    for (variant, kv, tol) in [("Q8_0", GgmlType::F32, 1.0), ("F16", GgmlType::F16, 1.0), ("Q4_K_M", GgmlType::F32, 1.0)] {
+    // The prompt through the prefill GEMMs (weights and activations rounded to f16, f32 sums):
+    // F16 differs from the CPU by f16 activations (2^-11 relative) where the matvec kept f32,
+    // about 2e-3 on these logits; Q4_K_M (which holds Q4_K, Q5_K, Q6_K and Q8_0 weights, so
+    // stands for the Q8_0 file too) by the CPU's 8-bit activations, as with the matvecs.
+    for (variant, kv, tol) in [("F16", GgmlType::F16, 1e-2), ("Q4_K_M", GgmlType::F32, 0.15)] {
         let line = check_variant(&dev, variant, kv, 1, tol);
         println!("{line}");
     }

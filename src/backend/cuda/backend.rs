@@ -262,6 +262,9 @@ impl<D: Device> CudaBackend<D> {
     fn gemm(&self, w: &CudaWeight<D>, w_rows: usize, expert_stride: usize, group: Option<(DevPtr, DevPtr, usize)>, x: DevPtr, x_group: usize, y: DevPtr, n_tok: usize) -> Result<()> {
         let sfx = type_suffix(w.ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({})", w.name, w.ty)))?;
         let (counts, lists, n_exp) = group.unwrap_or((0, 0, 1));
+        if w_rows == 0 || n_tok == 0 {
+            return Ok(());
+        }
         let tiles = blocks(n_tok, GEMM_BN);
         if tiles > 65535 || n_exp > 65535 || w.cols > i32::MAX as usize || w_rows > i32::MAX as usize {
             return Err(Error::unsupported(format!("CUDA GEMM: {n_tok} rows of {} against {w_rows} rows is too large a launch", w.cols)));
