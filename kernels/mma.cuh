@@ -32,14 +32,16 @@ __device__ __forceinline__ void xd_mma_load_a(xd_frag_ab& a, const uint16_t* p, 
     asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, [%8], %9;"
                  : "=r"(a.x[0]), "=r"(a.x[1]), "=r"(a.x[2]), "=r"(a.x[3]), "=r"(a.x[4]), "=r"(a.x[5]),
                    "=r"(a.x[6]), "=r"(a.x[7])
-                 : "l"(p), "r"(ldm));
+                 : "l"(p), "r"(ldm)
+                 : "memory");
 }
 
 __device__ __forceinline__ void xd_mma_load_b(xd_frag_ab& b, const uint16_t* p, int ldm) {
     asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, [%8], %9;"
                  : "=r"(b.x[0]), "=r"(b.x[1]), "=r"(b.x[2]), "=r"(b.x[3]), "=r"(b.x[4]), "=r"(b.x[5]),
                    "=r"(b.x[6]), "=r"(b.x[7])
-                 : "l"(p), "r"(ldm));
+                 : "l"(p), "r"(ldm)
+                 : "memory");
 }
 
 __device__ __forceinline__ void xd_mma(xd_frag_c& c, const xd_frag_ab& a, const xd_frag_ab& b) {

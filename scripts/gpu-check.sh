@@ -10,8 +10,9 @@
 #                                  .gpu-pack carried) runs it: NVRTC compiles every kernel for
 #                                  the device, tiny-mixtral Q8_0 and F16 go through the engine's
 #                                  forward on the GPU and are compared with the CPU backend and
-#                                  with llama.cpp (experts, argmax, logits), then decode-shaped
-#                                  matvec timings are printed. --sanitize runs the parity part
+#                                  with llama.cpp (experts, argmax, logits), through the matvecs
+#                                  and through the prefill GEMMs, then decode-shaped matvec and
+#                                  prefill-shaped GEMM timings are printed. --sanitize runs the parity part
 #                                  again under compute-sanitizer memcheck and racecheck.
 #                                  Output goes to stdout and, when $OUT is set, $OUT/gpu-check.log.
 #
