@@ -171,7 +171,7 @@ fn bench_gemm(dev: &Arc<GpuDevice>, data: &Path) {
         let step = || unsafe {
             dev.launch(
                 &format!("mul_mat_{sfx}"),
-                [(rows / 64) as u32, toks.div_ceil(128) as u32, 1],
+                [(rows / 32) as u32, toks.div_ceil(256) as u32, 1],
                 [256, 1, 1],
                 0,
                 &[

@@ -2,12 +2,14 @@
 // the tensor cores. Every weight type is read through its matvec dot product one value at a time
 // (xd_dequant_one), so the GEMM decodes exactly what the matvecs and the row gather decode.
 //
-// A block computes a 64-row x 128-token tile of the output. Per step of 32 columns (one
-// sub-block of every row) it dequantizes the 64 x 32 weights to f16 in shared memory, converts
-// the 128 x 32 activations to f16 beside them, and its eight warps (2 along rows x 4 along
-// tokens, 32 x 32 outputs each) multiply them with 16x16x16 f16 MMAs into f32 accumulators.
-// The decoding cost per weight is shared by the 128 tokens of the tile, which is what makes
-// this cheaper than one matvec per token for prompts.
+// A block computes a 32-row x 256-token tile of the output. Per step of 32 columns (one
+// sub-block of every row) it dequantizes the 32 x 32 weights to f16 in shared memory, converts
+// the 256 x 32 activations to f16 beside them, and its eight warps (32 tokens each, 32 x 32
+// outputs) multiply them with 16x16x16 f16 MMAs into f32 accumulators. Decoding a value costs
+// a whole dot product, far more than its multiplies on the tensor cores, so the tile is wide in
+// tokens: each decoded weight serves up to 256 of them (a 512-token prompt decodes every weight
+// twice; an expert's share of it, once). Warps whose 32 tokens are all past the end skip their
+// multiplies.
 //
 // Grouped MoE: grid.z runs over experts. counts[e] tokens chose expert e, and
 // lists[e * cap + i] (i < counts[e]) are their slots; a block whose token tile starts past
@@ -16,8 +18,8 @@
 #include "quant_dot.cuh"
 #include "mma.cuh"
 
-#define XD_GEMM_BM 64       // weight rows per block
-#define XD_GEMM_BN 128      // tokens per block
+#define XD_GEMM_BM 32       // weight rows per block
+#define XD_GEMM_BN 256      // tokens per block
 #define XD_GEMM_BK 32       // columns per step
 #define XD_GEMM_LD 40       // f16 stride of the shared tiles: BK + 8 keeps 32-byte fragment alignment
 #define XD_GEMM_THREADS 256
@@ -44,21 +46,20 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
     if (tok0 >= n_e) return;  // the whole block: no barrier has been reached yet
     const int row0 = blockIdx.x * XD_GEMM_BM;
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int wr = warp % 2, wt = warp / 2;  // the warp's 32 rows and 32 tokens
+    const int wt = warp;                        // the warp's 32 tokens (all 32 rows)
+    const bool live = tok0 + wt * 32 < n_e;     // warp-uniform: some of its tokens exist
 
-    if (tid < XD_GEMM_BN) {
-        const int i = tok0 + tid;
-        slot_of[tid] = i < n_e ? (lists ? lists[(long long)e * cap + i] : i) : -1;
+    for (int i = tid; i < XD_GEMM_BN; i += XD_GEMM_THREADS) {
+        const int t = tok0 + i;
+        slot_of[i] = t < n_e ? (lists ? lists[(long long)e * cap + t] : t) : -1;
     }
     __syncthreads();
 
-    // This thread's share of the tile loads: 8 values of one weight row, 16 of one token.
-    const int lr = tid / 4, lj = (tid % 4) * 8;
-    const int lt = tid / 2, lk = (tid % 2) * 16;
+    // This thread's weights: 4 values (lj, lj + 8, ..) of one row. Activations: a warp reads
+    // 32 consecutive values of one token per load.
+    const int lr = tid / 8, lj = tid % 8;
     const int grow = row0 + lr;
     const uint8_t* wrow = w + e * expert_stride + (long long)min(grow, nrows - 1) * (ncols / QK) * BYTES;
-    const int xslot = slot_of[lt];
-    const float* xrow = x + (long long)(xslot < 0 ? 0 : xslot / x_group) * ncols;
     constexpr int SUBS = QK / 32;
 
     xd_frag_c acc[2][2];
@@ -71,18 +72,23 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
         const int u = k0 / 32;
         __syncthreads();  // the previous step's fragments are loaded
 #pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            const float v = grow < nrows ? DQ(wrow + (u / SUBS) * BYTES, u % SUBS, lj + j) : 0.0f;
-            sw[lr * XD_GEMM_LD + lj + j] = xd_f2h(v);
+        for (int j = 0; j < 4; ++j) {
+            const float v = grow < nrows ? DQ(wrow + (u / SUBS) * BYTES, u % SUBS, lj + 8 * j) : 0.0f;
+            sw[lr * XD_GEMM_LD + lj + 8 * j] = xd_f2h(v);
         }
-#pragma unroll
-        for (int j = 0; j < 16; ++j) sx[lt * XD_GEMM_LD + lk + j] = xd_f2h(xslot < 0 ? 0.0f : xrow[k0 + lk + j]);
+#pragma unroll 8
+        for (int q = 0; q < XD_GEMM_BN / 8; ++q) {
+            const int t = q * 8 + warp, slot = slot_of[t];
+            const float v = slot < 0 ? 0.0f : x[(long long)(slot / x_group) * ncols + k0 + lane];
+            sx[t * XD_GEMM_LD + lane] = xd_f2h(v);
+        }
         __syncthreads();
+        if (!live) continue;
 #pragma unroll
         for (int kk = 0; kk < XD_GEMM_BK; kk += 16) {
             xd_frag_ab a[2], b[2];
 #pragma unroll
-            for (int i = 0; i < 2; ++i) xd_mma_load_a(a[i], sw + (wr * 32 + i * 16) * XD_GEMM_LD + kk, XD_GEMM_LD);
+            for (int i = 0; i < 2; ++i) xd_mma_load_a(a[i], sw + (i * 16) * XD_GEMM_LD + kk, XD_GEMM_LD);
 #pragma unroll
             for (int j = 0; j < 2; ++j) xd_mma_load_b(b[j], sx + (wt * 32 + j * 16) * XD_GEMM_LD + kk, XD_GEMM_LD);
 #pragma unroll
@@ -93,6 +99,7 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
     }
 
     // Each 16x16 result goes through the warp's stage (column-major: [token][row]) to y.
+    if (!live) return;  // no barrier follows
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -102,7 +109,7 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
 #pragma unroll
             for (int q = 0; q < 8; ++q) {
                 const int el = lane + 32 * q, t = el / 16, r = el % 16;
-                const int row = row0 + wr * 32 + i * 16 + r;
+                const int row = row0 + i * 16 + r;
                 const int slot = slot_of[wt * 32 + j * 16 + t];
                 if (row < nrows && slot >= 0) y[(long long)slot * nrows + row] = stage[warp][el];
             }

@@ -685,7 +685,7 @@ fn run_all(h: &Harness, small: bool) -> Report {
         if !small || *ty == "Q4_K" {
             check_get_rows(h, ty, &mut rng, &mut rep);
         }
-        // Rows not a multiple of the 64-row tile; 1, 7, 33 tokens (130: a second token tile).
+        // Rows not a multiple of the 32-row tile; 1, 7, 33 tokens.
         if !small {
             for n_tok in [1, 7, 33] {
                 check_gemm(h, ty, 72, 512, n_tok, &mut rng, &mut rep);
@@ -712,7 +712,7 @@ fn run_all(h: &Harness, small: bool) -> Report {
         check_moe(h, ty, nrows, ncols, &three, 2, &mut rng, &mut rep);
     }
     // Grouped MoE prefill: top-2 of 8 for 33 tokens (pseudo-random distinct pairs), gate/up
-    // (x_group 2) and down (x_group 1); 130 tokens on one expert once (two token tiles).
+    // (x_group 2) and down (x_group 1); 260 tokens on one expert once (two 256-token tiles).
     let pairs = |n: usize, rng: &mut Rng| -> Vec<i32> {
         (0..n)
             .flat_map(|_| {
@@ -730,9 +730,9 @@ fn run_all(h: &Harness, small: bool) -> Report {
         }
     }
     if !small {
-        // Every token picks expert 3 (130 tokens: two token tiles) and one of the others.
-        let ids130: Vec<i32> = (0..130).flat_map(|t| [3, [0, 1, 2, 4, 5, 6, 7][t % 7]]).collect();
-        check_moe_gemm(h, "Q4_K", 24, 256, &ids130, 2, 2, &mut rng, &mut rep);
+        // Every token picks expert 3 (260 tokens: two token tiles) and one of the others.
+        let ids260: Vec<i32> = (0..260).flat_map(|t| [3, [0, 1, 2, 4, 5, 6, 7][t % 7]]).collect();
+        check_moe_gemm(h, "Q4_K", 24, 256, &ids260, 2, 2, &mut rng, &mut rep);
     }
     if small {
         check_attention(h, &[17, 33], false, false, 8, 2, 32, 32, &mut rng, &mut rep);

@@ -256,8 +256,8 @@ fn gemm_tol(ty: GgmlType, w: &[f32], x: &[f32]) -> f64 {
     (if quantized { 1.2 * q8 } else { 0.0 }) + 2f64.powi(-10) * mag + 2f64.powi(-24) * abs + 1e-6 * mag + 1e-7
 }
 
-/// Every weight type: matmul of 72 rows (a partial 64-row tile) by 512 columns on t = 1, 7, 33
-/// tokens (and 130: two token tiles, one type), the GEMM on the emulated GPU against the CPU
+/// Every weight type: matmul of 72 rows (a partial 32-row tile) by 512 columns on t = 1, 7, 33
+/// tokens (and 260: two token tiles, one type), the GEMM on the emulated GPU against the CPU
 /// backend; and two weights sharing one input (as Q, K, V do).
 fn check_gemm_types(dev: &Arc<EmuDevice>) {
     let cuda = CudaBackend::new(dev.clone()).with_gemm_min_rows(1);
@@ -266,7 +266,7 @@ fn check_gemm_types(dev: &Arc<EmuDevice>) {
     for &ty in GEMM_TYPES {
         let (wb, wf) = weights(ty, nr * k, &mut rng);
         let (w2b, w2f) = weights(GgmlType::Q8_0, 40 * k, &mut rng);
-        let tmax = if ty == GgmlType::Q4_K { 130 } else { 33 };
+        let tmax = if ty == GgmlType::Q4_K { 260 } else { 33 };
         let x = rng.acts(tmax * k);
         let g = gguf_of(vec![
             ("w", vec![k as u64, nr as u64], ty, wb),
@@ -274,7 +274,7 @@ fn check_gemm_types(dev: &Arc<EmuDevice>) {
             ("x", vec![k as u64, tmax as u64], GgmlType::F32, x.iter().flat_map(|v| v.to_le_bytes()).collect()),
         ]);
         let mut worst = 0f64;
-        for t in [1usize, 7, 33, 130].into_iter().filter(|&t| t <= tmax) {
+        for t in [1usize, 7, 33, 260].into_iter().filter(|&t| t <= tmax) {
             let mut got = Vec::new();
             let cpu_out = {
                 let be = &CpuBackend;
@@ -311,7 +311,7 @@ fn check_gemm_types(dev: &Arc<EmuDevice>) {
                 }
             }
         }
-        println!("GEMM {ty:7} {nr}x{k}, t = 1, 7, 33{}: max |GPU - CPU| / bound = {worst:.3}", if tmax > 33 { ", 130" } else { "" });
+        println!("GEMM {ty:7} {nr}x{k}, t = 1, 7, 33{}: max |GPU - CPU| / bound = {worst:.3}", if tmax > 33 { ", 260" } else { "" });
     }
 }
 

@@ -21,13 +21,13 @@ const ATTN_SPLIT: usize = 128;
 /// Bytes of one q8_1 activation block (common.cuh: f32 d, f32 s, 32 int8).
 const Q8_1_BYTES: usize = 40;
 /// Output tile of the prefill GEMM (gemm.cu): weight rows by tokens, and its threads.
-const GEMM_BM: usize = 64;
-const GEMM_BN: usize = 128;
+const GEMM_BM: usize = 32;
+const GEMM_BN: usize = 256;
 const GEMM_THREADS: u32 = 256;
 /// Rows per weight matrix (per expert, on average, for MoE) from which a batch goes through the
 /// tiled GEMM rather than one matvec per row. Both decode weights through the same per-type dot
 /// products: a matvec pays one dot product per 32-value sub-block per row, the GEMM one per
-/// value (32 per sub-block) per 128-row tile, so below 32 rows the matvecs decode less and
+/// value (32 per sub-block) per 256-row tile, so below 32 rows the matvecs decode less and
 /// decode-sized batches keep them; from 32 on the GEMM decodes less and its multiplies run on
 /// the tensor cores.
 pub const GEMM_MIN_ROWS: usize = 32;
