@@ -1,8 +1,11 @@
 //! The CUDA backend's host code end to end, on the CUDA emulator: tiny-mixtral (2 layers,
 //! 8 experts, top-2; Q8_0, F16 and Q4_K_M files) through the engine's forward pass with `CudaBackend<EmuDevice>`, against
 //! the CPU backend on the same weights and against llama.cpp's logits and expert choices
-//! (tests/data/tiny-mixtral). Everything but the driver calls runs as on a GPU: the weights are
-//! uploaded in their GGUF types, every op is a launch of the kernels in kernels/.
+//! (tests/data/tiny-mixtral), the prompt through the matvecs and (F16, Q4_K_M) through the
+//! prefill GEMMs. Then the GEMM of every weight type, and the MoE feed-forward through the
+//! grouped GEMMs, against the CPU backend's matmul and ffn. Everything but the driver calls runs
+//! as on a GPU: the weights are uploaded in their GGUF types, every op is a launch of the
+//! kernels in kernels/.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
