@@ -1,7 +1,8 @@
 //! The CUDA backend on a real GPU (scripts/gpu-check.sh packs and runs this on a GPU machine):
 //! every kernel compiled by NVRTC and loaded; tiny-mixtral (Q8_0, F16) through the engine's
 //! forward on the GPU against the CPU backend and llama.cpp's logits and expert choices (the
-//! checks tests/cuda_emu_model.rs makes on the emulator); then decode-shaped matvec timings.
+//! checks tests/cuda_emu_model.rs makes on the emulator), with the prompt through the matvecs and
+//! through the prefill GEMMs; then decode-shaped matvec and prefill-shaped GEMM timings.
 //!
 //! Usage: cargo run --release --example cuda_check [-- DATA_DIR] (default tests/data).
 //! Exits 1 when a check fails, 2 when there is no GPU.
@@ -152,6 +153,57 @@ fn bench(dev: &Arc<GpuDevice>, data: &Path) {
     }
 }
 
+/// Prefill-shaped GEMM timings: a 4096 x 4096 matrix of the fixture's blocks repeated, times
+/// 512 activation rows.
+fn bench_gemm(dev: &Arc<GpuDevice>, data: &Path) {
+    let (rows, cols, toks) = (4096usize, 4096usize, 512usize);
+    println!("prefill GEMM {rows}x{cols} by {toks} rows, mean of 20 launches after 3 warm-ups:");
+    for (ty, sfx, qk, bb) in [("Q4_0", "q4_0", 32, 18), ("Q8_0", "q8_0", 32, 34), ("Q4_K", "q4_k", 256, 144), ("Q6_K", "q6_k", 256, 210), ("IQ2_XXS", "iq2_xxs", 256, 66)] {
+        let blocks = std::fs::read(data.join("quant").join(format!("{ty}_real.bin"))).unwrap();
+        let nbytes = rows * cols / qk * bb;
+        let w: Vec<u8> = blocks.iter().cycle().take(nbytes).copied().collect();
+        let x: Vec<u8> = (0..cols * toks).flat_map(|i| ((i % 17) as f32 * 0.1 - 0.8).to_le_bytes()).collect();
+        let (wb, xb, yb) = (DevBuf::new(dev, nbytes).unwrap(), DevBuf::new(dev, x.len()).unwrap(), DevBuf::new(dev, rows * toks * 4).unwrap());
+        unsafe {
+            dev.upload(wb.ptr, &w).unwrap();
+            dev.upload(xb.ptr, &x).unwrap();
+        }
+        let step = || unsafe {
+            dev.launch(
+                &format!("mul_mat_{sfx}"),
+                [(rows / 32) as u32, toks.div_ceil(256) as u32, 1],
+                [256, 1, 1],
+                0,
+                &[
+                    Arg::Ptr(wb.ptr),
+                    Arg::I64(0),
+                    Arg::Ptr(0),
+                    Arg::Ptr(0),
+                    Arg::I32(toks as i32),
+                    Arg::Ptr(xb.ptr),
+                    Arg::I32(1),
+                    Arg::Ptr(yb.ptr),
+                    Arg::I32(cols as i32),
+                    Arg::I32(rows as i32),
+                    Arg::I32(toks as i32),
+                ],
+            )
+            .unwrap();
+        };
+        for _ in 0..3 {
+            step();
+        }
+        dev.synchronize().unwrap();
+        let t = Instant::now();
+        for _ in 0..20 {
+            step();
+        }
+        dev.synchronize().unwrap();
+        let s = t.elapsed().as_secs_f64() / 20.0;
+        println!("  {ty:8} {:8.1} us  {:6.1} TFLOP/s", s * 1e6, 2.0 * (rows * cols * toks) as f64 / s / 1e12);
+    }
+}
+
 fn main() {
     let data = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"))));
     match devices() {
@@ -189,7 +241,14 @@ fn main() {
     let mut ok = true;
     ok &= parity(&gpu, &data, "Q8_0", GgmlType::F32, 1e-3);
     ok &= parity(&gpu, &data, "F16", GgmlType::F16, 1e-2);
+    // The same prompts through the tensor-core prefill GEMMs (f16 weights and activations; the
+    // tolerances of tests/cuda_emu_model.rs: Q8_0 then differs from the CPU's 8-bit activations).
+    println!("the prompt through the prefill GEMMs (gemm.cu):");
+    let gemm = CudaBackend::new(dev.clone()).with_gemm_min_rows(1);
+    ok &= parity(&gemm, &data, "Q8_0", GgmlType::F32, 0.15);
+    ok &= parity(&gemm, &data, "F16", GgmlType::F16, 1e-2);
     bench(&dev, &data);
+    bench_gemm(&dev, &data);
     if let Err(e) = dev.synchronize() {
         println!("FAIL: {e}");
         ok = false;

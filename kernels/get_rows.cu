@@ -1,6 +1,5 @@
-// Embedding gather: out[t] = row ids[t] of the table, as f32. Quantized rows are read through
-// the matvec dot products with one-hot activations (d = s = 1, a single int8 1), so the gather
-// decodes every type exactly as the matvecs do, with no second decoder to keep in step.
+// Embedding gather: out[t] = row ids[t] of the table, as f32. Quantized rows are read value by
+// value through the matvec dot products (xd_dequant_one, quant_dot.cuh).
 #include "quant_dot.cuh"
 
 // grid (n_ids); any block size; ids are checked by the caller.
@@ -23,13 +22,8 @@ __device__ __forceinline__ void xd_get_rows(const uint8_t* __restrict__ table, c
     constexpr int SUBS = QK / 32;
     const uint8_t* row = table + (long long)ids[blockIdx.x] * (ncols / QK) * BYTES;
     for (int i = threadIdx.x; i < ncols; i += blockDim.x) {
-        const int u = i / 32, j = i % 32;
-        xd_q8_1 one;
-        one.d = 1.0f;
-        one.s = 1.0f;
-#pragma unroll
-        for (int k = 0; k < 8; ++k) one.qs[k] = k == j / 4 ? 1 << (8 * (j % 4)) : 0;
-        out[(long long)blockIdx.x * ncols + i] = DOT(row + (u / SUBS) * BYTES, u % SUBS, one);
+        const int u = i / 32;
+        out[(long long)blockIdx.x * ncols + i] = xd_dequant_one<DOT>(row + (u / SUBS) * BYTES, u % SUBS, i % 32);
     }
 }
 

@@ -388,3 +388,18 @@ __device__ __forceinline__ float dot_mxfp4(const uint8_t* b, int, const xd_q8_1&
     }
     return d * a.d * float(sum);
 }
+
+// ---- single values --------------------------------------------------------------------------
+
+// Value j (0..31) of sub-block `sub` of a block, as f32: the type's dot product with a one-hot
+// activation (d = s = 1, a single int8 1 at j), so the row gather and the prefill GEMM decode
+// every type exactly as the matvecs do, with no second decoder to keep in step.
+template <float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
+__device__ __forceinline__ float xd_dequant_one(const uint8_t* block, int sub, int j) {
+    xd_q8_1 one;
+    one.d = 1.0f;
+    one.s = 1.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) one.qs[k] = k == j / 4 ? 1 << (8 * (j % 4)) : 0;
+    return DOT(block, sub, one);
+}

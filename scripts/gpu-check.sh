@@ -18,7 +18,8 @@
 #      weight type; prompt logits within a per-type tolerance, 16 greedy steps  (50 s, 15 s)
 #   c  compute-sanitizer --tool memcheck on one small parity run (random Q4_K,
 #      2 steps), if compute-sanitizer is installed                             (45 s, 20 s)
-#   d  cuda_check: kernels, Q8_0/F16 forward parity, matvec microbenchmark     (25 s, 10 s)
+#   d  cuda_check: kernels, Q8_0/F16 forward parity through the matvecs and
+#      the prefill GEMMs, matvec and GEMM microbenchmarks                      (25 s, 10 s)
 #   e  make_model a Mixtral-8x7B-shaped random model, llama.cpp's IQ2_XXS mix
 #      (~12 GB), in /dev/shm if it has room, else /tmp                         (30 s, 10 s)
 #      bench_gpu: pp512 + tg64 x3 next to the measured copy bandwidth and the

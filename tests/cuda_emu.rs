@@ -1,6 +1,6 @@
 //! The CUDA kernels (kernels/*.cu), built unchanged by the host C++ compiler under the
 //! emulation header kernels/emu/cuda_emu.h, checked against float64 references on the CPU:
-//! quantized matvecs on real GGML blocks (tests/data/quant/*_real.bin, whose .f32 twins are
+//! quantized matvecs and the prefill GEMMs (dense and grouped by expert) on real GGML blocks (tests/data/quant/*_real.bin, whose .f32 twins are
 //! llama.cpp's dequantization), the row gather, RMSNorm, RoPE, SwiGLU, the MoE router with
 //! ties, MoE dispatch, and paged split-K decode attention. The same checks run again, on
 //! small shapes, under AddressSanitizer and ThreadSanitizer, and a copy of RMSNorm with its
@@ -159,7 +159,8 @@ const QUANT_TYPES: &[&str] = &[
     "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M", "MXFP4",
 ];
 
-/// The weights of a type as (raw bytes, dequantized f32) for `n` elements.
+/// The weights of a type as (raw bytes, dequantized f32) for `n` elements: the fixture's real
+/// blocks (repeated when more are wanted); F32 pseudo-random.
 fn weights(ty: &str, n: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f32>) {
     if ty == "F32" {
         let w = rng.vec(n, 0.1);
@@ -167,8 +168,19 @@ fn weights(ty: &str, n: usize, rng: &mut Rng) -> (Vec<u8>, Vec<f32>) {
     }
     let (bin, f) = fixture(ty);
     let (be, bb) = type_shape(ty);
-    assert!(f.len() >= n, "{ty}: the fixture has {} values, {n} wanted", f.len());
-    (bin[..n / be * bb].to_vec(), f[..n].to_vec())
+    if f.len() >= n {
+        return (bin[..n / be * bb].to_vec(), f[..n].to_vec());
+    }
+    // More than the fixture holds: its blocks again, with a period of one block less, so that
+    // stacked matrices (experts) and rows of the same length differ.
+    let period = f.len() / be - 1;
+    let (mut b, mut v) = (Vec::new(), Vec::new());
+    for blk in 0..n / be {
+        let src = blk % period;
+        b.extend_from_slice(&bin[src * bb..][..bb]);
+        v.extend_from_slice(&f[src * be..][..be]);
+    }
+    (b, v)
 }
 
 /// Decoded q8_1 activation blocks written by the harness: (d, s, 32 int8 values).
@@ -261,6 +273,85 @@ fn check_matvec(h: &Harness, ty: &str, nrows: usize, ncols: usize, rng: &mut Rng
     }
     let loose = if quantized { format!(", max |err vs f32 x| / q8_1 bound = {worst_loose:.2}") } else { String::new() };
     rep.lines.push(format!("matvec {ty:7} {nrows:2}x{ncols:4}: max |err| / sum|w*xq| = {worst_strict:.1e}{loose}"));
+}
+
+/// f32 to the nearest f16 and back, as the GEMM stores its tiles.
+fn f16r(v: f32) -> f64 {
+    half::f16::from_f32(v).to_f32() as f64
+}
+
+/// The tolerance of one GEMM output against the float64 sum of the f16-rounded products:
+/// the f32 accumulation over `ncols` terms (n u sum|terms|, u = 2^-24), plus one weight that
+/// the kernel's f32 decoding may put on the other side of an f16 rounding tie than llama.cpp's
+/// dequantization (2^-11 of the largest term).
+fn gemm_tol(ncols: usize, mag: f64, max_term: f64) -> f64 {
+    ncols as f64 * 2f64.powi(-24) * mag + 2f64.powi(-11) * max_term + 1e-9
+}
+
+/// The prefill GEMM (gemm.cu) on `n_tok` tokens: y[t][r] = dot(W[r], x[t]) with weights and
+/// activations rounded to f16 and f32 accumulation, against float64 on the same f16 values;
+/// every output written once (the kernel writes nothing past the shape: y starts at -1).
+fn check_gemm(h: &Harness, ty: &str, nrows: usize, ncols: usize, n_tok: usize, rng: &mut Rng, rep: &mut Report) {
+    let (w, wf) = weights(ty, nrows * ncols, rng);
+    let x = activations(rng, n_tok * ncols);
+    h.put("w.bin", &w);
+    h.put_f32("x.f32", &x);
+    h.run("gemm", &[ty.into(), nrows.to_string(), ncols.to_string(), n_tok.to_string()]);
+    let y = h.get_f32("y.f32");
+    assert_eq!(y.len(), n_tok * nrows);
+    let mut worst = 0f64;
+    for t in 0..n_tok {
+        for r in 0..nrows {
+            let (mut want, mut mag, mut big) = (0f64, 0f64, 0f64);
+            for c in 0..ncols {
+                let p = f16r(wf[r * ncols + c]) * f16r(x[t * ncols + c]);
+                want += p;
+                mag += p.abs();
+                big = big.max(p.abs());
+            }
+            let tol = gemm_tol(ncols, mag, big);
+            let d = (y[t * nrows + r] as f64 - want).abs();
+            assert!(d <= tol, "gemm {ty} {nrows}x{ncols} token {t} row {r}: got {}, float64 {want} (|diff| {d} > {tol})", y[t * nrows + r]);
+            worst = worst.max(d / mag.max(1e-30));
+        }
+    }
+    rep.lines.push(format!("gemm {ty:7} {nrows:2}x{ncols:4}, {n_tok:3} tokens: max |err| / sum|w*x| (f16 w, x) = {worst:.1e}"));
+}
+
+/// The grouped MoE prefill: `n_tok` tokens' top-k experts `ids` (k per token, distinct) grouped
+/// by moe_group, then one grouped GEMM launch (x_group = k: gate/up, each slot reads its token;
+/// 1: down, a row per slot). Counts per expert and every slot's output are checked.
+#[allow(clippy::too_many_arguments)]
+fn check_moe_gemm(h: &Harness, ty: &str, nrows: usize, ncols: usize, ids: &[i32], k: usize, x_group: usize, rng: &mut Rng, rep: &mut Report) {
+    let n_expert = 8;
+    let n_tok = ids.len() / k;
+    let (w, wf) = weights(ty, n_expert * nrows * ncols, rng);
+    let x_rows = ids.len().div_ceil(x_group);
+    let x = activations(rng, ncols * x_rows);
+    h.put("w.bin", &w);
+    h.put_i32("ids.i32", ids);
+    h.put_f32("x.f32", &x);
+    let args: Vec<String> = [nrows, ncols, n_expert, n_tok, k, x_group].iter().map(|v| v.to_string()).collect();
+    h.run("moe_gemm", &[&[ty.to_string()], &args[..]].concat());
+    let counts = h.get_i32("counts.i32");
+    for (e, &c) in counts.iter().enumerate() {
+        assert_eq!(c as usize, ids.iter().filter(|&&i| i as usize == e).count(), "moe_group: count of expert {e}");
+    }
+    let y = h.get_f32("y.f32");
+    for (slot, &e) in ids.iter().enumerate() {
+        let xo = slot / x_group * ncols;
+        for r in 0..nrows {
+            let row = &wf[(e as usize * nrows + r) * ncols..][..ncols];
+            let terms: Vec<f64> = row.iter().zip(&x[xo..xo + ncols]).map(|(&a, &b)| f16r(a) * f16r(b)).collect();
+            let want: f64 = terms.iter().sum();
+            let mag: f64 = terms.iter().map(|v| v.abs()).sum();
+            let big = terms.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let got = y[slot * nrows + r] as f64;
+            let tol = gemm_tol(ncols, mag, big);
+            assert!((got - want).abs() <= tol, "moe_gemm {ty} slot {slot} expert {e} row {r}: {got} vs {want}");
+        }
+    }
+    rep.lines.push(format!("moe gemm {ty}: {n_tok} tokens top-{k} of {n_expert} experts (counts {counts:?}), {nrows}x{ncols}, x_group {x_group}"));
 }
 
 fn check_get_rows(h: &Harness, ty: &str, rng: &mut Rng, rep: &mut Report) {
@@ -594,6 +685,14 @@ fn run_all(h: &Harness, small: bool) -> Report {
         if !small || *ty == "Q4_K" {
             check_get_rows(h, ty, &mut rng, &mut rep);
         }
+        // Rows not a multiple of the 32-row tile; 1, 7, 33 tokens.
+        if !small {
+            for n_tok in [1, 7, 33] {
+                check_gemm(h, ty, 72, 512, n_tok, &mut rng, &mut rep);
+            }
+        } else if matches!(*ty, "Q4_K" | "IQ2_XXS" | "F16") {
+            check_gemm(h, ty, 72, 256, 7, &mut rng, &mut rep);
+        }
     }
     check_rms_norm(h, 3, 256, 128, &mut rng, &mut rep);
     if !small {
@@ -611,6 +710,29 @@ fn run_all(h: &Harness, small: bool) -> Report {
         check_moe(h, ty, nrows, ncols, &top2, 2, &mut rng, &mut rep);
         check_moe(h, ty, nrows, ncols, &top2, 1, &mut rng, &mut rep);
         check_moe(h, ty, nrows, ncols, &three, 2, &mut rng, &mut rep);
+    }
+    // Grouped MoE prefill: top-2 of 8 for 33 tokens (pseudo-random distinct pairs), gate/up
+    // (x_group 2) and down (x_group 1); 260 tokens on one expert once (two 256-token tiles).
+    let pairs = |n: usize, rng: &mut Rng| -> Vec<i32> {
+        (0..n)
+            .flat_map(|_| {
+                let a = ((rng.next() + 1.0) * 4.0) as i32 % 8;
+                let b = (a + 1 + ((rng.next() + 1.0) * 3.5) as i32 % 7) % 8;
+                [a, b]
+            })
+            .collect()
+    };
+    let ids33 = pairs(33, &mut rng);
+    for (ty, nrows, ncols) in [("Q8_0", 40, 256), ("IQ2_XXS", 72, 256)] {
+        check_moe_gemm(h, ty, nrows, ncols, &ids33, 2, 2, &mut rng, &mut rep);
+        if !small {
+            check_moe_gemm(h, ty, nrows, ncols, &ids33, 2, 1, &mut rng, &mut rep);
+        }
+    }
+    if !small {
+        // Every token picks expert 3 (260 tokens: two token tiles) and one of the others.
+        let ids260: Vec<i32> = (0..260).flat_map(|t| [3, [0, 1, 2, 4, 5, 6, 7][t % 7]]).collect();
+        check_moe_gemm(h, "Q4_K", 24, 256, &ids260, 2, 2, &mut rng, &mut rep);
     }
     if small {
         check_attention(h, &[17, 33], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
@@ -697,4 +819,34 @@ fn tsan_catches_missing_syncthreads() {
     );
     assert!(err.contains("rms_norm"), "the race report should point into rms_norm:\n{err}");
     println!("TSan reported the removed __syncthreads in rms_norm (exit status {})", out.status);
+}
+
+/// A copy of gemm.cu without the barrier between writing a step's tiles and the warps' tensor-
+/// core loads of them: ThreadSanitizer must see the emulated fragment loads race the writes.
+#[test]
+fn tsan_catches_missing_syncthreads_in_gemm() {
+    let src = std::fs::read_to_string(format!("{ROOT}/kernels/gemm.cu")).unwrap();
+    let barrier = "        __syncthreads();\n        if (!live) continue;";
+    assert_eq!(src.matches(barrier).count(), 1, "gemm.cu has one barrier before its MMAs");
+    let broken = src.replace(barrier, "        if (!live) continue;");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu").join("broken-gemm-src");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("gemm.cu"), broken).unwrap();
+    let exe = build("tsan-broken-gemm", &["-O1", "-fsanitize=thread"], Some(&dir));
+    let h = Harness::new(exe, vec![("TSAN_OPTIONS".into(), "exitcode=66:halt_on_error=1".into())]);
+    let mut rng = Rng(11);
+    let (w, _) = weights("F32", 72 * 256, &mut rng);
+    h.put("w.bin", &w);
+    h.put_f32("x.f32", &rng.vec(7 * 256, 1.0));
+    let out = Command::new(&h.exe)
+        .args(["gemm"])
+        .arg(&h.work)
+        .args(["F32", "72", "256", "7"])
+        .envs(h.env.iter().cloned())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("WARNING: ThreadSanitizer: data race"), "TSan did not report the missing barrier (status {}):\n{err}", out.status);
+    assert!(err.contains("xd_gemm"), "the race report should point into the GEMM:\n{err}");
+    println!("TSan reported the removed __syncthreads in the GEMM (exit status {})", out.status);
 }

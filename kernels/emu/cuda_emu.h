@@ -8,7 +8,8 @@
 // through a per-warp buffer guarded by a per-warp std::barrier, so every lane of a warp must reach
 // them, as on the GPU with a full mask. __shared__ variables are function statics: one copy,
 // which is right because only one block runs at a time. Timing, memory coalescing and the
-// GPU's float rounding of intrinsics (__expf, rsqrtf) are not emulated.
+// GPU's float rounding of intrinsics (__expf, rsqrtf) are not emulated. Tensor-core tiles
+// (mma.cuh) are emulated with full copies per lane; see MmaTile.
 #pragma once
 #ifndef XDAN_CUDA_EMU
 #define XDAN_CUDA_EMU 1
@@ -47,6 +48,7 @@ constexpr int warpSize = 32;
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __constant__ static const
+#define __align__(n) __attribute__((aligned(n)))
 // Dynamic shared memory: on the GPU an extern __shared__ array, here the launch's buffer.
 #define XD_DYN_SMEM(type, name) type* name = reinterpret_cast<type*>(xd_emu::dyn_smem())
 
@@ -88,6 +90,42 @@ inline T exchange(T v, int src) {
     T out;
     std::memcpy(&out, &got, sizeof(T));
     return out;
+}
+
+// Tensor-core tiles (kernels/mma.cuh): every lane holds a full copy of the 16x16 tile, so loads
+// read shared memory concurrently (no race) and each lane multiplies on its own copy; a store
+// writes each element from one lane only (lane i: elements i, i + 32, ...). Loads and stores
+// first meet at the warp's barrier, as the PTX .sync.aligned forms need every lane there.
+struct MmaTile {
+    float v[256];  // [row][col]
+};
+
+inline void mma_zero(MmaTile& t) {
+    for (float& x : t.v) x = 0.0f;
+}
+
+// t[i][j] = cvt(p[i * ldm + j]), or with `col` (a column-major tile) cvt(p[j * ldm + i]).
+template <typename T, typename Cvt>
+inline void mma_load(MmaTile& t, const T* p, int ldm, bool col, Cvt cvt) {
+    warp().bar.arrive_and_wait();
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j) t.v[i * 16 + j] = cvt(col ? p[j * ldm + i] : p[i * ldm + j]);
+}
+
+// c += a b: the f16 products are exact in f32; the sums run in k order.
+inline void mma(MmaTile& c, const MmaTile& a, const MmaTile& b) {
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 16; ++j) {
+            float acc = c.v[i * 16 + j];
+            for (int k = 0; k < 16; ++k) acc += a.v[i * 16 + k] * b.v[k * 16 + j];
+            c.v[i * 16 + j] = acc;
+        }
+}
+
+// p[j * ldm + i] = c[i][j] (column-major).
+inline void mma_store_col(float* p, const MmaTile& c, int ldm) {
+    warp().bar.arrive_and_wait();
+    for (int e = tl_lane; e < 256; e += 32) p[(e % 16) * ldm + e / 16] = c.v[e];
 }
 
 // Runs `body` for every block of `grid`, with `block` threads each. Blocks run in turn; the

@@ -6,6 +6,7 @@
 
 #include "../mmvq.cu"
 #include "../matvec_float.cu"
+#include "../gemm.cu"
 #include "../get_rows.cu"
 #include "../norm.cu"
 #include "../rope.cu"
@@ -43,6 +44,7 @@ const Entry kKernels[] = {
     XD_REG(mul_mat_vec_iq2_xxs), XD_REG(mul_mat_vec_iq2_xs), XD_REG(mul_mat_vec_iq2_s), XD_REG(mul_mat_vec_iq3_xxs),
     XD_REG(mul_mat_vec_iq3_s), XD_REG(mul_mat_vec_iq1_s), XD_REG(mul_mat_vec_iq1_m), XD_REG(mul_mat_vec_mxfp4),
     XD_REG(mul_mat_vec_f32), XD_REG(mul_mat_vec_f16),
+    XD_REG(mul_mat_f32), XD_REG(mul_mat_f16), XD_REG(mul_mat_q4_0), XD_REG(mul_mat_q4_1), XD_REG(mul_mat_q5_0), XD_REG(mul_mat_q5_1), XD_REG(mul_mat_q8_0), XD_REG(mul_mat_q2_k), XD_REG(mul_mat_q3_k), XD_REG(mul_mat_q4_k), XD_REG(mul_mat_q5_k), XD_REG(mul_mat_q6_k), XD_REG(mul_mat_iq4_nl), XD_REG(mul_mat_iq4_xs), XD_REG(mul_mat_iq2_xxs), XD_REG(mul_mat_iq2_xs), XD_REG(mul_mat_iq2_s), XD_REG(mul_mat_iq3_xxs), XD_REG(mul_mat_iq3_s), XD_REG(mul_mat_iq1_s), XD_REG(mul_mat_iq1_m), XD_REG(mul_mat_mxfp4), XD_REG(moe_group),
     XD_REG(get_rows_f32), XD_REG(get_rows_f16), XD_REG(get_rows_q4_0), XD_REG(get_rows_q4_1), XD_REG(get_rows_q5_0),
     XD_REG(get_rows_q5_1), XD_REG(get_rows_q8_0), XD_REG(get_rows_q2_k), XD_REG(get_rows_q3_k), XD_REG(get_rows_q4_k),
     XD_REG(get_rows_q5_k), XD_REG(get_rows_q6_k), XD_REG(get_rows_iq4_nl), XD_REG(get_rows_iq4_xs),

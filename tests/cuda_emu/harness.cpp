@@ -6,6 +6,7 @@
 
 #include "mmvq.cu"
 #include "matvec_float.cu"
+#include "gemm.cu"
 #include "get_rows.cu"
 #include "norm.cu"
 #include "rope.cu"
@@ -46,6 +47,7 @@ void store(const char* name, const std::vector<T>& v) {
 using MatvecQ = void (*)(const uint8_t*, long long, const int*, const xd_q8_1*, int, int, float*, int, int);
 using MatvecF = void (*)(const uint8_t*, long long, const int*, const float*, int, int, float*, int, int);
 using GetRows = void (*)(const uint8_t*, const int*, float*, int);
+using Gemm = void (*)(const uint8_t*, long long, const int*, const int*, int, const float*, int, float*, int, int, int);
 
 struct TypeEntry {
     const char* name;
@@ -53,31 +55,32 @@ struct TypeEntry {
     MatvecQ mq;
     MatvecF mf;
     GetRows gr;
+    Gemm gm;
 };
 
 const TypeEntry kTypes[] = {
-    {"F32", 1, 4, nullptr, mul_mat_vec_f32, get_rows_f32},
-    {"F16", 1, 2, nullptr, mul_mat_vec_f16, get_rows_f16},
-    {"Q4_0", 32, 18, mul_mat_vec_q4_0, nullptr, get_rows_q4_0},
-    {"Q4_1", 32, 20, mul_mat_vec_q4_1, nullptr, get_rows_q4_1},
-    {"Q5_0", 32, 22, mul_mat_vec_q5_0, nullptr, get_rows_q5_0},
-    {"Q5_1", 32, 24, mul_mat_vec_q5_1, nullptr, get_rows_q5_1},
-    {"Q8_0", 32, 34, mul_mat_vec_q8_0, nullptr, get_rows_q8_0},
-    {"Q2_K", 256, 84, mul_mat_vec_q2_k, nullptr, get_rows_q2_k},
-    {"Q3_K", 256, 110, mul_mat_vec_q3_k, nullptr, get_rows_q3_k},
-    {"Q4_K", 256, 144, mul_mat_vec_q4_k, nullptr, get_rows_q4_k},
-    {"Q5_K", 256, 176, mul_mat_vec_q5_k, nullptr, get_rows_q5_k},
-    {"Q6_K", 256, 210, mul_mat_vec_q6_k, nullptr, get_rows_q6_k},
-    {"IQ4_NL", 32, 18, mul_mat_vec_iq4_nl, nullptr, get_rows_iq4_nl},
-    {"IQ4_XS", 256, 136, mul_mat_vec_iq4_xs, nullptr, get_rows_iq4_xs},
-    {"IQ2_XXS", 256, 66, mul_mat_vec_iq2_xxs, nullptr, get_rows_iq2_xxs},
-    {"IQ2_XS", 256, 74, mul_mat_vec_iq2_xs, nullptr, get_rows_iq2_xs},
-    {"IQ2_S", 256, 82, mul_mat_vec_iq2_s, nullptr, get_rows_iq2_s},
-    {"IQ3_XXS", 256, 98, mul_mat_vec_iq3_xxs, nullptr, get_rows_iq3_xxs},
-    {"IQ3_S", 256, 110, mul_mat_vec_iq3_s, nullptr, get_rows_iq3_s},
-    {"IQ1_S", 256, 50, mul_mat_vec_iq1_s, nullptr, get_rows_iq1_s},
-    {"IQ1_M", 256, 56, mul_mat_vec_iq1_m, nullptr, get_rows_iq1_m},
-    {"MXFP4", 32, 17, mul_mat_vec_mxfp4, nullptr, get_rows_mxfp4},
+    {"F32", 1, 4, nullptr, mul_mat_vec_f32, get_rows_f32, mul_mat_f32},
+    {"F16", 1, 2, nullptr, mul_mat_vec_f16, get_rows_f16, mul_mat_f16},
+    {"Q4_0", 32, 18, mul_mat_vec_q4_0, nullptr, get_rows_q4_0, mul_mat_q4_0},
+    {"Q4_1", 32, 20, mul_mat_vec_q4_1, nullptr, get_rows_q4_1, mul_mat_q4_1},
+    {"Q5_0", 32, 22, mul_mat_vec_q5_0, nullptr, get_rows_q5_0, mul_mat_q5_0},
+    {"Q5_1", 32, 24, mul_mat_vec_q5_1, nullptr, get_rows_q5_1, mul_mat_q5_1},
+    {"Q8_0", 32, 34, mul_mat_vec_q8_0, nullptr, get_rows_q8_0, mul_mat_q8_0},
+    {"Q2_K", 256, 84, mul_mat_vec_q2_k, nullptr, get_rows_q2_k, mul_mat_q2_k},
+    {"Q3_K", 256, 110, mul_mat_vec_q3_k, nullptr, get_rows_q3_k, mul_mat_q3_k},
+    {"Q4_K", 256, 144, mul_mat_vec_q4_k, nullptr, get_rows_q4_k, mul_mat_q4_k},
+    {"Q5_K", 256, 176, mul_mat_vec_q5_k, nullptr, get_rows_q5_k, mul_mat_q5_k},
+    {"Q6_K", 256, 210, mul_mat_vec_q6_k, nullptr, get_rows_q6_k, mul_mat_q6_k},
+    {"IQ4_NL", 32, 18, mul_mat_vec_iq4_nl, nullptr, get_rows_iq4_nl, mul_mat_iq4_nl},
+    {"IQ4_XS", 256, 136, mul_mat_vec_iq4_xs, nullptr, get_rows_iq4_xs, mul_mat_iq4_xs},
+    {"IQ2_XXS", 256, 66, mul_mat_vec_iq2_xxs, nullptr, get_rows_iq2_xxs, mul_mat_iq2_xxs},
+    {"IQ2_XS", 256, 74, mul_mat_vec_iq2_xs, nullptr, get_rows_iq2_xs, mul_mat_iq2_xs},
+    {"IQ2_S", 256, 82, mul_mat_vec_iq2_s, nullptr, get_rows_iq2_s, mul_mat_iq2_s},
+    {"IQ3_XXS", 256, 98, mul_mat_vec_iq3_xxs, nullptr, get_rows_iq3_xxs, mul_mat_iq3_xxs},
+    {"IQ3_S", 256, 110, mul_mat_vec_iq3_s, nullptr, get_rows_iq3_s, mul_mat_iq3_s},
+    {"IQ1_S", 256, 50, mul_mat_vec_iq1_s, nullptr, get_rows_iq1_s, mul_mat_iq1_s},
+    {"IQ1_M", 256, 56, mul_mat_vec_iq1_m, nullptr, get_rows_iq1_m, mul_mat_iq1_m},
+    {"MXFP4", 32, 17, mul_mat_vec_mxfp4, nullptr, get_rows_mxfp4, mul_mat_mxfp4},
 };
 
 const TypeEntry& type_named(const std::string& n) {
@@ -151,6 +154,37 @@ int main(int argc, char** argv) {
         std::vector<float> y;
         matvec(t, w, &ids, k, x, x_rows, x_group, nrows, ncols, y);
         store("y.f32", y);
+    } else if (op == "gemm") {  // TYPE NROWS NCOLS N_TOK: w.bin, x.f32 -> y.f32 (dense prefill GEMM)
+        const TypeEntry& t = type_named(argv[3]);
+        const int nrows = iarg(argv, argc, 4), ncols = iarg(argv, argc, 5), n_tok = iarg(argv, argc, 6);
+        auto w = load<uint8_t>("w.bin");
+        auto x = load<float>("x.f32");
+        if (ncols % 32 || (long long)w.size() != (long long)(ncols / t.qk) * t.bytes * nrows) fail("w.bin size");
+        if ((long long)x.size() != (long long)ncols * n_tok) fail("x.f32 size");
+        std::vector<float> y((size_t)n_tok * nrows, -1.0f);
+        XD_LAUNCH(t.gm, dim3((nrows + 31) / 32, (n_tok + 255) / 256, 1), dim3(256), 0, w.data(), 0LL, nullptr, nullptr,
+                  n_tok, x.data(), 1, y.data(), ncols, nrows, n_tok);
+        store("y.f32", y);
+    } else if (op == "moe_gemm") {  // TYPE NROWS NCOLS N_EXPERT N_TOK K X_GROUP: w.bin, ids.i32, x.f32 -> y.f32, counts.i32
+        // Slots (n_tok * k of them, ids[slot] their experts) grouped by moe_group, then one
+        // grouped GEMM launch: y[slot] = W_ids[slot] x[slot / x_group].
+        const TypeEntry& t = type_named(argv[3]);
+        const int nrows = iarg(argv, argc, 4), ncols = iarg(argv, argc, 5), n_expert = iarg(argv, argc, 6);
+        const int n_tok = iarg(argv, argc, 7), k = iarg(argv, argc, 8), x_group = iarg(argv, argc, 9);
+        auto w = load<uint8_t>("w.bin");
+        auto ids = load<int>("ids.i32");
+        auto x = load<float>("x.f32");
+        const long long expert_stride = (long long)(ncols / t.qk) * t.bytes * nrows;
+        if (ncols % 32 || (long long)w.size() != expert_stride * n_expert) fail("w.bin size");
+        if ((long long)ids.size() != (long long)n_tok * k) fail("ids size");
+        if ((long long)x.size() != (long long)ncols * ((n_tok * k + x_group - 1) / x_group)) fail("x.f32 size");
+        std::vector<int> counts(n_expert), lists((size_t)n_expert * n_tok);
+        XD_LAUNCH(moe_group, dim3(1), dim3(256), 0, ids.data(), n_tok * k, n_expert, n_tok, counts.data(), lists.data());
+        std::vector<float> y((size_t)n_tok * k * nrows, -1.0f);
+        XD_LAUNCH(t.gm, dim3((nrows + 31) / 32, (n_tok + 255) / 256, n_expert), dim3(256), 0, w.data(), expert_stride,
+                  counts.data(), lists.data(), n_tok, x.data(), x_group, y.data(), ncols, nrows, n_tok);
+        store("y.f32", y);
+        store("counts.i32", counts);
     } else if (op == "get_rows") {  // TYPE NCOLS: table.bin, ids.i32 -> out.f32
         const TypeEntry& t = type_named(argv[3]);
         const int ncols = iarg(argv, argc, 4);

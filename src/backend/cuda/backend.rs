@@ -20,6 +20,17 @@ const MATVEC_ROWS: u32 = 4;
 const ATTN_SPLIT: usize = 128;
 /// Bytes of one q8_1 activation block (common.cuh: f32 d, f32 s, 32 int8).
 const Q8_1_BYTES: usize = 40;
+/// Output tile of the prefill GEMM (gemm.cu): weight rows by tokens, and its threads.
+const GEMM_BM: usize = 32;
+const GEMM_BN: usize = 256;
+const GEMM_THREADS: u32 = 256;
+/// Rows per weight matrix (per expert, on average, for MoE) from which a batch goes through the
+/// tiled GEMM rather than one matvec per row. Both decode weights through the same per-type dot
+/// products: a matvec pays one dot product per 32-value sub-block per row, the GEMM one per
+/// value (32 per sub-block) per 256-row tile, so below 32 rows the matvecs decode less and
+/// decode-sized batches keep them; from 32 on the GEMM decodes less and its multiplies run on
+/// the tensor cores.
+pub const GEMM_MIN_ROWS: usize = 32;
 
 /// The kernel-name suffix of a weight type, or None when no kernel reads it.
 pub fn type_suffix(ty: GgmlType) -> Option<&'static str> {
@@ -110,12 +121,15 @@ enum S {
     Up,
     Down,
     GateQ,
+    GroupCounts,
+    GroupLists,
 }
-const N_SCRATCH: usize = S::GateQ as usize + 1;
+const N_SCRATCH: usize = S::GroupLists as usize + 1;
 
 pub struct CudaBackend<D: Device> {
     dev: Arc<D>,
     scratch: Mutex<Vec<Option<DevBuf<D>>>>,
+    gemm_min_rows: usize,
 }
 
 /// Scratch buffers borrowed for one op (the backend's lock is held meanwhile).
@@ -157,7 +171,15 @@ fn to_i32(v: &[u32], what: &str) -> Result<Vec<i32>> {
 
 impl<D: Device> CudaBackend<D> {
     pub fn new(dev: Arc<D>) -> CudaBackend<D> {
-        CudaBackend { dev, scratch: Mutex::new((0..N_SCRATCH).map(|_| None).collect()) }
+        CudaBackend { dev, scratch: Mutex::new((0..N_SCRATCH).map(|_| None).collect()), gemm_min_rows: GEMM_MIN_ROWS }
+    }
+
+    /// The backend with batches of at least `n` rows per matrix (per expert, on average) sent
+    /// through the prefill GEMM instead of the matvecs ([`GEMM_MIN_ROWS`] by default; 1 sends
+    /// every batch there, which lets tests drive the GEMM with short prompts).
+    pub fn with_gemm_min_rows(mut self, n: usize) -> CudaBackend<D> {
+        self.gemm_min_rows = n.max(1);
+        self
     }
 
     pub fn device(&self) -> &Arc<D> {
@@ -222,6 +244,60 @@ impl<D: Device> CudaBackend<D> {
                 Arg::I32(cols as i32),
                 Arg::I32(w_rows as i32),
             ],
+        )
+    }
+
+    /// Whether `rows` rows (slots) over `n_mat` matrices go through the GEMM for weight `w`: enough
+    /// rows per matrix, and rows of whole 32-value steps (quantized rows always are).
+    fn use_gemm(&self, w: &CudaWeight<D>, rows: usize, n_mat: usize) -> bool {
+        rows >= self.gemm_min_rows * n_mat && w.cols % 32 == 0
+    }
+
+    /// `y[slot][r] = dot(W_e[r], x[slot / x_group])` on the tensor cores (gemm.cu), `x` f32 rows
+    /// of `w.cols` values. Dense (`group` None): slots 0..n_tok, expert 0. Grouped
+    /// (`group` = Some((counts, lists, n_expert))): for every expert e, the counts[e] slots
+    /// lists[e * n_tok ..] (moe_group), weight matrices of `w_rows` rows `expert_stride` bytes
+    /// apart; one launch with a grid layer per expert.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&self, w: &CudaWeight<D>, w_rows: usize, expert_stride: usize, group: Option<(DevPtr, DevPtr, usize)>, x: DevPtr, x_group: usize, y: DevPtr, n_tok: usize) -> Result<()> {
+        let sfx = type_suffix(w.ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({})", w.name, w.ty)))?;
+        let (counts, lists, n_exp) = group.unwrap_or((0, 0, 1));
+        if w_rows == 0 || n_tok == 0 {
+            return Ok(());
+        }
+        let tiles = blocks(n_tok, GEMM_BN);
+        if tiles > 65535 || n_exp > 65535 || w.cols > i32::MAX as usize || w_rows > i32::MAX as usize {
+            return Err(Error::unsupported(format!("CUDA GEMM: {n_tok} rows of {} against {w_rows} rows is too large a launch", w.cols)));
+        }
+        self.launch(
+            &format!("mul_mat_{sfx}"),
+            [blocks(w_rows, GEMM_BM), tiles, n_exp as u32],
+            GEMM_THREADS,
+            &[
+                Arg::Ptr(w.buf.ptr),
+                Arg::I64(expert_stride as i64),
+                Arg::Ptr(counts),
+                Arg::Ptr(lists),
+                Arg::I32(n_tok as i32),
+                Arg::Ptr(x),
+                Arg::I32(x_group as i32),
+                Arg::Ptr(y),
+                Arg::I32(w.cols as i32),
+                Arg::I32(w_rows as i32),
+                Arg::I32(n_tok as i32),
+            ],
+        )
+    }
+
+    /// out[t] = sum over j < k of wts[t][j] * y[t * k + j]: the experts' outputs weighted back
+    /// onto their tokens.
+    fn moe_combine(&self, out: &CudaAct<D>, y: DevPtr, wts: DevPtr, k: usize, n_embd: usize, n_tok: usize) -> Result<()> {
+        let n = n_tok * n_embd;
+        self.launch(
+            "moe_combine",
+            [blocks(n, 256), 1, 1],
+            256,
+            &[Arg::Ptr(out.ptr()), Arg::Ptr(y), Arg::Ptr(wts), Arg::I32(k as i32), Arg::I32(n_embd as i32), Arg::I32(n_tok as i32)],
         )
     }
 
@@ -342,6 +418,10 @@ impl<D: Device> Backend for CudaBackend<D> {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.resize(out, x.rows, w.rows)?;
             if x.rows == 0 {
+                continue;
+            }
+            if self.use_gemm(w, x.rows, 1) {
+                self.gemm(w, w.rows, 0, None, x.ptr(), 1, out.ptr(), x.rows)?;
                 continue;
             }
             let xin = if is_float(w.ty) {
@@ -641,6 +721,31 @@ impl<D: Device> Backend for CudaBackend<D> {
         // Gate and up for every (token, expert) slot, k slots per token row.
         let g = sc.get(S::Gate, slots * n_ff * 4)?;
         let u = sc.get(S::Up, slots * n_ff * 4)?;
+        if [&f.gate, &f.up, &f.down].iter().all(|w| self.use_gemm(w, slots, n_exp)) {
+            // Prefill: the slots grouped by expert on the device (no copy to the host), then
+            // one GEMM launch per projection over every expert's tokens.
+            let group = if f.router.is_some() {
+                let counts = sc.get(S::GroupCounts, n_exp * 4)?;
+                let lists = sc.get(S::GroupLists, n_exp * n_tok * 4)?;
+                self.launch(
+                    "moe_group",
+                    [1, 1, 1],
+                    256,
+                    &[Arg::Ptr(ids), Arg::I32(slots as i32), Arg::I32(n_exp as i32), Arg::I32(n_tok as i32), Arg::Ptr(counts), Arg::Ptr(lists)],
+                )?;
+                Some((counts, lists, n_exp))
+            } else {
+                None
+            };
+            for (w, y) in [(&f.gate, g), (&f.up, u)] {
+                self.gemm(w, n_ff, n_ff * w.row_bytes, group, x.ptr(), k, y, n_tok)?;
+            }
+            let n = slots * n_ff;
+            self.launch("swiglu", [blocks(n, 256), 1, 1], 256, &[Arg::Ptr(g), Arg::Ptr(u), Arg::Ptr(g), Arg::I32(n as i32)])?;
+            let y = sc.get(S::Down, slots * n_embd * 4)?;
+            self.gemm(&f.down, n_embd, n_embd * f.down.row_bytes, group, g, 1, y, if group.is_some() { n_tok } else { slots })?;
+            return self.moe_combine(out, y, wts, k, n_embd, n_tok);
+        }
         let mut xq: Option<DevPtr> = None;
         for (w, y) in [(&f.gate, g), (&f.up, u)] {
             let xin = if is_float(w.ty) {
@@ -660,12 +765,6 @@ impl<D: Device> Backend for CudaBackend<D> {
         let y = sc.get(S::Down, slots * n_embd * 4)?;
         let gin = if is_float(f.down.ty) { g } else { self.quantize(&mut sc, S::GateQ, g, slots, n_ff)? };
         self.matvec(&f.down, n_embd, n_embd * f.down.row_bytes, ids, gin, 1, y, slots)?;
-        let n = n_tok * n_embd;
-        self.launch(
-            "moe_combine",
-            [blocks(n, 256), 1, 1],
-            256,
-            &[Arg::Ptr(out.ptr()), Arg::Ptr(y), Arg::Ptr(wts), Arg::I32(k as i32), Arg::I32(n_embd as i32), Arg::I32(n_tok as i32)],
-        )
+        self.moe_combine(out, y, wts, k, n_embd, n_tok)
     }
 }

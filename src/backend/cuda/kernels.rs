@@ -15,10 +15,11 @@ macro_rules! sources {
 }
 
 /// Every program: the quantized matvecs and their activation quantizer, the float matvecs,
-/// the row gather, RMSNorm, RoPE, the element-wise kernels, the MoE router, decode attention.
+/// the prefill GEMMs and MoE grouping, the row gather, RMSNorm, RoPE, the element-wise kernels, the MoE router, decode attention.
 pub const PROGRAMS: &[KernelSource] = sources!(
     "mmvq.cu",
     "matvec_float.cu",
+    "gemm.cu",
     "get_rows.cu",
     "norm.cu",
     "rope.cu",
@@ -28,7 +29,7 @@ pub const PROGRAMS: &[KernelSource] = sources!(
 );
 
 /// The headers the programs include.
-pub const HEADERS: &[KernelSource] = sources!("common.cuh", "quant_dot.cuh", "iq_grids.cuh");
+pub const HEADERS: &[KernelSource] = sources!("common.cuh", "quant_dot.cuh", "iq_grids.cuh", "mma.cuh");
 
 /// The program named `name`.
 pub fn program(name: &str) -> Option<&'static KernelSource> {
@@ -87,6 +88,9 @@ mod tests {
         assert!(names.contains(&"quantize_q8_1".to_string()));
         assert!(names.contains(&"mul_mat_vec_q4_0".to_string()));
         assert!(names.contains(&"mul_mat_vec_iq4_xs".to_string()));
+        let gemm = kernel_names(program("gemm.cu").unwrap());
+        assert_eq!(gemm.len(), 23, "{gemm:?}");
+        assert!(gemm.contains(&"mul_mat_iq2_xxs".to_string()) && gemm.contains(&"moe_group".to_string()));
         let attn = kernel_names(program("attention.cu").unwrap());
         assert_eq!(attn, ["attn_combine", "attn_split_f32", "attn_split_f16"]);
         for p in PROGRAMS {
