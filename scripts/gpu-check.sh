@@ -11,7 +11,7 @@
 #                                  the device, tiny-mixtral Q8_0 and F16 go through the engine's
 #                                  forward on the GPU and are compared with the CPU backend and
 #                                  with llama.cpp (experts, argmax, logits), then decode-shaped
-#                                  matvec timings are printed. --sanitize runs the parity part
+#                                  launches per decode step and matvec timings are printed. --sanitize runs the parity part
 #                                  again under compute-sanitizer memcheck and racecheck.
 #                                  Output goes to stdout and, when $OUT is set, $OUT/gpu-check.log.
 #
@@ -29,7 +29,7 @@ pack)
     mkdir -p "$pack/data/quant" "$pack/data/tiny-mixtral"
     cp target/release/examples/cuda_check "$pack/"
     strip "$pack/cuda_check" 2>/dev/null || true
-    for t in Q4_0 Q8_0 Q4_K Q6_K IQ4_XS IQ2_XXS; do cp "tests/data/quant/${t}_real.bin" "$pack/data/quant/"; done
+    for t in Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M MXFP4; do cp "tests/data/quant/${t}_real.bin" "$pack/data/quant/"; done
     for v in Q8_0 F16; do
         mkdir -p "$pack/data/tiny-mixtral/$v"
         cp "tests/data/tiny-mixtral/$v/tiny-mixtral-$v.gguf" "tests/data/tiny-mixtral/$v/logits_p1.bin" \
