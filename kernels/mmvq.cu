@@ -47,21 +47,29 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, xd_q8_1* _
 // Warps per block of every matvec launch (128 threads; backend.rs MATVEC_ROWS): each warp has
 // its own staging area in shared memory.
 #define XD_MMVQ_WARPS 4
+// Blocks per SM the register allocation must allow (10 x 4 warps: enough loads in flight to
+// cover memory latency; at most 48 registers).
+#define XD_MMVQ_MIN_BLOCKS 10
+// The gate+up kernels carry two rows per warp (twice the loads in flight per warp): 9 blocks,
+// at most 56 registers.
+#define XD_MMVQ_SWIGLU_MIN_BLOCKS 9
 
 struct alignas(16) xd_u128 {
     uint32_t v[4];
 };
 
-// Bytes [src, src + n) copied into `dst` (shared memory) by the warp as whole aligned 16-byte
-// words, consecutive lanes loading consecutive words, so every load instruction reads 512
-// contiguous bytes; a word reaching `limit` (the end of the row) is read byte by byte up to it.
-// Returns the position of src's first byte in dst.
-__device__ __forceinline__ int xd_stage(xd_u128* dst, const uint8_t* src, int n, const uint8_t* limit, int lane) {
+// Bytes [src, src + n) copied into `dst` (shared memory) as whole aligned 16-byte words by
+// `step` threads, thread `lane` taking words lane, lane + step, ...: consecutive threads load
+// consecutive words, so a warp's load instruction reads 512 contiguous bytes. A word reaching
+// `limit` (the end of the row) is read byte by byte up to it. Returns the position of src's
+// first byte in dst.
+__device__ __forceinline__ int xd_stage(xd_u128* dst, const uint8_t* src, int n, const uint8_t* limit, int lane,
+                                        int step) {
     const unsigned long long a = reinterpret_cast<unsigned long long>(src) & ~15ull;
     const int pre = int(reinterpret_cast<unsigned long long>(src) - a);
     const int words = (pre + n + 15) >> 4;
     const uint8_t* base = reinterpret_cast<const uint8_t*>(a);
-    for (int i = lane; i < words; i += XD_WARP) {
+    for (int i = lane; i < words; i += step) {
         const uint8_t* p = base + 16 * i;
         if (p + 16 <= limit) {
 #if defined(__CUDA_ARCH__)
@@ -90,13 +98,15 @@ struct XdStageSize {
 };
 
 // Lane `lane`'s share of the dot products of NW weight rows (same shape) with one q8_1
-// activation row, in chunks of 32 sub-blocks: the warp stages the chunk's weights and
-// activations in shared memory with coalesced 16-byte loads, then lane i takes sub-block i of
-// the chunk. (Lanes reading their own sub-blocks straight from global memory would touch a
-// different 32-byte sector per lane on every load.) The sums run in the same order as a plain
-// loop over u = lane, lane + 32, ...
+// activation row, in chunks of 32 sub-blocks: each warp stages the chunk of its rows and the
+// block stages the chunk's activations (shared by its warps) in shared memory with coalesced
+// 16-byte loads, then lane i takes sub-block i of the chunk. (Lanes reading their own
+// sub-blocks straight from global memory would touch a different 32-byte sector per lane on
+// every load; activations staged per block are read once for all its rows.) The sums run in
+// the order of a plain loop over u = lane, lane + 32, ... Every thread of the block must call
+// this (it synchronizes the block); `live` is false for a warp past the last row.
 template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&), int NW>
-__device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], const xd_q8_1* __restrict__ xs,
+__device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], bool live, const xd_q8_1* __restrict__ xs,
                                              int nsub, int lane, xd_u128 (&sw)[NW][XdStageSize<QK, BYTES>::W],
                                              xd_u128* sx, float (&acc)[NW]) {
     constexpr int SUBS = QK / 32;
@@ -107,12 +117,15 @@ __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], c
         const int nu = min(XD_WARP, nsub - c);
         const int wbytes = (nu / SUBS) * BYTES;
         int wpre[NW];
+        if (live) {
 #pragma unroll
-        for (int m = 0; m < NW; ++m)
-            wpre[m] = xd_stage(sw[m], wrow[m] + (c / SUBS) * BYTES, wbytes, wrow[m] + row_bytes, lane);
-        const int xpre = xd_stage(sx, xbytes + (long long)c * sizeof(xd_q8_1), nu * int(sizeof(xd_q8_1)), xend, lane);
-        __syncwarp();
-        if (lane < nu) {
+            for (int m = 0; m < NW; ++m)
+                wpre[m] = xd_stage(sw[m], wrow[m] + (c / SUBS) * BYTES, wbytes, wrow[m] + row_bytes, lane, XD_WARP);
+        }
+        const int xpre = xd_stage(sx, xbytes + (long long)c * sizeof(xd_q8_1), nu * int(sizeof(xd_q8_1)), xend,
+                                  threadIdx.x, blockDim.x);
+        __syncthreads();
+        if (live && lane < nu) {
             const xd_q8_1& a = *reinterpret_cast<const xd_q8_1*>(reinterpret_cast<const uint8_t*>(sx) + xpre +
                                                                  lane * int(sizeof(xd_q8_1)));
 #pragma unroll
@@ -120,14 +133,14 @@ __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], c
                 acc[m] += DOT(reinterpret_cast<const uint8_t*>(sw[m]) + wpre[m] + (lane / SUBS) * BYTES, lane % SUBS, a);
         }
         // The next chunk overwrites the staging.
-        __syncwarp();
+        __syncthreads();
     }
 }
 
-// The staging areas of the block's warps.
+// The staging areas: weights per warp, activations per block.
 #define XD_MMVQ_SMEM(NW)                                                                   \
     __shared__ xd_u128 s_w[XD_MMVQ_WARPS][NW][XdStageSize<QK, BYTES>::W];                  \
-    __shared__ xd_u128 s_x[XD_MMVQ_WARPS][XdStageSize<QK, BYTES>::X];                      \
+    __shared__ xd_u128 s_x[XdStageSize<QK, BYTES>::X];                                     \
     const int warp = threadIdx.x / XD_WARP;
 
 template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
@@ -142,11 +155,9 @@ __device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long
     const xd_q8_1* xs = x + (long long)(slot / x_group) * x_stride;
     XD_MMVQ_SMEM(1)
     float acc[1] = {0.0f};
-    // Warp-uniform: a warp past the last row stages nothing.
-    if (row < nrows) {
-        const uint8_t* wrow[1] = {w + expert * expert_stride + (long long)row * (ncols / QK) * BYTES};
-        xd_rows_part<QK, BYTES, DOT, 1>(wrow, xs, ncols / 32, lane, s_w[warp], s_x[warp], acc);
-    }
+    // A warp past the last row stages no weights but helps with the activations.
+    const uint8_t* wrow[1] = {w + expert * expert_stride + (long long)min(row, nrows - 1) * (ncols / QK) * BYTES};
+    xd_rows_part<QK, BYTES, DOT, 1>(wrow, row < nrows, xs, ncols / 32, lane, s_w[warp], s_x, acc);
     // Every lane takes part in the reduction, rows past the end included.
     const float sum = xd_warp_sum(acc[0]);
     if (lane == 0 && row < nrows) y[(long long)slot * nrows + row] = sum;
@@ -168,10 +179,8 @@ __device__ __forceinline__ void xd_mmvq_swiglu(const uint8_t* __restrict__ wg, c
     const xd_q8_1* xs = x + (long long)(slot / x_group) * x_stride;
     XD_MMVQ_SMEM(2)
     float acc[2] = {0.0f, 0.0f};
-    if (row < nrows) {
-        const uint8_t* wrow[2] = {wg + off, wu + off};
-        xd_rows_part<QK, BYTES, DOT, 2>(wrow, xs, ncols / 32, lane, s_w[warp], s_x[warp], acc);
-    }
+    const uint8_t* wrow[2] = {wg + off, wu + off};
+    xd_rows_part<QK, BYTES, DOT, 2>(wrow, row < nrows, xs, ncols / 32, lane, s_w[warp], s_x, acc);
     const float g = xd_warp_sum(acc[0]);
     const float u = xd_warp_sum(acc[1]);
     // The expression of the swiglu kernel (elementwise.cu), so the two paths agree bit for bit.
@@ -207,16 +216,14 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     const xd_q8_1* xs = x + (long long)slot * x_stride;
     XD_MMVQ_SMEM(1)
     float acc[1] = {0.0f};
-    if (row < n) {
-        const uint8_t* wrow[1] = {w + (long long)row * (ncols / QK) * BYTES};
-        xd_rows_part<QK, BYTES, DOT, 1>(wrow, xs, ncols / 32, lane, s_w[warp], s_x[warp], acc);
-    }
+    const uint8_t* wrow[1] = {w + (long long)min(row, max(n - 1, 0)) * (ncols / QK) * BYTES};
+    xd_rows_part<QK, BYTES, DOT, 1>(wrow, row < n, xs, ncols / 32, lane, s_w[warp], s_x, acc);
     const float sum = xd_warp_sum(acc[0]);
     if (lane == 0 && row < n) y[(long long)slot * n + row] = sum;
 }
 
 #define XD_MMVQ_KERNEL(name, qk, bytes, dot)                                                      \
-    extern "C" __global__ void name(const uint8_t* __restrict__ w, long long expert_stride,       \
+    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS) name(const uint8_t* __restrict__ w, long long expert_stride,       \
                                     const int* __restrict__ ids, const xd_q8_1* __restrict__ x,   \
                                     int x_stride, int x_group, float* __restrict__ y, int ncols,  \
                                     int nrows) {                                                  \
@@ -224,7 +231,7 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     }
 
 #define XD_MMVQ_SWIGLU_KERNEL(name, qk, bytes, dot)                                               \
-    extern "C" __global__ void name(const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu, \
+    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_SWIGLU_MIN_BLOCKS) name(const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu, \
                                     long long expert_stride, const int* __restrict__ ids,         \
                                     const xd_q8_1* __restrict__ x, int x_stride, int x_group,     \
                                     float* __restrict__ y, int ncols, int nrows) {                \
@@ -232,7 +239,7 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     }
 
 #define XD_MMVQ3_KERNEL(name, qk, bytes, dot)                                                     \
-    extern "C" __global__ void name(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, \
+    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS) name(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, \
                                     const uint8_t* __restrict__ w2, float* __restrict__ y0,       \
                                     float* __restrict__ y1, float* __restrict__ y2, int n0, int n1, \
                                     int n2, const xd_q8_1* __restrict__ x, int x_stride, int ncols) { \
