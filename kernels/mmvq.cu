@@ -89,32 +89,38 @@ __device__ __forceinline__ int xd_stage(xd_u128* dst, const uint8_t* src, int n,
     return pre;
 }
 
-// Shared-memory words of one warp's staging: a chunk of weights (32 sub-blocks of 32 values,
-// plus the alignment slack) and the chunk's 32 q8_1 activation blocks.
+// Sub-blocks of 32 values per staging round: 32 (one per lane), or 64 or 128 for the types
+// whose 32 sub-blocks take few bytes, so that each round still has some 600+ bytes of a row in
+// flight per warp.
 template <int QK, int BYTES>
 struct XdStageSize {
-    static constexpr int W = ((32 / (QK / 32)) * BYTES + 15) / 16 + 1;
-    static constexpr int X = (32 * int(sizeof(xd_q8_1)) + 15) / 16 + 1;
+    static constexpr int CHUNK = (32 / (QK / 32)) * BYTES;  // bytes of 32 sub-blocks
+    static constexpr int R = CHUNK <= 300 ? 4 : (CHUNK <= 600 ? 2 : 1);
+    static constexpr int SUBS_PER_ROUND = 32 * R;
+    static constexpr int W = (R * CHUNK + 15) / 16 + 1;
+    static constexpr int X = (SUBS_PER_ROUND * int(sizeof(xd_q8_1)) + 15) / 16 + 1;
 };
 
 // Lane `lane`'s share of the dot products of NW weight rows (same shape) with one q8_1
-// activation row, in chunks of 32 sub-blocks: each warp stages the chunk of its rows and the
-// block stages the chunk's activations (shared by its warps) in shared memory with coalesced
-// 16-byte loads, then lane i takes sub-block i of the chunk. (Lanes reading their own
-// sub-blocks straight from global memory would touch a different 32-byte sector per lane on
-// every load; activations staged per block are read once for all its rows.) The sums run in
-// the order of a plain loop over u = lane, lane + 32, ... Every thread of the block must call
-// this (it synchronizes the block); `live` is false for a warp past the last row.
+// activation row, in rounds of SUBS_PER_ROUND sub-blocks: each warp stages the round's part
+// of its rows and the block the round's activations (shared by its warps) in shared memory
+// with coalesced 16-byte loads, then lane i takes sub-blocks i, i + 32, ... of the round.
+// (Lanes reading their own sub-blocks straight from global memory would touch a different
+// 32-byte sector per lane on every load; activations staged per block are read once for all
+// its rows.) The sums run in the order of a plain loop over u = lane, lane + 32, ... Every
+// thread of the block must call this (it synchronizes the block); `live` is false for a warp
+// past the last row.
 template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&), int NW>
 __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], bool live, const xd_q8_1* __restrict__ xs,
                                              int nsub, int lane, xd_u128 (&sw)[NW][XdStageSize<QK, BYTES>::W],
                                              xd_u128* sx, float (&acc)[NW]) {
     constexpr int SUBS = QK / 32;
+    constexpr int PER = XdStageSize<QK, BYTES>::SUBS_PER_ROUND;
     const int row_bytes = (nsub / SUBS) * BYTES;
     const uint8_t* xbytes = reinterpret_cast<const uint8_t*>(xs);
     const uint8_t* xend = xbytes + (long long)nsub * sizeof(xd_q8_1);
-    for (int c = 0; c < nsub; c += XD_WARP) {
-        const int nu = min(XD_WARP, nsub - c);
+    for (int c = 0; c < nsub; c += PER) {
+        const int nu = min(PER, nsub - c);
         const int wbytes = (nu / SUBS) * BYTES;
         int wpre[NW];
         if (live) {
@@ -125,14 +131,20 @@ __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], b
         const int xpre = xd_stage(sx, xbytes + (long long)c * sizeof(xd_q8_1), nu * int(sizeof(xd_q8_1)), xend,
                                   threadIdx.x, blockDim.x);
         __syncthreads();
-        if (live && lane < nu) {
-            const xd_q8_1& a = *reinterpret_cast<const xd_q8_1*>(reinterpret_cast<const uint8_t*>(sx) + xpre +
-                                                                 lane * int(sizeof(xd_q8_1)));
+        if (live) {
 #pragma unroll
-            for (int m = 0; m < NW; ++m)
-                acc[m] += DOT(reinterpret_cast<const uint8_t*>(sw[m]) + wpre[m] + (lane / SUBS) * BYTES, lane % SUBS, a);
+            for (int r = 0; r < PER / XD_WARP; ++r) {
+                const int i = r * XD_WARP + lane;  // sub-block of the round
+                if (i < nu) {
+                    const xd_q8_1& a = *reinterpret_cast<const xd_q8_1*>(reinterpret_cast<const uint8_t*>(sx) + xpre +
+                                                                         i * int(sizeof(xd_q8_1)));
+#pragma unroll
+                    for (int m = 0; m < NW; ++m)
+                        acc[m] += DOT(reinterpret_cast<const uint8_t*>(sw[m]) + wpre[m] + (i / SUBS) * BYTES, i % SUBS, a);
+                }
+            }
         }
-        // The next chunk overwrites the staging.
+        // The next round overwrites the staging.
         __syncthreads();
     }
 }

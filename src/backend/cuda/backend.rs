@@ -14,7 +14,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 
-/// Rows per block of the matvec kernels (one warp each).
+/// Rows per block of the matvec kernels (one warp each); the quantized ones size their shared
+/// staging for exactly this many warps (XD_MMVQ_WARPS in kernels/mmvq.cu).
 const MATVEC_ROWS: u32 = 4;
 /// Positions per attention split.
 const ATTN_SPLIT: usize = 128;
