@@ -2,17 +2,19 @@
 //! every kernel compiled by NVRTC and loaded; tiny-mixtral (Q8_0, F16) through the engine's
 //! forward on the GPU against the CPU backend and llama.cpp's logits and expert choices (the
 //! checks tests/cuda_emu_model.rs makes on the emulator), with the prompt through the matvecs and
-//! through the prefill GEMMs; then decode-shaped matvec and prefill-shaped GEMM timings.
+//! through the prefill GEMMs; then the launches and time of one decode step, decode matvec
+//! timings of every quantized type at Mixtral-8x7B's shapes, and prefill-shaped GEMM timings.
 //!
 //! Usage: cargo run --release --example cuda_check [-- DATA_DIR] (default tests/data).
 //! Exits 1 when a check fails, 2 when there is no GPU.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use xdan::backend::cpu::CpuBackend;
-use xdan::backend::cuda::device::{Arg, DevBuf, Device};
+use xdan::backend::cuda::device::{Arg, DevBuf, DevPtr, Device};
 use xdan::backend::cuda::{devices, GpuDevice};
 use xdan::backend::cuda::CudaBackend;
 use xdan::backend::{Backend, KvLayout, KV_BLOCK};
@@ -95,61 +97,167 @@ fn parity(gpu: &CudaBackend<GpuDevice>, data: &Path, variant: &str, kv_ty: GgmlT
     ok
 }
 
-/// Decode-shaped matvec timings: a `rows` x `cols` matrix of the fixture's blocks repeated.
+/// The quantized types the benchmark times: name, kernel suffix, values and bytes per block.
+const BENCH_TYPES: [(&str, &str, usize, usize); 20] = [
+    ("Q4_0", "q4_0", 32, 18),
+    ("Q4_1", "q4_1", 32, 20),
+    ("Q5_0", "q5_0", 32, 22),
+    ("Q5_1", "q5_1", 32, 24),
+    ("Q8_0", "q8_0", 32, 34),
+    ("Q2_K", "q2_k", 256, 84),
+    ("Q3_K", "q3_k", 256, 110),
+    ("Q4_K", "q4_k", 256, 144),
+    ("Q5_K", "q5_k", 256, 176),
+    ("Q6_K", "q6_k", 256, 210),
+    ("IQ4_NL", "iq4_nl", 32, 18),
+    ("IQ4_XS", "iq4_xs", 256, 136),
+    ("IQ2_XXS", "iq2_xxs", 256, 66),
+    ("IQ2_XS", "iq2_xs", 256, 74),
+    ("IQ2_S", "iq2_s", 256, 82),
+    ("IQ3_XXS", "iq3_xxs", 256, 98),
+    ("IQ3_S", "iq3_s", 256, 110),
+    ("IQ1_S", "iq1_s", 256, 50),
+    ("IQ1_M", "iq1_m", 256, 56),
+    ("MXFP4", "mxfp4", 32, 17),
+];
+
+/// Mean seconds per call of `f` over `n` calls after 3 warm-ups, launches queued back to back.
+fn time_launches(dev: &GpuDevice, n: usize, mut f: impl FnMut(usize)) -> f64 {
+    for i in 0..3 {
+        f(i);
+    }
+    dev.synchronize().unwrap();
+    let t = Instant::now();
+    for i in 0..n {
+        f(i);
+    }
+    dev.synchronize().unwrap();
+    t.elapsed().as_secs_f64() / n as f64
+}
+
+/// Decode-shaped matvec timings for every quantized type, at the shapes of a Mixtral-8x7B layer:
+/// 4096x4096 (attention), 14336x4096 (an expert's gate or up), 4096x14336 (its down); then the
+/// MoE dispatch as decode runs it: gate+up+SwiGLU of 2 experts in one launch, and the 2 experts'
+/// down projections in one launch. The weights are the fixture's real blocks repeated over 4
+/// expert matrices (more than the L2 cache); successive launches rotate through copies so that
+/// the weights come from memory, as in decode. GB/s counts the weight bytes each launch reads.
 fn bench(dev: &Arc<GpuDevice>, data: &Path) {
-    let (rows, cols) = (4096usize, 4096usize);
-    println!("matvec {rows}x{cols}, one activation row (decode), mean of 50 launches after 5 warm-ups:");
-    for (ty, sfx, qk, bb) in [
-        ("Q4_0", "q4_0", 32, 18),
-        ("Q8_0", "q8_0", 32, 34),
-        ("Q4_K", "q4_k", 256, 144),
-        ("Q6_K", "q6_k", 256, 210),
-        ("IQ4_XS", "iq4_xs", 256, 136),
-        ("IQ2_XXS", "iq2_xxs", 256, 66),
-    ] {
-        let blocks = std::fs::read(data.join("quant").join(format!("{ty}_real.bin"))).unwrap();
-        let nbytes = rows * cols / qk * bb;
-        let w: Vec<u8> = blocks.iter().cycle().take(nbytes).copied().collect();
-        let x: Vec<u8> = (0..cols).flat_map(|i| ((i % 17) as f32 * 0.1 - 0.8).to_le_bytes()).collect();
-        let (wb, xb) = (DevBuf::new(dev, nbytes).unwrap(), DevBuf::new(dev, cols * 4).unwrap());
-        let (qb, yb) = (DevBuf::new(dev, cols / 32 * 40).unwrap(), DevBuf::new(dev, rows * 4).unwrap());
-        unsafe {
-            dev.upload(wb.ptr, &w).unwrap();
-            dev.upload(xb.ptr, &x).unwrap();
+    const N: usize = 30;
+    let (e, f) = (4096usize, 14336usize);
+    println!("matvec timings, one activation row (decode), mean of {N} launches after 3 warm-ups (us, GB/s of weights):");
+    println!(
+        "  {:8} {:>17} {:>17} {:>17} {:>22} {:>22}",
+        "type", "4096x4096", "14336x4096", "4096x14336", "2x gate+up+swiglu", "2x down (MoE)"
+    );
+    let x: Vec<u8> = (0..2 * f).flat_map(|i| ((i % 17) as f32 * 0.1 - 0.8).to_le_bytes()).collect();
+    let xb = DevBuf::new(dev, x.len()).unwrap();
+    let qb = DevBuf::new(dev, 2 * f / 32 * 40).unwrap();
+    let yb = DevBuf::new(dev, 2 * f * 4).unwrap();
+    let ids = DevBuf::new(dev, 8).unwrap();
+    unsafe {
+        dev.upload(xb.ptr, &x).unwrap();
+        dev.upload(ids.ptr, &[0, 0, 0, 0, 1, 0, 0, 0]).unwrap();
+        // Two activation rows of 14336 values as q8_1 (the first 4096 values of row 0 serve
+        // the 4096-column shapes).
+        dev.launch("quantize_q8_1", [(2 * f / 32).div_ceil(4) as u32, 1, 1], [128, 1, 1], 0, &[Arg::Ptr(xb.ptr), Arg::Ptr(qb.ptr), Arg::I32((2 * f) as i32)])
+            .unwrap();
+    }
+    let gbs = |bytes: usize, s: f64| format!("{:7.1} {:6.0}", s * 1e6, bytes as f64 / s / 1e9);
+    for (ty, sfx, qk, bb) in BENCH_TYPES {
+        let blocks = match std::fs::read(data.join("quant").join(format!("{ty}_real.bin"))) {
+            Ok(b) if !b.is_empty() => b,
+            _ => {
+                println!("  {ty:8} (no fixture blocks)");
+                continue;
+            }
+        };
+        let mat = f * e / qk * bb; // one expert matrix
+        let total = 4 * mat;
+        let mut w = Vec::with_capacity(total);
+        while w.len() < total {
+            let n = (total - w.len()).min(if w.is_empty() { blocks.len() } else { w.len() });
+            if w.is_empty() {
+                w.extend_from_slice(&blocks[..n]);
+            } else {
+                w.extend_from_within(..n);
+            }
         }
-        let step = || unsafe {
-            dev.launch("quantize_q8_1", [(cols / 32).div_ceil(4) as u32, 1, 1], [128, 1, 1], 0, &[Arg::Ptr(xb.ptr), Arg::Ptr(qb.ptr), Arg::I32(cols as i32)])
-                .unwrap();
+        let wb = DevBuf::new(dev, total).unwrap();
+        unsafe { dev.upload(wb.ptr, &w).unwrap() };
+        drop(w);
+        let matvec = |rows: usize, cols: usize| {
+            let bytes = rows * cols / qk * bb;
+            let copies = total / bytes;
+            let s = time_launches(dev, N, |i| unsafe {
+                dev.launch(
+                    &format!("mul_mat_vec_{sfx}"),
+                    [(rows / 4) as u32, 1, 1],
+                    [128, 1, 1],
+                    0,
+                    &[
+                        Arg::Ptr(wb.ptr + ((i % copies) * bytes) as u64),
+                        Arg::I64(0),
+                        Arg::Ptr(0),
+                        Arg::Ptr(qb.ptr),
+                        Arg::I32((cols / 32) as i32),
+                        Arg::I32(1),
+                        Arg::Ptr(yb.ptr),
+                        Arg::I32(cols as i32),
+                        Arg::I32(rows as i32),
+                    ],
+                )
+                .unwrap()
+            });
+            gbs(bytes, s)
+        };
+        let square = matvec(e, e);
+        let tall = matvec(f, e);
+        let wide = matvec(e, f);
+        // Experts 0 and 1 of gate (matrices 0, 1) and up (2, 3): 4 matrices read per launch.
+        let swiglu = time_launches(dev, N, |_| unsafe {
             dev.launch(
-                &format!("mul_mat_vec_{sfx}"),
-                [(rows / 4) as u32, 1, 1],
+                &format!("mul_mat_vec_swiglu_{sfx}"),
+                [(f / 4) as u32, 2, 1],
                 [128, 1, 1],
                 0,
                 &[
                     Arg::Ptr(wb.ptr),
-                    Arg::I64(0),
-                    Arg::Ptr(0),
+                    Arg::Ptr(wb.ptr + 2 * mat as u64),
+                    Arg::I64(mat as i64),
+                    Arg::Ptr(ids.ptr),
                     Arg::Ptr(qb.ptr),
-                    Arg::I32((cols / 32) as i32),
-                    Arg::I32(1),
+                    Arg::I32((e / 32) as i32),
+                    Arg::I32(2),
                     Arg::Ptr(yb.ptr),
-                    Arg::I32(cols as i32),
-                    Arg::I32(rows as i32),
+                    Arg::I32(e as i32),
+                    Arg::I32(f as i32),
                 ],
             )
-            .unwrap();
-        };
-        for _ in 0..5 {
-            step();
-        }
-        dev.synchronize().unwrap();
-        let t = Instant::now();
-        for _ in 0..50 {
-            step();
-        }
-        dev.synchronize().unwrap();
-        let s = t.elapsed().as_secs_f64() / 50.0;
-        println!("  {ty:8} {:8.1} us  {:7.1} GB/s of weights", s * 1e6, nbytes as f64 / s / 1e9);
+            .unwrap()
+        });
+        // Down: experts 0 and 1 (4096 rows of 14336 each), one activation row per slot;
+        // alternate launches read the other half of the buffer.
+        let down = time_launches(dev, N, |i| unsafe {
+            dev.launch(
+                &format!("mul_mat_vec_{sfx}"),
+                [(e / 4) as u32, 2, 1],
+                [128, 1, 1],
+                0,
+                &[
+                    Arg::Ptr(wb.ptr + ((i % 2) * 2 * mat) as u64),
+                    Arg::I64(mat as i64),
+                    Arg::Ptr(ids.ptr),
+                    Arg::Ptr(qb.ptr),
+                    Arg::I32((f / 32) as i32),
+                    Arg::I32(1),
+                    Arg::Ptr(yb.ptr),
+                    Arg::I32(f as i32),
+                    Arg::I32(e as i32),
+                ],
+            )
+            .unwrap()
+        });
+        println!("  {ty:8} {square:>17} {tall:>17} {wide:>17} {:>22} {:>22}", gbs(4 * mat, swiglu), gbs(2 * mat, down));
     }
 }
 
@@ -204,6 +312,96 @@ fn bench_gemm(dev: &Arc<GpuDevice>, data: &Path) {
     }
 }
 
+/// A device that counts the launches of each kernel, to show what one decode step costs.
+struct Counting<D: Device> {
+    inner: Arc<D>,
+    launches: Mutex<BTreeMap<String, usize>>,
+}
+
+impl<D: Device> Device for Counting<D> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn alloc(&self, bytes: usize) -> xdan::Result<DevPtr> {
+        self.inner.alloc(bytes)
+    }
+    unsafe fn free(&self, p: DevPtr) {
+        self.inner.free(p)
+    }
+    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> xdan::Result<()> {
+        self.inner.upload(dst, src)
+    }
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> xdan::Result<()> {
+        self.inner.upload_async(dst, src)
+    }
+    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> xdan::Result<()> {
+        self.inner.download(src, dst)
+    }
+    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> xdan::Result<()> {
+        self.inner.copy(dst, src, bytes)
+    }
+    unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> xdan::Result<()> {
+        *self.launches.lock().unwrap().entry(name.to_string()).or_default() += 1;
+        self.inner.launch(name, grid, block, smem, args)
+    }
+}
+
+/// Decode steps of tiny-mixtral (Q8_0) on the GPU after a 7-token prompt: the launches of one
+/// step by kernel, and the wall time of a step (the shapes are tiny, so this is the fixed cost
+/// per step: launches, uploads, the logits download).
+fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path) {
+    let dir = data.join("tiny-mixtral").join("Q8_0");
+    let g = Arc::new(Gguf::open(dir.join("tiny-mixtral-Q8_0.gguf"), true).expect("fixture model"));
+    let hp = HParams::from_gguf(&g).unwrap();
+    let cd = Arc::new(Counting { inner: dev.clone(), launches: Mutex::new(BTreeMap::new()) });
+    let be = CudaBackend::new(cd.clone());
+    let w = Weights::load(&be, &g, &hp, &mut |_| true).unwrap();
+    const STEPS: usize = 20;
+    let prompt = [1u32, 832, 165, 251, 189, 895, 149];
+    let n_max = prompt.len() + STEPS + 1;
+    let n_blocks = n_max.div_ceil(KV_BLOCK);
+    let layout = KvLayout { n_layer: hp.n_layer, n_slots: n_blocks * KV_BLOCK, n_embd_kv: hp.n_embd_kv(), ty: GgmlType::F32 };
+    let mut kv = be.kv_new(&layout).unwrap();
+    let table: Vec<u32> = (0..n_blocks as u32).rev().collect();
+    let slot = |p: u32| table[p as usize / KV_BLOCK] * KV_BLOCK as u32 + p % KV_BLOCK as u32;
+    let tables: [&[u32]; 1] = [&table];
+    let mut s = Scratch::new(&be);
+    let step = |tokens: &[u32], p0: u32, s: &mut Scratch<CudaBackend<Counting<D>>>, kv: &mut _| -> u32 {
+        let n = tokens.len() as u32;
+        let pos: Vec<u32> = (p0..p0 + n).collect();
+        let slots: Vec<u32> = pos.iter().map(|&p| slot(p)).collect();
+        let tok_seq = vec![0u32; tokens.len()];
+        let out_rows = [n - 1];
+        let b = Batch { tokens, pos: &pos, slots: &slots, tok_seq: &tok_seq, tables: &tables, out_rows: &out_rows };
+        let mut logits = vec![0f32; hp.n_vocab];
+        forward(&be, &w, &hp, &hp.rope, kv, &b, s, &mut || true, None, &mut logits).unwrap();
+        argmax(&logits) as u32
+    };
+    let mut tok = step(&prompt, 0, &mut s, &mut kv);
+    let mut p = prompt.len() as u32;
+    // One step to warm up, then a counted one, then timed ones.
+    tok = step(&[tok], p, &mut s, &mut kv);
+    p += 1;
+    cd.launches.lock().unwrap().clear();
+    tok = step(&[tok], p, &mut s, &mut kv);
+    p += 1;
+    let counts = std::mem::take(&mut *cd.launches.lock().unwrap());
+    let total: usize = counts.values().sum();
+    let t = Instant::now();
+    for _ in 0..STEPS - 2 {
+        tok = step(&[tok], p, &mut s, &mut kv);
+        p += 1;
+    }
+    let per = t.elapsed().as_secs_f64() / (STEPS - 2) as f64;
+    println!(
+        "decode step, tiny-mixtral Q8_0 ({} layers): {total} launches ({:.1} per layer, embedding and output included), {:.1} us per step",
+        hp.n_layer,
+        total as f64 / hp.n_layer as f64,
+        per * 1e6
+    );
+    println!("  {}", counts.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
+}
+
 fn main() {
     let data = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"))));
     match devices() {
@@ -247,6 +445,7 @@ fn main() {
     let gemm = CudaBackend::new(dev.clone()).with_gemm_min_rows(1);
     ok &= parity(&gemm, &data, "Q8_0", GgmlType::F32, 0.15);
     ok &= parity(&gemm, &data, "F16", GgmlType::F16, 1e-2);
+    decode_steps(&dev, &data);
     bench(&dev, &data);
     bench_gemm(&dev, &data);
     if let Err(e) = dev.synchronize() {

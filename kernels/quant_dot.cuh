@@ -79,25 +79,35 @@ __device__ __forceinline__ float dot_q8_0(const uint8_t* b, int, const xd_q8_1& 
     return xd_ldh(b) * a.d * float(sum);
 }
 
-// Four 4-bit indices (bits 0..3 of each byte, after `shift`) looked up in the IQ4 value table.
-__device__ __forceinline__ int xd_iq4_lookup(int v, int shift) {
-    int r = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int nib = (v >> (8 * i + shift)) & 15;
-        r |= int(uint8_t(xd_kvalues_iq4nl[nib])) << (8 * i);
-    }
-    return r;
+// A 16-entry signed byte table, its four little-endian words: uniform loads (every lane reads
+// the same address), which __constant__ memory broadcasts.
+__device__ __forceinline__ uint32_t xd_table_word(const int8_t* t, int w) {
+    return uint32_t(uint8_t(t[4 * w])) | (uint32_t(uint8_t(t[4 * w + 1])) << 8) |
+           (uint32_t(uint8_t(t[4 * w + 2])) << 16) | (uint32_t(uint8_t(t[4 * w + 3])) << 24);
+}
+
+// Four 4-bit indices (bits 0..3 of each byte of `q`, the rest zero) looked up in a 16-entry
+// byte table held as words t0..t3, by byte permutes instead of per-lane (divergent) table
+// loads: entries 0..7 and 8..15 are each picked by the indices' low three bits, then bit 3
+// chooses between them.
+__device__ __forceinline__ int xd_lookup16(uint32_t q, uint32_t t0, uint32_t t1, uint32_t t2, uint32_t t3) {
+    const uint32_t x = q | (q >> 4);
+    const uint32_t sel = (x & 0xffu) | ((x >> 8) & 0xff00u);  // index of byte i in nibble i
+    const uint32_t lo = __byte_perm(t0, t1, sel & 0x7777u);
+    const uint32_t hi = __byte_perm(t2, t3, sel & 0x7777u);
+    return int(__byte_perm(lo, hi, 0x3210u | ((sel & 0x8888u) >> 1)));
 }
 
 // Sixteen bytes of IQ4 nibbles (low nibbles: values 0..15, high: 16..31) against `a`.
 __device__ __forceinline__ int xd_iq4_dot16(const uint8_t* qs, const xd_q8_1& a) {
+    const uint32_t t0 = xd_table_word(xd_kvalues_iq4nl, 0), t1 = xd_table_word(xd_kvalues_iq4nl, 1);
+    const uint32_t t2 = xd_table_word(xd_kvalues_iq4nl, 2), t3 = xd_table_word(xd_kvalues_iq4nl, 3);
     int sum = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const int v = xd_ld32(qs + 4 * k);
-        sum = __dp4a(xd_iq4_lookup(v, 0), a.qs[k], sum);
-        sum = __dp4a(xd_iq4_lookup(v, 4), a.qs[k + 4], sum);
+        const uint32_t v = uint32_t(xd_ld32(qs + 4 * k));
+        sum = __dp4a(xd_lookup16(v & 0x0F0F0F0Fu, t0, t1, t2, t3), a.qs[k], sum);
+        sum = __dp4a(xd_lookup16((v >> 4) & 0x0F0F0F0Fu, t0, t1, t2, t3), a.qs[k + 4], sum);
     }
     return sum;
 }
@@ -221,24 +231,23 @@ __device__ __forceinline__ float dot_q6_k(const uint8_t* b, int u, const xd_q8_1
 }
 
 
-// ---- IQ types: lattice points from the __constant__ grids ---------------------------------
+// ---- IQ types: lattice points from the grids in global memory (iq_grids.cuh) ---------
 
 #include "iq_grids.cuh"
 
 // `ksigns_iq2xs`: 7 stored sign bits, the 8th makes the number of minus signs even.
 __device__ __forceinline__ uint32_t xd_ksigns(uint32_t i) { return i | (uint32_t(__popc(i) & 1) << 7); }
 
-// The four unsigned bytes of g with byte i negated where bit i of `signs` is set.
+// The four unsigned bytes of g with byte i negated where bit i of `signs` is set: the sign bits
+// spread to byte masks m (0 or 0xff), then per byte (g ^ m) - m.
 __device__ __forceinline__ int xd_sign4(uint32_t g, uint32_t signs) {
-    int r = 0;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        int b = int((g >> (8 * i)) & 0xffu);
-        if ((signs >> i) & 1u) b = -b;
-        r |= (b & 0xff) << (8 * i);
-    }
-    return r;
+    const uint32_t m = (((signs & 15u) * 0x00204081u) & 0x01010101u) * 0xffu;
+    return int(__vsub4(g ^ m, m));
 }
+
+// Lattice point i of a grid, through the read-only data cache.
+__device__ __forceinline__ uint64_t xd_grid(const uint64_t* g, uint32_t i) { return __ldg(g + i); }
+__device__ __forceinline__ uint32_t xd_grid(const uint32_t* g, uint32_t i) { return __ldg(g + i); }
 
 // Eight grid bytes (a u64 lattice point) with sign byte `s` against q8 words w and w+1.
 __device__ __forceinline__ int xd_grid8_dot(uint64_t g, uint32_t s, const xd_q8_1& a, int w, int sum) {
@@ -254,7 +263,7 @@ __device__ __forceinline__ float dot_iq2_xxs(const uint8_t* b, int u, const xd_q
     int sum = 0;
 #pragma unroll
     for (int l = 0; l < 4; ++l)
-        sum = xd_grid8_dot(xd_iq2xxs_grid[(idx >> (8 * l)) & 0xffu], xd_ksigns((aux >> (7 * l)) & 127u), a, 2 * l, sum);
+        sum = xd_grid8_dot(xd_grid(xd_iq2xxs_grid, (idx >> (8 * l)) & 0xffu), xd_ksigns((aux >> (7 * l)) & 127u), a, 2 * l, sum);
     return xd_ldh(b) * (0.5f + float(aux >> 28)) * 0.25f * a.d * float(sum);
 }
 
@@ -266,7 +275,7 @@ __device__ __forceinline__ float dot_iq2_xs(const uint8_t* b, int u, const xd_q8
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
         const uint32_t v = xd_ld16(q + 2 * l);
-        s[l / 2] = xd_grid8_dot(xd_iq2xs_grid[v & 511u], xd_ksigns(v >> 9), a, 2 * l, s[l / 2]);
+        s[l / 2] = xd_grid8_dot(xd_grid(xd_iq2xs_grid, v & 511u), xd_ksigns(v >> 9), a, 2 * l, s[l / 2]);
     }
     const int sc = b[66 + u];
     return xd_ldh(b) * 0.25f * a.d * ((0.5f + float(sc & 15)) * float(s[0]) + (0.5f + float(sc >> 4)) * float(s[1]));
@@ -282,7 +291,7 @@ __device__ __forceinline__ float dot_iq2_s(const uint8_t* b, int u, const xd_q8_
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
         const uint32_t idx = qs[l] | ((qh << (8 - 2 * l)) & 0x300u);
-        s[l / 2] = xd_grid8_dot(xd_iq2s_grid[idx], sg[l], a, 2 * l, s[l / 2]);
+        s[l / 2] = xd_grid8_dot(xd_grid(xd_iq2s_grid, idx), sg[l], a, 2 * l, s[l / 2]);
     }
     const int sc = b[74 + u];
     return xd_ldh(b) * 0.25f * a.d * ((0.5f + float(sc & 15)) * float(s[0]) + (0.5f + float(sc >> 4)) * float(s[1]));
@@ -297,8 +306,8 @@ __device__ __forceinline__ float dot_iq3_xxs(const uint8_t* b, int u, const xd_q
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
         const uint32_t sg = xd_ksigns((aux >> (7 * l)) & 127u);
-        sum = __dp4a(xd_sign4(xd_iq3xxs_grid[q3[2 * l]], sg), a.qs[2 * l], sum);
-        sum = __dp4a(xd_sign4(xd_iq3xxs_grid[q3[2 * l + 1]], sg >> 4), a.qs[2 * l + 1], sum);
+        sum = __dp4a(xd_sign4(xd_grid(xd_iq3xxs_grid, q3[2 * l]), sg), a.qs[2 * l], sum);
+        sum = __dp4a(xd_sign4(xd_grid(xd_iq3xxs_grid, q3[2 * l + 1]), sg >> 4), a.qs[2 * l + 1], sum);
     }
     return xd_ldh(b) * (0.5f + float(aux >> 28)) * 0.5f * a.d * float(sum);
 }
@@ -312,8 +321,8 @@ __device__ __forceinline__ float dot_iq3_s(const uint8_t* b, int u, const xd_q8_
     int sum = 0;
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
-        const uint32_t g1 = xd_iq3s_grid[qs[2 * l] | ((qh << (8 - 2 * l)) & 256u)];
-        const uint32_t g2 = xd_iq3s_grid[qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256u)];
+        const uint32_t g1 = xd_grid(xd_iq3s_grid, qs[2 * l] | ((qh << (8 - 2 * l)) & 256u));
+        const uint32_t g2 = xd_grid(xd_iq3s_grid, qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256u));
         sum = __dp4a(xd_sign4(g1, sg[l]), a.qs[2 * l], sum);
         sum = __dp4a(xd_sign4(g2, uint32_t(sg[l]) >> 4), a.qs[2 * l + 1], sum);
     }
@@ -329,7 +338,7 @@ __device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_
     int sum = 0;
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
-        const uint64_t g = xd_iq1s_grid[qs[l] | (((qh >> (3 * l)) & 7u) << 8)];
+        const uint64_t g = xd_grid(xd_iq1s_grid, qs[l] | (((qh >> (3 * l)) & 7u) << 8));
         sum = __dp4a(int(uint32_t(g)), a.qs[2 * l], sum);
         sum = __dp4a(int(uint32_t(g >> 32)), a.qs[2 * l + 1], sum);
     }
@@ -352,7 +361,7 @@ __device__ __forceinline__ float dot_iq1_m(const uint8_t* b, int u, const xd_q8_
     for (int l = 0; l < 4; ++l) {
         const uint32_t h = qh[l / 2];
         const uint32_t idx = qs[l] | ((l % 2 ? (h << 4) : (h << 8)) & 0x700u);
-        const uint64_t g = xd_iq1s_grid[idx];
+        const uint64_t g = xd_grid(xd_iq1s_grid, idx);
         int s = __dp4a(int(uint32_t(g)), a.qs[2 * l], 0);
         s = __dp4a(int(uint32_t(g >> 32)), a.qs[2 * l + 1], s);
         int m = __dp4a(0x01010101, a.qs[2 * l], 0);
@@ -373,18 +382,15 @@ __device__ __forceinline__ float dot_mxfp4(const uint8_t* b, int, const xd_q8_1&
     const uint32_t e = b[0];
     const float d = __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
     const uint8_t* qs = b + 1;
+    const uint32_t t0 = xd_table_word(xd_kvalues_mxfp4, 0), t1 = xd_table_word(xd_kvalues_mxfp4, 1);
+    const uint32_t t2 = xd_table_word(xd_kvalues_mxfp4, 2), t3 = xd_table_word(xd_kvalues_mxfp4, 3);
     int sum = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        int lo = 0, hi = 0;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int v = qs[4 * k + i];
-            lo |= int(uint8_t(xd_kvalues_mxfp4[v & 15])) << (8 * i);
-            hi |= int(uint8_t(xd_kvalues_mxfp4[v >> 4])) << (8 * i);
-        }
-        sum = __dp4a(lo, a.qs[k], sum);
-        sum = __dp4a(hi, a.qs[k + 4], sum);
+        const uint32_t v = uint32_t(qs[4 * k]) | (uint32_t(qs[4 * k + 1]) << 8) | (uint32_t(qs[4 * k + 2]) << 16) |
+                           (uint32_t(qs[4 * k + 3]) << 24);
+        sum = __dp4a(xd_lookup16(v & 0x0F0F0F0Fu, t0, t1, t2, t3), a.qs[k], sum);
+        sum = __dp4a(xd_lookup16((v >> 4) & 0x0F0F0F0Fu, t0, t1, t2, t3), a.qs[k + 4], sum);
     }
     return d * a.d * float(sum);
 }

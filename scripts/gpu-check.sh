@@ -19,7 +19,7 @@
 #   c  compute-sanitizer --tool memcheck on one small parity run (random Q4_K,
 #      2 steps), if compute-sanitizer is installed                             (45 s, 20 s)
 #   d  cuda_check: kernels, Q8_0/F16 forward parity through the matvecs and
-#      the prefill GEMMs, matvec and GEMM microbenchmarks                      (25 s, 10 s)
+#      the prefill GEMMs, launches per decode step, matvec and GEMM timings    (40 s, 20 s)
 #   e  make_model a Mixtral-8x7B-shaped random model, llama.cpp's IQ2_XXS mix
 #      (~12 GB), in /dev/shm if it has room, else /tmp                         (30 s, 10 s)
 #      bench_gpu: pp512 + tg64 x3 next to the measured copy bandwidth and the
@@ -56,7 +56,7 @@ pack)
         cp "target/release/examples/$t" "$pack/"
         strip "$pack/$t" 2>/dev/null || true
     done
-    for t in Q4_0 Q8_0 Q4_K Q6_K IQ4_XS IQ2_XXS; do cp "tests/data/quant/${t}_real.bin" "$pack/data/quant/"; done
+    for t in Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S IQ1_S IQ1_M MXFP4; do cp "tests/data/quant/${t}_real.bin" "$pack/data/quant/"; done
     fix=tests/data/tiny-mixtral
     add() {  # variant, files...
         local v=$1; shift
@@ -150,7 +150,7 @@ run)
         say "== c memcheck: SKIPPED (compute-sanitizer not found)"
         summary+=("c memcheck: skipped (no compute-sanitizer)")
     fi
-    stage "d cuda_check" 25 "$pack/cuda_check" "$pack/data"
+    stage "d cuda_check" 40 "$pack/cuda_check" "$pack/data"
     {
         echo "GPU benchmark, $(date -u '+%Y-%m-%d'): $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
         echo "Mixtral-8x7B shape (32 layers, 4096 embd, 14336 ff, 8 experts top-2, 32000 vocab), random weights;"

@@ -694,6 +694,14 @@ fn run_all(h: &Harness, small: bool) -> Report {
             check_gemm(h, ty, 72, 256, 7, &mut rng, &mut rep);
         }
     }
+    // Rows that start and end off the 16-byte grid the matvecs stage weights on, a row shorter
+    // than one 32-sub-block chunk, and one chunk and a bit (under the sanitizers too: no read
+    // past the last row).
+    for ty in QUANT_TYPES {
+        let qk = type_shape(ty).0;
+        check_matvec(h, ty, 5, 3 * qk, &mut rng, &mut rep);
+        check_matvec(h, ty, 3, if qk == 256 { 1280 } else { 1312 }, &mut rng, &mut rep);
+    }
     check_rms_norm(h, 3, 256, 128, &mut rng, &mut rep);
     if !small {
         check_rms_norm(h, 2, 1000, 256, &mut rng, &mut rep);

@@ -128,7 +128,8 @@ fn cuda_available_tells_the_truth_without_panicking() {
 fn render_iq_grids() -> String {
     use xdan::quant::grids::*;
     let mut o = String::new();
-    o.push_str("// The IQ lattice tables as __constant__ data for the IQ dot products (quant_dot.cuh).\n");
+    o.push_str("// The IQ lattice tables in global memory for the IQ dot products (quant_dot.cuh), read\n");
+    o.push_str("// through the read-only cache: lanes index them divergently, which __constant__ serializes.\n");
     o.push_str("// Generated from src/quant/grids.rs by the test iq_grid_header_matches_the_rust_tables\n");
     o.push_str("// (tests/cuda_nvrtc.rs; XDAN_WRITE_GRIDS=1 rewrites it): do not edit.\n");
     o.push_str("#pragma once\n#include \"common.cuh\"\n\n");
@@ -139,7 +140,7 @@ fn render_iq_grids() -> String {
         ("xd_iq1s_grid", &IQ1S_GRID[..]),
     ];
     for (name, t) in u64s {
-        o.push_str(&format!("__constant__ uint64_t {name}[{}] = {{\n", t.len()));
+        o.push_str(&format!("__device__ uint64_t {name}[{}] = {{\n", t.len()));
         for c in t.chunks(8) {
             o.push_str(&c.iter().map(|v| format!("0x{v:016x}ull")).collect::<Vec<_>>().join(","));
             o.push_str(",\n");
@@ -148,7 +149,7 @@ fn render_iq_grids() -> String {
     }
     let u32s: [(&str, &[u32]); 2] = [("xd_iq3xxs_grid", &IQ3XXS_GRID[..]), ("xd_iq3s_grid", &IQ3S_GRID[..])];
     for (i, (name, t)) in u32s.iter().enumerate() {
-        o.push_str(&format!("__constant__ uint32_t {name}[{}] = {{\n", t.len()));
+        o.push_str(&format!("__device__ uint32_t {name}[{}] = {{\n", t.len()));
         for c in t.chunks(8) {
             o.push_str(&c.iter().map(|v| format!("0x{v:08x}u")).collect::<Vec<_>>().join(","));
             o.push_str(",\n");

@@ -254,3 +254,22 @@ inline long long max(long long a, long long b) { return a > b ? a : b; }
 inline unsigned min(unsigned a, unsigned b) { return a < b ? a : b; }
 inline unsigned max(unsigned a, unsigned b) { return a > b ? a : b; }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+// Byte i of the result is byte (s >> 4i) & 7 of the eight bytes {y:x}; with bit 3 of that
+// selector nibble set, that byte's sign bit repeated (prmt's default mode).
+inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    const uint64_t v = uint64_t(x) | (uint64_t(y) << 32);
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) {
+        const unsigned n = (s >> (4 * i)) & 15u;
+        unsigned b = unsigned(v >> (8 * (n & 7u))) & 0xffu;
+        if (n & 8u) b = (b & 0x80u) ? 0xffu : 0u;
+        r |= b << (8 * i);
+    }
+    return r;
+}
+// Per-byte subtraction, each byte modulo 256.
+inline unsigned __vsub4(unsigned a, unsigned b) {
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= ((((a >> (8 * i)) & 0xffu) - ((b >> (8 * i)) & 0xffu)) & 0xffu) << (8 * i);
+    return r;
+}

@@ -14,7 +14,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 
-/// Rows per block of the matvec kernels (one warp each).
+/// Rows per block of the matvec kernels (one warp each); the quantized ones size their shared
+/// staging for exactly this many warps (XD_MMVQ_WARPS in kernels/mmvq.cu).
 const MATVEC_ROWS: u32 = 4;
 /// Positions per attention split.
 const ATTN_SPLIT: usize = 128;
@@ -128,38 +129,55 @@ const N_SCRATCH: usize = S::GroupLists as usize + 1;
 
 pub struct CudaBackend<D: Device> {
     dev: Arc<D>,
-    scratch: Mutex<Vec<Option<DevBuf<D>>>>,
+    scratch: Mutex<Vec<ScratchBuf<D>>>,
     gemm_min_rows: usize,
+}
+
+/// One scratch buffer and, for metadata uploaded into it, the bytes it holds: the same
+/// positions, slots and block tables serve every layer of a step, and are uploaded once.
+struct ScratchBuf<D: Device> {
+    buf: Option<DevBuf<D>>,
+    held: Option<Vec<u8>>,
 }
 
 /// Scratch buffers borrowed for one op (the backend's lock is held meanwhile).
 struct Scratch<'a, D: Device> {
     dev: &'a Arc<D>,
-    bufs: parking_lot::MutexGuard<'a, Vec<Option<DevBuf<D>>>>,
+    bufs: parking_lot::MutexGuard<'a, Vec<ScratchBuf<D>>>,
 }
 
 impl<D: Device> Scratch<'_, D> {
+    /// Scratch `s` of at least `bytes` bytes, for a kernel to write: whatever was uploaded
+    /// there is forgotten.
     fn get(&mut self, s: S, bytes: usize) -> Result<DevPtr> {
         let slot = &mut self.bufs[s as usize];
-        if slot.as_ref().map_or(true, |b| b.bytes < bytes) {
-            *slot = None;
-            *slot = Some(DevBuf::new(self.dev, bytes)?);
+        slot.held = None;
+        if slot.buf.as_ref().map_or(true, |b| b.bytes < bytes) {
+            slot.buf = None;
+            slot.buf = Some(DevBuf::new(self.dev, bytes)?);
         }
-        Ok(slot.as_ref().unwrap().ptr)
+        Ok(slot.buf.as_ref().unwrap().ptr)
+    }
+    /// Scratch `s` holding `bytes`; uploaded (without waiting for the device) only when it
+    /// does not hold them already.
+    fn put(&mut self, s: S, bytes: Vec<u8>) -> Result<DevPtr> {
+        let slot = &self.bufs[s as usize];
+        if let (Some(b), Some(h)) = (&slot.buf, &slot.held) {
+            if *h == bytes {
+                return Ok(b.ptr);
+            }
+        }
+        let p = self.get(s, bytes.len())?;
+        // SAFETY: the buffer holds at least bytes.len() bytes.
+        unsafe { self.dev.upload_async(p, &bytes)? };
+        self.bufs[s as usize].held = Some(bytes);
+        Ok(p)
     }
     fn put_i32(&mut self, s: S, v: &[i32]) -> Result<DevPtr> {
-        let p = self.get(s, v.len() * 4)?;
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        // SAFETY: the buffer holds at least v.len() * 4 bytes.
-        unsafe { self.dev.upload(p, &bytes)? };
-        Ok(p)
+        self.put(s, v.iter().flat_map(|x| x.to_le_bytes()).collect())
     }
     fn put_f32(&mut self, s: S, v: &[f32]) -> Result<DevPtr> {
-        let p = self.get(s, v.len() * 4)?;
-        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        // SAFETY: as above.
-        unsafe { self.dev.upload(p, &bytes)? };
-        Ok(p)
+        self.put(s, v.iter().flat_map(|x| x.to_le_bytes()).collect())
     }
 }
 
@@ -171,7 +189,7 @@ fn to_i32(v: &[u32], what: &str) -> Result<Vec<i32>> {
 
 impl<D: Device> CudaBackend<D> {
     pub fn new(dev: Arc<D>) -> CudaBackend<D> {
-        CudaBackend { dev, scratch: Mutex::new((0..N_SCRATCH).map(|_| None).collect()), gemm_min_rows: GEMM_MIN_ROWS }
+        CudaBackend { dev, scratch: Mutex::new((0..N_SCRATCH).map(|_| ScratchBuf { buf: None, held: None }).collect()), gemm_min_rows: GEMM_MIN_ROWS }
     }
 
     /// The backend with batches of at least `n` rows per matrix (per expert, on average) sent
@@ -301,6 +319,42 @@ impl<D: Device> CudaBackend<D> {
         )
     }
 
+    /// Two or three quantized weights of one type over the same rows (Q, K and V) as one
+    /// launch: false, launching nothing, when they do not qualify.
+    fn matvec3(&self, sc: &mut Scratch<'_, D>, x: &CudaAct<D>, ws: &[&CudaWeight<D>], outs: &mut [&mut CudaAct<D>]) -> Result<bool> {
+        let ty = ws[0].ty;
+        if !(2..=3).contains(&ws.len()) || ws.len() != outs.len() || is_float(ty) || ws.iter().any(|w| w.ty != ty) || x.rows == 0 || x.rows > 65535 {
+            return Ok(false);
+        }
+        let sfx = type_suffix(ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({ty})", ws[0].name)))?;
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            self.resize(out, x.rows, w.rows)?;
+        }
+        let xq = self.quantize(sc, S::Xq, x.ptr(), x.rows, x.cols)?;
+        let (w2, y2, n2) = if ws.len() == 3 { (ws[2].buf.ptr, outs[2].ptr(), ws[2].rows) } else { (0, 0, 0) };
+        let total = ws[0].rows + ws[1].rows + n2;
+        self.launch(
+            &format!("mul_mat_vec3_{sfx}"),
+            [blocks(total, MATVEC_ROWS as usize), x.rows as u32, 1],
+            32 * MATVEC_ROWS,
+            &[
+                Arg::Ptr(ws[0].buf.ptr),
+                Arg::Ptr(ws[1].buf.ptr),
+                Arg::Ptr(w2),
+                Arg::Ptr(outs[0].ptr()),
+                Arg::Ptr(outs[1].ptr()),
+                Arg::Ptr(y2),
+                Arg::I32(ws[0].rows as i32),
+                Arg::I32(ws[1].rows as i32),
+                Arg::I32(n2 as i32),
+                Arg::Ptr(xq),
+                Arg::I32((x.cols / 32) as i32),
+                Arg::I32(x.cols as i32),
+            ],
+        )?;
+        Ok(true)
+    }
+
     fn kv_suffix(kv: &CudaKv<D>) -> &'static str {
         if kv.layout.ty == GgmlType::F16 {
             "f16"
@@ -414,6 +468,10 @@ impl<D: Device> Backend for CudaBackend<D> {
             }
         }
         let mut sc = self.scratch();
+        // Prefill-sized batches go through the GEMM below; the fused QKV matvec is for decode.
+        if !ws.iter().any(|w| self.use_gemm(w, x.rows, 1)) && self.matvec3(&mut sc, x, ws, outs)? {
+            return Ok(());
+        }
         let mut xq: Option<DevPtr> = None;
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.resize(out, x.rows, w.rows)?;
@@ -681,6 +739,8 @@ impl<D: Device> Backend for CudaBackend<D> {
         }
         let slots = n_tok * k;
         let mut sc = self.scratch();
+        // x as q8_1 blocks, once for the router and the gate and up projections.
+        let mut xq: Option<DevPtr> = None;
         // Routing: ids and weights per token on the device (dense: expert 0, weight 1).
         let (ids, wts) = if let Some(router) = &f.router {
             if f.n_expert > 256 || k == 0 || k > f.n_expert {
@@ -691,6 +751,9 @@ impl<D: Device> Backend for CudaBackend<D> {
             }
             let logits = sc.get(S::Logits, n_tok * f.n_expert * 4)?;
             let xin = if is_float(router.ty) { x.ptr() } else { self.quantize(&mut sc, S::Xq, x.ptr(), n_tok, n_embd)? };
+            if !is_float(router.ty) {
+                xq = Some(xin);
+            }
             self.matvec(router, f.n_expert, 0, 0, xin, 1, logits, n_tok)?;
             let ids = sc.get(S::RouteIds, slots * 4)?;
             let wts = sc.get(S::RouteW, slots * 4)?;
@@ -720,7 +783,6 @@ impl<D: Device> Backend for CudaBackend<D> {
         };
         // Gate and up for every (token, expert) slot, k slots per token row.
         let g = sc.get(S::Gate, slots * n_ff * 4)?;
-        let u = sc.get(S::Up, slots * n_ff * 4)?;
         if [&f.gate, &f.up, &f.down].iter().all(|w| self.use_gemm(w, slots, n_exp)) {
             // Prefill: the slots grouped by expert on the device (no copy to the host), then
             // one GEMM launch per projection over every expert's tokens.
@@ -737,6 +799,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             } else {
                 None
             };
+            let u = sc.get(S::Up, slots * n_ff * 4)?;
             for (w, y) in [(&f.gate, g), (&f.up, u)] {
                 self.gemm(w, n_ff, n_ff * w.row_bytes, group, x.ptr(), k, y, n_tok)?;
             }
@@ -746,21 +809,47 @@ impl<D: Device> Backend for CudaBackend<D> {
             self.gemm(&f.down, n_embd, n_embd * f.down.row_bytes, group, g, 1, y, if group.is_some() { n_tok } else { slots })?;
             return self.moe_combine(out, y, wts, k, n_embd, n_tok);
         }
-        let mut xq: Option<DevPtr> = None;
-        for (w, y) in [(&f.gate, g), (&f.up, u)] {
-            let xin = if is_float(w.ty) {
-                x.ptr()
-            } else if let Some(p) = xq {
-                p
-            } else {
-                let p = self.quantize(&mut sc, S::Xq, x.ptr(), n_tok, n_embd)?;
-                xq = Some(p);
-                p
-            };
-            self.matvec(w, n_ff, n_ff * w.row_bytes, ids, xin, k, y, slots)?;
+        let xq_for = |sc: &mut Scratch<'_, D>, xq: &mut Option<DevPtr>| -> Result<DevPtr> {
+            if let Some(p) = *xq {
+                return Ok(p);
+            }
+            let p = self.quantize(sc, S::Xq, x.ptr(), n_tok, n_embd)?;
+            *xq = Some(p);
+            Ok(p)
+        };
+        if f.gate.ty == f.up.ty && !is_float(f.gate.ty) {
+            // One pass over both matrices with SwiGLU applied on the way out.
+            let xin = xq_for(&mut sc, &mut xq)?;
+            let sfx = type_suffix(f.gate.ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({})", f.gate.name, f.gate.ty)))?;
+            if slots > 65535 {
+                return Err(Error::unsupported(format!("CUDA ffn: {slots} expert slots in one batch (at most 65535)")));
+            }
+            self.launch(
+                &format!("mul_mat_vec_swiglu_{sfx}"),
+                [blocks(n_ff, MATVEC_ROWS as usize), slots as u32, 1],
+                32 * MATVEC_ROWS,
+                &[
+                    Arg::Ptr(f.gate.buf.ptr),
+                    Arg::Ptr(f.up.buf.ptr),
+                    Arg::I64((n_ff * f.gate.row_bytes) as i64),
+                    Arg::Ptr(ids),
+                    Arg::Ptr(xin),
+                    Arg::I32((n_embd / 32) as i32),
+                    Arg::I32(k as i32),
+                    Arg::Ptr(g),
+                    Arg::I32(n_embd as i32),
+                    Arg::I32(n_ff as i32),
+                ],
+            )?;
+        } else {
+            let u = sc.get(S::Up, slots * n_ff * 4)?;
+            for (w, y) in [(&f.gate, g), (&f.up, u)] {
+                let xin = if is_float(w.ty) { x.ptr() } else { xq_for(&mut sc, &mut xq)? };
+                self.matvec(w, n_ff, n_ff * w.row_bytes, ids, xin, k, y, slots)?;
+            }
+            let n = slots * n_ff;
+            self.launch("swiglu", [blocks(n, 256), 1, 1], 256, &[Arg::Ptr(g), Arg::Ptr(u), Arg::Ptr(g), Arg::I32(n as i32)])?;
         }
-        let n = slots * n_ff;
-        self.launch("swiglu", [blocks(n, 256), 1, 1], 256, &[Arg::Ptr(g), Arg::Ptr(u), Arg::Ptr(g), Arg::I32(n as i32)])?;
         // Down, one slot per row of the gated activations.
         let y = sc.get(S::Down, slots * n_embd * 4)?;
         let gin = if is_float(f.down.ty) { g } else { self.quantize(&mut sc, S::GateQ, g, slots, n_ff)? };

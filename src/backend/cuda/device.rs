@@ -33,6 +33,14 @@ pub trait Device: Send + Sync + 'static {
     /// # Safety
     /// `[dst, dst + src.len())` lies inside one allocation.
     unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()>;
+    /// As `upload`, but the host need not wait: the bytes are taken now and land on the device
+    /// in order with the launches around the call. For small per-step metadata.
+    ///
+    /// # Safety
+    /// As `upload`.
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.upload(dst, src)
+    }
     /// # Safety
     /// `[src, src + dst.len())` lies inside one allocation.
     unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()>;

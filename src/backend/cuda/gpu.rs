@@ -36,6 +36,9 @@ struct Api {
     free: unsafe extern "C" fn(u64) -> CuResult,
     memset: unsafe extern "C" fn(u64, u8, usize) -> CuResult,
     h2d: unsafe extern "C" fn(u64, *const c_void, usize) -> CuResult,
+    h2d_async: unsafe extern "C" fn(u64, *const c_void, usize, *mut c_void) -> CuResult,
+    alloc_host: unsafe extern "C" fn(*mut *mut c_void, usize) -> CuResult,
+    free_host: unsafe extern "C" fn(*mut c_void) -> CuResult,
     d2h: unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult,
     d2d: unsafe extern "C" fn(u64, u64, usize) -> CuResult,
     mem_info: unsafe extern "C" fn(*mut usize, *mut usize) -> CuResult,
@@ -73,7 +76,22 @@ pub struct GpuDevice {
     program_of: HashMap<String, &'static str>,
     /// Loaded programs and the functions looked up in them.
     loaded: Mutex<(HashMap<&'static str, usize>, HashMap<String, usize>)>,
+    /// Pinned staging for `upload_async`, allocated on first use.
+    staging: Mutex<Staging>,
 }
+
+/// A page-locked host buffer that asynchronous uploads copy from. Bytes handed to the driver
+/// stay untouched until the stream has passed their copy: `used` only grows between points
+/// where every issued operation is known complete (a download returned, a synchronize), and
+/// a full buffer waits for the device before it starts over.
+struct Staging {
+    ptr: *mut u8,
+    used: usize,
+}
+
+/// Bytes of pinned staging: a decode step's metadata (positions, slots, block tables) is a few
+/// KiB; larger uploads go the synchronous way.
+const STAGING_BYTES: usize = 1 << 20;
 
 // The context and function handles are process-wide driver objects, usable from any thread
 // once the context is made current (every call below does).
@@ -125,6 +143,9 @@ impl GpuDevice {
                 free: lib.sym("cuMemFree_v2")?,
                 memset: lib.sym("cuMemsetD8_v2")?,
                 h2d: lib.sym("cuMemcpyHtoD_v2")?,
+                h2d_async: lib.sym("cuMemcpyHtoDAsync_v2")?,
+                alloc_host: lib.sym("cuMemAllocHost_v2")?,
+                free_host: lib.sym("cuMemFreeHost")?,
                 d2h: lib.sym("cuMemcpyDtoH_v2")?,
                 d2d: lib.sym("cuMemcpyDtoD_v2")?,
                 mem_info: lib.sym("cuMemGetInfo_v2")?,
@@ -174,6 +195,7 @@ impl GpuDevice {
             cache,
             program_of,
             loaded: Mutex::new((HashMap::new(), HashMap::new())),
+            staging: Mutex::new(Staging { ptr: std::ptr::null_mut(), used: 0 }),
         })
     }
 
@@ -194,7 +216,10 @@ impl GpuDevice {
     /// Waits for every launch issued so far; reports an error a kernel raised.
     pub fn synchronize(&self) -> Result<()> {
         self.current()?;
-        self.check("cuCtxSynchronize", unsafe { (self.api.ctx_sync)() })
+        let mut st = self.staging.lock();
+        self.check("cuCtxSynchronize", unsafe { (self.api.ctx_sync)() })?;
+        st.used = 0;
+        Ok(())
     }
 
     fn function(&self, name: &str) -> Result<Function> {
@@ -227,11 +252,48 @@ impl GpuDevice {
     }
 }
 
+impl Drop for GpuDevice {
+    fn drop(&mut self) {
+        let ptr = self.staging.get_mut().ptr;
+        if !ptr.is_null() && self.current().is_ok() {
+            // SAFETY: allocated by cuMemAllocHost in upload_async; the device is going away, so
+            // wait for the copies that may still read it.
+            unsafe {
+                (self.api.ctx_sync)();
+                (self.api.free_host)(ptr as *mut c_void);
+            }
+        }
+    }
+}
+
 impl GpuDevice {
     /// Compiles (or takes from the cache) and loads every program, and looks up every kernel:
     /// the number of kernels.
     pub fn preload(&self) -> Result<usize> {
         self.current()?;
+        // The programs compile side by side (NVRTC calls on distinct programs may run
+        // concurrently); loading stays on this thread.
+        let this = self;
+        let cubins: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
+            let jobs: Vec<_> = PROGRAMS
+                .iter()
+                .map(|p| s.spawn(move || compile_cached(&this.nvrtc, this.cache.as_ref(), p, this.arch).map(|c| c.0)))
+                .collect();
+            jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(Error::internal("kernel compilation panicked")))).collect()
+        });
+        {
+            let mut loaded = self.loaded.lock();
+            for (p, cubin) in PROGRAMS.iter().zip(cubins) {
+                let cubin = cubin?;
+                if loaded.0.contains_key(p.name) {
+                    continue;
+                }
+                let mut m: Module = std::ptr::null_mut();
+                // SAFETY: a CUBIN image for this device's architecture.
+                self.check(&format!("loading {}", p.name), unsafe { (self.api.module_load)(&mut m, cubin.as_ptr() as *const c_void) })?;
+                loaded.0.insert(p.name, m as usize);
+            }
+        }
         let mut n = 0;
         for p in PROGRAMS {
             for k in kernel_names(p) {
@@ -274,9 +336,39 @@ impl Device for GpuDevice {
         self.check("cuMemcpyHtoD", (self.api.h2d)(dst, src.as_ptr() as *const c_void, src.len()))
     }
 
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        if src.len() > STAGING_BYTES / 4 {
+            return self.upload(dst, src);
+        }
+        self.current()?;
+        let mut st = self.staging.lock();
+        if st.ptr.is_null() {
+            let mut p: *mut c_void = std::ptr::null_mut();
+            self.check("cuMemAllocHost", (self.api.alloc_host)(&mut p, STAGING_BYTES))?;
+            st.ptr = p as *mut u8;
+            st.used = 0;
+        }
+        if st.used + src.len() > STAGING_BYTES {
+            // Every byte of the buffer may still be waiting for its copy.
+            self.check("cuCtxSynchronize", (self.api.ctx_sync)())?;
+            st.used = 0;
+        }
+        let at = st.ptr.add(st.used);
+        std::ptr::copy_nonoverlapping(src.as_ptr(), at, src.len());
+        // Keep each staged range 16-byte aligned.
+        st.used += src.len().div_ceil(16) * 16;
+        // The legacy default stream (null): ordered with the launches and the other copies.
+        self.check("cuMemcpyHtoDAsync", (self.api.h2d_async)(dst, at as *const c_void, src.len(), std::ptr::null_mut()))
+    }
+
     unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
         self.current()?;
-        self.check("cuMemcpyDtoH", (self.api.d2h)(dst.as_mut_ptr() as *mut c_void, src, dst.len()))
+        // Held across the copy so that no upload is staged between its issue and its return:
+        // when it returns, every copy staged before it has run, and the staging starts over.
+        let mut st = self.staging.lock();
+        self.check("cuMemcpyDtoH", (self.api.d2h)(dst.as_mut_ptr() as *mut c_void, src, dst.len()))?;
+        st.used = 0;
+        Ok(())
     }
 
     unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
