@@ -22,6 +22,18 @@ __device__ __forceinline__ float xd_mul(float a, float b) {
 // Byte i of w.
 __device__ __forceinline__ uint32_t xd_byte(uint32_t w, int i) { return (w >> (8 * i)) & 0xffu; }
 
+// The IQ4 and MXFP4 value tables as immediate 64-bit constants (8 int8 entries each): a lookup
+// is a shift in registers, where a __constant__ table read with the 16 different nibbles of a
+// warp would be serialized. get_rows checks them against the CPU tables bit for bit.
+__device__ __forceinline__ int xd_iq4_value(uint32_t nib) {
+    const uint64_t t = nib & 8u ? 0x7159453526190d01ull : 0xf6eaddcfbfad9881ull;
+    return int8_t(uint8_t(t >> (8 * (nib & 7u))));
+}
+__device__ __forceinline__ int xd_mxfp4_value(uint32_t nib) {
+    const int m = int((0x0c08060403020100ull >> (8 * (nib & 7u))) & 0xffu);
+    return nib & 8u ? -m : m;
+}
+
 // ---- legacy 32-value blocks ---------------------------------------------------------------
 
 // Q4_0: {f16 d; u8 qs[16]}: value j = d * (nibble - 8), low nibbles first.
@@ -72,7 +84,7 @@ __device__ __forceinline__ void xd_dq_iq4_nl(const uint8_t* b, int, int j0, floa
     const float d = xd_ldh(b);
     const uint32_t w = uint32_t(xd_ld32(b + 2 + (j0 & 15))) >> (j0 & 16 ? 4 : 0);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) v[i] = d * float(xd_kvalues_iq4nl[xd_byte(w, i) & 15u]);
+    for (int i = 0; i < 4; ++i) v[i] = d * float(xd_iq4_value(xd_byte(w, i)));
 }
 
 // MXFP4: {u8 e (E8M0); u8 qs[16]}: kvalues_mxfp4[nibble] * 2^(e - 128). Byte-aligned blocks:
@@ -82,7 +94,7 @@ __device__ __forceinline__ void xd_dq_mxfp4(const uint8_t* b, int, int j0, float
     const float d = __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
     const int sh = j0 & 16 ? 4 : 0;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) v[i] = float(xd_kvalues_mxfp4[(b[1 + (j0 & 15) + i] >> sh) & 15]) * d;
+    for (int i = 0; i < 4; ++i) v[i] = float(xd_mxfp4_value(b[1 + (j0 & 15) + i] >> sh)) * d;
 }
 
 // ---- K-quants: 256-value super-blocks of eight 32-value sub-blocks -------------------------
@@ -152,7 +164,7 @@ __device__ __forceinline__ void xd_dq_iq4_xs(const uint8_t* b, int u, int j0, fl
     const float dl = xd_ldh(b) * float(ls - 32);
     const uint32_t w = uint32_t(xd_ld32(b + 8 + 16 * u + (j0 & 15))) >> (j0 & 16 ? 4 : 0);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) v[i] = dl * float(xd_kvalues_iq4nl[xd_byte(w, i) & 15u]);
+    for (int i = 0; i < 4; ++i) v[i] = dl * float(xd_iq4_value(xd_byte(w, i)));
 }
 
 // ---- IQ lattice types ---------------------------------------------------------------------
