@@ -1,21 +1,20 @@
 // Prefill matrix products: y[slot][r] = dot(W_e[r], x[slot / x_group]) for a batch of slots, on
-// the tensor cores. Every weight type is read through its matvec dot product one value at a time
-// (xd_dequant_one), so the GEMM decodes exactly what the matvecs and the row gather decode.
+// the tensor cores. Weights are decoded by the block decoders of dequant.cuh, shared with the row
+// gather, to exactly the values of the CPU dequantizer.
 //
 // A block computes a 32-row x 256-token tile of the output. Per step of 32 columns (one
 // sub-block of every row) it dequantizes the 32 x 32 weights to f16 in shared memory, converts
 // the 256 x 32 activations to f16 beside them, and its eight warps (32 tokens each, 32 x 32
-// outputs) multiply them with 16x16x16 f16 MMAs into f32 accumulators. Decoding a value costs
-// a whole dot product, far more than its multiplies on the tensor cores, so the tile is wide in
-// tokens: each decoded weight serves up to 256 of them (a 512-token prompt decodes every weight
-// twice; an expert's share of it, once). Warps whose 32 tokens are all past the end skip their
-// multiplies.
+// outputs) multiply them with 16x16x16 f16 MMAs into f32 accumulators. Each thread decodes a run
+// of 4 consecutive values of one row's sub-block (8 threads read a row's sub-block bytes side by
+// side). The tile is wide in tokens so that each decoded weight serves up to 256 of them. Warps
+// whose 32 tokens are all past the end skip their multiplies.
 //
 // Grouped MoE: grid.z runs over experts. counts[e] tokens chose expert e, and
 // lists[e * cap + i] (i < counts[e]) are their slots; a block whose token tile starts past
 // counts[e] returns at once. With counts and lists null the block is dense: slot = token
 // index, expert 0, n_tok tokens.
-#include "quant_dot.cuh"
+#include "dequant.cuh"
 #include "mma.cuh"
 
 #define XD_GEMM_BM 32       // weight rows per block
@@ -24,13 +23,7 @@
 #define XD_GEMM_LD 40       // f16 stride of the shared tiles: BK + 8 keeps 32-byte fragment alignment
 #define XD_GEMM_THREADS 256
 
-// Value j of the 32-value "block" `sub` of a float row (F32, F16 weights).
-__device__ __forceinline__ float xd_deq_f32(const uint8_t* b, int, int j) {
-    return reinterpret_cast<const float*>(b)[j];
-}
-__device__ __forceinline__ float xd_deq_f16(const uint8_t* b, int, int j) { return xd_ldh(b + 2 * j); }
-
-template <int QK, int BYTES, float (*DQ)(const uint8_t*, int, int)>
+template <int QK, int BYTES, void (*DQ)(const uint8_t*, int, int, float*)>
 __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long expert_stride,
                                         const int* __restrict__ counts, const int* __restrict__ lists, int cap,
                                         const float* __restrict__ x, int x_group, float* __restrict__ y, int ncols,
@@ -55,9 +48,9 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
     }
     __syncthreads();
 
-    // This thread's weights: 4 values (lj, lj + 8, ..) of one row. Activations: a warp reads
-    // 32 consecutive values of one token per load.
-    const int lr = tid / 8, lj = tid % 8;
+    // This thread's weights: values lj .. lj + 3 of one row's sub-block. Activations: a warp
+    // reads 32 consecutive values of one token per load.
+    const int lr = tid / 8, lj = 4 * (tid % 8);
     const int grow = row0 + lr;
     const uint8_t* wrow = w + e * expert_stride + (long long)min(grow, nrows - 1) * (ncols / QK) * BYTES;
     constexpr int SUBS = QK / 32;
@@ -71,10 +64,13 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
     for (int k0 = 0; k0 < ncols; k0 += XD_GEMM_BK) {
         const int u = k0 / 32;
         __syncthreads();  // the previous step's fragments are loaded
+        {
+            // Rows past the end decode the last row (wrow is clamped) and store zeros.
+            float v[4];
+            DQ(wrow + (u / SUBS) * BYTES, u % SUBS, lj, v);
+            uint16_t* dst = sw + lr * XD_GEMM_LD + lj;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const float v = grow < nrows ? DQ(wrow + (u / SUBS) * BYTES, u % SUBS, lj + 8 * j) : 0.0f;
-            sw[lr * XD_GEMM_LD + lj + 8 * j] = xd_f2h(v);
+            for (int j = 0; j < 4; ++j) dst[j] = xd_f2h(grow < nrows ? v[j] : 0.0f);
         }
 #pragma unroll 8
         for (int q = 0; q < XD_GEMM_BN / 8; ++q) {
@@ -125,28 +121,28 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
         xd_gemm<qk, bytes, dq>(w, expert_stride, counts, lists, cap, x, x_group, y, ncols, nrows, n_tok); \
     }
 
-XD_GEMM_KERNEL(mul_mat_f32, 32, 128, xd_deq_f32)
-XD_GEMM_KERNEL(mul_mat_f16, 32, 64, xd_deq_f16)
-XD_GEMM_KERNEL(mul_mat_q4_0, 32, 18, xd_dequant_one<dot_q4_0>)
-XD_GEMM_KERNEL(mul_mat_q4_1, 32, 20, xd_dequant_one<dot_q4_1>)
-XD_GEMM_KERNEL(mul_mat_q5_0, 32, 22, xd_dequant_one<dot_q5_0>)
-XD_GEMM_KERNEL(mul_mat_q5_1, 32, 24, xd_dequant_one<dot_q5_1>)
-XD_GEMM_KERNEL(mul_mat_q8_0, 32, 34, xd_dequant_one<dot_q8_0>)
-XD_GEMM_KERNEL(mul_mat_q2_k, 256, 84, xd_dequant_one<dot_q2_k>)
-XD_GEMM_KERNEL(mul_mat_q3_k, 256, 110, xd_dequant_one<dot_q3_k>)
-XD_GEMM_KERNEL(mul_mat_q4_k, 256, 144, xd_dequant_one<dot_q4_k>)
-XD_GEMM_KERNEL(mul_mat_q5_k, 256, 176, xd_dequant_one<dot_q5_k>)
-XD_GEMM_KERNEL(mul_mat_q6_k, 256, 210, xd_dequant_one<dot_q6_k>)
-XD_GEMM_KERNEL(mul_mat_iq4_nl, 32, 18, xd_dequant_one<dot_iq4_nl>)
-XD_GEMM_KERNEL(mul_mat_iq4_xs, 256, 136, xd_dequant_one<dot_iq4_xs>)
-XD_GEMM_KERNEL(mul_mat_iq2_xxs, 256, 66, xd_dequant_one<dot_iq2_xxs>)
-XD_GEMM_KERNEL(mul_mat_iq2_xs, 256, 74, xd_dequant_one<dot_iq2_xs>)
-XD_GEMM_KERNEL(mul_mat_iq2_s, 256, 82, xd_dequant_one<dot_iq2_s>)
-XD_GEMM_KERNEL(mul_mat_iq3_xxs, 256, 98, xd_dequant_one<dot_iq3_xxs>)
-XD_GEMM_KERNEL(mul_mat_iq3_s, 256, 110, xd_dequant_one<dot_iq3_s>)
-XD_GEMM_KERNEL(mul_mat_iq1_s, 256, 50, xd_dequant_one<dot_iq1_s>)
-XD_GEMM_KERNEL(mul_mat_iq1_m, 256, 56, xd_dequant_one<dot_iq1_m>)
-XD_GEMM_KERNEL(mul_mat_mxfp4, 32, 17, xd_dequant_one<dot_mxfp4>)
+XD_GEMM_KERNEL(mul_mat_f32, 32, 128, xd_dq_f32)
+XD_GEMM_KERNEL(mul_mat_f16, 32, 64, xd_dq_f16)
+XD_GEMM_KERNEL(mul_mat_q4_0, 32, 18, xd_dq_q4_0)
+XD_GEMM_KERNEL(mul_mat_q4_1, 32, 20, xd_dq_q4_1)
+XD_GEMM_KERNEL(mul_mat_q5_0, 32, 22, xd_dq_q5_0)
+XD_GEMM_KERNEL(mul_mat_q5_1, 32, 24, xd_dq_q5_1)
+XD_GEMM_KERNEL(mul_mat_q8_0, 32, 34, xd_dq_q8_0)
+XD_GEMM_KERNEL(mul_mat_q2_k, 256, 84, xd_dq_q2_k)
+XD_GEMM_KERNEL(mul_mat_q3_k, 256, 110, xd_dq_q3_k)
+XD_GEMM_KERNEL(mul_mat_q4_k, 256, 144, xd_dq_q4_k)
+XD_GEMM_KERNEL(mul_mat_q5_k, 256, 176, xd_dq_q5_k)
+XD_GEMM_KERNEL(mul_mat_q6_k, 256, 210, xd_dq_q6_k)
+XD_GEMM_KERNEL(mul_mat_iq4_nl, 32, 18, xd_dq_iq4_nl)
+XD_GEMM_KERNEL(mul_mat_iq4_xs, 256, 136, xd_dq_iq4_xs)
+XD_GEMM_KERNEL(mul_mat_iq2_xxs, 256, 66, xd_dq_iq2_xxs)
+XD_GEMM_KERNEL(mul_mat_iq2_xs, 256, 74, xd_dq_iq2_xs)
+XD_GEMM_KERNEL(mul_mat_iq2_s, 256, 82, xd_dq_iq2_s)
+XD_GEMM_KERNEL(mul_mat_iq3_xxs, 256, 98, xd_dq_iq3_xxs)
+XD_GEMM_KERNEL(mul_mat_iq3_s, 256, 110, xd_dq_iq3_s)
+XD_GEMM_KERNEL(mul_mat_iq1_s, 256, 50, xd_dq_iq1_s)
+XD_GEMM_KERNEL(mul_mat_iq1_m, 256, 56, xd_dq_iq1_m)
+XD_GEMM_KERNEL(mul_mat_mxfp4, 32, 17, xd_dq_mxfp4)
 
 // Groups the slots of a routed batch by expert, on the device: counts[e] = the number of slots
 // with ids[slot] == e, lists[e * cap + i] their slots in order. A token picks an expert at most

@@ -1,6 +1,6 @@
 // Per-type dot products of one 32-value sub-block of a GGML block with a q8_1 activation
-// block: `dot_<type>(block, sub, a)`. Shared by the matvecs (mmvq.cu) and the row gather
-// (get_rows.cu), which feeds them one-hot activations to read single values.
+// block: `dot_<type>(block, sub, a)`, for the matvecs (mmvq.cu). The GEMM and the row gather
+// decode values with the block decoders of dequant.cuh.
 #pragma once
 #include "common.cuh"
 
@@ -393,19 +393,4 @@ __device__ __forceinline__ float dot_mxfp4(const uint8_t* b, int, const xd_q8_1&
         sum = __dp4a(xd_lookup16((v >> 4) & 0x0F0F0F0Fu, t0, t1, t2, t3), a.qs[k + 4], sum);
     }
     return d * a.d * float(sum);
-}
-
-// ---- single values --------------------------------------------------------------------------
-
-// Value j (0..31) of sub-block `sub` of a block, as f32: the type's dot product with a one-hot
-// activation (d = s = 1, a single int8 1 at j), so the row gather and the prefill GEMM decode
-// every type exactly as the matvecs do, with no second decoder to keep in step.
-template <float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
-__device__ __forceinline__ float xd_dequant_one(const uint8_t* block, int sub, int j) {
-    xd_q8_1 one;
-    one.d = 1.0f;
-    one.s = 1.0f;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) one.qs[k] = k == j / 4 ? 1 << (8 * (j % 4)) : 0;
-    return DOT(block, sub, one);
 }

@@ -29,7 +29,7 @@ pub const PROGRAMS: &[KernelSource] = sources!(
 );
 
 /// The headers the programs include.
-pub const HEADERS: &[KernelSource] = sources!("common.cuh", "quant_dot.cuh", "iq_grids.cuh", "mma.cuh");
+pub const HEADERS: &[KernelSource] = sources!("common.cuh", "quant_dot.cuh", "dequant.cuh", "iq_grids.cuh", "mma.cuh");
 
 /// The program named `name`.
 pub fn program(name: &str) -> Option<&'static KernelSource> {
