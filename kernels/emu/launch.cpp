@@ -15,6 +15,7 @@
 #include "../attention.cu"
 
 #include <cstring>
+#include <mutex>
 #include <type_traits>
 #include <utility>
 
@@ -82,6 +83,10 @@ extern "C" int xd_emu_launch(const char* name, unsigned gx, unsigned gy, unsigne
                              unsigned bz, unsigned smem, void** args) {
     const Entry* e = find(name);
     if (!e) return 1;
+    // One launch at a time, as on one stream of one GPU: __shared__ variables are statics
+    // here, so two launches running at once (two host threads) would share them.
+    static std::mutex one_at_a_time;
+    std::lock_guard<std::mutex> hold(one_at_a_time);
     xd_emu::launch(dim3(gx, gy, gz), dim3(bx, by, bz), smem, [&] { e->run(args); });
     return 0;
 }
