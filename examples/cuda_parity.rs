@@ -64,8 +64,9 @@ impl<'a, B: Backend> Runner<'a, B> {
         Ok(Runner { be, hp, w, kv, s: Scratch::new(be), table })
     }
 
-    /// Logits of every position of `tokens`, placed at positions `pos0..`.
-    fn step(&mut self, tokens: &[u32], pos0: usize) -> xdan::Result<Vec<f32>> {
+    /// Logits of every position of `tokens`, placed at positions `pos0..`, and the experts each
+    /// token chose in each layer (token-major).
+    fn step(&mut self, tokens: &[u32], pos0: usize) -> xdan::Result<(Vec<f32>, Vec<Vec<u32>>)> {
         let n = tokens.len();
         let pos: Vec<u32> = (pos0 as u32..(pos0 + n) as u32).collect();
         let kb = KV_BLOCK as u32;
@@ -75,8 +76,9 @@ impl<'a, B: Backend> Runner<'a, B> {
         let out_rows: Vec<u32> = (0..n as u32).collect();
         let b = Batch { tokens, pos: &pos, slots: &slots, tok_seq: &tok_seq, tables: &tables, out_rows: &out_rows };
         let mut logits = vec![0f32; n * self.hp.n_vocab];
-        forward(self.be, &self.w, &self.hp, &self.hp.rope, &mut self.kv, &b, &mut self.s, &mut || true, None, &mut logits)?;
-        Ok(logits)
+        let mut routes = vec![Vec::new(); self.hp.n_layer];
+        forward(self.be, &self.w, &self.hp, &self.hp.rope, &mut self.kv, &b, &mut self.s, &mut || true, Some(&mut routes), &mut logits)?;
+        Ok((logits, routes))
     }
 }
 
@@ -96,19 +98,42 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Prompt logits and a greedy continuation on one backend: (prompt logits, [(token, logits it
 /// was chosen from)]). With `forced`, those tokens are fed instead of the backend's own choices
 /// (so both backends decode the same sequence and every step can be compared).
-fn greedy<B: Backend>(be: &B, g: &Arc<Gguf>, prompt: &[u32], steps: usize, forced: Option<&[u32]>) -> xdan::Result<(Vec<f32>, Vec<(u32, Vec<f32>)>)> {
+/// Expert choices of every forward pass: `[pass][layer]`, token-major within a layer.
+type Routes = Vec<Vec<Vec<u32>>>;
+
+fn greedy<B: Backend>(be: &B, g: &Arc<Gguf>, prompt: &[u32], steps: usize, forced: Option<&[u32]>) -> xdan::Result<(Vec<f32>, Vec<(u32, Vec<f32>)>, Routes)> {
     let mut r = Runner::new(be, g, prompt.len() + steps + 1)?;
     let nv = r.hp.n_vocab;
-    let lp = r.step(prompt, 0)?;
+    let (lp, rp) = r.step(prompt, 0)?;
+    let mut routes = vec![rp];
     let mut last = lp[(prompt.len() - 1) * nv..].to_vec();
     let mut out = Vec::new();
     for i in 0..steps {
         let t = forced.map(|f| f[i]).unwrap_or(argmax(&last) as u32);
-        let l = r.step(&[t], prompt.len() + i)?;
+        let (l, rs) = r.step(&[t], prompt.len() + i)?;
+        routes.push(rs);
         out.push((t, last));
         last = l;
     }
-    Ok((lp, out))
+    Ok((lp, out, routes))
+}
+
+/// The first (pass, token of the pass) whose expert choice differs between `a` and `b`.
+fn first_route_diff(a: &Routes, b: &Routes, n_prompt: usize) -> Option<(usize, usize)> {
+    for (pass, (la, lb)) in a.iter().zip(b).enumerate() {
+        let mut first: Option<usize> = None;
+        for (ra, rb) in la.iter().zip(lb) {
+            let k = ra.len() / if pass == 0 { n_prompt } else { 1 };
+            if let Some(i) = ra.iter().zip(rb).position(|(x, y)| x != y) {
+                let t = i / k.max(1);
+                first = Some(first.map_or(t, |f| f.min(t)));
+            }
+        }
+        if let Some(t) = first {
+            return Some((pass, t));
+        }
+    }
+    None
 }
 
 /// Relative logit tolerance of a model whose matrices are mostly `ty`.
@@ -157,7 +182,7 @@ fn check<D: Device>(gpu: &CudaBackend<D>, name: &str, path: &Path, steps: usize,
     let ty = main_type(&g);
     let llama = refs.and_then(llama_greedy);
     let prompt: Vec<u32> = llama.as_ref().map(|l| l.0.clone()).unwrap_or(PROMPT.to_vec());
-    let (lc, sc) = match greedy(&CpuBackend, &g, &prompt, steps, None) {
+    let (lc, sc, rc) = match greedy(&CpuBackend, &g, &prompt, steps, None) {
         Ok(r) => r,
         Err(e) => {
             println!("FAIL {name}: the CPU forward pass failed: {}", e.message);
@@ -165,7 +190,7 @@ fn check<D: Device>(gpu: &CudaBackend<D>, name: &str, path: &Path, steps: usize,
         }
     };
     let cpu_tokens: Vec<u32> = sc.iter().map(|s| s.0).collect();
-    let (lg, sg) = match greedy(gpu, &g, &prompt, steps, Some(&cpu_tokens)) {
+    let (lg, sg, rg) = match greedy(gpu, &g, &prompt, steps, Some(&cpu_tokens)) {
         Ok(r) => r,
         Err(e) if e.kind == xdan::ErrorKind::Unsupported => {
             println!("n/a  {name}: the CUDA backend does not run it: {}", e.message);
@@ -179,13 +204,33 @@ fn check<D: Device>(gpu: &CudaBackend<D>, name: &str, path: &Path, steps: usize,
     let finite = lg.iter().chain(sg.iter().flat_map(|s| s.1.iter())).all(|v| v.is_finite());
     let scale = lc.iter().fold(0f32, |m, v| m.max(v.abs()));
     let tol = tol_of(ty) * scale;
-    let d_prompt = max_diff(&lg, &lc);
+    // Where the two backends' experts first differ (a router near-tie: the q8_1 activations of
+    // the GPU against the CPU's Q8_K/Q8_1 ones move router logits by a little), the logits
+    // after it legitimately part: compare the prompt positions before it and the steps up to it.
+    let split = first_route_diff(&rc, &rg, prompt.len());
+    let nv = lc.len() / prompt.len();
+    let prompt_upto = match split {
+        Some((0, t)) => t,
+        _ => prompt.len(),
+    };
+    let steps_upto = match split {
+        Some((0, _)) => 0,
+        Some((p, _)) => p, // sg[i] holds the logits of pass i (0: the prompt's last position)
+        None => steps,
+    };
+    let d_prompt = max_diff(&lg[..prompt_upto * nv], &lc[..prompt_upto * nv]);
     // Both decode the CPU's greedy tokens; the GPU's choice at each step must be the CPU's,
     // unless the CPU's top1-top2 margin is under twice the largest logit difference (a near-tie).
-    let d_steps = sg.iter().zip(&sc).map(|(g, c)| max_diff(&g.1, &c.1)).fold(0f32, f32::max);
+    let d_steps = sg.iter().zip(&sc).take(steps_upto).map(|(g, c)| max_diff(&g.1, &c.1)).fold(0f32, f32::max);
+    let d_all = sg.iter().zip(&sc).map(|(g, c)| max_diff(&g.1, &c.1)).fold(0f32, f32::max);
+    let routing = match split {
+        None => "experts = CPU in every pass".to_string(),
+        Some((0, t)) => format!("experts first differ at prompt token {t}: compared before it (all steps after: {d_all:.2e})"),
+        Some((p, _)) => format!("experts first differ at step {}: {steps_upto}/{steps} steps compared (all: {d_all:.2e})", p - 1),
+    };
     let gpu_choice: Vec<u32> = sg.iter().map(|s| argmax(&s.1) as u32).collect();
     let (mut same, mut ties, mut wrong) = (0, 0, Vec::new());
-    for (i, (g, c)) in gpu_choice.iter().zip(&sc).enumerate() {
+    for (i, (g, c)) in gpu_choice.iter().zip(&sc).enumerate().take(steps_upto) {
         if *g == c.0 {
             same += 1;
         } else if margin(&c.1) < 2.0 * d_prompt.max(d_steps) {
@@ -207,7 +252,7 @@ fn check<D: Device>(gpu: &CudaBackend<D>, name: &str, path: &Path, steps: usize,
         extra = format!("; greedy = llama.cpp for {agree}/{upto} steps before its first margin < 0.1");
     }
     println!(
-        "{} {name} ({ty}): max|logit diff| prompt {d_prompt:.2e}, steps {d_steps:.2e} (tol {tol:.2e} = {} x max|logit| {scale:.2}); argmax = CPU {same}/{steps} ({ties} near-ties){verdict}{extra}{} [{:.1} s]",
+        "{} {name} ({ty}): max|logit diff| prompt {d_prompt:.2e}, steps {d_steps:.2e} (tol {tol:.2e} = {} x max|logit| {scale:.2}); argmax = CPU {same}/{steps_upto} ({ties} near-ties); {routing}{verdict}{extra}{} [{:.1} s]",
         if ok { "ok  " } else { "FAIL" },
         tol_of(ty),
         if finite { "" } else { "; NON-FINITE logits" },

@@ -181,6 +181,12 @@ impl<D: Device> Scratch<'_, D> {
     }
 }
 
+/// `XDAN_CUDA_NO_FUSION=1` runs QKV and gate/up as separate matvecs (a diagnostic switch).
+fn no_fusion() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("XDAN_CUDA_NO_FUSION").is_ok_and(|v| v == "1"))
+}
+
 fn to_i32(v: &[u32], what: &str) -> Result<Vec<i32>> {
     v.iter()
         .map(|&x| i32::try_from(x).map_err(|_| Error::invalid_arg(format!("{what} {x} is out of range"))))
@@ -323,7 +329,7 @@ impl<D: Device> CudaBackend<D> {
     /// launch: false, launching nothing, when they do not qualify.
     fn matvec3(&self, sc: &mut Scratch<'_, D>, x: &CudaAct<D>, ws: &[&CudaWeight<D>], outs: &mut [&mut CudaAct<D>]) -> Result<bool> {
         let ty = ws[0].ty;
-        if !(2..=3).contains(&ws.len()) || ws.len() != outs.len() || is_float(ty) || ws.iter().any(|w| w.ty != ty) || x.rows == 0 || x.rows > 65535 {
+        if no_fusion() || !(2..=3).contains(&ws.len()) || ws.len() != outs.len() || is_float(ty) || ws.iter().any(|w| w.ty != ty) || x.rows == 0 || x.rows > 65535 {
             return Ok(false);
         }
         let sfx = type_suffix(ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({ty})", ws[0].name)))?;
@@ -817,7 +823,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             *xq = Some(p);
             Ok(p)
         };
-        if f.gate.ty == f.up.ty && !is_float(f.gate.ty) {
+        if f.gate.ty == f.up.ty && !is_float(f.gate.ty) && !no_fusion() {
             // One pass over both matrices with SwiGLU applied on the way out.
             let xin = xq_for(&mut sc, &mut xq)?;
             let sfx = type_suffix(f.gate.ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({})", f.gate.name, f.gate.ty)))?;

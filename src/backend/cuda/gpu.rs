@@ -337,7 +337,9 @@ impl Device for GpuDevice {
     }
 
     unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
-        if src.len() > STAGING_BYTES / 4 {
+        // XDAN_CUDA_SYNC_UPLOADS=1: every upload waits (a diagnostic switch).
+        static SYNC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if src.len() > STAGING_BYTES / 4 || *SYNC.get_or_init(|| std::env::var("XDAN_CUDA_SYNC_UPLOADS").is_ok_and(|v| v == "1")) {
             return self.upload(dst, src);
         }
         self.current()?;
