@@ -16,6 +16,12 @@
 //! be the CPU's up to near-ties. Fixtures also match llama.cpp's greedy tokens up to its first
 //! margin under 0.1 (the CPU engine's rule).
 //!
+//! The experts each token chose are recorded on both sides. Where they first differ (a router
+//! near-tie, which the two backends' different activation rounding can tip), the logits after it
+//! part legitimately, so the prompt positions before it and the steps up to it are compared, and
+//! the line says where the split is. A model whose experts differ from its first token on has
+//! nothing to compare and is reported `n/c` (neither pass nor failure).
+//!
 //!   cuda_parity [DATA_DIR] [--types Q4_0,IQ2_XXS,...] [--no-fixtures] [--no-synthetic]
 //!               [--steps 16] [--lazy] [--emu LIB]
 //!
@@ -218,6 +224,11 @@ fn check<D: Device>(gpu: &CudaBackend<D>, name: &str, path: &Path, steps: usize,
         Some((p, _)) => p, // sg[i] holds the logits of pass i (0: the prompt's last position)
         None => steps,
     };
+    if prompt_upto == 0 {
+        // Nothing before the split: neither a pass nor a failure, and said so.
+        println!("n/c  {name} ({ty}): not compared: the experts differ from the first prompt token on (all logits: {:.2e})", max_diff(&lg, &lc));
+        return true;
+    }
     let d_prompt = max_diff(&lg[..prompt_upto * nv], &lc[..prompt_upto * nv]);
     // Both decode the CPU's greedy tokens; the GPU's choice at each step must be the CPU's,
     // unless the CPU's top1-top2 margin is under twice the largest logit difference (a near-tie).

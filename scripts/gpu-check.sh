@@ -165,7 +165,7 @@ run)
     say ""
     say "== summary (${SECONDS} s of ${total})"
     for s in "${summary[@]}"; do say "  $s"; done
-    say "  check lines in the log: $(grep -c '^ok ' "$log") ok, $(grep -c '^FAIL' "$log") FAIL, $(grep -c '^n/a ' "$log") n/a"
+    say "  check lines in the log: $(grep -c '^ok ' "$log") ok, $(grep -c '^FAIL' "$log") FAIL, $(grep -c '^n/a ' "$log") n/a, $(grep -c '^n/c ' "$log") n/c (not compared)"
     say ""
     cat "$md" | tee -a "$log"
     say "gpu-check: $([ "$failed" -eq 0 ] && echo 'all stages passed' || echo 'some stage FAILED'), ${SECONDS} s"
