@@ -5,7 +5,8 @@
 #   scripts/gpu-check.sh pack   (here, with Rust) builds the tools in release, strips them and
 #                               copies them with the data they read into .gpu-pack/ (ignored by
 #                               git through .git/info/exclude); prints its size and fails above
-#                               50 MiB. Fixture models are added smallest first up to 48 MiB.
+#                               56 MiB (the device tool carries 64 MiB with the tracked tree).
+#                               Fixture models are added smallest first up to 54 MiB.
 #   scripts/gpu-check.sh run    (on the GPU machine, from the repository root, .gpu-pack carried;
 #                               no Rust or network needed) runs the stages below, each under its
 #                               own `timeout`, all within TOTAL seconds (default 300): a stage
@@ -20,6 +21,8 @@
 #      2 steps), if compute-sanitizer is installed                             (45 s, 20 s)
 #   d  cuda_check: kernels, Q8_0/F16 forward parity through the matvecs and
 #      the prefill GEMMs, launches per decode step, matvec and GEMM timings    (40 s, 20 s)
+#   d2 the C API test (tests/c/api_test.c, 590+ checks) against the packed library, whose
+#      XDAN_DEVICE_AUTO contexts land on the GPU there                         (60 s, 10 s)
 #   e  make_model a Mixtral-8x7B-shaped random model, llama.cpp's IQ2_XXS mix
 #      (~12 GB), in /dev/shm if it has room, else /tmp                         (30 s, 10 s)
 #      bench_gpu: pp512 + tg64 x3 next to the measured copy bandwidth and the
@@ -65,7 +68,30 @@ pack)
     }
     # cuda_check reads Q8_0 and F16 with llama.cpp's logits and expert order of prompt p1.
     for v in Q8_0 F16; do add "$v" "tiny-mixtral-$v.gguf" logits_p1.bin routing_order_p1.bin refs.json; done
-    cap=$((48 << 20))
+    # The C API test (tests/c/api_test.c) against the library, found next to it ($ORIGIN), with
+    # the arguments tests/capi.rs gives it; with XDAN_DEVICE_AUTO it runs on the GPU there.
+    mkdir -p "$pack/capi"
+    cargo build --release --lib
+    cp target/release/libxdan.so "$pack/capi/libxdan.so.1"
+    strip "$pack/capi/libxdan.so.1" 2>/dev/null || true
+    ${CC:-cc} -std=c11 -O1 -Wall -Wextra -Werror -pthread -I include tests/c/api_test.c -o "$pack/capi/api_test" \
+        "$pack/capi/libxdan.so.1" -Wl,-rpath,'$ORIGIN'
+    cp tests/data/tokenizer/vocabs/ggml-vocab-llama-spm.gguf tests/data/tokenizer/vocabs/ggml-vocab-qwen2.gguf "$pack/capi/"
+    python3 - "$pack" > "$pack/capi/args" <<'PY'
+import json, sys
+pack = sys.argv[1]
+refs = json.load(open("tests/data/tiny-mixtral/Q8_0/refs.json"))
+p1 = next(p for p in refs["prompts"] if p["name"] == "p1")
+case = next(c for c in json.load(open("tests/data/tokenizer/llama-spm.json"))["cases"]
+            if c["text"] == "The quick brown fox jumps over the lazy dog.")
+mode = case["add_special"]
+ids = lambda v: ",".join(str(x) for x in v)
+for a in (f"{pack}/data/tiny-mixtral/Q8_0/tiny-mixtral-Q8_0.gguf", f"{pack}/capi/ggml-vocab-llama-spm.gguf",
+          f"{pack}/capi/ggml-vocab-qwen2.gguf", "/tmp/xdan-capi", ids(p1["ids"]), ids(refs["greedy"]["ids"]),
+          case["text"], ids(mode["ids"]), mode["detokenize"], mode["detokenize_nospecial"]):
+    print(a)
+PY
+    cap=$((54 << 20))
     for f in $(ls -S -r "$fix"/*/tiny-mixtral-*.gguf); do
         v=$(basename "$(dirname "$f")")
         [ -e "$pack/data/tiny-mixtral/$v" ] && continue
@@ -78,8 +104,8 @@ pack)
     bytes=$(du -sb "$pack" | cut -f1)
     echo "fixtures packed: $(ls "$pack/data/tiny-mixtral" | tr '\n' ' ')"
     echo "pack: $pack, $bytes bytes ($((bytes >> 20)) MiB)"
-    if [ "$bytes" -gt $((50 << 20)) ]; then
-        echo "pack: over the 50 MiB limit" >&2
+    if [ "$bytes" -gt $((56 << 20)) ]; then
+        echo "pack: over the 56 MiB limit" >&2
         exit 1
     fi
     echo "now: device run, carry [\"$pack\"], command: bash scripts/gpu-check.sh run"
@@ -151,6 +177,12 @@ run)
         summary+=("c memcheck: skipped (no compute-sanitizer)")
     fi
     stage "d cuda_check" 40 "$pack/cuda_check" "$pack/data"
+    if [ -x "$pack/capi/api_test" ]; then
+        mkdir -p /tmp/xdan-capi
+        mapfile -t capi_args < "$pack/capi/args"
+        stage "d2 C API test (AUTO: the GPU)" 60 env XDAN_TEST_OTHER_MODEL="$pack/data/tiny-mixtral/F16/tiny-mixtral-F16.gguf" \
+            "$pack/capi/api_test" "${capi_args[@]}"
+    fi
     {
         echo "GPU benchmark, $(date -u '+%Y-%m-%d'): $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
         echo "Mixtral-8x7B shape (32 layers, 4096 embd, 14336 ff, 8 experts top-2, 32000 vocab), random weights;"
