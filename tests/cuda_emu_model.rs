@@ -7,8 +7,9 @@
 //! as on a GPU: the weights are uploaded in their GGUF types, every op is a launch of the
 //! kernels in kernels/.
 
+mod emu_lib;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
 use xdan::backend::cpu::CpuBackend;
@@ -24,19 +25,7 @@ use xdan::quant::GgmlType;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn build_emulator() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu").join("lib");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lib = dir.join("libxdan_cuda_emu.so");
-    let out = Command::new(std::env::var("CXX").unwrap_or_else(|_| "g++".into()))
-        .args(["-std=c++20", "-O2", "-g", "-fno-strict-aliasing", "-pthread", "-shared", "-fPIC", "-Wall", "-Werror"])
-        .args(["-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"])
-        .arg(format!("{ROOT}/kernels/emu/launch.cpp"))
-        .arg("-o")
-        .arg(&lib)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C++ compiler (g++ >= 12 is required): {e}"));
-    assert!(out.status.success(), "building the emulator library failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    lib
+    emu_lib::emulator_lib("cuda-emu/lib")
 }
 
 fn f32s(path: &Path) -> Vec<f32> {

@@ -6,10 +6,10 @@
 //! VRAM budget, and the load progress. The emulator runs each CUDA thread as an OS thread, so
 //! the sequences are kept short.
 
+mod emu_lib;
 mod engine_common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use engine_common::{argmax, max_abs_diff, tiny_mixtral};
@@ -23,20 +23,7 @@ use xdan::ErrorKind;
 const TOL: f32 = 1e-3;
 
 fn build_emulator() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu-engine");
-    std::fs::create_dir_all(&dir).unwrap();
-    let lib = dir.join("libxdan_cuda_emu.so");
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new(std::env::var("CXX").unwrap_or_else(|_| "g++".into()))
-        .args(["-std=c++20", "-O2", "-fno-strict-aliasing", "-pthread", "-shared", "-fPIC", "-Wall", "-Werror"])
-        .args(["-Wno-unknown-pragmas", "-Wno-unused-function", "-Wno-unused-variable"])
-        .arg(format!("{root}/kernels/emu/launch.cpp"))
-        .arg("-o")
-        .arg(&lib)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run the C++ compiler (g++ >= 12 is required): {e}"));
-    assert!(out.status.success(), "building the emulator library failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    lib
+    emu_lib::emulator_lib("cuda-emu-engine")
 }
 
 fn params() -> ModelParams {
