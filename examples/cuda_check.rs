@@ -298,16 +298,7 @@ fn bench_gemm(dev: &Arc<GpuDevice>, data: &Path) {
             )
             .unwrap();
         };
-        for _ in 0..3 {
-            step();
-        }
-        dev.synchronize().unwrap();
-        let t = Instant::now();
-        for _ in 0..20 {
-            step();
-        }
-        dev.synchronize().unwrap();
-        let s = t.elapsed().as_secs_f64() / 20.0;
+        let s = time_launches(dev, 20, |_| step());
         println!("  {ty:8} {:8.1} us  {:6.1} TFLOP/s", s * 1e6, 2.0 * (rows * cols * toks) as f64 / s / 1e12);
     }
 }

@@ -81,6 +81,14 @@ pub struct CudaWeight<D: Device> {
     pub row_bytes: usize,
 }
 
+impl<D: Device> CudaWeight<D> {
+    /// The kernel-name suffix of this weight's type; Unsupported, naming the tensor, when no
+    /// kernel reads it.
+    fn suffix(&self) -> Result<&'static str> {
+        type_suffix(self.ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({})", self.name, self.ty)))
+    }
+}
+
 /// A row-major f32 matrix in device memory.
 pub struct CudaAct<D: Device> {
     buf: Option<DevBuf<D>>,
@@ -247,7 +255,7 @@ impl<D: Device> CudaBackend<D> {
     /// f32 rows (float weights) or q8_1 rows (quantized weights) of `cols` values.
     #[allow(clippy::too_many_arguments)]
     fn matvec(&self, w: &CudaWeight<D>, w_rows: usize, expert_stride: usize, ids: DevPtr, x: DevPtr, x_group: usize, y: DevPtr, slots: usize) -> Result<()> {
-        let sfx = type_suffix(w.ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({})", w.name, w.ty)))?;
+        let sfx = w.suffix()?;
         let cols = w.cols;
         let x_stride = if is_float(w.ty) { cols } else { cols / 32 };
         if slots > 65535 {
@@ -284,7 +292,7 @@ impl<D: Device> CudaBackend<D> {
     /// apart; one launch with a grid layer per expert.
     #[allow(clippy::too_many_arguments)]
     fn gemm(&self, w: &CudaWeight<D>, w_rows: usize, expert_stride: usize, group: Option<(DevPtr, DevPtr, usize)>, x: DevPtr, x_group: usize, y: DevPtr, n_tok: usize) -> Result<()> {
-        let sfx = type_suffix(w.ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({})", w.name, w.ty)))?;
+        let sfx = w.suffix()?;
         let (counts, lists, n_exp) = group.unwrap_or((0, 0, 1));
         if w_rows == 0 || n_tok == 0 {
             return Ok(());
@@ -332,7 +340,7 @@ impl<D: Device> CudaBackend<D> {
         if no_fusion() || !(2..=3).contains(&ws.len()) || ws.len() != outs.len() || is_float(ty) || ws.iter().any(|w| w.ty != ty) || x.rows == 0 || x.rows > 65535 {
             return Ok(false);
         }
-        let sfx = type_suffix(ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({ty})", ws[0].name)))?;
+        let sfx = ws[0].suffix()?;
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.resize(out, x.rows, w.rows)?;
         }
@@ -826,7 +834,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         if f.gate.ty == f.up.ty && !is_float(f.gate.ty) && !no_fusion() {
             // One pass over both matrices with SwiGLU applied on the way out.
             let xin = xq_for(&mut sc, &mut xq)?;
-            let sfx = type_suffix(f.gate.ty).ok_or_else(|| Error::unsupported(format!("CUDA: no kernel for {} ({})", f.gate.name, f.gate.ty)))?;
+            let sfx = f.gate.suffix()?;
             if slots > 65535 {
                 return Err(Error::unsupported(format!("CUDA ffn: {slots} expert slots in one batch (at most 65535)")));
             }
