@@ -6,7 +6,9 @@
 //! the backend's host code run and be tested on a machine without a GPU.
 
 use super::dl::Library;
+use super::graph::{graphs_enabled, Exec, Op, Recorder, COPY};
 use crate::{Error, ErrorKind, Result};
+use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
 use std::sync::Arc;
 
@@ -83,10 +85,15 @@ type EmuHas = unsafe extern "C" fn(*const c_char) -> c_int;
 
 /// The kernels compiled for the host (kernels/emu/launch.cpp as a shared library), run by the
 /// CUDA emulator: blocks in turn, one OS thread per CUDA thread. Device memory is host memory.
+/// Launches are queued and captured like the GPU's ([`super::graph`]); a "graph" here is the
+/// captured op list, replayed with its captured arguments as a GPU graph would be.
 pub struct EmuDevice {
     _lib: Library,
     launch: EmuLaunch,
     has: EmuHas,
+    rec: Mutex<Recorder<Vec<(usize, Op)>>>,
+    /// Kernel names by handle.
+    names: Mutex<Vec<CString>>,
 }
 
 impl EmuDevice {
@@ -94,7 +101,15 @@ impl EmuDevice {
     pub fn open(path: &str) -> Result<EmuDevice> {
         let lib = Library::open(path)?;
         // SAFETY: the types are those of kernels/emu/launch.cpp.
-        unsafe { Ok(EmuDevice { launch: lib.sym("xd_emu_launch")?, has: lib.sym("xd_emu_has")?, _lib: lib }) }
+        unsafe {
+            Ok(EmuDevice {
+                launch: lib.sym("xd_emu_launch")?,
+                has: lib.sym("xd_emu_has")?,
+                _lib: lib,
+                rec: Mutex::new(Recorder::new(graphs_enabled())),
+                names: Mutex::new(Vec::new()),
+            })
+        }
     }
 
     /// Whether the library has kernel `name`.
@@ -103,6 +118,62 @@ impl EmuDevice {
         // SAFETY: a valid C string.
         unsafe { (self.has)(c.as_ptr()) == 1 }
     }
+
+    /// How the queues were issued so far: (op by op, captured, replayed).
+    pub fn graph_stats(&self) -> (u64, u64, u64) {
+        let s = self.rec.lock().stats;
+        (s.direct, s.captured, s.replayed)
+    }
+
+    unsafe fn run(&self, handle: usize, op: &Op) -> Result<()> {
+        if op.kernel == COPY {
+            std::ptr::copy_nonoverlapping(op.args[1] as *const u8, op.args[0] as *mut u8, op.args[2] as usize);
+            return Ok(());
+        }
+        let mut cells = op.args;
+        let mut ptrs: Vec<*mut c_void> = cells[..op.n_args as usize].iter_mut().map(|c| c as *mut u64 as *mut c_void).collect();
+        let name = self.names.lock()[handle].clone();
+        let rc = (self.launch)(name.as_ptr(), op.grid[0], op.grid[1], op.grid[2], op.block[0], op.block[1], op.block[2], op.smem, ptrs.as_mut_ptr());
+        if rc != 0 {
+            return Err(Error::new(ErrorKind::Device, format!("cuda-emu: no kernel named {}", name.to_string_lossy())));
+        }
+        Ok(())
+    }
+}
+
+impl Exec for EmuDevice {
+    type Graph = Vec<(usize, Op)>;
+
+    fn resolve(&self, name: &str) -> Result<usize> {
+        if !self.has(name) {
+            return Err(Error::new(ErrorKind::Device, format!("cuda-emu: no kernel named {name}")));
+        }
+        let mut names = self.names.lock();
+        names.push(CString::new(name).map_err(|_| Error::internal("kernel name with a NUL byte"))?);
+        Ok(names.len() - 1)
+    }
+
+    unsafe fn upload_now(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len());
+        Ok(())
+    }
+
+    unsafe fn issue(&self, handle: usize, op: &Op) -> Result<()> {
+        self.run(handle, op)
+    }
+
+    unsafe fn capture(&self, ops: &[Op], handles: &[usize]) -> Result<Self::Graph> {
+        Ok(handles.iter().copied().zip(ops.iter().copied()).collect())
+    }
+
+    unsafe fn replay(&self, g: &Self::Graph) -> Result<()> {
+        for (h, op) in g {
+            self.run(*h, op)?;
+        }
+        Ok(())
+    }
+
+    fn release(&self, _: Self::Graph) {}
 }
 
 const EMU_ALIGN: usize = 256;
@@ -124,46 +195,36 @@ impl Device for EmuDevice {
     }
 
     unsafe fn free(&self, p: DevPtr) {
+        // Queued ops may still address the memory.
+        self.rec.lock().flush_keeping_error(self);
         libc::free(p as *mut c_void)
     }
 
     unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.rec.lock().flush(self)?;
         std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len());
         Ok(())
     }
 
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.rec.lock().upload(self, dst, src)
+    }
+
     unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        self.rec.lock().flush(self)?;
         std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len());
         Ok(())
     }
 
     unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
-        std::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, bytes);
+        self.rec.lock().push(Op::copy(dst, src, bytes));
         Ok(())
     }
 
     unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> Result<()> {
-        // Each value in an 8-byte cell; the kernel reads its parameter's type from the cell's
-        // start (little-endian, as on the GPU).
-        let mut cells: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| {
-                let mut c = [0u8; 8];
-                match *a {
-                    Arg::Ptr(p) => c.copy_from_slice(&p.to_le_bytes()),
-                    Arg::I64(v) => c.copy_from_slice(&v.to_le_bytes()),
-                    Arg::I32(v) => c[..4].copy_from_slice(&v.to_le_bytes()),
-                    Arg::F32(v) => c[..4].copy_from_slice(&v.to_le_bytes()),
-                }
-                c
-            })
-            .collect();
-        let mut ptrs: Vec<*mut c_void> = cells.iter_mut().map(|c| c.as_mut_ptr() as *mut c_void).collect();
-        let c = CString::new(name).map_err(|_| Error::internal("kernel name with a NUL byte"))?;
-        let rc = (self.launch)(c.as_ptr(), grid[0], grid[1], grid[2], block[0], block[1], block[2], smem, ptrs.as_mut_ptr());
-        if rc != 0 {
-            return Err(Error::new(ErrorKind::Device, format!("cuda-emu: no kernel named {name}")));
-        }
+        let mut rec = self.rec.lock();
+        let id = rec.kernel_id(self, name)?;
+        rec.push(Op::launch(id, grid, block, smem, args)?);
         Ok(())
     }
 }

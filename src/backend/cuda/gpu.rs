@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use super::cache::{compile_cached, CubinCache};
 use super::device::{Arg, DevPtr, Device};
 use super::dl::Library;
+use super::graph::{graphs_enabled, Exec, Op, Recorder, COPY};
 use super::kernels::{kernel_names, PROGRAMS};
 use super::nvrtc::Nvrtc;
 use crate::{Error, ErrorKind, Result};
@@ -61,6 +62,46 @@ struct Api {
     err_str: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
 }
 
+type Stream = *mut c_void;
+type Graph = *mut c_void;
+type GraphExec = *mut c_void;
+
+/// The stream-capture and graph entry points (absent from drivers before CUDA 11.4: then every
+/// queue is issued launch by launch).
+struct GraphApi {
+    stream_create: unsafe extern "C" fn(*mut Stream, c_uint) -> CuResult,
+    stream_destroy: unsafe extern "C" fn(Stream) -> CuResult,
+    begin_capture: unsafe extern "C" fn(Stream, c_int) -> CuResult,
+    end_capture: unsafe extern "C" fn(Stream, *mut Graph) -> CuResult,
+    instantiate: unsafe extern "C" fn(*mut GraphExec, Graph, u64) -> CuResult,
+    graph_destroy: unsafe extern "C" fn(Graph) -> CuResult,
+    exec_destroy: unsafe extern "C" fn(GraphExec) -> CuResult,
+    launch: unsafe extern "C" fn(GraphExec, Stream) -> CuResult,
+    d2d_async: unsafe extern "C" fn(u64, u64, usize, Stream) -> CuResult,
+}
+
+impl GraphApi {
+    fn load(lib: &Library) -> Result<GraphApi> {
+        // SAFETY: the types are those of cuda.h.
+        unsafe {
+            Ok(GraphApi {
+                stream_create: lib.sym("cuStreamCreate")?,
+                stream_destroy: lib.sym("cuStreamDestroy_v2")?,
+                begin_capture: lib.sym("cuStreamBeginCapture_v2")?,
+                end_capture: lib.sym("cuStreamEndCapture")?,
+                instantiate: lib.sym("cuGraphInstantiateWithFlags")?,
+                graph_destroy: lib.sym("cuGraphDestroy")?,
+                exec_destroy: lib.sym("cuGraphExecDestroy")?,
+                launch: lib.sym("cuGraphLaunch")?,
+                d2d_async: lib.sym("cuMemcpyDtoDAsync_v2")?,
+            })
+        }
+    }
+}
+
+/// A captured graph, ready to launch.
+pub struct Captured(GraphExec);
+
 /// One GPU.
 pub struct GpuDevice {
     _lib: Library,
@@ -78,6 +119,11 @@ pub struct GpuDevice {
     loaded: Mutex<(HashMap<&'static str, usize>, HashMap<String, usize>)>,
     /// Pinned staging for `upload_async`, allocated on first use.
     staging: Mutex<Staging>,
+    /// Launches, copies and metadata uploads not issued yet (see [`super::graph`]).
+    rec: Mutex<Recorder<Captured>>,
+    graph_api: Option<GraphApi>,
+    /// The stream graphs are captured on (created on first use; nothing runs on it).
+    capture_stream: Mutex<Stream>,
 }
 
 /// A page-locked host buffer that asynchronous uploads copy from. Bytes handed to the driver
@@ -178,6 +224,7 @@ impl GpuDevice {
             }
             (ctx, (major * 10 + minor) as u32, CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned())
         };
+        let graph_api = GraphApi::load(&lib).ok();
         let mut program_of = HashMap::new();
         for p in PROGRAMS {
             for k in kernel_names(p) {
@@ -196,6 +243,9 @@ impl GpuDevice {
             program_of,
             loaded: Mutex::new((HashMap::new(), HashMap::new())),
             staging: Mutex::new(Staging { ptr: std::ptr::null_mut(), used: 0 }),
+            rec: Mutex::new(Recorder::new(graph_api.is_some() && graphs_enabled())),
+            graph_api,
+            capture_stream: Mutex::new(std::ptr::null_mut()),
         })
     }
 
@@ -216,6 +266,9 @@ impl GpuDevice {
     /// Waits for every launch issued so far; reports an error a kernel raised.
     pub fn synchronize(&self) -> Result<()> {
         self.current()?;
+        let mut rec = self.rec.lock();
+        // SAFETY: the queued ops' memory is alive (a free issues the queue first).
+        unsafe { rec.flush(self)? };
         let mut st = self.staging.lock();
         self.check("cuCtxSynchronize", unsafe { (self.api.ctx_sync)() })?;
         st.used = 0;
@@ -254,6 +307,17 @@ impl GpuDevice {
 
 impl Drop for GpuDevice {
     fn drop(&mut self) {
+        if self.current().is_ok() {
+            let mut rec = std::mem::replace(self.rec.get_mut(), Recorder::new(false));
+            // SAFETY: whatever is still queued addresses live memory (frees issue the queue).
+            let _ = unsafe { rec.flush(&*self) };
+            rec.release_all(&*self);
+            let st = *self.capture_stream.get_mut();
+            if let (Some(g), false) = (&self.graph_api, st.is_null()) {
+                // SAFETY: created by cuStreamCreate; nothing is captured on it now.
+                unsafe { (g.stream_destroy)(st) };
+            }
+        }
         let ptr = self.staging.get_mut().ptr;
         if !ptr.is_null() && self.current().is_ok() {
             // SAFETY: allocated by cuMemAllocHost in upload_async; the device is going away, so
@@ -305,42 +369,52 @@ impl GpuDevice {
     }
 }
 
-impl Device for GpuDevice {
-    fn name(&self) -> String {
-        format!("cuda:{} ({}, sm_{})", self.ordinal, self.device_name, self.arch)
-    }
-
-    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
-        self.current()?;
-        let mut p = 0u64;
-        // SAFETY: out-pointer valid; the memory is zeroed before use.
-        unsafe {
-            let rc = (self.api.alloc)(&mut p, bytes);
-            if rc == 2 {
-                return Err(Error::new(ErrorKind::OutOfMemory, format!("cuda:{}: cannot allocate {bytes} bytes", self.ordinal)));
-            }
-            self.check("cuMemAlloc", rc)?;
-            self.check("cuMemsetD8", (self.api.memset)(p, 0, bytes))?;
-        }
-        Ok(p)
-    }
-
-    unsafe fn free(&self, p: DevPtr) {
-        if self.current().is_ok() {
-            (self.api.free)(p);
-        }
-    }
-
-    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+impl GpuDevice {
+    /// A host-to-device copy that waits for the device (nothing queued is issued first).
+    unsafe fn upload_sync(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
         self.current()?;
         self.check("cuMemcpyHtoD", (self.api.h2d)(dst, src.as_ptr() as *const c_void, src.len()))
     }
 
-    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+    /// Launches `f` with the op's parameters on `stream`.
+    unsafe fn launch_on(&self, f: Function, op: &Op, stream: Stream) -> CuResult {
+        let mut cells = op.args;
+        let mut ptrs: Vec<*mut c_void> = cells[..op.n_args as usize].iter_mut().map(|c| c as *mut u64 as *mut c_void).collect();
+        (self.api.launch)(
+            f,
+            op.grid[0],
+            op.grid[1],
+            op.grid[2],
+            op.block[0],
+            op.block[1],
+            op.block[2],
+            op.smem,
+            stream,
+            ptrs.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    }
+
+    /// The name of the kernel behind a function handle, for messages.
+    fn kernel_name(&self, handle: usize) -> String {
+        let loaded = self.loaded.lock();
+        loaded.1.iter().find(|(_, &f)| f == handle).map_or_else(|| "a kernel".into(), |(n, _)| n.clone())
+    }
+}
+
+impl Exec for GpuDevice {
+    type Graph = Captured;
+
+    fn resolve(&self, name: &str) -> Result<usize> {
+        self.current()?;
+        Ok(self.function(name)? as usize)
+    }
+
+    unsafe fn upload_now(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
         // XDAN_CUDA_SYNC_UPLOADS=1: every upload waits (a diagnostic switch).
         static SYNC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         if src.len() > STAGING_BYTES / 4 || *SYNC.get_or_init(|| std::env::var("XDAN_CUDA_SYNC_UPLOADS").is_ok_and(|v| v == "1")) {
-            return self.upload(dst, src);
+            return self.upload_sync(dst, src);
         }
         self.current()?;
         let mut st = self.staging.lock();
@@ -363,10 +437,109 @@ impl Device for GpuDevice {
         self.check("cuMemcpyHtoDAsync", (self.api.h2d_async)(dst, at as *const c_void, src.len(), std::ptr::null_mut()))
     }
 
-    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+    unsafe fn issue(&self, handle: usize, op: &Op) -> Result<()> {
         self.current()?;
-        // Held across the copy so that no upload is staged between its issue and its return:
-        // when it returns, every copy staged before it has run, and the staging starts over.
+        if op.kernel == COPY {
+            return self.check("cuMemcpyDtoD", (self.api.d2d)(op.args[0], op.args[1], op.args[2] as usize));
+        }
+        let rc = self.launch_on(handle as Function, op, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(self.err(&format!("launching {}", self.kernel_name(handle)), rc));
+        }
+        Ok(())
+    }
+
+    unsafe fn capture(&self, ops: &[Op], handles: &[usize]) -> Result<Captured> {
+        let g = self.graph_api.as_ref().ok_or_else(|| Error::internal("no graph API"))?;
+        self.current()?;
+        let mut stream = self.capture_stream.lock();
+        if stream.is_null() {
+            // CU_STREAM_NON_BLOCKING: capturing must not wait on the legacy stream.
+            self.check("cuStreamCreate", (g.stream_create)(&mut *stream, 1))?;
+        }
+        let s = *stream;
+        // CU_STREAM_CAPTURE_MODE_RELAXED: other threads' driver calls stay legal meanwhile.
+        self.check("cuStreamBeginCapture", (g.begin_capture)(s, 2))?;
+        let mut rc = 0;
+        for (op, &h) in ops.iter().zip(handles) {
+            rc = if op.kernel == COPY { (g.d2d_async)(op.args[0], op.args[1], op.args[2] as usize, s) } else { self.launch_on(h as Function, op, s) };
+            if rc != 0 {
+                break;
+            }
+        }
+        let mut graph: Graph = std::ptr::null_mut();
+        let end = (g.end_capture)(s, &mut graph);
+        if rc != 0 || end != 0 {
+            if !graph.is_null() {
+                (g.graph_destroy)(graph);
+            }
+            return Err(self.err("capturing a graph", if rc != 0 { rc } else { end }));
+        }
+        let mut exec: GraphExec = std::ptr::null_mut();
+        let rc = (g.instantiate)(&mut exec, graph, 0);
+        (g.graph_destroy)(graph);
+        self.check("cuGraphInstantiate", rc)?;
+        Ok(Captured(exec))
+    }
+
+    unsafe fn replay(&self, c: &Captured) -> Result<()> {
+        let g = self.graph_api.as_ref().ok_or_else(|| Error::internal("no graph API"))?;
+        self.current()?;
+        self.check("cuGraphLaunch", (g.launch)(c.0, std::ptr::null_mut()))
+    }
+
+    fn release(&self, c: Captured) {
+        if let (Some(g), Ok(())) = (&self.graph_api, self.current()) {
+            // SAFETY: an executable graph from `capture`, released once.
+            unsafe { (g.exec_destroy)(c.0) };
+        }
+    }
+}
+
+impl Device for GpuDevice {
+    fn name(&self) -> String {
+        format!("cuda:{} ({}, sm_{})", self.ordinal, self.device_name, self.arch)
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        self.current()?;
+        let mut p = 0u64;
+        // SAFETY: out-pointer valid; the memory is zeroed before use.
+        unsafe {
+            let rc = (self.api.alloc)(&mut p, bytes);
+            if rc == 2 {
+                return Err(Error::new(ErrorKind::OutOfMemory, format!("cuda:{}: cannot allocate {bytes} bytes", self.ordinal)));
+            }
+            self.check("cuMemAlloc", rc)?;
+            self.check("cuMemsetD8", (self.api.memset)(p, 0, bytes))?;
+        }
+        Ok(p)
+    }
+
+    unsafe fn free(&self, p: DevPtr) {
+        // Queued ops may still address the memory.
+        self.rec.lock().flush_keeping_error(self);
+        if self.current().is_ok() {
+            (self.api.free)(p);
+        }
+    }
+
+    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.rec.lock().flush(self)?;
+        self.upload_sync(dst, src)
+    }
+
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.rec.lock().upload(self, dst, src)
+    }
+
+    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        // The queue's lock is held across the copy so that nothing is queued, and no upload
+        // staged, between the flush and the copy's return: then every staged copy has run, and
+        // the staging starts over.
+        let mut rec = self.rec.lock();
+        rec.flush(self)?;
+        self.current()?;
         let mut st = self.staging.lock();
         self.check("cuMemcpyDtoH", (self.api.d2h)(dst.as_mut_ptr() as *mut c_void, src, dst.len()))?;
         st.used = 0;
@@ -374,43 +547,14 @@ impl Device for GpuDevice {
     }
 
     unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
-        self.current()?;
-        self.check("cuMemcpyDtoD", (self.api.d2d)(dst, src, bytes))
+        self.rec.lock().push(Op::copy(dst, src, bytes));
+        Ok(())
     }
 
     unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> Result<()> {
-        self.current()?;
-        let f = self.function(name)?;
-        // The driver reads each parameter's size from the cell its pointer points at.
-        let mut cells: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| {
-                let mut c = [0u8; 8];
-                match *a {
-                    Arg::Ptr(p) => c.copy_from_slice(&p.to_le_bytes()),
-                    Arg::I64(v) => c.copy_from_slice(&v.to_le_bytes()),
-                    Arg::I32(v) => c[..4].copy_from_slice(&v.to_le_bytes()),
-                    Arg::F32(v) => c[..4].copy_from_slice(&v.to_le_bytes()),
-                }
-                c
-            })
-            .collect();
-        let mut ptrs: Vec<*mut c_void> = cells.iter_mut().map(|c| c.as_mut_ptr() as *mut c_void).collect();
-        self.check(
-            &format!("launching {name}"),
-            (self.api.launch)(
-                f,
-                grid[0],
-                grid[1],
-                grid[2],
-                block[0],
-                block[1],
-                block[2],
-                smem,
-                std::ptr::null_mut(),
-                ptrs.as_mut_ptr(),
-                std::ptr::null_mut(),
-            ),
-        )
+        let mut rec = self.rec.lock();
+        let id = rec.kernel_id(self, name)?;
+        rec.push(Op::launch(id, grid, block, smem, args)?);
+        Ok(())
     }
 }

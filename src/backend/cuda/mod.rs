@@ -9,6 +9,7 @@ pub mod device;
 mod dl;
 pub mod driver;
 pub mod gpu;
+pub mod graph;
 pub mod kernels;
 pub mod nvrtc;
 
