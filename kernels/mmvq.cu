@@ -73,6 +73,10 @@ static_assert(XD_MMVQ_STAGES >= 0 && XD_MMVQ_STAGES <= 2, "XD_MMVQ_STAGES: 0 (au
          ? ((NW) <= 1 ? 40 : (NW) <= 2 ? 36 : (NW) <= 4 ? 32 : 24) / XD_MMVQ_WARPS                  \
          : 1)
 
+// The QKV kernels pick each row's matrix, pointer and output apart: with several rows per warp
+// they get the register budget of twice as many rows (at 4 rows, 64 registers spill).
+#define XD_MMVQ3_MIN_BLOCKS XD_MMVQ_MIN_BLOCKS(XD_MMVQ_ROWS == 1 ? 1 : 2 * XD_MMVQ_ROWS)
+
 struct alignas(16) xd_u128 {
     uint32_t v[4];
 };
@@ -202,7 +206,9 @@ __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], c
         const int nu = min(PER, nsub - c);
         // Where the staged bytes start within their first word (the copies' `pre`).
         const int xpre = int(reinterpret_cast<unsigned long long>(xbytes + (long long)c * sizeof(xd_q8_1)) & 15);
-#pragma unroll
+        // With 4 or more rows per warp the rows give the independent work; unrolling the round's
+        // sub-blocks too would multiply the code (and the compile time) for little.
+#pragma unroll(NW >= 4 ? 1 : PER / XD_WARP)
         for (int r = 0; r < PER / XD_WARP; ++r) {
             const int i = r * XD_WARP + lane;  // sub-block of the round
             if (i < nu) {
@@ -374,7 +380,7 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     }
 
 #define XD_MMVQ3_KERNEL(name, qk, bytes, dot)                                                     \
-    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS(XD_MMVQ_ROWS)) name(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, \
+    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ3_MIN_BLOCKS) name(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, \
                                     const uint8_t* __restrict__ w2, float* __restrict__ y0,       \
                                     float* __restrict__ y1, float* __restrict__ y2, int n0, int n1, \
                                     int n2, const xd_q8_1* __restrict__ x, int x_stride, int ncols) { \
