@@ -3,9 +3,10 @@
 // integers meet the activation's int8 values in __dp4a dot products and the scales are applied
 // once per 16 or 32 values.
 //
-// Work split: one warp per output row; the row goes in chunks of 32 sub-blocks of 32 values,
-// staged in shared memory by coalesced 16-byte loads; lane i takes sub-block i of each chunk
-// (a 256-value super-block has 8 of them) and the warp sums at the end. Every quant type
+// Work split: each warp takes XD_MMVQ_ROWS output rows (see the block shape below); the rows
+// go in chunks of 32 sub-blocks of 32 values, staged in shared memory by coalesced 16-byte
+// loads; lane i takes sub-block i of each chunk (a 256-value super-block has 8 of them) and the
+// warp sums at the end. Every quant type
 // provides `dot_<type>(block, sub, a)`: the dot product of sub-block `sub` of `block` with the
 // q8_1 block `a` of the same 32 columns.
 //
