@@ -5,8 +5,11 @@
 //! through the prefill GEMMs; then the launches and time of one decode step, decode matvec
 //! timings of every quantized type at Mixtral-8x7B's shapes, and prefill-shaped GEMM timings.
 //!
-//! Usage: cargo run --release --example cuda_check [-- DATA_DIR] (default tests/data).
-//! Exits 1 when a check fails, 2 when there is no GPU.
+//! With `--mmvq-sweep` only the decode matvec timings, for every block shape of
+//! `MmvqShape::SWEEP` side by side (see `sweep`).
+//!
+//! Usage: cargo run --release --example cuda_check [-- DATA_DIR] [--mmvq-sweep] (default
+//! tests/data). Exits 1 when a check fails, 2 when there is no GPU.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,7 @@ use std::time::Instant;
 use xdan::backend::cpu::CpuBackend;
 use xdan::backend::cuda::device::{Arg, DevBuf, DevPtr, Device};
 use xdan::backend::cuda::{devices, GpuDevice};
-use xdan::backend::cuda::CudaBackend;
+use xdan::backend::cuda::{CudaBackend, MmvqShape};
 use xdan::backend::{Backend, KvLayout, KV_BLOCK};
 use xdan::gguf::Gguf;
 use xdan::model::forward::{forward, Batch, Scratch};
@@ -135,44 +138,36 @@ fn time_launches(dev: &GpuDevice, n: usize, mut f: impl FnMut(usize)) -> f64 {
     t.elapsed().as_secs_f64() / n as f64
 }
 
-/// Decode-shaped matvec timings for every quantized type, at the shapes of a Mixtral-8x7B layer:
-/// 4096x4096 (attention), 14336x4096 (an expert's gate or up), 4096x14336 (its down); then the
-/// MoE dispatch as decode runs it: gate+up+SwiGLU of 2 experts in one launch, and the 2 experts'
-/// down projections in one launch. The weights are the fixture's real blocks repeated over 4
-/// expert matrices (more than the L2 cache); successive launches rotate through copies so that
-/// the weights come from memory, as in decode. GB/s counts the weight bytes each launch reads.
-fn bench(dev: &Arc<GpuDevice>, data: &Path) {
-    const N: usize = 30;
-    let (e, f) = (4096usize, 14336usize);
-    println!("matvec timings, one activation row (decode), mean of {N} launches after 3 warm-ups (us, GB/s of weights):");
-    println!(
-        "  {:8} {:>17} {:>17} {:>17} {:>22} {:>22}",
-        "type", "4096x4096", "14336x4096", "4096x14336", "2x gate+up+swiglu", "2x down (MoE)"
-    );
-    let x: Vec<u8> = (0..2 * f).flat_map(|i| ((i % 17) as f32 * 0.1 - 0.8).to_le_bytes()).collect();
-    let xb = DevBuf::new(dev, x.len()).unwrap();
-    let qb = DevBuf::new(dev, 2 * f / 32 * 40).unwrap();
-    let yb = DevBuf::new(dev, 2 * f * 4).unwrap();
-    let ids = DevBuf::new(dev, 8).unwrap();
-    unsafe {
-        dev.upload(xb.ptr, &x).unwrap();
-        dev.upload(ids.ptr, &[0, 0, 0, 0, 1, 0, 0, 0]).unwrap();
-        // Two activation rows of 14336 values as q8_1 (the first 4096 values of row 0 serve
-        // the 4096-column shapes).
-        dev.launch("quantize_q8_1", [(2 * f / 32).div_ceil(4) as u32, 1, 1], [128, 1, 1], 0, &[Arg::Ptr(xb.ptr), Arg::Ptr(qb.ptr), Arg::I32((2 * f) as i32)])
-            .unwrap();
-    }
-    let gbs = |bytes: usize, s: f64| format!("{:7.1} {:6.0}", s * 1e6, bytes as f64 / s / 1e9);
-    for (ty, sfx, qk, bb) in BENCH_TYPES {
-        let blocks = match std::fs::read(data.join("quant").join(format!("{ty}_real.bin"))) {
-            Ok(b) if !b.is_empty() => b,
-            _ => {
-                println!("  {ty:8} (no fixture blocks)");
-                continue;
-            }
-        };
-        let mat = f * e / qk * bb; // one expert matrix
-        let total = 4 * mat;
+/// The decode matvec shapes of a Mixtral-8x7B layer: n_embd and n_ff.
+const E: usize = 4096;
+const F: usize = 14336;
+/// Timed launches per measurement (after 3 warm-ups).
+const N_LAUNCH: usize = 30;
+
+/// Device buffers for the matvec timings: one type's weights (the fixture's real blocks repeated
+/// over at least 4 expert matrices of F x E and at least 256 MiB, more than the L2 cache, so
+/// that launches rotating through copies read from memory as decode does), and two activation
+/// rows of F values as q8_1 (the first E values of row 0 serve the E-column shapes), the routing
+/// ids [0, 1] and the output.
+struct MatvecBench {
+    w: DevBuf<GpuDevice>,
+    /// Bytes of one F x E matrix.
+    mat: usize,
+    total: usize,
+    xq: DevBuf<GpuDevice>,
+    ids: DevBuf<GpuDevice>,
+    y: DevBuf<GpuDevice>,
+    sfx: &'static str,
+    qk: usize,
+    bb: usize,
+}
+
+impl MatvecBench {
+    /// None when the type has no fixture blocks.
+    fn new(dev: &Arc<GpuDevice>, data: &Path, sfx: &'static str, ty: &str, qk: usize, bb: usize, quantize: &str) -> Option<MatvecBench> {
+        let blocks = std::fs::read(data.join("quant").join(format!("{ty}_real.bin"))).ok().filter(|b| !b.is_empty())?;
+        let mat = F * E / qk * bb;
+        let total = 4 * mat * (256usize << 20).div_ceil(4 * mat);
         let mut w = Vec::with_capacity(total);
         while w.len() < total {
             let n = (total - w.len()).min(if w.is_empty() { blocks.len() } else { w.len() });
@@ -185,80 +180,188 @@ fn bench(dev: &Arc<GpuDevice>, data: &Path) {
         let wb = DevBuf::new(dev, total).unwrap();
         unsafe { dev.upload(wb.ptr, &w).unwrap() };
         drop(w);
-        let matvec = |rows: usize, cols: usize| {
-            let bytes = rows * cols / qk * bb;
-            let copies = total / bytes;
-            let s = time_launches(dev, N, |i| unsafe {
-                dev.launch(
-                    &format!("mul_mat_vec_{sfx}"),
-                    [(rows / 4) as u32, 1, 1],
-                    [128, 1, 1],
-                    0,
-                    &[
-                        Arg::Ptr(wb.ptr + ((i % copies) * bytes) as u64),
-                        Arg::I64(0),
-                        Arg::Ptr(0),
-                        Arg::Ptr(qb.ptr),
-                        Arg::I32((cols / 32) as i32),
-                        Arg::I32(1),
-                        Arg::Ptr(yb.ptr),
-                        Arg::I32(cols as i32),
-                        Arg::I32(rows as i32),
-                    ],
-                )
-                .unwrap()
-            });
-            gbs(bytes, s)
-        };
-        let square = matvec(e, e);
-        let tall = matvec(f, e);
-        let wide = matvec(e, f);
-        // Experts 0 and 1 of gate (matrices 0, 1) and up (2, 3): 4 matrices read per launch.
-        let swiglu = time_launches(dev, N, |_| unsafe {
-            dev.launch(
-                &format!("mul_mat_vec_swiglu_{sfx}"),
-                [(f / 4) as u32, 2, 1],
-                [128, 1, 1],
-                0,
-                &[
-                    Arg::Ptr(wb.ptr),
-                    Arg::Ptr(wb.ptr + 2 * mat as u64),
-                    Arg::I64(mat as i64),
-                    Arg::Ptr(ids.ptr),
-                    Arg::Ptr(qb.ptr),
-                    Arg::I32((e / 32) as i32),
-                    Arg::I32(2),
-                    Arg::Ptr(yb.ptr),
-                    Arg::I32(e as i32),
-                    Arg::I32(f as i32),
-                ],
-            )
-            .unwrap()
-        });
-        // Down: experts 0 and 1 (4096 rows of 14336 each), one activation row per slot;
-        // alternate launches read the other half of the buffer.
-        let down = time_launches(dev, N, |i| unsafe {
-            dev.launch(
-                &format!("mul_mat_vec_{sfx}"),
-                [(e / 4) as u32, 2, 1],
-                [128, 1, 1],
-                0,
-                &[
-                    Arg::Ptr(wb.ptr + ((i % 2) * 2 * mat) as u64),
-                    Arg::I64(mat as i64),
-                    Arg::Ptr(ids.ptr),
-                    Arg::Ptr(qb.ptr),
-                    Arg::I32((f / 32) as i32),
-                    Arg::I32(1),
-                    Arg::Ptr(yb.ptr),
-                    Arg::I32(f as i32),
-                    Arg::I32(e as i32),
-                ],
-            )
-            .unwrap()
-        });
-        println!("  {ty:8} {square:>17} {tall:>17} {wide:>17} {:>22} {:>22}", gbs(4 * mat, swiglu), gbs(2 * mat, down));
+        let x: Vec<u8> = (0..2 * F).flat_map(|i| ((i % 17) as f32 * 0.1 - 0.8).to_le_bytes()).collect();
+        let xb = DevBuf::new(dev, x.len()).unwrap();
+        let xq = DevBuf::new(dev, 2 * F / 32 * 40).unwrap();
+        let y = DevBuf::new(dev, 2 * F * 4).unwrap();
+        let ids = DevBuf::new(dev, 8).unwrap();
+        unsafe {
+            dev.upload(xb.ptr, &x).unwrap();
+            dev.upload(ids.ptr, &[0, 0, 0, 0, 1, 0, 0, 0]).unwrap();
+            dev.launch(quantize, [(2 * F / 32).div_ceil(4) as u32, 1, 1], [128, 1, 1], 0, &[Arg::Ptr(xb.ptr), Arg::Ptr(xq.ptr), Arg::I32((2 * F) as i32)])
+                .unwrap();
+        }
+        Some(MatvecBench { w: wb, mat, total, xq, ids, y, sfx, qk, bb })
     }
+
+    /// y = W x for `rows` x `cols` weights at byte `off`, `slots` slots (expert i for slot i).
+    fn matvec(&self, dev: &GpuDevice, shape: MmvqShape, tag: &str, off: usize, rows: usize, cols: usize, slots: u32) {
+        unsafe {
+            dev.launch(
+                &format!("mul_mat_vec_{}{tag}", self.sfx),
+                [rows.div_ceil(shape.rows_per_block() as usize) as u32, slots, 1],
+                [shape.threads(), 1, 1],
+                0,
+                &[
+                    Arg::Ptr(self.w.ptr + off as u64),
+                    Arg::I64(if slots > 1 { self.mat as i64 } else { 0 }),
+                    Arg::Ptr(if slots > 1 { self.ids.ptr } else { 0 }),
+                    Arg::Ptr(self.xq.ptr),
+                    Arg::I32((cols / 32) as i32),
+                    Arg::I32(1),
+                    Arg::Ptr(self.y.ptr),
+                    Arg::I32(cols as i32),
+                    Arg::I32(rows as i32),
+                ],
+            )
+            .unwrap()
+        }
+    }
+
+    /// Gate (experts 0 and 1 at byte `off`) and up (2 matrices further) with SwiGLU: 2 slots of
+    /// one activation row.
+    fn swiglu(&self, dev: &GpuDevice, shape: MmvqShape, tag: &str, off: usize) {
+        unsafe {
+            dev.launch(
+                &format!("mul_mat_vec_swiglu_{}{tag}", self.sfx),
+                [F.div_ceil(shape.rows_per_block() as usize) as u32, 2, 1],
+                [shape.threads(), 1, 1],
+                0,
+                &[
+                    Arg::Ptr(self.w.ptr + off as u64),
+                    Arg::Ptr(self.w.ptr + (off + 2 * self.mat) as u64),
+                    Arg::I64(self.mat as i64),
+                    Arg::Ptr(self.ids.ptr),
+                    Arg::Ptr(self.xq.ptr),
+                    Arg::I32((E / 32) as i32),
+                    Arg::I32(2),
+                    Arg::Ptr(self.y.ptr),
+                    Arg::I32(E as i32),
+                    Arg::I32(F as i32),
+                ],
+            )
+            .unwrap()
+        }
+    }
+
+    /// Seconds per launch and weight bytes read of: E x E, F x E, E x F, 2 experts' fused
+    /// gate+up+SwiGLU, 2 experts' down; every launch reads another copy of the weights.
+    fn time(&self, dev: &GpuDevice, shape: MmvqShape, tag: &str) -> [(f64, usize); 5] {
+        let one = |rows: usize, cols: usize| {
+            let bytes = rows * cols / self.qk * self.bb;
+            let copies = self.total / bytes;
+            (time_launches(dev, N_LAUNCH, |i| self.matvec(dev, shape, tag, (i % copies) * bytes, rows, cols, 1)), bytes)
+        };
+        let quads = self.total / (4 * self.mat);
+        let swiglu = time_launches(dev, N_LAUNCH, |i| self.swiglu(dev, shape, tag, (i % quads) * 4 * self.mat));
+        let pairs = self.total / (2 * self.mat);
+        let down = time_launches(dev, N_LAUNCH, |i| self.matvec(dev, shape, tag, (i % pairs) * 2 * self.mat, E, F, 2));
+        [one(E, E), one(F, E), one(E, F), (swiglu, 4 * self.mat), (down, 2 * self.mat)]
+    }
+
+    /// The outputs of an F x E matvec and of the fused gate+up on the first copy, for comparing
+    /// shapes (every shape sums in the same order, so they must agree bit for bit).
+    fn outputs(&self, dev: &GpuDevice, shape: MmvqShape, tag: &str) -> Vec<u8> {
+        let mut out = vec![0u8; 3 * F * 4];
+        self.matvec(dev, shape, tag, 0, F, E, 1);
+        unsafe { dev.download(self.y.ptr, &mut out[..F * 4]).unwrap() };
+        self.swiglu(dev, shape, tag, 0);
+        unsafe { dev.download(self.y.ptr, &mut out[F * 4..]).unwrap() };
+        out
+    }
+}
+
+fn us_gbs((s, bytes): (f64, usize)) -> String {
+    format!("{:7.1} {:6.0}", s * 1e6, bytes as f64 / s / 1e9)
+}
+
+const COLUMNS: &str = "        4096x4096        14336x4096        4096x14336      2x gate+up+swiglu          2x down (MoE)";
+
+/// Decode-shaped matvec timings for every quantized type at the shapes of a Mixtral-8x7B layer,
+/// with the block shape the backend launches: 4096x4096 (attention), 14336x4096 (an expert's
+/// gate or up), 4096x14336 (its down); then the MoE dispatch as decode runs it: gate+up+SwiGLU
+/// of 2 experts in one launch, and the 2 experts' down projections in one launch. GB/s counts
+/// the weight bytes each launch reads.
+fn bench(dev: &Arc<GpuDevice>, data: &Path) {
+    let shape = dev.mmvq_shape();
+    println!("matvec timings (block shape {shape}), one activation row (decode), mean of {N_LAUNCH} launches after 3 warm-ups (us, GB/s of weights):");
+    println!("  {:8} {COLUMNS}", "type");
+    for (ty, sfx, qk, bb) in BENCH_TYPES {
+        let Some(b) = MatvecBench::new(dev, data, sfx, ty, qk, bb, "quantize_q8_1") else {
+            println!("  {ty:8} (no fixture blocks)");
+            continue;
+        };
+        let t = b.time(dev, shape, "");
+        println!("  {ty:8} {}", t.map(|c| format!("{:>17}", us_gbs(c))).join(" "));
+    }
+}
+
+/// `--mmvq-sweep`: the matvec timings of `bench` for every block shape of `MmvqShape::SWEEP`
+/// (mmvq.cu compiled once per shape, side by side, and loaded next to each other), in one table;
+/// then per type the fastest shape of each column, and per shape the total time of a decode
+/// layer's matvecs (4096x4096 x 2, gate+up, down) over the main types. Every shape's outputs must
+/// equal the first one's bit for bit. False when they do not.
+fn sweep(dev: &Arc<GpuDevice>, data: &Path) -> bool {
+    let shapes = MmvqShape::SWEEP;
+    let t = Instant::now();
+    let compiled = match dev.load_mmvq_variants(&shapes) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("FAIL compiling mmvq.cu for the sweep: {e}");
+            return false;
+        }
+    };
+    let each: Vec<String> = shapes.iter().zip(&compiled).map(|(s, c)| format!("{s} {}", c.map_or("cached".into(), |t| format!("{t:.1} s")))).collect();
+    println!("mmvq.cu for {} shapes in {:.1} s, side by side (NVRTC, each: {})", shapes.len(), t.elapsed().as_secs_f64(), each.join(", "));
+    let quantize = format!("quantize_q8_1@{}", shapes[0].label());
+    // The types of the Mixtral mixes first; the others after.
+    let main = ["IQ2_XXS", "Q4_K", "Q6_K", "Q8_0", "IQ4_XS", "Q2_K"];
+    let mut order: Vec<_> = main.iter().filter_map(|m| BENCH_TYPES.iter().find(|t| t.0 == *m)).copied().collect();
+    order.extend(BENCH_TYPES.iter().filter(|t| !main.contains(&t.0)).copied());
+    println!("matvec block shapes (WARPSxROWS[xSTAGES]; no STAGES: 2 buffers where they fit), one activation row, mean of {N_LAUNCH} launches (us, GB/s of weights):");
+    println!("  {:8} {:7} {COLUMNS}", "type", "shape");
+    let mut ok = true;
+    let mut layer = vec![0f64; shapes.len()];
+    for (ty, sfx, qk, bb) in order {
+        let Some(b) = MatvecBench::new(dev, data, sfx, ty, qk, bb, &quantize) else {
+            println!("  {ty:8} (no fixture blocks)");
+            continue;
+        };
+        let mut best = [(f64::MAX, 0usize); 5];
+        let mut first: Option<Vec<u8>> = None;
+        for (si, &sh) in shapes.iter().enumerate() {
+            let tag = format!("@{}", sh.label());
+            let t = b.time(dev, sh, &tag);
+            for c in 0..5 {
+                if t[c].0 < best[c].0 {
+                    best[c] = (t[c].0, si);
+                }
+            }
+            if main.contains(&ty) {
+                layer[si] += 2.0 * t[0].0 + t[3].0 + t[4].0;
+            }
+            let out = b.outputs(dev, sh, &tag);
+            let same = match &first {
+                None => {
+                    first = Some(out);
+                    ""
+                }
+                Some(f) if *f == out => "",
+                Some(_) => {
+                    ok = false;
+                    "  FAIL: outputs differ from the first shape's"
+                }
+            };
+            println!("  {ty:8} {:7} {}{same}", sh.label(), t.map(|c| format!("{:>17}", us_gbs(c))).join(" "));
+        }
+        println!("  {ty:8} {:7} {}", "fastest", best.map(|(_, si)| format!("{:>17}", shapes[si].label())).join(" "));
+    }
+    println!("a decode layer's matvecs (4096x4096 x 2, 2x gate+up, 2x down) summed over {}:", main.join(", "));
+    for (sh, t) in shapes.iter().zip(&layer) {
+        println!("  {:7} {:8.1} us{}", sh.label(), t * 1e6, if *sh == MmvqShape::DEFAULT { "  (the default)" } else { "" });
+    }
+    println!("{} every shape's F x E matvec and fused gate+up outputs equal the first shape's bit for bit", if ok { "ok  " } else { "FAIL" });
+    ok
 }
 
 /// Prefill-shaped GEMM timings: a 4096 x 4096 matrix of the fixture's blocks repeated, times
@@ -312,6 +415,9 @@ struct Counting<D: Device> {
 impl<D: Device> Device for Counting<D> {
     fn name(&self) -> String {
         self.inner.name()
+    }
+    fn mmvq_shape(&self) -> MmvqShape {
+        self.inner.mmvq_shape()
     }
     fn alloc(&self, bytes: usize) -> xdan::Result<DevPtr> {
         self.inner.alloc(bytes)
@@ -394,7 +500,13 @@ fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path) {
 }
 
 fn main() {
-    let data = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"))));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let sweep_only = args.iter().any(|a| a == "--mmvq-sweep");
+    if let Some(a) = args.iter().find(|a| a.starts_with("--") && *a != "--mmvq-sweep") {
+        println!("unknown option {a} (usage: cuda_check [DATA_DIR] [--mmvq-sweep])");
+        std::process::exit(1);
+    }
+    let data = PathBuf::from(args.iter().find(|a| !a.starts_with("--")).cloned().unwrap_or_else(|| format!("{}/tests/data", env!("CARGO_MANIFEST_DIR"))));
     match devices() {
         Ok(d) if !d.is_empty() => {
             for x in &d {
@@ -417,7 +529,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("{}", dev.name());
+    println!("{}, matvec block shape {}", dev.name(), dev.mmvq_shape());
+    if sweep_only {
+        let ok = sweep(&dev, &data);
+        std::process::exit(if ok && dev.synchronize().is_ok() { 0 } else { 1 });
+    }
     let t = Instant::now();
     match dev.preload() {
         Ok(n) => println!("ok   {n} kernels compiled and loaded in {:.1} s", t.elapsed().as_secs_f64()),

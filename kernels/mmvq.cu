@@ -3,9 +3,10 @@
 // integers meet the activation's int8 values in __dp4a dot products and the scales are applied
 // once per 16 or 32 values.
 //
-// Work split: one warp per output row; the row goes in chunks of 32 sub-blocks of 32 values,
-// staged in shared memory by coalesced 16-byte loads; lane i takes sub-block i of each chunk
-// (a 256-value super-block has 8 of them) and the warp sums at the end. Every quant type
+// Work split: each warp takes XD_MMVQ_ROWS output rows (see the block shape below); the rows
+// go in chunks of 32 sub-blocks of 32 values, staged in shared memory by coalesced 16-byte
+// loads; lane i takes sub-block i of each chunk (a 256-value super-block has 8 of them) and the
+// warp sums at the end. Every quant type
 // provides `dot_<type>(block, sub, a)`: the dot product of sub-block `sub` of `block` with the
 // q8_1 block `a` of the same 32 columns.
 //
@@ -44,15 +45,38 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, xd_q8_1* _
 
 // ---- the kernels ----------------------------------------------------------------------------
 
-// Warps per block of every matvec launch (128 threads; backend.rs MATVEC_ROWS): each warp has
-// its own staging area in shared memory.
-#define XD_MMVQ_WARPS 4
-// Blocks per SM the register allocation must allow (10 x 4 warps: enough loads in flight to
-// cover memory latency; at most 48 registers).
-#define XD_MMVQ_MIN_BLOCKS 10
-// The gate+up kernels carry two rows per warp (twice the loads in flight per warp): 9 blocks,
-// at most 56 registers.
-#define XD_MMVQ_SWIGLU_MIN_BLOCKS 9
+// Block shape of every quantized matvec launch, fixed at compile time (NVRTC gets -D defines for
+// another shape; backend.rs launches with the same numbers, see MmvqShape in mmvq_shape.rs):
+// XD_MMVQ_WARPS warps per block, XD_MMVQ_ROWS output rows per warp, so a block has
+// WARPS x ROWS rows. The activation's q8_1 blocks are staged once per block for all of them
+// (5 KB per round for 4096 columns against 1 KB of an IQ2_XXS row: more rows per block read
+// less of it per weight byte). XD_MMVQ_STAGES: 2 overlaps the loads of the next round with
+// the dot products of this one (double-buffered shared memory), 1 does not; 0 picks 2 where
+// the two buffers fit the 48 KB of static shared memory, else 1.
+#ifndef XD_MMVQ_WARPS
+#define XD_MMVQ_WARPS 8
+#endif
+#ifndef XD_MMVQ_ROWS
+#define XD_MMVQ_ROWS 2
+#endif
+#ifndef XD_MMVQ_STAGES
+#define XD_MMVQ_STAGES 0
+#endif
+static_assert(XD_MMVQ_WARPS >= 1 && XD_MMVQ_WARPS <= 32, "XD_MMVQ_WARPS: 1 to 32 warps per block");
+static_assert(XD_MMVQ_ROWS >= 1 && XD_MMVQ_ROWS <= 4, "XD_MMVQ_ROWS: 1 to 4 rows per warp");
+static_assert(XD_MMVQ_STAGES >= 0 && XD_MMVQ_STAGES <= 2, "XD_MMVQ_STAGES: 0 (auto), 1 or 2");
+
+// Blocks per SM the register allocation must allow, from the weight rows a warp carries (NW:
+// ROWS, twice that for gate+up): about 40 warps per SM at one row (at most 48 registers), fewer
+// as each warp holds more accumulators and row pointers (36 warps: 56 registers; 32: 64; 24: 80).
+#define XD_MMVQ_MIN_BLOCKS(NW)                                                                      \
+    (((NW) <= 1 ? 40 : (NW) <= 2 ? 36 : (NW) <= 4 ? 32 : 24) / XD_MMVQ_WARPS > 0                   \
+         ? ((NW) <= 1 ? 40 : (NW) <= 2 ? 36 : (NW) <= 4 ? 32 : 24) / XD_MMVQ_WARPS                  \
+         : 1)
+
+// The QKV kernels pick each row's matrix, pointer and output apart: with several rows per warp
+// they get the register budget of twice as many rows (at 4 rows, 64 registers spill).
+#define XD_MMVQ3_MIN_BLOCKS XD_MMVQ_MIN_BLOCKS(XD_MMVQ_ROWS == 1 ? 1 : 2 * XD_MMVQ_ROWS)
 
 struct alignas(16) xd_u128 {
     uint32_t v[4];
@@ -61,8 +85,11 @@ struct alignas(16) xd_u128 {
 // Bytes [src, src + n) copied into `dst` (shared memory) as whole aligned 16-byte words by
 // `step` threads, thread `lane` taking words lane, lane + step, ...: consecutive threads load
 // consecutive words, so a warp's load instruction reads 512 contiguous bytes. A word reaching
-// `limit` (the end of the row) is read byte by byte up to it. Returns the position of src's
-// first byte in dst.
+// `limit` (the end of the row) takes only the bytes before it (the rest zero). On the GPU the
+// copies are asynchronous (cp.async: global to shared memory without a register round trip;
+// weights bypass L1, activations, read by every block, stay there); xd_stage_wait completes
+// them. Returns the position of src's first byte in dst.
+template <bool WEIGHTS>
 __device__ __forceinline__ int xd_stage(xd_u128* dst, const uint8_t* src, int n, const uint8_t* limit, int lane,
                                         int step) {
     const unsigned long long a = reinterpret_cast<unsigned long long>(src) & ~15ull;
@@ -71,27 +98,43 @@ __device__ __forceinline__ int xd_stage(xd_u128* dst, const uint8_t* src, int n,
     const uint8_t* base = reinterpret_cast<const uint8_t*>(a);
     for (int i = lane; i < words; i += step) {
         const uint8_t* p = base + 16 * i;
-        if (p + 16 <= limit) {
-#if defined(__CUDA_ARCH__)
-            xd_u128 r;
-            asm("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];"
-                : "=r"(r.v[0]), "=r"(r.v[1]), "=r"(r.v[2]), "=r"(r.v[3])
-                : "l"(p));
-            dst[i] = r;
+        const int have = limit - p < 16 ? int(limit - p) : 16;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst + i));
+        if (WEIGHTS)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(p), "r"(have) : "memory");
+        else
+            asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(p), "r"(have) : "memory");
 #else
+        if (have == 16) {
             dst[i] = *reinterpret_cast<const xd_u128*>(p);
-#endif
         } else {
             uint8_t* d = reinterpret_cast<uint8_t*>(dst + i);
-            for (int j = 0; j < 16; ++j) d[j] = p + j < limit ? p[j] : uint8_t(0);
+            for (int j = 0; j < 16; ++j) d[j] = j < have ? p[j] : uint8_t(0);
         }
+#endif
     }
     return pre;
 }
 
+// Marks the copies issued since the last call as one group.
+__device__ __forceinline__ void xd_stage_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+
+// Waits until at most PENDING of this thread's committed groups are still in flight.
+template <int PENDING>
+__device__ __forceinline__ void xd_stage_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;" ::"n"(PENDING) : "memory");
+#endif
+}
+
 // Sub-blocks of 32 values per staging round: 32 (one per lane), or 64 or 128 for the types
 // whose 32 sub-blocks take few bytes, so that each round still has some 600+ bytes of a row in
-// flight per warp.
+// flight per warp. W and X: 16-byte words of one weight row's and of the activations' staging.
 template <int QK, int BYTES>
 struct XdStageSize {
     static constexpr int CHUNK = (32 / (QK / 32)) * BYTES;  // bytes of 32 sub-blocks
@@ -101,141 +144,228 @@ struct XdStageSize {
     static constexpr int X = (SUBS_PER_ROUND * int(sizeof(xd_q8_1)) + 15) / 16 + 1;
 };
 
+// The staging buffers of a block whose warps carry NW weight rows each: STAGES copies of the
+// warps' weight rows and of the activations, each 16-byte words.
+template <int QK, int BYTES, int NW>
+struct XdStaging {
+    using S = XdStageSize<QK, BYTES>;
+    static constexpr int BYTES_PER_STAGE = (XD_MMVQ_WARPS * NW * S::W + S::X) * 16;
+    static constexpr int LIMIT = 48 * 1024;  // static shared memory of one block
+    static constexpr int STAGES =
+        XD_MMVQ_STAGES != 0 ? XD_MMVQ_STAGES : (2 * BYTES_PER_STAGE <= LIMIT ? 2 : 1);
+    static_assert(STAGES * BYTES_PER_STAGE <= LIMIT,
+                  "the matvec staging of XD_MMVQ_WARPS x XD_MMVQ_ROWS rows (x2 for gate+up) exceeds 48 KB of "
+                  "shared memory for this type: fewer rows per block, or XD_MMVQ_STAGES 1");
+    xd_u128 w[STAGES][XD_MMVQ_WARPS][NW][S::W];
+    xd_u128 x[STAGES][S::X];
+};
+
 // Lane `lane`'s share of the dot products of NW weight rows (same shape) with one q8_1
 // activation row, in rounds of SUBS_PER_ROUND sub-blocks: each warp stages the round's part
 // of its rows and the block the round's activations (shared by its warps) in shared memory
 // with coalesced 16-byte loads, then lane i takes sub-blocks i, i + 32, ... of the round.
 // (Lanes reading their own sub-blocks straight from global memory would touch a different
 // 32-byte sector per lane on every load; activations staged per block are read once for all
-// its rows.) The sums run in the order of a plain loop over u = lane, lane + 32, ... Every
-// thread of the block must call this (it synchronizes the block); `live` is false for a warp
-// past the last row.
+// its rows.) With two stages the next round's loads are in flight during this round's dot
+// products. The sums run in the order of a plain loop over u = lane, lane + 32, ..., whatever
+// the block shape. Every thread of the block must call this (it synchronizes the block); rows
+// with live[m] false (past the last row) are neither staged nor summed.
 template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&), int NW>
-__device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], bool live, const xd_q8_1* __restrict__ xs,
-                                             int nsub, int lane, xd_u128 (&sw)[NW][XdStageSize<QK, BYTES>::W],
-                                             xd_u128* sx, float (&acc)[NW]) {
+__device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], const bool (&live)[NW],
+                                             const xd_q8_1* __restrict__ xs, int nsub, int lane, int warp,
+                                             XdStaging<QK, BYTES, NW>& st, float (&acc)[NW]) {
     constexpr int SUBS = QK / 32;
     constexpr int PER = XdStageSize<QK, BYTES>::SUBS_PER_ROUND;
+    constexpr int STAGES = XdStaging<QK, BYTES, NW>::STAGES;
     const int row_bytes = (nsub / SUBS) * BYTES;
     const uint8_t* xbytes = reinterpret_cast<const uint8_t*>(xs);
     const uint8_t* xend = xbytes + (long long)nsub * sizeof(xd_q8_1);
-    for (int c = 0; c < nsub; c += PER) {
+    // Issues the copies of the round starting at sub-block c into buffer b.
+    auto issue = [&](int c, int b) {
         const int nu = min(PER, nsub - c);
-        const int wbytes = (nu / SUBS) * BYTES;
-        int wpre[NW];
-        if (live) {
 #pragma unroll
-            for (int m = 0; m < NW; ++m)
-                wpre[m] = xd_stage(sw[m], wrow[m] + (c / SUBS) * BYTES, wbytes, wrow[m] + row_bytes, lane, XD_WARP);
-        }
-        const int xpre = xd_stage(sx, xbytes + (long long)c * sizeof(xd_q8_1), nu * int(sizeof(xd_q8_1)), xend,
-                                  threadIdx.x, blockDim.x);
+        for (int m = 0; m < NW; ++m)
+            if (live[m])
+                xd_stage<true>(st.w[b][warp][m], wrow[m] + (c / SUBS) * BYTES, (nu / SUBS) * BYTES, wrow[m] + row_bytes,
+                               lane, XD_WARP);
+        xd_stage<false>(st.x[b], xbytes + (long long)c * sizeof(xd_q8_1), nu * int(sizeof(xd_q8_1)), xend, threadIdx.x,
+                        blockDim.x);
+        xd_stage_commit();
+    };
+    issue(0, 0);
+    int b = 0;
+    for (int c = 0; c < nsub; c += PER) {
+        const bool next = STAGES == 2 && c + PER < nsub;
+        if (next) issue(c + PER, b ^ 1);
+        // This round's copies are done (the next round's may still be in flight), and every
+        // thread's are visible to the block.
+        if (next)
+            xd_stage_wait<1>();
+        else
+            xd_stage_wait<0>();
         __syncthreads();
-        if (live) {
+        const int nu = min(PER, nsub - c);
+        // Where the staged bytes start within their first word (the copies' `pre`).
+        const int xpre = int(reinterpret_cast<unsigned long long>(xbytes + (long long)c * sizeof(xd_q8_1)) & 15);
+        // With 4 or more rows per warp the rows give the independent work; unrolling the round's
+        // sub-blocks too would multiply the code (and the compile time) for little.
+#pragma unroll(NW >= 4 ? 1 : PER / XD_WARP)
+        for (int r = 0; r < PER / XD_WARP; ++r) {
+            const int i = r * XD_WARP + lane;  // sub-block of the round
+            if (i < nu) {
+                const xd_q8_1& a = *reinterpret_cast<const xd_q8_1*>(reinterpret_cast<const uint8_t*>(st.x[b]) + xpre +
+                                                                     i * int(sizeof(xd_q8_1)));
 #pragma unroll
-            for (int r = 0; r < PER / XD_WARP; ++r) {
-                const int i = r * XD_WARP + lane;  // sub-block of the round
-                if (i < nu) {
-                    const xd_q8_1& a = *reinterpret_cast<const xd_q8_1*>(reinterpret_cast<const uint8_t*>(sx) + xpre +
-                                                                         i * int(sizeof(xd_q8_1)));
-#pragma unroll
-                    for (int m = 0; m < NW; ++m)
-                        acc[m] += DOT(reinterpret_cast<const uint8_t*>(sw[m]) + wpre[m] + (i / SUBS) * BYTES, i % SUBS, a);
+                for (int m = 0; m < NW; ++m) {
+                    if (live[m]) {
+                        const uint8_t* wsrc = wrow[m] + (c / SUBS) * BYTES;
+                        const int wpre = int(reinterpret_cast<unsigned long long>(wsrc) & 15);
+                        acc[m] += DOT(reinterpret_cast<const uint8_t*>(st.w[b][warp][m]) + wpre + (i / SUBS) * BYTES,
+                                      i % SUBS, a);
+                    }
                 }
             }
         }
-        // The next round overwrites the staging.
+        // The next round's copies overwrite this buffer (one stage), or the round after (two).
         __syncthreads();
+        if (STAGES == 1 && c + PER < nsub) issue(c + PER, 0);
+        if (STAGES == 2) b ^= 1;
     }
 }
 
-// The staging areas: weights per warp, activations per block.
-#define XD_MMVQ_SMEM(NW)                                                                   \
-    __shared__ xd_u128 s_w[XD_MMVQ_WARPS][NW][XdStageSize<QK, BYTES>::W];                  \
-    __shared__ xd_u128 s_x[XdStageSize<QK, BYTES>::X];                                     \
-    const int warp = threadIdx.x / XD_WARP;
+// The block's staging, and this thread's lane and warp.
+#define XD_MMVQ_SMEM(NW)                                   \
+    __shared__ XdStaging<QK, BYTES, NW> s_stage;           \
+    const int lane = threadIdx.x % XD_WARP;                \
+    const int warp = threadIdx.x / XD_WARP;                \
+    const int row0 = (blockIdx.x * XD_MMVQ_WARPS + warp) * XD_MMVQ_ROWS;
 
 template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
 __device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long expert_stride,
                                         const int* __restrict__ ids, const xd_q8_1* __restrict__ x,
                                         int x_stride, int x_group, float* __restrict__ y, int ncols,
                                         int nrows) {
-    const int lane = threadIdx.x % XD_WARP;
-    const int row = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
+    constexpr int NR = XD_MMVQ_ROWS;
+    XD_MMVQ_SMEM(NR)
     const int slot = blockIdx.y;
     const long long expert = ids ? ids[slot] : 0;
     const xd_q8_1* xs = x + (long long)(slot / x_group) * x_stride;
-    XD_MMVQ_SMEM(1)
-    float acc[1] = {0.0f};
+    const uint8_t* we = w + expert * expert_stride;
+    float acc[NR];
+    const uint8_t* wrow[NR];
+    bool live[NR];
+#pragma unroll
+    for (int m = 0; m < NR; ++m) {
+        acc[m] = 0.0f;
+        live[m] = row0 + m < nrows;
+        wrow[m] = we + (long long)min(row0 + m, nrows - 1) * (ncols / QK) * BYTES;
+    }
     // A warp past the last row stages no weights but helps with the activations.
-    const uint8_t* wrow[1] = {w + expert * expert_stride + (long long)min(row, nrows - 1) * (ncols / QK) * BYTES};
-    xd_rows_part<QK, BYTES, DOT, 1>(wrow, row < nrows, xs, ncols / 32, lane, s_w[warp], s_x, acc);
-    // Every lane takes part in the reduction, rows past the end included.
-    const float sum = xd_warp_sum(acc[0]);
-    if (lane == 0 && row < nrows) y[(long long)slot * nrows + row] = sum;
+    xd_rows_part<QK, BYTES, DOT, NR>(wrow, live, xs, ncols / 32, lane, warp, s_stage, acc);
+#pragma unroll
+    for (int m = 0; m < NR; ++m) {
+        // Every lane takes part in the reduction, rows past the end included.
+        const float sum = xd_warp_sum(acc[m]);
+        if (lane == 0 && live[m]) y[(long long)slot * nrows + row0 + m] = sum;
+    }
 }
 
 // Gate and up projections with SwiGLU in one pass: y = silu(x.W_gate[r]) * (x.W_up[r]), with
 // the slots, experts and activation rows of xd_mmvq (both matrices of the same type, shape and
-// expert stride). Saves the launch and the memory round trip of the separate swiglu.
+// expert stride). Saves the launch and the memory round trip of the separate swiglu. Weight row
+// 2m of a warp is gate row row0 + m, 2m + 1 the up row.
 template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
 __device__ __forceinline__ void xd_mmvq_swiglu(const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu,
                                                long long expert_stride, const int* __restrict__ ids,
                                                const xd_q8_1* __restrict__ x, int x_stride, int x_group,
                                                float* __restrict__ y, int ncols, int nrows) {
-    const int lane = threadIdx.x % XD_WARP;
-    const int row = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
+    constexpr int NR = XD_MMVQ_ROWS;
+    XD_MMVQ_SMEM(2 * NR)
     const int slot = blockIdx.y;
     const long long expert = ids ? ids[slot] : 0;
-    const long long off = expert * expert_stride + (long long)row * (ncols / QK) * BYTES;
     const xd_q8_1* xs = x + (long long)(slot / x_group) * x_stride;
-    XD_MMVQ_SMEM(2)
-    float acc[2] = {0.0f, 0.0f};
-    const uint8_t* wrow[2] = {wg + off, wu + off};
-    xd_rows_part<QK, BYTES, DOT, 2>(wrow, row < nrows, xs, ncols / 32, lane, s_w[warp], s_x, acc);
-    const float g = xd_warp_sum(acc[0]);
-    const float u = xd_warp_sum(acc[1]);
-    // The expression of the swiglu kernel (elementwise.cu), so the two paths agree bit for bit.
-    if (lane == 0 && row < nrows) y[(long long)slot * nrows + row] = g / (1.0f + expf(-g)) * u;
+    float acc[2 * NR];
+    const uint8_t* wrow[2 * NR];
+    bool live[2 * NR];
+#pragma unroll
+    for (int m = 0; m < NR; ++m) {
+        const long long off = expert * expert_stride + (long long)min(row0 + m, nrows - 1) * (ncols / QK) * BYTES;
+        acc[2 * m] = acc[2 * m + 1] = 0.0f;
+        live[2 * m] = live[2 * m + 1] = row0 + m < nrows;
+        wrow[2 * m] = wg + off;
+        wrow[2 * m + 1] = wu + off;
+    }
+    xd_rows_part<QK, BYTES, DOT, 2 * NR>(wrow, live, xs, ncols / 32, lane, warp, s_stage, acc);
+#pragma unroll
+    for (int m = 0; m < NR; ++m) {
+        const float g = xd_warp_sum(acc[2 * m]);
+        const float u = xd_warp_sum(acc[2 * m + 1]);
+        // The expression of the swiglu kernel (elementwise.cu), so the two paths agree bit for bit.
+        if (lane == 0 && live[2 * m]) y[(long long)slot * nrows + row0 + m] = g / (1.0f + expf(-g)) * u;
+    }
 }
 
 // Up to three matrices of one type over the same activation rows in one launch (the Q, K and V
 // projections): rows [0, n0) are W0's, the next n1 W1's, the next n2 W2's; y_i is
-// [slots][n_i]. grid.x covers n0 + n1 + n2 rows, grid.y the activation rows.
+// [slots][n_i]. grid.x covers n0 + n1 + n2 rows, grid.y the activation rows. The rows of one
+// warp may belong to different matrices.
 template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
 __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1,
                                          const uint8_t* __restrict__ w2, float* __restrict__ y0,
                                          float* __restrict__ y1, float* __restrict__ y2, int n0, int n1, int n2,
                                          const xd_q8_1* __restrict__ x, int x_stride, int ncols) {
-    const int lane = threadIdx.x % XD_WARP;
-    int row = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
+    constexpr int NR = XD_MMVQ_ROWS;
+    XD_MMVQ_SMEM(NR)
     const int slot = blockIdx.y;
-    const uint8_t* w = w0;
-    float* y = y0;
-    int n = n0;
-    if (row >= n0) {
-        row -= n0;
-        w = w1;
-        y = y1;
-        n = n1;
-        if (row >= n1) {
-            row -= n1;
-            w = w2;
-            y = y2;
-            n = n2;
+    const long long row_bytes = (long long)(ncols / QK) * BYTES;
+    float acc[NR];
+    const uint8_t* wrow[NR];
+    bool live[NR];
+#pragma unroll
+    for (int m = 0; m < NR; ++m) {
+        int row = row0 + m;
+        const uint8_t* w = w0;
+        int n = n0;
+        if (row >= n0) {
+            row -= n0;
+            w = w1;
+            n = n1;
+            if (row >= n1) {
+                row -= n1;
+                w = w2;
+                n = n2;
+            }
         }
+        acc[m] = 0.0f;
+        live[m] = row < n;
+        wrow[m] = w + (long long)min(row, max(n - 1, 0)) * row_bytes;
     }
     const xd_q8_1* xs = x + (long long)slot * x_stride;
-    XD_MMVQ_SMEM(1)
-    float acc[1] = {0.0f};
-    const uint8_t* wrow[1] = {w + (long long)min(row, max(n - 1, 0)) * (ncols / QK) * BYTES};
-    xd_rows_part<QK, BYTES, DOT, 1>(wrow, row < n, xs, ncols / 32, lane, s_w[warp], s_x, acc);
-    const float sum = xd_warp_sum(acc[0]);
-    if (lane == 0 && row < n) y[(long long)slot * n + row] = sum;
+    xd_rows_part<QK, BYTES, DOT, NR>(wrow, live, xs, ncols / 32, lane, warp, s_stage, acc);
+#pragma unroll
+    for (int m = 0; m < NR; ++m) {
+        const float sum = xd_warp_sum(acc[m]);
+        if (lane == 0 && live[m]) {
+            int row = row0 + m;
+            float* yy = y0;
+            int n = n0;
+            if (row >= n0) {
+                row -= n0;
+                yy = y1;
+                n = n1;
+                if (row >= n1) {
+                    row -= n1;
+                    yy = y2;
+                    n = n2;
+                }
+            }
+            yy[(long long)slot * n + row] = sum;
+        }
+    }
 }
 
 #define XD_MMVQ_KERNEL(name, qk, bytes, dot)                                                      \
-    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS) name(const uint8_t* __restrict__ w, long long expert_stride,       \
+    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS(XD_MMVQ_ROWS)) name(const uint8_t* __restrict__ w, long long expert_stride,       \
                                     const int* __restrict__ ids, const xd_q8_1* __restrict__ x,   \
                                     int x_stride, int x_group, float* __restrict__ y, int ncols,  \
                                     int nrows) {                                                  \
@@ -243,7 +373,7 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     }
 
 #define XD_MMVQ_SWIGLU_KERNEL(name, qk, bytes, dot)                                               \
-    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_SWIGLU_MIN_BLOCKS) name(const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu, \
+    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS(2 * XD_MMVQ_ROWS)) name(const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu, \
                                     long long expert_stride, const int* __restrict__ ids,         \
                                     const xd_q8_1* __restrict__ x, int x_stride, int x_group,     \
                                     float* __restrict__ y, int ncols, int nrows) {                \
@@ -251,7 +381,7 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     }
 
 #define XD_MMVQ3_KERNEL(name, qk, bytes, dot)                                                     \
-    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS) name(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, \
+    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ3_MIN_BLOCKS) name(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1, \
                                     const uint8_t* __restrict__ w2, float* __restrict__ y0,       \
                                     float* __restrict__ y1, float* __restrict__ y2, int n0, int n1, \
                                     int n2, const xd_q8_1* __restrict__ x, int x_stride, int ncols) { \

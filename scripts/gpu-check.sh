@@ -9,7 +9,7 @@
 #                               Fixture models are added smallest first up to 54 MiB.
 #   scripts/gpu-check.sh run    (on the GPU machine, from the repository root, .gpu-pack carried;
 #                               no Rust or network needed) runs the stages below, each under its
-#                               own `timeout`, all within TOTAL seconds (default 300): a stage
+#                               own `timeout`, all within TOTAL seconds (default 400): a stage
 #                               gets min(its cap, what is left); one without time is skipped.
 #
 # Stages (cap, expected time on an H100/H200):
@@ -23,6 +23,10 @@
 #      the prefill GEMMs, launches per decode step, matvec and GEMM timings    (40 s, 20 s)
 #   d2 the C API test (tests/c/api_test.c, 590+ checks) against the packed library, whose
 #      XDAN_DEVICE_AUTO contexts land on the GPU there                         (60 s, 10 s)
+#   d3 cuda_check --mmvq-sweep: the decode matvecs of every type for each block shape
+#      of MmvqShape::SWEEP (mmvq.cu compiled per shape, side by side), one table,
+#      outputs equal across shapes bit for bit                                 (100 s, 50 s)
+#      (alone: .gpu-pack/cuda_check .gpu-pack/data --mmvq-sweep)
 #   e  make_model a Mixtral-8x7B-shaped random model, llama.cpp's IQ2_XXS mix
 #      (~12 GB), in /dev/shm if it has room, else /tmp                         (30 s, 10 s)
 #      bench_gpu: pp512 + tg64 x3 next to the measured copy bandwidth and the
@@ -115,7 +119,7 @@ run)
     out="${OUT:-/tmp}"
     log="$out/gpu-check.log"
     md="$out/bench.md"
-    total="${TOTAL:-300}"
+    total="${TOTAL:-400}"
     : > "$log"
     : > "$md"
     summary=()
@@ -183,6 +187,7 @@ run)
         stage "d2 C API test (AUTO: the GPU)" 60 env XDAN_TEST_OTHER_MODEL="$pack/data/tiny-mixtral/F16/tiny-mixtral-F16.gguf" \
             "$pack/capi/api_test" "${capi_args[@]}"
     fi
+    stage "d3 matvec block shapes" 100 "$pack/cuda_check" "$pack/data" --mmvq-sweep
     {
         echo "GPU benchmark, $(date -u '+%Y-%m-%d'): $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
         echo "Mixtral-8x7B shape (32 layers, 4096 embd, 14336 ff, 8 experts top-2, 32000 vocab), random weights;"
@@ -204,7 +209,7 @@ run)
     exit "$failed"
     ;;
 *)
-    sed -n '2,39p' "$0"
+    sed -n '2,43p' "$0"
     exit 2
     ;;
 esac

@@ -795,6 +795,72 @@ fn emulated_kernels_under_tsan() {
     print(&rep, "ThreadSanitizer build, no report");
 }
 
+/// The quantized matvecs built for other block shapes (kernels/mmvq.cu's XD_MMVQ_* defines):
+/// the classic 4 warps x 1 row with one staging buffer, and 2 warps x 3 rows with two (rows
+/// of a warp that straddle the matrices of mul_mat_vec3 and the end of the rows), must give
+/// the default build's results bit for bit (every shape sums a row's sub-blocks in the same
+/// order); within each build, mul_mat_vec3 equals three plain matvecs and the fused gate+up
+/// equals the plain matvecs followed by the swiglu kernel, bit for bit. Rows of 2.5 to 4
+/// staging rounds, so the double buffering turns over.
+#[test]
+fn emulated_matvecs_agree_across_block_shapes() {
+    let builds = [
+        ("default", vec!["-O1"]),
+        ("4x1x1", vec!["-O1", "-DXD_MMVQ_WARPS=4", "-DXD_MMVQ_ROWS=1", "-DXD_MMVQ_STAGES=1"]),
+        ("2x3x2", vec!["-O1", "-DXD_MMVQ_WARPS=2", "-DXD_MMVQ_ROWS=3", "-DXD_MMVQ_STAGES=2"]),
+    ];
+    let harnesses: Vec<(&str, Harness)> = std::thread::scope(|s| {
+        let jobs: Vec<_> = builds
+            .iter()
+            .map(|(name, flags)| s.spawn(move || (*name, Harness::new(build(&format!("shape-{name}"), flags, None), vec![]))))
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    let mut rng = Rng(0x5a9e);
+    let mut lines = Vec::new();
+    for (ty, ncols) in [("Q8_0", 2560), ("Q4_K", 5120), ("Q6_K", 1280), ("IQ2_XXS", 4352)] {
+        let (n0, n1, n2, slots) = (19, 21, 5, 2);
+        let qk = type_shape(ty).0;
+        let ws: Vec<Vec<u8>> = [n0, n1, n2].iter().map(|&n| weights(ty, n * ncols, &mut rng).0).collect();
+        let x = activations(&mut rng, ncols * slots);
+        // MoE dispatch: 3 slots over 4 experts of n1 rows, 2 slots per activation row.
+        let (we, _) = weights(ty, 4 * n1 * ncols, &mut rng);
+        let ids = [3, 0, 2];
+        let mut reference: Option<Vec<Vec<u32>>> = None;
+        for (name, h) in &harnesses {
+            for (i, w) in ws.iter().enumerate() {
+                h.put(&format!("w{i}.bin"), w);
+            }
+            h.put_f32("x.f32", &x);
+            h.run("fused", &[ty, &n0.to_string(), &n1.to_string(), &n2.to_string(), &ncols.to_string(), &slots.to_string()].map(String::from));
+            let (y3, yp, ys, yu) = (h.get_f32("y3.f32"), h.get_f32("yp.f32"), h.get_f32("ys.f32"), h.get_f32("yu.f32"));
+            assert_eq!(y3.len(), slots * (n0 + n1 + n2));
+            assert!(yp.iter().all(|v| v.is_finite() && *v != -2.0), "{name} {ty}: a plain matvec left a row unwritten");
+            assert_eq!(bits(&y3), bits(&yp), "{name} {ty}: mul_mat_vec3 differs from three plain matvecs");
+            assert_eq!(bits(&ys), bits(&yu), "{name} {ty}: the fused gate+up differs from matvecs + swiglu");
+            h.put("w.bin", &we);
+            h.put_i32("ids.i32", &ids);
+            h.put_f32("x.f32", &x);
+            h.run("moe", &[ty.to_string(), n1.to_string(), ncols.to_string(), "4".into(), "3".into(), "2".into(), "2".into()]);
+            let ym = h.get_f32("y.f32");
+            let got = vec![bits(&yp), bits(&ys), bits(&ym)];
+            match &reference {
+                None => reference = Some(got),
+                Some(r) => {
+                    for (what, (a, b)) in ["plain matvecs", "fused gate+up", "MoE dispatch"].iter().zip(r.iter().zip(&got)) {
+                        assert_eq!(a, b, "{ty} {what}: the {name} build differs from the default one");
+                    }
+                }
+            }
+        }
+        lines.push(format!("{ty} {n0}+{n1}+{n2} rows x {ncols} ({} blocks per row), MoE 3 slots: same bits in every build", ncols / qk));
+    }
+    for l in lines {
+        println!("  {l}");
+    }
+}
+
 /// A copy of norm.cu without its `__syncthreads()`: warps then read the partial sums of other
 /// warps with no barrier in between, which ThreadSanitizer must report as a data race.
 #[test]

@@ -6,6 +6,7 @@
 use xdan::backend::cuda::cache::{compile_cached, CubinCache, Origin};
 use xdan::backend::cuda::kernels::{kernel_names, program, HEADERS, PROGRAMS};
 use xdan::backend::cuda::nvrtc::Nvrtc;
+use xdan::backend::cuda::MmvqShape;
 
 fn nvrtc() -> Nvrtc {
     match Nvrtc::load() {
@@ -62,13 +63,67 @@ fn nvrtc_compiles_every_kernel() {
                     println!("sm_{arch} {} ({} bytes of CUBIN):", p.name, c.cubin.len());
                     for (k, regs, st, ld, smem) in report {
                         println!("  {k:24} {regs:3} registers, spill stores {st} B, spill loads {ld} B, smem {smem} B");
+                        if st + ld > 0 {
+                            failures.push(format!("sm_{arch} {k}: {st} B spill stores, {ld} B spill loads"));
+                        }
                     }
                 }
                 Err(e) => failures.push(format!("sm_{arch} {}: {e}", p.name)),
             }
         }
     }
-    assert!(failures.is_empty(), "kernels that do not compile:\n{}", failures.join("\n"));
+    assert!(failures.is_empty(), "kernels that do not compile or spill registers:\n{}", failures.join("\n"));
+}
+
+/// mmvq.cu compiles for every block shape `cuda_check --mmvq-sweep` times (sm_90, the shapes
+/// side by side), without register spills; the registers of each are printed.
+#[test]
+fn mmvq_compiles_for_every_sweep_shape() {
+    let n = nvrtc();
+    let headers: Vec<(&str, &str)> = HEADERS.iter().map(|h| (h.name, h.text)).collect();
+    let p = program("mmvq.cu").unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let jobs: Vec<_> = MmvqShape::SWEEP
+            .iter()
+            .map(|sh| {
+                let (n, headers) = (&n, &headers);
+                s.spawn(move || {
+                    let mut opts = sh.nvrtc_options();
+                    opts.push("-Xptxas=-v".into());
+                    let opts: Vec<&str> = opts.iter().map(String::as_str).collect();
+                    let t = std::time::Instant::now();
+                    (*sh, n.compile(p.name, p.text, headers, 90, &opts), t.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let mut failures = Vec::new();
+    for (sh, r, secs) in results {
+        match r {
+            Ok(c) => {
+                let report = ptxas_summary(&c.log);
+                assert_eq!(report.len(), kernel_names(p).len(), "{sh}: ptxas reported {} kernels", report.len());
+                let regs = |pre: &str| {
+                    let v: Vec<u32> = report.iter().filter(|r| r.0.starts_with(pre) && !(pre == "mul_mat_vec_" && r.0.contains("swiglu"))).map(|r| r.1).collect();
+                    format!("{}-{}", v.iter().min().unwrap(), v.iter().max().unwrap())
+                };
+                println!(
+                    "mmvq.cu {sh:6} sm_90 in {secs:4.1} s: registers mul_mat_vec {}, mul_mat_vec3 {}, mul_mat_vec_swiglu {}",
+                    regs("mul_mat_vec_"),
+                    regs("mul_mat_vec3_"),
+                    regs("mul_mat_vec_swiglu_")
+                );
+                for (k, _, st, ld, _) in report {
+                    if st + ld > 0 {
+                        failures.push(format!("{sh} {k}: {st} B spill stores, {ld} B spill loads"));
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("{sh}: {e}")),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
@@ -88,21 +143,26 @@ fn cubin_cache_stores_then_hits() {
     let _ = std::fs::remove_dir_all(&dir);
     let cache = CubinCache::new(&dir);
     let p = program("norm.cu").unwrap();
-    let (first, o1) = compile_cached(&n, Some(&cache), p, 89).unwrap();
+    let (first, o1) = compile_cached(&n, Some(&cache), p, 89, &[]).unwrap();
     assert_eq!(o1, Origin::Compiled);
     let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|f| f.file_name().into_string().unwrap()).collect();
     assert_eq!(files.len(), 1, "one file stored: {files:?}");
     let (v0, v1) = n.version();
     assert!(files[0].starts_with("norm_cu-") && files[0].ends_with(&format!("-sm89-nvrtc{v0}.{v1}.cubin")), "{}", files[0]);
-    let (second, o2) = compile_cached(&n, Some(&cache), p, 89).unwrap();
+    let (second, o2) = compile_cached(&n, Some(&cache), p, 89, &[]).unwrap();
     assert_eq!(o2, Origin::Cache);
     assert_eq!(first, second);
-    // Another architecture is another entry.
-    let (_, o3) = compile_cached(&n, Some(&cache), p, 90).unwrap();
+    // Another architecture is another entry, and so are other options.
+    let (_, o3) = compile_cached(&n, Some(&cache), p, 90, &[]).unwrap();
     assert_eq!(o3, Origin::Compiled);
+    let opt = ["-DXD_CACHE_TEST=1".to_string()];
+    let (_, o5) = compile_cached(&n, Some(&cache), p, 89, &opt).unwrap();
+    assert_eq!(o5, Origin::Compiled, "other options must not hit the entry compiled without them");
+    assert_eq!(compile_cached(&n, Some(&cache), p, 89, &opt).unwrap().1, Origin::Cache);
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
     // A damaged entry is a miss, recompiled and rewritten.
     std::fs::write(dir.join(&files[0]), b"not a cubin").unwrap();
-    let (third, o4) = compile_cached(&n, Some(&cache), p, 89).unwrap();
+    let (third, o4) = compile_cached(&n, Some(&cache), p, 89, &[]).unwrap();
     assert_eq!(o4, Origin::Compiled);
     assert_eq!(third, first);
     assert_eq!(cache.get(&files[0]).as_deref(), Some(&first[..]));

@@ -74,6 +74,13 @@ const Entry* find(const char* name) {
 
 }  // namespace
 
+// The block shape the matvecs were built with: warps per block, rows per warp, stages.
+extern "C" void xd_emu_mmvq_shape(int* s) {
+    s[0] = XD_MMVQ_WARPS;
+    s[1] = XD_MMVQ_ROWS;
+    s[2] = XD_MMVQ_STAGES;
+}
+
 // 1 when `name` is a registered kernel.
 extern "C" int xd_emu_has(const char* name) { return find(name) != nullptr; }
 

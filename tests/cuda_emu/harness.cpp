@@ -83,6 +83,23 @@ const TypeEntry kTypes[] = {
     {"MXFP4", 32, 17, mul_mat_vec_mxfp4, nullptr, get_rows_mxfp4, mul_mat_mxfp4},
 };
 
+// The fused matvecs (QKV, gate+up+SwiGLU) of a few types.
+using Matvec3 = void (*)(const uint8_t*, const uint8_t*, const uint8_t*, float*, float*, float*, int, int, int,
+                         const xd_q8_1*, int, int);
+using MatvecSwiglu = void (*)(const uint8_t*, const uint8_t*, long long, const int*, const xd_q8_1*, int, int, float*,
+                              int, int);
+struct FusedEntry {
+    const char* name;
+    Matvec3 m3;
+    MatvecSwiglu sw;
+};
+const FusedEntry kFused[] = {
+    {"Q8_0", mul_mat_vec3_q8_0, mul_mat_vec_swiglu_q8_0},
+    {"Q4_K", mul_mat_vec3_q4_k, mul_mat_vec_swiglu_q4_k},
+    {"Q6_K", mul_mat_vec3_q6_k, mul_mat_vec_swiglu_q6_k},
+    {"IQ2_XXS", mul_mat_vec3_iq2_xxs, mul_mat_vec_swiglu_iq2_xxs},
+};
+
 const TypeEntry& type_named(const std::string& n) {
     for (const auto& t : kTypes)
         if (n == t.name) return t;
@@ -107,13 +124,15 @@ void matvec(const TypeEntry& t, const std::vector<uint8_t>& w, const std::vector
     const long long row_bytes = (long long)(ncols / t.qk) * t.bytes;
     const long long expert_stride = row_bytes * nrows;
     y.assign((size_t)slots * nrows, 0.0f);
-    const int rows_per_block = 4;
-    dim3 grid((nrows + rows_per_block - 1) / rows_per_block, slots);
-    dim3 block(32 * rows_per_block);
     const int* idp = ids ? ids->data() : nullptr;
     if (t.mf) {
+        // The float matvecs: one row per warp, 4 warps (backend.rs MATVEC_ROWS).
+        const dim3 grid((nrows + 3) / 4, slots), block(128);
         XD_LAUNCH(t.mf, grid, block, 0, w.data(), expert_stride, idp, x.data(), ncols, x_group, y.data(), ncols, nrows);
     } else {
+        // The quantized ones: the block shape they were built with.
+        const int rows_per_block = XD_MMVQ_WARPS * XD_MMVQ_ROWS;
+        const dim3 grid((nrows + rows_per_block - 1) / rows_per_block, slots), block(32 * XD_MMVQ_WARPS);
         const int nb = ncols / 32 * x_rows;
         std::vector<xd_q8_1> xq((size_t)nb);
         XD_LAUNCH(quantize_q8_1, dim3((nb + 3) / 4), dim3(128), 0, x.data(), xq.data(), nb * 32);
@@ -139,6 +158,56 @@ int main(int argc, char** argv) {
         std::vector<float> y;
         matvec(t, w, nullptr, 1, x, 1, 1, nrows, ncols, y);
         store("y.f32", y);
+    } else if (op == "fused") {
+        // TYPE N0 N1 N2 NCOLS SLOTS: w0.bin, w1.bin, w2.bin (N_i rows), x.f32 (SLOTS rows) ->
+        // y3.f32 (mul_mat_vec3: [slot][N0], then [slot][N1], [slot][N2]), yp.f32 (the same by
+        // three plain matvecs), ys.f32 (mul_mat_vec_swiglu with gate W0, up the first N0 rows of
+        // W1), yu.f32 (the swiglu kernel on the plain matvecs' outputs).
+        const TypeEntry& t = type_named(argv[3]);
+        const FusedEntry* fe = nullptr;
+        for (const auto& f : kFused)
+            if (std::string(argv[3]) == f.name) fe = &f;
+        if (!fe) fail("no fused kernels registered for this type");
+        const int n[3] = {iarg(argv, argc, 4), iarg(argv, argc, 5), iarg(argv, argc, 6)};
+        const int ncols = iarg(argv, argc, 7), slots = iarg(argv, argc, 8);
+        if (n[1] < n[0]) fail("N1 < N0");
+        std::vector<uint8_t> w[3] = {load<uint8_t>("w0.bin"), load<uint8_t>("w1.bin"), load<uint8_t>("w2.bin")};
+        const long long row_bytes = (long long)(ncols / t.qk) * t.bytes;
+        for (int i = 0; i < 3; ++i)
+            if ((long long)w[i].size() != row_bytes * n[i]) fail("w" + std::to_string(i) + ".bin size");
+        auto x = load<float>("x.f32");
+        if ((long long)x.size() != (long long)ncols * slots) fail("x.f32 size");
+        const int nb = ncols / 32 * slots;
+        std::vector<xd_q8_1> xq((size_t)nb);
+        XD_LAUNCH(quantize_q8_1, dim3((nb + 3) / 4), dim3(128), 0, x.data(), xq.data(), nb * 32);
+        const int rpb = XD_MMVQ_WARPS * XD_MMVQ_ROWS;
+        const dim3 block(32 * XD_MMVQ_WARPS);
+        std::vector<float> y3, yp;
+        std::vector<float> o[3];
+        for (int i = 0; i < 3; ++i) {
+            o[i].assign((size_t)slots * n[i], -1.0f);
+            std::vector<float> p((size_t)slots * n[i], -2.0f);
+            XD_LAUNCH(t.mq, dim3((n[i] + rpb - 1) / rpb, slots), block, 0, w[i].data(), 0LL, (const int*)nullptr,
+                      xq.data(), ncols / 32, 1, p.data(), ncols, n[i]);
+            yp.insert(yp.end(), p.begin(), p.end());
+        }
+        XD_LAUNCH(fe->m3, dim3((n[0] + n[1] + n[2] + rpb - 1) / rpb, slots), block, 0, w[0].data(), w[1].data(),
+                  w[2].data(), o[0].data(), o[1].data(), o[2].data(), n[0], n[1], n[2], xq.data(), ncols / 32, ncols);
+        for (int i = 0; i < 3; ++i) y3.insert(y3.end(), o[i].begin(), o[i].end());
+        std::vector<float> ys((size_t)slots * n[0], -1.0f);
+        XD_LAUNCH(fe->sw, dim3((n[0] + rpb - 1) / rpb, slots), block, 0, w[0].data(), w[1].data(), 0LL,
+                  (const int*)nullptr, xq.data(), ncols / 32, 1, ys.data(), ncols, n[0]);
+        // The unfused path: plain matvecs of W0 and of W1's first N0 rows, then swiglu.
+        std::vector<float> g(yp.begin(), yp.begin() + (long long)slots * n[0]), u((size_t)slots * n[0]);
+        for (int s2 = 0; s2 < slots; ++s2)
+            for (int r = 0; r < n[0]; ++r) u[(size_t)s2 * n[0] + r] = yp[(size_t)slots * n[0] + (size_t)s2 * n[1] + r];
+        std::vector<float> yu(g.size());
+        const int ng = int(g.size());
+        XD_LAUNCH(swiglu, dim3((ng + 127) / 128), dim3(128), 0, g.data(), u.data(), yu.data(), ng);
+        store("y3.f32", y3);
+        store("yp.f32", yp);
+        store("ys.f32", ys);
+        store("yu.f32", yu);
     } else if (op == "moe") {  // TYPE NROWS NCOLS N_EXPERT SLOTS X_ROWS X_GROUP: w.bin, ids.i32, x.f32 -> y.f32
         const TypeEntry& t = type_named(argv[3]);
         const int nrows = iarg(argv, argc, 4), ncols = iarg(argv, argc, 5), n_expert = iarg(argv, argc, 6);

@@ -14,8 +14,8 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
 
-/// Rows per block of the matvec kernels (one warp each); the quantized ones size their shared
-/// staging for exactly this many warps (XD_MMVQ_WARPS in kernels/mmvq.cu).
+/// Rows per block of the float matvec kernels (one warp each). The quantized ones launch with
+/// the block shape they were compiled for, [`Device::mmvq_shape`].
 const MATVEC_ROWS: u32 = 4;
 /// Positions per attention split.
 const ATTN_SPLIT: usize = 128;
@@ -261,10 +261,16 @@ impl<D: Device> CudaBackend<D> {
         if slots > 65535 {
             return Err(Error::unsupported(format!("CUDA matmul: {slots} rows in one batch (at most 65535)")));
         }
+        let (rows_per_block, threads) = if is_float(w.ty) {
+            (MATVEC_ROWS, 32 * MATVEC_ROWS)
+        } else {
+            let s = self.dev.mmvq_shape();
+            (s.rows_per_block(), s.threads())
+        };
         self.launch(
             &format!("mul_mat_vec_{sfx}"),
-            [blocks(w_rows, MATVEC_ROWS as usize), slots as u32, 1],
-            32 * MATVEC_ROWS,
+            [blocks(w_rows, rows_per_block as usize), slots as u32, 1],
+            threads,
             &[
                 Arg::Ptr(w.buf.ptr),
                 Arg::I64(expert_stride as i64),
@@ -347,10 +353,11 @@ impl<D: Device> CudaBackend<D> {
         let xq = self.quantize(sc, S::Xq, x.ptr(), x.rows, x.cols)?;
         let (w2, y2, n2) = if ws.len() == 3 { (ws[2].buf.ptr, outs[2].ptr(), ws[2].rows) } else { (0, 0, 0) };
         let total = ws[0].rows + ws[1].rows + n2;
+        let shape = self.dev.mmvq_shape();
         self.launch(
             &format!("mul_mat_vec3_{sfx}"),
-            [blocks(total, MATVEC_ROWS as usize), x.rows as u32, 1],
-            32 * MATVEC_ROWS,
+            [blocks(total, shape.rows_per_block() as usize), x.rows as u32, 1],
+            shape.threads(),
             &[
                 Arg::Ptr(ws[0].buf.ptr),
                 Arg::Ptr(ws[1].buf.ptr),
@@ -838,10 +845,11 @@ impl<D: Device> Backend for CudaBackend<D> {
             if slots > 65535 {
                 return Err(Error::unsupported(format!("CUDA ffn: {slots} expert slots in one batch (at most 65535)")));
             }
+            let shape = self.dev.mmvq_shape();
             self.launch(
                 &format!("mul_mat_vec_swiglu_{sfx}"),
-                [blocks(n_ff, MATVEC_ROWS as usize), slots as u32, 1],
-                32 * MATVEC_ROWS,
+                [blocks(n_ff, shape.rows_per_block() as usize), slots as u32, 1],
+                shape.threads(),
                 &[
                     Arg::Ptr(f.gate.buf.ptr),
                     Arg::Ptr(f.up.buf.ptr),

@@ -81,11 +81,12 @@ pub enum Origin {
     Compiled,
 }
 
-/// The CUBIN of `program` for `sm_<arch>`: from `cache` when present there, else compiled by
-/// NVRTC and stored (a failed store is not an error: the CUBIN is still good).
-pub fn compile_cached(nvrtc: &Nvrtc, cache: Option<&CubinCache>, program: &KernelSource, arch: u32) -> Result<(Vec<u8>, Origin)> {
+/// The CUBIN of `program` for `sm_<arch>` compiled with the extra NVRTC `options` (part of the
+/// cache key): from `cache` when present there, else compiled by NVRTC and stored (a failed
+/// store is not an error: the CUBIN is still good).
+pub fn compile_cached(nvrtc: &Nvrtc, cache: Option<&CubinCache>, program: &KernelSource, arch: u32, options: &[String]) -> Result<(Vec<u8>, Origin)> {
     let headers: Vec<(&str, &str)> = HEADERS.iter().map(|h| (h.name, h.text)).collect();
-    let options: [&str; 0] = [];
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
     let key = CubinCache::key(program.name, source_hash(program.text, &headers, &options), arch, nvrtc.version());
     if let Some(c) = cache {
         if let Some(bin) = c.get(&key) {

@@ -7,6 +7,7 @@
 
 use super::dl::Library;
 use super::graph::{graphs_enabled, Exec, Op, Recorder, COPY};
+use super::mmvq_shape::MmvqShape;
 use crate::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
@@ -27,6 +28,11 @@ pub enum Arg {
 pub trait Device: Send + Sync + 'static {
     /// For messages: "cuda:0 (NVIDIA H100)", "cuda-emu".
     fn name(&self) -> String;
+    /// The block shape this device's quantized matvec kernels were compiled for; the launches
+    /// must use it.
+    fn mmvq_shape(&self) -> MmvqShape {
+        MmvqShape::DEFAULT
+    }
     /// `bytes` of device memory, zeroed.
     fn alloc(&self, bytes: usize) -> Result<DevPtr>;
     /// # Safety
@@ -82,6 +88,7 @@ impl<D: Device> Drop for DevBuf<D> {
 
 type EmuLaunch = unsafe extern "C" fn(*const c_char, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, c_uint, *mut *mut c_void) -> c_int;
 type EmuHas = unsafe extern "C" fn(*const c_char) -> c_int;
+type EmuShape = unsafe extern "C" fn(*mut c_int);
 
 /// The kernels compiled for the host (kernels/emu/launch.cpp as a shared library), run by the
 /// CUDA emulator: blocks in turn, one OS thread per CUDA thread. Device memory is host memory.
@@ -94,6 +101,7 @@ pub struct EmuDevice {
     rec: Mutex<Recorder<Vec<(usize, Op)>>>,
     /// Kernel names by handle.
     names: Mutex<Vec<CString>>,
+    mmvq: MmvqShape,
 }
 
 impl EmuDevice {
@@ -102,12 +110,18 @@ impl EmuDevice {
         let lib = Library::open(path)?;
         // SAFETY: the types are those of kernels/emu/launch.cpp.
         unsafe {
+            // The matvec shape the library was built with (-D XD_MMVQ_*).
+            let shape: EmuShape = lib.sym("xd_emu_mmvq_shape")?;
+            let mut s = [0 as c_int; 3];
+            shape(s.as_mut_ptr());
+            let mmvq = MmvqShape::new(s[0] as u32, s[1] as u32, s[2] as u32).map_err(|e| e.context(path))?;
             Ok(EmuDevice {
                 launch: lib.sym("xd_emu_launch")?,
                 has: lib.sym("xd_emu_has")?,
                 _lib: lib,
                 rec: Mutex::new(Recorder::new(graphs_enabled())),
                 names: Mutex::new(Vec::new()),
+                mmvq,
             })
         }
     }
@@ -181,6 +195,10 @@ const EMU_ALIGN: usize = 256;
 impl Device for EmuDevice {
     fn name(&self) -> String {
         "cuda-emu".into()
+    }
+
+    fn mmvq_shape(&self) -> MmvqShape {
+        self.mmvq
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {

@@ -15,7 +15,8 @@ use super::cache::{compile_cached, CubinCache};
 use super::device::{Arg, DevPtr, Device};
 use super::dl::Library;
 use super::graph::{graphs_enabled, Exec, Op, Recorder, COPY};
-use super::kernels::{kernel_names, PROGRAMS};
+use super::kernels::{kernel_names, KernelSource, PROGRAMS};
+use super::mmvq_shape::MmvqShape;
 use super::nvrtc::Nvrtc;
 use crate::{Error, ErrorKind, Result};
 
@@ -115,8 +116,13 @@ pub struct GpuDevice {
     cache: Option<CubinCache>,
     /// Kernel name -> program file.
     program_of: HashMap<String, &'static str>,
+    /// The block shape the quantized matvecs are compiled for (`XDAN_CUDA_MMVQ`).
+    mmvq: MmvqShape,
     /// Loaded programs and the functions looked up in them.
     loaded: Mutex<(HashMap<&'static str, usize>, HashMap<String, usize>)>,
+    /// mmvq.cu compiled for other block shapes (`load_mmvq_variants`), by shape label: their
+    /// kernels are named `kernel@label`.
+    variants: Mutex<HashMap<String, usize>>,
     /// Pinned staging for `upload_async`, allocated on first use.
     staging: Mutex<Staging>,
     /// Launches, copies and metadata uploads not issued yet (see [`super::graph`]).
@@ -174,6 +180,7 @@ impl GpuDevice {
     }
 
     pub fn open_with(ordinal: i32, nvrtc: Nvrtc, cache: Option<CubinCache>) -> Result<GpuDevice> {
+        let mmvq = MmvqShape::from_env()?;
         let lib = Library::open("libcuda.so.1").or_else(|_| Library::open("libcuda.so"))?;
         // SAFETY: the types are those of cuda.h (the _v2 entry points for memory).
         let api = unsafe {
@@ -241,7 +248,9 @@ impl GpuDevice {
             nvrtc,
             cache,
             program_of,
+            mmvq,
             loaded: Mutex::new((HashMap::new(), HashMap::new())),
+            variants: Mutex::new(HashMap::new()),
             staging: Mutex::new(Staging { ptr: std::ptr::null_mut(), used: 0 }),
             rec: Mutex::new(Recorder::new(graph_api.is_some() && graphs_enabled())),
             graph_api,
@@ -275,10 +284,32 @@ impl GpuDevice {
         Ok(())
     }
 
+    /// The extra NVRTC options of a program: the matvec block shape for mmvq.cu.
+    fn options(&self, program: &KernelSource) -> Vec<String> {
+        if program.name == "mmvq.cu" {
+            self.mmvq.nvrtc_options()
+        } else {
+            Vec::new()
+        }
+    }
+
     fn function(&self, name: &str) -> Result<Function> {
         let mut loaded = self.loaded.lock();
         if let Some(&f) = loaded.1.get(name) {
             return Ok(f as Function);
+        }
+        if let Some((kernel, tag)) = name.split_once('@') {
+            let module = *self
+                .variants
+                .lock()
+                .get(tag)
+                .ok_or_else(|| Error::internal(format!("{name}: no matvec variant {tag} loaded")))? as Module;
+            let c = CString::new(kernel).map_err(|_| Error::internal("kernel name with a NUL byte"))?;
+            let mut f: Function = std::ptr::null_mut();
+            // SAFETY: a loaded module and a C string.
+            self.check(&format!("kernel {name}"), unsafe { (self.api.get_function)(&mut f, module, c.as_ptr()) })?;
+            loaded.1.insert(name.to_string(), f as usize);
+            return Ok(f);
         }
         let prog = *self
             .program_of
@@ -288,7 +319,7 @@ impl GpuDevice {
             Some(&m) => m as Module,
             None => {
                 let src = PROGRAMS.iter().find(|p| p.name == prog).unwrap();
-                let (cubin, _) = compile_cached(&self.nvrtc, self.cache.as_ref(), src, self.arch)?;
+                let (cubin, _) = compile_cached(&self.nvrtc, self.cache.as_ref(), src, self.arch, &self.options(src))?;
                 let mut m: Module = std::ptr::null_mut();
                 // SAFETY: a CUBIN image for this device's architecture.
                 self.check(&format!("loading {prog}"), unsafe { (self.api.module_load)(&mut m, cubin.as_ptr() as *const c_void) })?;
@@ -341,7 +372,7 @@ impl GpuDevice {
         let cubins: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
             let jobs: Vec<_> = PROGRAMS
                 .iter()
-                .map(|p| s.spawn(move || compile_cached(&this.nvrtc, this.cache.as_ref(), p, this.arch).map(|c| c.0)))
+                .map(|p| s.spawn(move || compile_cached(&this.nvrtc, this.cache.as_ref(), p, this.arch, &this.options(p)).map(|c| c.0)))
                 .collect();
             jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(Error::internal("kernel compilation panicked")))).collect()
         });
@@ -366,6 +397,40 @@ impl GpuDevice {
             }
         }
         Ok(n)
+    }
+
+    /// Compiles (side by side, through the CUBIN cache) and loads mmvq.cu for each of `shapes`,
+    /// whose kernels are then launched as `kernel@label` (`MmvqShape::label`), e.g.
+    /// `mul_mat_vec_q4_k@4x1x1`: for comparing block shapes in one process. Returns each
+    /// shape's compile seconds (None when the CUBIN came from the cache).
+    pub fn load_mmvq_variants(&self, shapes: &[MmvqShape]) -> Result<Vec<Option<f64>>> {
+        self.current()?;
+        let src = PROGRAMS.iter().find(|p| p.name == "mmvq.cu").ok_or_else(|| Error::internal("mmvq.cu is not embedded"))?;
+        let this = self;
+        let cubins: Vec<Result<(Vec<u8>, Option<f64>)>> = std::thread::scope(|s| {
+            let jobs: Vec<_> = shapes
+                .iter()
+                .map(|sh| {
+                    s.spawn(move || {
+                        let t = std::time::Instant::now();
+                        let (cubin, origin) = compile_cached(&this.nvrtc, this.cache.as_ref(), src, this.arch, &sh.nvrtc_options())
+                            .map_err(|e| e.context(format!("matvec shape {sh}")))?;
+                        Ok((cubin, (origin == super::cache::Origin::Compiled).then(|| t.elapsed().as_secs_f64())))
+                    })
+                })
+                .collect();
+            jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(Error::internal("kernel compilation panicked")))).collect()
+        });
+        let mut times = Vec::new();
+        for (sh, c) in shapes.iter().zip(cubins) {
+            let (cubin, secs) = c?;
+            let mut m: Module = std::ptr::null_mut();
+            // SAFETY: a CUBIN image for this device's architecture.
+            self.check(&format!("loading mmvq.cu for {sh}"), unsafe { (self.api.module_load)(&mut m, cubin.as_ptr() as *const c_void) })?;
+            self.variants.lock().insert(sh.label(), m as usize);
+            times.push(secs);
+        }
+        Ok(times)
     }
 }
 
@@ -499,6 +564,10 @@ impl Exec for GpuDevice {
 impl Device for GpuDevice {
     fn name(&self) -> String {
         format!("cuda:{} ({}, sm_{})", self.ordinal, self.device_name, self.arch)
+    }
+
+    fn mmvq_shape(&self) -> MmvqShape {
+        self.mmvq
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {

@@ -11,12 +11,14 @@ pub mod driver;
 pub mod gpu;
 pub mod graph;
 pub mod kernels;
+pub mod mmvq_shape;
 pub mod nvrtc;
 
 pub use backend::CudaBackend;
 pub use device::{Device, EmuDevice};
 pub use driver::{cuda_available, devices, DeviceInfo};
 pub use gpu::GpuDevice;
+pub use mmvq_shape::MmvqShape;
 
 /// The CUDA devices when this process can use CUDA (a driver reporting at least one device, and
 /// NVRTC to compile the kernels); otherwise why not. Never panics.
