@@ -1101,9 +1101,12 @@ fn fused_router() {
     let fused = CudaBackend::new(dev.clone()).with_fusion(true);
     let plain = CudaBackend::new(dev.clone()).with_fusion(false);
     let mut rng = Rng(0x7007);
-    let (n_embd, n_ff) = (256usize, 64usize);
-    // 8 experts top-2 (Mixtral), 40 experts top-3 (a second pass over the lanes), 256 top-8.
-    for (ne, k, router_ty) in [(8usize, 2usize, GgmlType::F32), (40, 3, GgmlType::F16), (256, 8, GgmlType::F32)] {
+    // Small experts: the emulator runs a CUDA thread per OS thread, and the router is the point.
+    let (n_embd, n_ff) = (128usize, 32usize);
+    // 8 experts top-2 (Mixtral), 40 top-3 (a second pass over the lanes), 64 top-8 (as many
+    // as a model may have, which the CPU backend's routing relies on), and the kernels' most,
+    // 256 (against moe_router only).
+    for (ne, k, router_ty) in [(8usize, 2usize, GgmlType::F32), (40, 3, GgmlType::F16), (64, 8, GgmlType::F32), (256, 8, GgmlType::F32)] {
         let mut router = rng.vec(ne * n_embd, 0.05);
         // Experts 2 and 5 share a row: equal logits, which must go to the lower id.
         let r2 = router[2 * n_embd..3 * n_embd].to_vec();
@@ -1111,8 +1114,8 @@ fn fused_router() {
         let gate = rng.vec(ne * n_ff * n_embd, 0.1);
         let up = rng.vec(ne * n_ff * n_embd, 0.1);
         let down = rng.vec(ne * n_embd * n_ff, 0.1);
-        // (the emulator runs a CUDA thread per OS thread: the widest case on decode batches only)
-        for t in [1usize, 3, 40].into_iter().filter(|&t| ne < 256 || t < 40) {
+        // (the many-expert cases on decode batches only)
+        for t in [1usize, 3, 40].into_iter().filter(|&t| ne == 8 || t < 40) {
             let mut x = activations(&mut rng, t * n_embd);
             // Token 0 leans on expert 2's row, so the tie is among its top choices.
             for c in 0..n_embd {
@@ -1127,15 +1130,18 @@ fn fused_router() {
             ]);
             let (of, rf) = run_ffn(&fused, &g, ne, k, n_ff, t, n_embd);
             let (op, rp) = run_ffn(&plain, &g, ne, k, n_ff, t, n_embd);
-            let (oc, rc) = run_ffn(&CpuBackend, &g, ne, k, n_ff, t, n_embd);
             assert_eq!(rf, rp, "top-{k} of {ne}, {t} tokens: the fused router chose other experts than moe_router");
             assert!(bits(&of) == bits(&op), "top-{k} of {ne}, {t} tokens: ffn outputs differ from the unfused router's");
-            assert_eq!(rf, rc, "top-{k} of {ne}, {t} tokens: experts differ from the CPU backend's");
             assert_eq!(rf[..2], [2, 5], "top-{k} of {ne}: token 0's tied experts 2 and 5 in the wrong order");
+            if ne > 64 {
+                continue;
+            }
+            let (oc, rc) = run_ffn(&CpuBackend, &g, ne, k, n_ff, t, n_embd);
+            assert_eq!(rf, rc, "top-{k} of {ne}, {t} tokens: experts differ from the CPU backend's (GPU left, CPU right)");
             let d = max_rel(&of, &oc);
             assert!(d < 1e-4, "top-{k} of {ne}, {t} tokens: |GPU - CPU| / max|CPU| = {d}");
         }
-        println!("router top-{k} of {ne} ({router_ty}), 1/3{} tokens: fused = router matvec + moe_router bit for bit, experts = CPU, tie to the lower id", if ne < 256 { "/40" } else { "" });
+        println!("router top-{k} of {ne} ({router_ty}), 1/3{} tokens: fused = router matvec + moe_router bit for bit, experts = {}, tie to the lower id", if ne == 8 { "/40" } else { "" }, if ne > 64 { "moe_router's" } else { "CPU" });
     }
 }
 
@@ -1171,48 +1177,36 @@ impl<D: Device> Device for Counting<D> {
     }
 }
 
-/// tiny-mixtral: a 7-token prompt, then decode steps of one token and of two sequences at once;
-/// logits of every step, and the launches of each decode step by kernel.
+/// tiny-mixtral, decode steps from an empty cache (the emulator runs a CUDA thread per OS
+/// thread, so no long prompt): sequence 0 alone, then sequences 0 and 1 together, in turn, each
+/// feeding back its argmax. Returns the logits of every step; `on_step` runs before each.
 fn decode_run<B: Backend>(be: &B, g: &Arc<Gguf>, hp: &HParams, kv_ty: GgmlType, on_step: &mut dyn FnMut()) -> Vec<Vec<f32>> {
     let w = Weights::load(be, g, hp, &mut |_| true).unwrap();
-    let n_blocks = 4;
-    let layout = KvLayout { n_layer: hp.n_layer, n_slots: n_blocks * KV_BLOCK, n_embd_kv: hp.n_embd_kv(), ty: kv_ty };
+    let layout = KvLayout { n_layer: hp.n_layer, n_slots: 4 * KV_BLOCK, n_embd_kv: hp.n_embd_kv(), ty: kv_ty };
     let mut kv = be.kv_new(&layout).unwrap();
-    // Sequence 0 in blocks 3, 1; sequence 1 (a copy of the prompt's first 5 tokens) in 0, 2.
+    // The sequences' blocks out of order, as a paged cache hands them out.
     let tables: [&[u32]; 2] = [&[3, 1], &[0, 2]];
     let slot = |s: usize, p: u32| tables[s][p as usize / KV_BLOCK] * KV_BLOCK as u32 + p % KV_BLOCK as u32;
     let mut s = Scratch::new(be);
-    let mut out = Vec::new();
-    let step = |toks: &[(usize, u32, u32)], s: &mut Scratch<B>, kv: &mut B::Kv| {
-        let tokens: Vec<u32> = toks.iter().map(|t| t.1).collect();
-        let pos: Vec<u32> = toks.iter().map(|t| t.2).collect();
-        let tok_seq: Vec<u32> = toks.iter().map(|t| t.0 as u32).collect();
-        let slots: Vec<u32> = toks.iter().map(|t| slot(t.0, t.2)).collect();
-        let out_rows: Vec<u32> = (0..toks.len() as u32).collect();
-        let b = Batch { tokens: &tokens, pos: &pos, slots: &slots, tok_seq: &tok_seq, tables: &tables, out_rows: &out_rows };
-        let mut logits = vec![0f32; toks.len() * hp.n_vocab];
-        forward(be, &w, hp, &hp.rope, kv, &b, s, &mut || true, None, &mut logits).unwrap();
-        logits
-    };
-    let prompt = [1u32, 832, 165, 251, 189, 895, 149];
-    let p0: Vec<(usize, u32, u32)> = prompt.iter().enumerate().map(|(i, &t)| (0, t, i as u32)).collect();
-    let p1: Vec<(usize, u32, u32)> = prompt[..5].iter().enumerate().map(|(i, &t)| (1, t, i as u32)).collect();
-    out.push(step(&p0, &mut s, &mut kv));
-    out.push(step(&p1, &mut s, &mut kv));
     let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b }) as u32;
-    let (mut t0, mut t1) = (argmax(&out[0][6 * hp.n_vocab..]), argmax(&out[1][4 * hp.n_vocab..]));
-    for i in 0..4u32 {
+    let (mut tok, mut pos) = ([1u32, 832], [0u32, 0]);
+    let mut out = Vec::new();
+    for i in 0..4 {
         on_step();
-        let l = if i % 2 == 0 {
-            step(&[(0, t0, 7 + i)], &mut s, &mut kv)
-        } else {
-            step(&[(0, t0, 7 + i), (1, t1, 5 + i)], &mut s, &mut kv)
-        };
-        t0 = argmax(&l[..hp.n_vocab]);
-        if i % 2 == 1 {
-            t1 = argmax(&l[hp.n_vocab..]);
+        let seqs: &[usize] = if i % 2 == 0 { &[0] } else { &[0, 1] };
+        let tokens: Vec<u32> = seqs.iter().map(|&q| tok[q]).collect();
+        let p: Vec<u32> = seqs.iter().map(|&q| pos[q]).collect();
+        let tok_seq: Vec<u32> = seqs.iter().map(|&q| q as u32).collect();
+        let slots: Vec<u32> = seqs.iter().map(|&q| slot(q, pos[q])).collect();
+        let out_rows: Vec<u32> = (0..seqs.len() as u32).collect();
+        let b = Batch { tokens: &tokens, pos: &p, slots: &slots, tok_seq: &tok_seq, tables: &tables, out_rows: &out_rows };
+        let mut logits = vec![0f32; seqs.len() * hp.n_vocab];
+        forward(be, &w, hp, &hp.rope, &mut kv, &b, &mut s, &mut || true, None, &mut logits).unwrap();
+        for (r, &q) in seqs.iter().enumerate() {
+            tok[q] = argmax(&logits[r * hp.n_vocab..(r + 1) * hp.n_vocab]);
+            pos[q] += 1;
         }
-        out.push(l);
+        out.push(logits);
     }
     out
 }
@@ -1233,20 +1227,21 @@ fn fused_decode_step_launches_and_bits() {
         for fuse in [false, true] {
             let cd = Arc::new(Counting { inner: dev.clone(), launches: Mutex::new(BTreeMap::new()) });
             let be = CudaBackend::new(cd.clone()).with_fusion(fuse);
-            // The launches of the first one-token decode step.
+            // The launches of a one-token step (the third: its cache is not empty).
             let mut seen = 0;
-            let mut first: Option<BTreeMap<String, usize>> = None;
+            let mut one: Option<BTreeMap<String, usize>> = None;
             let l = decode_run(&be, &g, &hp, kv_ty, &mut || {
                 let c = std::mem::take(&mut *cd.launches.lock().unwrap());
-                if seen == 1 {
-                    first = Some(c);
+                if seen == 3 {
+                    one = Some(c);
                 }
                 seen += 1;
             });
-            counts.push(first.unwrap());
+            counts.push(one.unwrap());
             logits.push(l);
         }
         let cpu = decode_run(&CpuBackend, &g, &hp, kv_ty, &mut || {});
+        assert_eq!(logits[0].len(), cpu.len());
         for (i, ((f, p), c)) in logits[1].iter().zip(&logits[0]).zip(&cpu).enumerate() {
             assert!(bits(f) == bits(p), "{variant} step {i}: logits of the fused decode differ from the unfused");
             let d = f.iter().zip(c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
@@ -1259,8 +1254,9 @@ fn fused_decode_step_launches_and_bits() {
         println!("{variant} decode step ({} layers): {before} launches unfused, {after} fused", hp.n_layer);
         println!("  unfused: {}", show(&counts[0]));
         println!("  fused:   {}", show(&counts[1]));
-        // Besides the layers: the embedding, the first norm, the output norm and matmul.
+        // Besides the layers: the embedding, the first norm, the output norm and matmul. The
+        // last layer's add stays apart from the output norm (one saving less).
         assert!(per_layer(&counts[1]) <= most, "{variant}: {after} launches per decode step: {}", show(&counts[1]));
-        assert!(before - after >= saved * hp.n_layer, "{variant}: the fusions saved only {} launches", before - after);
+        assert!(before - after >= saved * hp.n_layer - 1, "{variant}: the fusions saved only {} launches", before - after);
     }
 }
