@@ -443,16 +443,18 @@ impl<D: Device> Device for Counting<D> {
     }
 }
 
-/// Decode steps of tiny-mixtral (Q8_0) on the GPU after a 7-token prompt: the launches of one
-/// step by kernel, and the wall time of a step (the shapes are tiny, so this is the fixed cost
-/// per step: launches, uploads, the logits download).
-fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path) {
+/// Decode steps of tiny-mixtral (Q8_0) on the GPU after a 7-token prompt, with the fused kernels
+/// of the decode step or without: the launches of one step by kernel, and the wall time of a
+/// step (the shapes are tiny, so this is the fixed cost per step: launches, uploads, the logits
+/// download). Returns the logits of every step.
+fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path, fuse: bool) -> Vec<f32> {
     let dir = data.join("tiny-mixtral").join("Q8_0");
     let g = Arc::new(Gguf::open(dir.join("tiny-mixtral-Q8_0.gguf"), true).expect("fixture model"));
     let hp = HParams::from_gguf(&g).unwrap();
     let cd = Arc::new(Counting { inner: dev.clone(), launches: Mutex::new(BTreeMap::new()) });
-    let be = CudaBackend::new(cd.clone());
+    let be = CudaBackend::new(cd.clone()).with_fusion(fuse);
     let w = Weights::load(&be, &g, &hp, &mut |_| true).unwrap();
+    let mut all = Vec::new();
     const STEPS: usize = 20;
     let prompt = [1u32, 832, 165, 251, 189, 895, 149];
     let n_max = prompt.len() + STEPS + 1;
@@ -463,7 +465,7 @@ fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path) {
     let slot = |p: u32| table[p as usize / KV_BLOCK] * KV_BLOCK as u32 + p % KV_BLOCK as u32;
     let tables: [&[u32]; 1] = [&table];
     let mut s = Scratch::new(&be);
-    let step = |tokens: &[u32], p0: u32, s: &mut Scratch<CudaBackend<Counting<D>>>, kv: &mut _| -> u32 {
+    let mut step = |tokens: &[u32], p0: u32, s: &mut Scratch<CudaBackend<Counting<D>>>, kv: &mut _| -> u32 {
         let n = tokens.len() as u32;
         let pos: Vec<u32> = (p0..p0 + n).collect();
         let slots: Vec<u32> = pos.iter().map(|&p| slot(p)).collect();
@@ -472,7 +474,9 @@ fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path) {
         let b = Batch { tokens, pos: &pos, slots: &slots, tok_seq: &tok_seq, tables: &tables, out_rows: &out_rows };
         let mut logits = vec![0f32; hp.n_vocab];
         forward(&be, &w, &hp, &hp.rope, kv, &b, s, &mut || true, None, &mut logits).unwrap();
-        argmax(&logits) as u32
+        let t = argmax(&logits) as u32;
+        all.extend_from_slice(&logits);
+        t
     };
     let mut tok = step(&prompt, 0, &mut s, &mut kv);
     let mut p = prompt.len() as u32;
@@ -490,13 +494,16 @@ fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path) {
         p += 1;
     }
     let per = t.elapsed().as_secs_f64() / (STEPS - 2) as f64;
+    drop(step);
     println!(
-        "decode step, tiny-mixtral Q8_0 ({} layers): {total} launches ({:.1} per layer, embedding and output included), {:.1} us per step",
+        "decode step{}, tiny-mixtral Q8_0 ({} layers): {total} launches ({:.1} per layer, embedding and output included), {:.1} us per step",
+        if fuse { "" } else { " without the fused kernels" },
         hp.n_layer,
         total as f64 / hp.n_layer as f64,
         per * 1e6
     );
     println!("  {}", counts.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", "));
+    all
 }
 
 fn main() {
@@ -552,7 +559,13 @@ fn main() {
     let gemm = CudaBackend::new(dev.clone()).with_gemm_min_rows(1);
     ok &= parity(&gemm, &data, "Q8_0", GgmlType::F32, 0.15);
     ok &= parity(&gemm, &data, "F16", GgmlType::F16, 1e-2);
-    decode_steps(&dev, &data);
+    // The fused kernels sum as the separate ones do: the same bits, step after step.
+    let unfused = decode_steps(&dev, &data, false);
+    let fused = decode_steps(&dev, &data, true);
+    let same = fused.len() == unfused.len() && fused.iter().zip(&unfused).all(|(a, b)| a.to_bits() == b.to_bits());
+    let d = fused.iter().zip(&unfused).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    println!("{} decode logits with and without the fused kernels: {} (max |diff| {d:.1e})", if d < 1e-3 { "ok  " } else { "FAIL" }, if same { "identical" } else { "not identical" });
+    ok &= d < 1e-3;
     bench(&dev, &data);
     bench_gemm(&dev, &data);
     if let Err(e) = dev.synchronize() {

@@ -105,10 +105,14 @@ __device__ __forceinline__ void xd_attn_split(const float* __restrict__ q, const
 XD_ATTN_KERNEL(attn_split_f32, float)
 XD_ATTN_KERNEL(attn_split_f16, uint16_t)
 
-// out: [n_tokens][n_heads * head_dim]. grid (n_heads, n_tokens); any block size. Every token
-// sees at least one position, so at least one split is non-empty.
-extern "C" __global__ void attn_combine(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
-                                        int n_splits, int head_dim, float* __restrict__ out) {
+// out: [n_tokens][n_heads * head_dim]. grid (n_heads, n_tokens); any block size (a multiple of
+// 32 with out_q). Every token sees at least one position, so at least one split is non-empty.
+// out_q, when not null, receives the q8_1 blocks of out ([n_tokens][n_heads * head_dim / 32]),
+// as quantize_q8_1 makes them for the output projection: head_dim is a multiple of 32, so the
+// 32 values a warp holds in one trip are one block.
+__device__ __forceinline__ void xd_attn_combine(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+                                                int n_splits, int head_dim, float* __restrict__ out,
+                                                xd_q8_1* __restrict__ out_q) {
     const int h = blockIdx.x, tok = blockIdx.y, n_heads = gridDim.x;
     const long long first = ((long long)tok * n_heads + h) * n_splits;
     const float* ml = part_ml + 2 * first;
@@ -122,6 +126,20 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_ml, const
         float a = 0.0f;
         for (int s = 0; s < n_splits; ++s)
             if (ml[2 * s] != neg_inf) a += part_acc[(first + s) * head_dim + c] * expf(ml[2 * s] - mm);
-        out[((long long)tok * n_heads + h) * head_dim + c] = a / ll;
+        const long long at = ((long long)tok * n_heads + h) * head_dim + c;
+        const float o = a / ll;
+        out[at] = o;
+        if (out_q) xd_quantize_warp_q8_1(o, out_q + at / XD_WARP);
     }
+}
+
+extern "C" __global__ void attn_combine(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+                                        int n_splits, int head_dim, float* __restrict__ out) {
+    xd_attn_combine(part_ml, part_acc, n_splits, head_dim, out, nullptr);
+}
+
+extern "C" __global__ void attn_combine_q8_1(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
+                                             int n_splits, int head_dim, float* __restrict__ out,
+                                             xd_q8_1* __restrict__ out_q) {
+    xd_attn_combine(part_ml, part_acc, n_splits, head_dim, out, out_q);
 }

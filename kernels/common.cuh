@@ -117,3 +117,25 @@ struct xd_q8_1 {
     float s;
     int qs[8];
 };
+
+// One warp quantizes 32 values (lane i holds v, value i of the block) into `blk`, with the
+// arithmetic of quantize_q8_1 (mmvq.cu), so a kernel that writes an activation can leave its
+// q8_1 blocks beside it, bit for bit what quantize_q8_1 would make of it. Every lane of the
+// warp must call it.
+__device__ __forceinline__ void xd_quantize_warp_q8_1(float v, xd_q8_1* __restrict__ blk) {
+    const int lane = threadIdx.x % XD_WARP;
+    const float amax = xd_warp_max(fabsf(v));
+    const float d = xd_h2f(xd_f2h(amax / 127.0f));
+    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+    const int q = int(rintf(v * id));
+    const int sum = xd_warp_sum_int(q);
+    reinterpret_cast<int8_t*>(blk->qs)[lane] = int8_t(q);
+    if (lane == 0) {
+        blk->d = d;
+        blk->s = d * float(sum);
+    }
+}
+
+// A value into an f32 or f16 KV cache (the KV store and its fusion with RoPE).
+__device__ __forceinline__ void xd_kv_put(float* p, float v) { *p = v; }
+__device__ __forceinline__ void xd_kv_put(uint16_t* p, float v) { *p = xd_f2h(v); }

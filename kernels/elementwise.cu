@@ -33,8 +33,6 @@ extern "C" __global__ void moe_combine(float* __restrict__ out, const float* __r
 
 // Stores row t of k and v ([n_tokens][n_embd_kv]) in slot slots[t] of one layer's cache
 // ([n_slots][n_embd_kv], f32 or f16). grid.x * blockDim.x >= n_tokens * n_embd_kv.
-__device__ __forceinline__ void xd_kv_put(float* p, float v) { *p = v; }
-__device__ __forceinline__ void xd_kv_put(uint16_t* p, float v) { *p = xd_f2h(v); }
 
 template <typename KV>
 __device__ __forceinline__ void xd_kv_store(const float* __restrict__ k, const float* __restrict__ v,

@@ -1,15 +1,28 @@
-// RMSNorm: y = x / sqrt(mean(x^2) + eps) * w, one block per row.
+// RMSNorm: y = x / sqrt(mean(x^2) + eps) * w, one block per row; and its fusions with the
+// residual add before it (x += r) and with the q8_1 quantization of y that the next quantized
+// matmul would launch (yq: the blocks of y, as quantize_q8_1 makes them).
 #include "common.cuh"
 
-// blockDim.x is a multiple of 32, at most 1024.
-extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
-                                    float* __restrict__ y, int n, float eps) {
+// blockDim.x is a multiple of 32, at most 1024. With ADD, r is added to x first and the sum
+// written back; with yq, n is a multiple of 32. The sums run in the same order in every variant,
+// so each gives the bits of its unfused sequence.
+template <bool ADD>
+__device__ __forceinline__ void xd_rms_norm(float* __restrict__ x, const float* __restrict__ r,
+                                            const float* __restrict__ w, float* __restrict__ y,
+                                            xd_q8_1* __restrict__ yq, int n, float eps) {
     __shared__ float partial[32];
-    const float* xr = x + (long long)blockIdx.x * n;
+    float* xr = x + (long long)blockIdx.x * n;
     float* yr = y + (long long)blockIdx.x * n;
     const int lane = threadIdx.x % XD_WARP, warp = threadIdx.x / XD_WARP;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i];
+        if (ADD) {
+            v += r[(long long)blockIdx.x * n + i];
+            xr[i] = v;
+        }
+        ss += v * v;
+    }
     ss = xd_warp_sum(ss);
     if (lane == 0) partial[warp] = ss;
     __syncthreads();
@@ -17,5 +30,29 @@ extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __
     const int nwarps = blockDim.x / XD_WARP;
     ss = xd_warp_sum(lane < nwarps ? partial[lane] : 0.0f);
     const float scale = rsqrtf(ss / float(n) + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x) yr[i] = xr[i] * scale * w[i];
+    // With n a multiple of 32 a warp's lanes share the loop's trip count, and the 32 values a
+    // warp holds in one trip are one q8_1 block.
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = xr[i] * scale * w[i];
+        yr[i] = v;
+        if (yq) xd_quantize_warp_q8_1(v, yq + ((long long)blockIdx.x * n + i) / XD_WARP);
+    }
+}
+
+extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
+                                    float* __restrict__ y, int n, float eps) {
+    xd_rms_norm<false>(const_cast<float*>(x), nullptr, w, y, nullptr, n, eps);
+}
+
+// rms_norm that also writes yq ([rows][n / 32] blocks).
+extern "C" __global__ void rms_norm_q8_1(const float* __restrict__ x, const float* __restrict__ w,
+                                         float* __restrict__ y, xd_q8_1* __restrict__ yq, int n, float eps) {
+    xd_rms_norm<false>(const_cast<float*>(x), nullptr, w, y, yq, n, eps);
+}
+
+// x += r, then y = rms_norm(x) * w; yq ([rows][n / 32] blocks) may be null.
+extern "C" __global__ void add_rms_norm(float* __restrict__ x, const float* __restrict__ r,
+                                        const float* __restrict__ w, float* __restrict__ y,
+                                        xd_q8_1* __restrict__ yq, int n, float eps) {
+    xd_rms_norm<true>(x, r, w, y, yq, n, eps);
 }

@@ -1,20 +1,20 @@
 // MoE router: softmax over the experts' logits, the k most probable experts (ties go to the
-// lowest expert id), their probabilities renormalised to sum to 1. One warp per token.
+// lowest expert id), their probabilities renormalised to sum to 1. moe_router takes the logits
+// (one warp per token); moe_route_f32 / moe_route_f16 compute them first, the router matvec and
+// the routing in one launch (one block per token).
 #include "common.cuh"
 
 #define XD_ROUTER_MAX_PER_LANE 8  // up to 256 experts
+#define XD_ROUTE_WARPS 4          // blockDim.x of moe_route_*: 32 * XD_ROUTE_WARPS
 
-// logits: [n_tokens][n_expert]; ids, weights: [n_tokens][k]; probs (optional, may be null):
-// [n_tokens][n_expert], the softmax before selection. blockDim.x is a multiple of 32.
-extern "C" __global__ void moe_router(const float* __restrict__ logits, int n_tokens, int n_expert, int k,
-                                      int* __restrict__ ids, float* __restrict__ weights,
-                                      float* __restrict__ probs) {
+// The routing of one token by one warp: lg its n_expert logits; writes ids and weights (k each)
+// and, when probs is not null, the softmax (n_expert). A warp with live false runs the
+// shuffles with the others and writes nothing.
+__device__ __forceinline__ void xd_route_top_k(const float* lg, int n_expert, int k, bool live,
+                                               int* __restrict__ ids, float* __restrict__ weights,
+                                               float* __restrict__ probs) {
     const int lane = threadIdx.x % XD_WARP;
-    const int token = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
-    // A warp past the last token still runs the shuffles below with the others of its block.
-    const bool live = token < n_tokens;
     const float neg_inf = __int_as_float(0xff800000);
-    const float* lg = logits + (long long)(live ? token : 0) * n_expert;
 
     float p[XD_ROUTER_MAX_PER_LANE];
     float mx = neg_inf;
@@ -37,7 +37,7 @@ extern "C" __global__ void moe_router(const float* __restrict__ logits, int n_to
     for (int j = 0; j < XD_ROUTER_MAX_PER_LANE; ++j) {
         const int e = lane + XD_WARP * j;
         p[j] /= sum;
-        if (live && probs && e < n_expert) probs[(long long)token * n_expert + e] = p[j];
+        if (live && probs && e < n_expert) probs[e] = p[j];
     }
 
     // k rounds of a warp arg-max over the experts not yet taken; the order (larger
@@ -67,10 +67,62 @@ extern "C" __global__ void moe_router(const float* __restrict__ logits, int n_to
         if (best_id % XD_WARP == lane) taken |= 1u << (best_id / XD_WARP);
         chosen_sum += best;
         if (live && lane == 0) {
-            ids[(long long)token * k + r] = best_id;
-            weights[(long long)token * k + r] = best;
+            ids[r] = best_id;
+            weights[r] = best;
         }
     }
     if (live && lane == 0)
-        for (int r = 0; r < k; ++r) weights[(long long)token * k + r] /= chosen_sum;
+        for (int r = 0; r < k; ++r) weights[r] /= chosen_sum;
+}
+
+// logits: [n_tokens][n_expert]; ids, weights: [n_tokens][k]; probs (optional, may be null):
+// [n_tokens][n_expert], the softmax before selection. blockDim.x is a multiple of 32.
+extern "C" __global__ void moe_router(const float* __restrict__ logits, int n_tokens, int n_expert, int k,
+                                      int* __restrict__ ids, float* __restrict__ weights,
+                                      float* __restrict__ probs) {
+    const int token = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
+    // A warp past the last token still runs the shuffles below with the others of its block.
+    const bool live = token < n_tokens;
+    const long long t = live ? token : 0;
+    xd_route_top_k(logits + t * n_expert, n_expert, k, live, ids + t * k, weights + t * k,
+                   probs ? probs + t * n_expert : nullptr);
+}
+
+// The router matvec and the routing of one token per block: logits[e] = dot(w[e], x[token]) as
+// mul_mat_vec_f32 / _f16 sum them (lane-strided, then the warp sum), so the logits and hence
+// the choices are those of the two launches; then warp 0 routes them as moe_router does.
+// w: [n_expert][ncols] (f32 or f16); x: [n_tokens][ncols]; ids, weights: [n_tokens][k].
+// grid (n_tokens); blockDim.x = 32 * XD_ROUTE_WARPS.
+__device__ __forceinline__ float xd_route_w(const float* w, long long i) { return w[i]; }
+__device__ __forceinline__ float xd_route_w(const uint16_t* w, long long i) { return xd_h2f(w[i]); }
+
+template <typename W>
+__device__ __forceinline__ void xd_route(const W* __restrict__ w, const float* __restrict__ x, int ncols,
+                                         int n_expert, int k, int* __restrict__ ids,
+                                         float* __restrict__ weights) {
+    __shared__ float s_logits[XD_ROUTER_MAX_PER_LANE * XD_WARP];
+    const int lane = threadIdx.x % XD_WARP, warp = threadIdx.x / XD_WARP;
+    const long long t = blockIdx.x;
+    const float* xs = x + t * ncols;
+    for (int e = warp; e < n_expert; e += XD_ROUTE_WARPS) {
+        const long long row = (long long)e * ncols;
+        float acc = 0.0f;
+        for (int i = lane; i < ncols; i += XD_WARP) acc += xd_route_w(w, row + i) * xs[i];
+        acc = xd_warp_sum(acc);
+        if (lane == 0) s_logits[e] = acc;
+    }
+    __syncthreads();
+    if (warp == 0) xd_route_top_k(s_logits, n_expert, k, true, ids + t * k, weights + t * k, nullptr);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * XD_ROUTE_WARPS)
+    moe_route_f32(const float* __restrict__ w, const float* __restrict__ x, int ncols, int n_expert, int k,
+                  int* __restrict__ ids, float* __restrict__ weights) {
+    xd_route(w, x, ncols, n_expert, k, ids, weights);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * XD_ROUTE_WARPS)
+    moe_route_f16(const uint16_t* __restrict__ w, const float* __restrict__ x, int ncols, int n_expert, int k,
+                  int* __restrict__ ids, float* __restrict__ weights) {
+    xd_route(w, x, ncols, n_expert, k, ids, weights);
 }

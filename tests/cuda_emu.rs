@@ -6,11 +6,29 @@
 //! small shapes, under AddressSanitizer and ThreadSanitizer, and a copy of RMSNorm with its
 //! `__syncthreads()` removed must be reported by ThreadSanitizer.
 //!
+//! Then the fused ops of the decode step through the CUDA backend on the emulator (the library
+//! of tests/emu_lib), against the same backend with each op its own launch and against the CPU
+//! backend; and the launches of a decode step, fused and not.
+//!
 //! The harness (tests/cuda_emu/harness.cpp) runs one operation per process: inputs and
 //! outputs are raw arrays in a scratch folder under the target directory.
 
+mod emu_lib;
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use xdan::backend::cpu::CpuBackend;
+use xdan::backend::cuda::backend::{CudaAct, GEMM_MIN_ROWS};
+use xdan::backend::cuda::device::{Arg, DevPtr, Device};
+use xdan::backend::cuda::{CudaBackend, EmuDevice};
+use xdan::backend::{Backend, Ffn, KvLayout, RopeParams, KV_BLOCK};
+use xdan::gguf::{Gguf, GgufWriter};
+use xdan::model::forward::{forward, Batch, Scratch};
+use xdan::model::{HParams, Weights};
+use xdan::quant::{quantize_weights, GgmlType};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -923,4 +941,388 @@ fn tsan_catches_missing_syncthreads_in_gemm() {
     assert!(err.contains("WARNING: ThreadSanitizer: data race"), "TSan did not report the missing barrier (status {}):\n{err}", out.status);
     assert!(err.contains("xd_gemm"), "the race report should point into the GEMM:\n{err}");
     println!("TSan reported the removed __syncthreads in the GEMM (exit status {})", out.status);
+}
+
+// ---- the fused ops of the decode step, through the backend -----------------------------------
+//
+// The CUDA backend on the emulator with its fused kernels (add + RMSNorm + q8_1, RoPE + KV
+// store, attention output + q8_1, router matvec + top-k) against the same backend running each
+// op as its own launch, which must give the same bits, and against the CPU backend.
+
+
+fn emu_device() -> Arc<EmuDevice> {
+    let lib = emu_lib::emulator_lib("cuda-emu/backend-lib");
+    Arc::new(EmuDevice::open(lib.to_str().unwrap()).unwrap())
+}
+
+/// A GGUF in memory holding f32 `tensors` (name, dims in GGML order, values), stored as `ty`.
+fn gguf_f32(tensors: &[(&str, Vec<u64>, GgmlType, &[f32])]) -> Arc<Gguf> {
+    let mut w = GgufWriter::new();
+    for (name, dims, ty, v) in tensors {
+        let mut bytes = Vec::new();
+        quantize_weights(*ty, v, &mut bytes).unwrap();
+        w.add_tensor(name, dims, *ty, bytes).unwrap();
+    }
+    Arc::new(Gguf::from_bytes(w.to_bytes()).unwrap())
+}
+
+fn act_rows<B: Backend>(be: &B, a: &B::Act, rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    for r in 0..rows {
+        be.act_read_row(a, r, &mut out[r * cols..(r + 1) * cols]).unwrap();
+    }
+    out
+}
+
+/// The F32 table `name` of `g` (rows of `cols`) as an activation of `be`, rows `ids`.
+fn act_of<B: Backend>(be: &B, g: &Arc<Gguf>, name: &str, ids: &[u32]) -> B::Act {
+    let table = be.weight(g, g.tensor(name).unwrap()).unwrap();
+    let mut a = be.act_new();
+    be.embed(&table, ids, &mut a).unwrap();
+    a
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+}
+
+/// add_rms_norm, then a Q8_0 matmul of the normed rows (which reads the q8_1 shadow on the
+/// fused backend); then the shadow made stale by each way of rewriting the rows, each followed
+/// by the matmul again. Returns every intermediate result.
+fn norm_sequence<B: Backend>(be: &B, g: &Arc<Gguf>, rows: usize, n: usize, check_shadow: &dyn Fn(&B::Act) -> Option<bool>) -> Vec<Vec<f32>> {
+    let ids: Vec<u32> = (0..rows as u32).collect();
+    let mut x = act_of(be, g, "x", &ids);
+    let y = act_of(be, g, "y", &ids);
+    let w = be.weight(g, g.tensor("norm").unwrap()).unwrap();
+    let wq = be.weight(g, g.tensor("wq").unwrap()).unwrap();
+    let nq = g.tensor("wq").unwrap().n_rows() as usize;
+    let mut out = be.act_new();
+    let mut mm = be.act_new();
+    let mut res = Vec::new();
+    let shadow = |a: &B::Act, want: bool, when: &str| {
+        if let Some(has) = check_shadow(a) {
+            assert_eq!(has, want && n % 32 == 0, "q8_1 shadow {when}");
+        }
+    };
+    be.add_rms_norm(&mut x, &y, &w, 1e-5, &mut out).unwrap();
+    shadow(&out, true, "after add_rms_norm");
+    shadow(&x, false, "of the residual after add_rms_norm");
+    res.push(act_rows(be, &x, rows, n));
+    res.push(act_rows(be, &out, rows, n));
+    be.matmul(&out, &[&wq], &mut [&mut mm]).unwrap();
+    res.push(act_rows(be, &mm, rows, nq));
+    // Stale: rewritten in place by an add.
+    be.add(&mut out, &y).unwrap();
+    shadow(&out, false, "after an in-place add");
+    be.matmul(&out, &[&wq], &mut [&mut mm]).unwrap();
+    res.push(act_rows(be, &mm, rows, nq));
+    // Stale: rewritten in place by RoPE (heads of 32).
+    let rope = RopeParams { n_rot: 32, freq_base: 10000.0, freq_scale: 1.0, freq_factors: None };
+    if n % 32 == 0 {
+        be.rope(&mut out, n / 32, &ids.iter().map(|i| 3 * i + 1).collect::<Vec<_>>(), &rope).unwrap();
+        shadow(&out, false, "after RoPE");
+        be.matmul(&out, &[&wq], &mut [&mut mm]).unwrap();
+        res.push(act_rows(be, &mm, rows, nq));
+    }
+    // A fresh shadow from rms_norm, then stale: rewritten whole, with another row count.
+    be.rms_norm(&x, &w, 1e-5, &mut out).unwrap();
+    shadow(&out, true, "after rms_norm");
+    be.matmul(&out, &[&wq], &mut [&mut mm]).unwrap();
+    res.push(act_rows(be, &mm, rows, nq));
+    let fewer: Vec<u32> = ids.iter().rev().skip(rows / 2).copied().collect();
+    let table = be.weight(g, g.tensor("y").unwrap()).unwrap();
+    be.embed(&table, &fewer, &mut out).unwrap();
+    shadow(&out, false, "after embed");
+    be.matmul(&out, &[&wq], &mut [&mut mm]).unwrap();
+    res.push(act_rows(be, &mm, fewer.len(), nq));
+    // And stale by act_resize alone (the next writer is the GEMM-free matmul's input).
+    be.rms_norm(&x, &w, 1e-5, &mut out).unwrap();
+    be.act_resize(&mut out, rows, n).unwrap();
+    shadow(&out, false, "after act_resize");
+    res
+}
+
+#[test]
+fn fused_norm_and_q8_1_shadow() {
+    let dev = emu_device();
+    let fused = CudaBackend::new(dev.clone()).with_fusion(true);
+    let plain = CudaBackend::new(dev.clone()).with_fusion(false);
+    let mut rng = Rng(0xf05e);
+    // Rows of whole q8_1 blocks (the shadow is made) and not (it is not); 1 and 3 rows (decode),
+    // 40 (a prefill-sized batch through the same kernels).
+    for (n, rows) in [(256usize, 1usize), (256, 3), (256, 40), (1024, 2), (48, 3)] {
+        let x = activations(&mut rng, 40 * n);
+        let y = rng.vec(40 * n, 2.0);
+        let norm: Vec<f32> = (0..n).map(|_| 1.0 + 0.5 * rng.next()).collect();
+        let wq = rng.vec(24 * n, 0.1);
+        let g = gguf_f32(&[
+            ("x", vec![n as u64, 40], GgmlType::F32, &x),
+            ("y", vec![n as u64, 40], GgmlType::F32, &y),
+            ("norm", vec![n as u64], GgmlType::F32, &norm),
+            ("wq", vec![n as u64, 24], if n % 32 == 0 { GgmlType::Q8_0 } else { GgmlType::F32 }, &wq),
+        ]);
+        let shadow = |a: &CudaAct<EmuDevice>| Some(a.has_q8_shadow());
+        let f = norm_sequence(&fused, &g, rows, n, &shadow);
+        let no_shadow = |a: &CudaAct<EmuDevice>| {
+            assert!(!a.has_q8_shadow(), "the unfused backend made a q8_1 shadow");
+            None
+        };
+        let p = norm_sequence(&plain, &g, rows, n, &no_shadow);
+        let c = norm_sequence(&CpuBackend, &g, rows, n, &|_| None);
+        assert_eq!(f.len(), p.len());
+        for (i, ((a, b), cpu)) in f.iter().zip(&p).zip(&c).enumerate() {
+            assert!(bits(a) == bits(b), "n {n}, {rows} rows, result {i}: the fused ops differ from the separate ones");
+            // The CPU sums in another order; its Q8_0 matmul quantizes the same integers. From
+            // 32 rows on the matmuls (results 2 on) go through the GEMM, which rounds weights
+            // and activations to f16.
+            let tol = if rows >= GEMM_MIN_ROWS && i >= 2 { 1e-2 } else { 2e-5 };
+            let d = max_rel(a, cpu);
+            assert!(d < tol, "n {n}, {rows} rows, result {i}: |GPU - CPU| / max|CPU| = {d} (> {tol})");
+        }
+        println!("add_rms_norm (+ q8_1 shadow) n {n}, {rows} rows: fused = separate ops bit for bit, = CPU, stale shadows dropped");
+    }
+}
+
+fn rope_kv_sequence<B: Backend>(be: &B, g: &Arc<Gguf>, fused: bool, nh: usize, nkv: usize, hd: usize, p: &RopeParams, kv_ty: GgmlType) -> (Vec<f32>, Vec<f32>, Vec<u8>) {
+    let pos = [3u32, 100, 7, 4000];
+    let slots = [5u32, 17, 40, 6];
+    let ids: Vec<u32> = (0..pos.len() as u32).collect();
+    let mut q = act_of(be, g, "q", &ids);
+    let mut k = act_of(be, g, "k", &ids);
+    let v = act_of(be, g, "v", &ids);
+    let layout = KvLayout { n_layer: 2, n_slots: 4 * KV_BLOCK, n_embd_kv: nkv * hd, ty: kv_ty };
+    let mut kv = be.kv_new(&layout).unwrap();
+    if fused {
+        be.rope_kv_store(&mut q, &mut k, &v, nh, nkv, &pos, p, &mut kv, 1, &slots).unwrap();
+    } else {
+        be.rope(&mut q, nh, &pos, p).unwrap();
+        be.rope(&mut k, nkv, &pos, p).unwrap();
+        be.kv_store(&mut kv, 1, &slots, &k, &v).unwrap();
+    }
+    let mut cache = Vec::new();
+    be.kv_export(&kv, 1, &slots, &mut cache).unwrap();
+    (act_rows(be, &q, pos.len(), nh * hd), act_rows(be, &k, pos.len(), nkv * hd), cache)
+}
+
+#[test]
+fn fused_rope_kv_store() {
+    let dev = emu_device();
+    let fused = CudaBackend::new(dev.clone()).with_fusion(true);
+    let plain = CudaBackend::new(dev.clone()).with_fusion(false);
+    let mut rng = Rng(0x40be);
+    // Whole heads rotated; half of each head with frequency factors; f32 and f16 caches.
+    for (nh, nkv, hd, n_rot, factors, kv_ty) in [
+        (8usize, 2usize, 32usize, 32usize, false, GgmlType::F32),
+        (4, 4, 64, 32, true, GgmlType::F16),
+        (6, 2, 64, 64, false, GgmlType::F16),
+    ] {
+        let ff = factors.then(|| (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.5).collect());
+        let p = RopeParams { n_rot, freq_base: 10000.0, freq_scale: 0.5, freq_factors: ff };
+        let (q, k, v) = (rng.vec(4 * nh * hd, 1.0), rng.vec(4 * nkv * hd, 1.0), rng.vec(4 * nkv * hd, 1.0));
+        let g = gguf_f32(&[
+            ("q", vec![(nh * hd) as u64, 4], GgmlType::F32, &q),
+            ("k", vec![(nkv * hd) as u64, 4], GgmlType::F32, &k),
+            ("v", vec![(nkv * hd) as u64, 4], GgmlType::F32, &v),
+        ]);
+        let f = rope_kv_sequence(&fused, &g, true, nh, nkv, hd, &p, kv_ty);
+        let s = rope_kv_sequence(&plain, &g, false, nh, nkv, hd, &p, kv_ty);
+        let c = rope_kv_sequence(&CpuBackend, &g, true, nh, nkv, hd, &p, kv_ty);
+        assert!(bits(&f.0) == bits(&s.0) && bits(&f.1) == bits(&s.1), "{nh}/{nkv}x{hd}: rotated Q/K differ from rope_norm's");
+        assert!(f.2 == s.2, "{nh}/{nkv}x{hd}: the stored K/V rows differ from kv_store's");
+        let dec = |b: &[u8]| -> Vec<f32> {
+            if kv_ty == GgmlType::F16 {
+                b.chunks_exact(2).map(|c| xdan::quant::block::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
+            } else {
+                f32s(b)
+            }
+        };
+        let dq = max_rel(&f.0, &c.0).max(max_rel(&f.1, &c.1));
+        let dc = max_rel(&dec(&f.2), &dec(&c.2));
+        // The CPU's angles follow llama.cpp's f32 recurrence, the GPU's are computed in double:
+        // at position 4000 they part by about 1e-5 of the values (f16 cache: its rounding).
+        let tol_c = if kv_ty == GgmlType::F16 { 1e-3 } else { 2e-4 };
+        assert!(dq < 2e-4 && dc < tol_c, "{nh}/{nkv}x{hd}: vs the CPU backend, Q/K {dq}, cache {dc}");
+        println!("rope_kv_store {nh} heads / {nkv} KV heads of {hd}, n_rot {n_rot}, KV {kv_ty}: = rope, rope, kv_store bit for bit; vs CPU {dq:.1e} (Q/K), {dc:.1e} (cache)");
+    }
+}
+
+fn run_ffn<B: Backend>(be: &B, g: &Arc<Gguf>, ne: usize, k: usize, n_ff: usize, t: usize, n_embd: usize) -> (Vec<f32>, Vec<u32>) {
+    let wt = |n: &str| be.weight(g, g.tensor(n).unwrap()).unwrap();
+    let f = Ffn { router: Some(wt("router")), gate: wt("gate"), up: wt("up"), down: wt("down"), n_expert: ne, n_expert_used: k, n_ff };
+    let xa = act_of(be, g, "x", &(0..t as u32).collect::<Vec<_>>());
+    let mut out = be.act_new();
+    let mut routes = Vec::new();
+    be.ffn(&xa, &f, &mut out, Some(&mut routes)).unwrap();
+    (act_rows(be, &out, t, n_embd), routes)
+}
+
+#[test]
+fn fused_router() {
+    let dev = emu_device();
+    let fused = CudaBackend::new(dev.clone()).with_fusion(true);
+    let plain = CudaBackend::new(dev.clone()).with_fusion(false);
+    let mut rng = Rng(0x7007);
+    // Small experts: the emulator runs a CUDA thread per OS thread, and the router is the point.
+    let (n_embd, n_ff) = (128usize, 32usize);
+    // 8 experts top-2 (Mixtral), 40 top-3 (a second pass over the lanes), 64 top-8 (as many
+    // as a model may have, which the CPU backend's routing relies on), and the kernels' most,
+    // 256 (against moe_router only).
+    for (ne, k, router_ty) in [(8usize, 2usize, GgmlType::F32), (40, 3, GgmlType::F16), (64, 8, GgmlType::F32), (256, 8, GgmlType::F32)] {
+        let mut router = rng.vec(ne * n_embd, 0.05);
+        // Experts 2 and 5 share a row: equal logits, which must go to the lower id.
+        let r2 = router[2 * n_embd..3 * n_embd].to_vec();
+        router[5 * n_embd..6 * n_embd].copy_from_slice(&r2);
+        let gate = rng.vec(ne * n_ff * n_embd, 0.1);
+        let up = rng.vec(ne * n_ff * n_embd, 0.1);
+        let down = rng.vec(ne * n_embd * n_ff, 0.1);
+        // (the many-expert cases on decode batches only)
+        for t in [1usize, 3, 40].into_iter().filter(|&t| ne == 8 || t < 40) {
+            let mut x = activations(&mut rng, t * n_embd);
+            // Token 0 leans on expert 2's row, so the tie is among its top choices.
+            for c in 0..n_embd {
+                x[c] = 4.0 * r2[c];
+            }
+            let g = gguf_f32(&[
+                ("router", vec![n_embd as u64, ne as u64], router_ty, &router),
+                ("gate", vec![n_embd as u64, (ne * n_ff) as u64], GgmlType::Q8_0, &gate),
+                ("up", vec![n_embd as u64, (ne * n_ff) as u64], GgmlType::Q8_0, &up),
+                ("down", vec![n_ff as u64, (ne * n_embd) as u64], GgmlType::Q8_0, &down),
+                ("x", vec![n_embd as u64, t as u64], GgmlType::F32, &x),
+            ]);
+            let (of, rf) = run_ffn(&fused, &g, ne, k, n_ff, t, n_embd);
+            let (op, rp) = run_ffn(&plain, &g, ne, k, n_ff, t, n_embd);
+            assert_eq!(rf, rp, "top-{k} of {ne}, {t} tokens: the fused router chose other experts than moe_router");
+            assert!(bits(&of) == bits(&op), "top-{k} of {ne}, {t} tokens: ffn outputs differ from the unfused router's");
+            assert_eq!(rf[..2], [2, 5], "top-{k} of {ne}: token 0's tied experts 2 and 5 in the wrong order");
+            if ne > 64 {
+                continue;
+            }
+            let (oc, rc) = run_ffn(&CpuBackend, &g, ne, k, n_ff, t, n_embd);
+            assert_eq!(rf, rc, "top-{k} of {ne}, {t} tokens: experts differ from the CPU backend's (GPU left, CPU right)");
+            let d = max_rel(&of, &oc);
+            assert!(d < 1e-4, "top-{k} of {ne}, {t} tokens: |GPU - CPU| / max|CPU| = {d}");
+        }
+        println!("router top-{k} of {ne} ({router_ty}), 1/3{} tokens: fused = router matvec + moe_router bit for bit, experts = {}, tie to the lower id", if ne == 8 { "/40" } else { "" }, if ne > 64 { "moe_router's" } else { "CPU" });
+    }
+}
+
+/// A device that counts the launches of each kernel (examples/cuda_check.rs counts a decode
+/// step on the GPU the same way).
+struct Counting<D: Device> {
+    inner: Arc<D>,
+    launches: Mutex<BTreeMap<String, usize>>,
+}
+
+impl<D: Device> Device for Counting<D> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn alloc(&self, bytes: usize) -> xdan::Result<DevPtr> {
+        self.inner.alloc(bytes)
+    }
+    unsafe fn free(&self, p: DevPtr) {
+        self.inner.free(p)
+    }
+    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> xdan::Result<()> {
+        self.inner.upload(dst, src)
+    }
+    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> xdan::Result<()> {
+        self.inner.download(src, dst)
+    }
+    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> xdan::Result<()> {
+        self.inner.copy(dst, src, bytes)
+    }
+    unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> xdan::Result<()> {
+        *self.launches.lock().unwrap().entry(name.to_string()).or_default() += 1;
+        self.inner.launch(name, grid, block, smem, args)
+    }
+}
+
+/// tiny-mixtral, decode steps from an empty cache (the emulator runs a CUDA thread per OS
+/// thread, so no long prompt): sequence 0 alone, then sequences 0 and 1 together, in turn, each
+/// feeding back its argmax. Returns the logits of every step; `on_step` runs before each.
+fn decode_run<B: Backend>(be: &B, g: &Arc<Gguf>, hp: &HParams, kv_ty: GgmlType, on_step: &mut dyn FnMut()) -> Vec<Vec<f32>> {
+    let w = Weights::load(be, g, hp, &mut |_| true).unwrap();
+    let layout = KvLayout { n_layer: hp.n_layer, n_slots: 4 * KV_BLOCK, n_embd_kv: hp.n_embd_kv(), ty: kv_ty };
+    let mut kv = be.kv_new(&layout).unwrap();
+    // The sequences' blocks out of order, as a paged cache hands them out.
+    let tables: [&[u32]; 2] = [&[3, 1], &[0, 2]];
+    let slot = |s: usize, p: u32| tables[s][p as usize / KV_BLOCK] * KV_BLOCK as u32 + p % KV_BLOCK as u32;
+    let mut s = Scratch::new(be);
+    let argmax = |v: &[f32]| v.iter().enumerate().fold(0, |b, (i, &x)| if x > v[b] { i } else { b }) as u32;
+    let (mut tok, mut pos) = ([1u32, 832], [0u32, 0]);
+    let mut out = Vec::new();
+    for i in 0..4 {
+        on_step();
+        let seqs: &[usize] = if i % 2 == 0 { &[0] } else { &[0, 1] };
+        let tokens: Vec<u32> = seqs.iter().map(|&q| tok[q]).collect();
+        let p: Vec<u32> = seqs.iter().map(|&q| pos[q]).collect();
+        let tok_seq: Vec<u32> = seqs.iter().map(|&q| q as u32).collect();
+        let slots: Vec<u32> = seqs.iter().map(|&q| slot(q, pos[q])).collect();
+        let out_rows: Vec<u32> = (0..seqs.len() as u32).collect();
+        let b = Batch { tokens: &tokens, pos: &p, slots: &slots, tok_seq: &tok_seq, tables: &tables, out_rows: &out_rows };
+        let mut logits = vec![0f32; seqs.len() * hp.n_vocab];
+        forward(be, &w, hp, &hp.rope, &mut kv, &b, &mut s, &mut || true, None, &mut logits).unwrap();
+        for (r, &q) in seqs.iter().enumerate() {
+            tok[q] = argmax(&logits[r * hp.n_vocab..(r + 1) * hp.n_vocab]);
+            pos[q] += 1;
+        }
+        out.push(logits);
+    }
+    out
+}
+
+#[test]
+fn fused_decode_step_launches_and_bits() {
+    let dev = emu_device();
+    // Per layer at most (Q8_0): QKV, RoPE + KV store, attention (2), wo, add + norm (+ q8_1),
+    // router, gate/up, quantize, down, combine, add + norm; the fusions save three quantizes,
+    // two RoPEs, two adds and a router launch. F16 weights take f32 rows (no quantizes to
+    // save) and their Q, K, V and gate, up, SwiGLU are separate launches.
+    for (variant, kv_ty, most, saved) in [("Q8_0", GgmlType::F32, 12.0, 8), ("F16", GgmlType::F16, 15.0, 5)] {
+        let dir = Path::new(ROOT).join("tests/data/tiny-mixtral").join(variant);
+        let g = Arc::new(Gguf::open(dir.join(format!("tiny-mixtral-{variant}.gguf")), true).unwrap());
+        let hp = HParams::from_gguf(&g).unwrap();
+        let mut counts = Vec::new();
+        let mut logits = Vec::new();
+        for fuse in [false, true] {
+            let cd = Arc::new(Counting { inner: dev.clone(), launches: Mutex::new(BTreeMap::new()) });
+            let be = CudaBackend::new(cd.clone()).with_fusion(fuse);
+            // The launches of a one-token step (the third: its cache is not empty).
+            let mut seen = 0;
+            let mut one: Option<BTreeMap<String, usize>> = None;
+            let l = decode_run(&be, &g, &hp, kv_ty, &mut || {
+                let c = std::mem::take(&mut *cd.launches.lock().unwrap());
+                if seen == 3 {
+                    one = Some(c);
+                }
+                seen += 1;
+            });
+            counts.push(one.unwrap());
+            logits.push(l);
+        }
+        let cpu = decode_run(&CpuBackend, &g, &hp, kv_ty, &mut || {});
+        assert_eq!(logits[0].len(), cpu.len());
+        for (i, ((f, p), c)) in logits[1].iter().zip(&logits[0]).zip(&cpu).enumerate() {
+            assert!(bits(f) == bits(p), "{variant} step {i}: logits of the fused decode differ from the unfused");
+            let d = f.iter().zip(c).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let tol = if variant == "Q8_0" { 1e-3 } else { 1e-2 };
+            assert!(d < tol, "{variant} step {i}: logits differ from the CPU backend's by {d} (> {tol})");
+        }
+        let per_layer = |c: &BTreeMap<String, usize>| (c.values().sum::<usize>() as f64 - 4.0) / hp.n_layer as f64;
+        let show = |c: &BTreeMap<String, usize>| c.iter().map(|(k, v)| format!("{k} x{v}")).collect::<Vec<_>>().join(", ");
+        let (before, after) = (counts[0].values().sum::<usize>(), counts[1].values().sum::<usize>());
+        println!("{variant} decode step ({} layers): {before} launches unfused, {after} fused", hp.n_layer);
+        println!("  unfused: {}", show(&counts[0]));
+        println!("  fused:   {}", show(&counts[1]));
+        // Besides the layers: the embedding, the first norm, the output norm and matmul. The
+        // last layer's add stays apart from the output norm (one saving less).
+        assert!(per_layer(&counts[1]) <= most, "{variant}: {after} launches per decode step: {}", show(&counts[1]));
+        assert!(before - after >= saved * hp.n_layer - 1, "{variant}: the fusions saved only {} launches", before - after);
+    }
 }

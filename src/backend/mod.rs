@@ -146,6 +146,12 @@ pub trait Backend: Send + Sync + 'static {
     fn matmul(&self, x: &Self::Act, ws: &[&Self::Weight], outs: &mut [&mut Self::Act]) -> Result<()>;
     /// `x += y`.
     fn add(&self, x: &mut Self::Act, y: &Self::Act) -> Result<()>;
+    /// `x += y`, then `out = rms_norm(x)`: a residual add and the norm of the block after it.
+    /// A device may do both in one pass; the result is that of the two ops.
+    fn add_rms_norm(&self, x: &mut Self::Act, y: &Self::Act, w: &Self::Weight, eps: f32, out: &mut Self::Act) -> Result<()> {
+        self.add(x, y)?;
+        self.rms_norm(x, w, eps, out)
+    }
     /// `out[i] = x[rows[i]]`.
     fn gather_rows(&self, x: &Self::Act, rows: &[u32], out: &mut Self::Act) -> Result<()>;
     /// Rotates each of the `n_head` heads of each row at position `pos[t]`.
@@ -154,6 +160,27 @@ pub trait Backend: Send + Sync + 'static {
     fn kv_new(&self, layout: &KvLayout) -> Result<Self::Kv>;
     /// Stores row `t` of `k`/`v` in slot `slots[t]` of `layer`.
     fn kv_store(&self, kv: &mut Self::Kv, layer: usize, slots: &[u32], k: &Self::Act, v: &Self::Act) -> Result<()>;
+    /// The attention block's RoPE and KV store: `rope(q, n_head)`, `rope(k, n_head_kv)` at
+    /// `pos`, then `kv_store` of `k` and `v`. A device may do all three in one pass; the result
+    /// is that of the three ops.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_store(
+        &self,
+        q: &mut Self::Act,
+        k: &mut Self::Act,
+        v: &Self::Act,
+        n_head: usize,
+        n_head_kv: usize,
+        pos: &[u32],
+        p: &RopeParams,
+        kv: &mut Self::Kv,
+        layer: usize,
+        slots: &[u32],
+    ) -> Result<()> {
+        self.rope(q, n_head, pos, p)?;
+        self.rope(k, n_head_kv, pos, p)?;
+        self.kv_store(kv, layer, slots, k, v)
+    }
     /// Copies the first `n` slots of block `src` to block `dst`, every layer (copy-on-write).
     fn kv_copy_block(&self, kv: &mut Self::Kv, src: u32, dst: u32, n: usize) -> Result<()>;
     /// Appends the raw K then V rows (KV type) of `slots` in `layer` to `out` (for saving).

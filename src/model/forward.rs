@@ -79,24 +79,28 @@ pub fn forward<B: Backend>(
         head_dim: hp.head_dim,
     };
     be.embed(&w.tok_embd, b.tokens, &mut s.x)?;
+    // Each residual add is fused with the norm after it (a device may run the two as one op):
+    // the first layer's attention norm stands alone, the last layer's add too.
+    if let Some(l) = w.layers.first() {
+        be.rms_norm(&s.x, &l.attn_norm, hp.rms_eps, &mut s.xn)?;
+    }
     for (il, l) in w.layers.iter().enumerate() {
         if !abort() {
             return Err(cancelled());
         }
-        // Attention block.
-        be.rms_norm(&s.x, &l.attn_norm, hp.rms_eps, &mut s.xn)?;
+        // Attention block (s.xn holds the normed input).
         be.matmul(&s.xn, &[&l.wq, &l.wk, &l.wv], &mut [&mut s.q, &mut s.k, &mut s.v])?;
-        be.rope(&mut s.q, hp.n_head, b.pos, rope)?;
-        be.rope(&mut s.k, hp.n_head_kv, b.pos, rope)?;
-        be.kv_store(kv, il, b.slots, &s.k, &s.v)?;
+        be.rope_kv_store(&mut s.q, &mut s.k, &s.v, hp.n_head, hp.n_head_kv, b.pos, rope, kv, il, b.slots)?;
         be.attention(kv, il, &s.q, &ab, &mut s.att)?;
         be.matmul(&s.att, &[&l.wo], &mut [&mut s.o])?;
-        be.add(&mut s.x, &s.o)?;
         // Feed-forward block.
-        be.rms_norm(&s.x, &l.ffn_norm, hp.rms_eps, &mut s.xn)?;
+        be.add_rms_norm(&mut s.x, &s.o, &l.ffn_norm, hp.rms_eps, &mut s.xn)?;
         let r = routes.as_deref_mut().map(|r| &mut r[il]);
         be.ffn(&s.xn, &l.ffn, &mut s.o, r)?;
-        be.add(&mut s.x, &s.o)?;
+        match w.layers.get(il + 1) {
+            Some(next) => be.add_rms_norm(&mut s.x, &s.o, &next.attn_norm, hp.rms_eps, &mut s.xn)?,
+            None => be.add(&mut s.x, &s.o)?,
+        }
         debug_assert_eq!(n, b.pos.len());
     }
     if !abort() {

@@ -17,6 +17,8 @@ use crate::quant::GgmlType;
 /// Rows per block of the float matvec kernels (one warp each). The quantized ones launch with
 /// the block shape they were compiled for, [`Device::mmvq_shape`].
 const MATVEC_ROWS: u32 = 4;
+/// Warps per block of the fused router (XD_ROUTE_WARPS in kernels/router.cu).
+const ROUTE_WARPS: u32 = 4;
 /// Positions per attention split.
 const ATTN_SPLIT: usize = 128;
 /// Bytes of one q8_1 activation block (common.cuh: f32 d, f32 s, 32 int8).
@@ -89,9 +91,14 @@ impl<D: Device> CudaWeight<D> {
     }
 }
 
-/// A row-major f32 matrix in device memory.
+/// A row-major f32 matrix in device memory, and optionally its q8_1 "shadow": the blocks that
+/// quantize_q8_1 would make of it, written by the op that wrote the matrix (a norm, attention)
+/// so that the quantized matmul after it need not launch the quantization. The shadow is valid
+/// only until the matrix is written again: resizing and every in-place op drop it.
 pub struct CudaAct<D: Device> {
     buf: Option<DevBuf<D>>,
+    q8: Option<DevBuf<D>>,
+    q8_valid: bool,
     pub rows: usize,
     pub cols: usize,
 }
@@ -99,6 +106,19 @@ pub struct CudaAct<D: Device> {
 impl<D: Device> CudaAct<D> {
     fn ptr(&self) -> DevPtr {
         self.buf.as_ref().map_or(0, |b| b.ptr)
+    }
+
+    /// The q8_1 blocks of the current contents, when an op left them.
+    fn q8_shadow(&self) -> Option<DevPtr> {
+        match (&self.q8, self.q8_valid) {
+            (Some(b), true) => Some(b.ptr),
+            _ => None,
+        }
+    }
+
+    /// Whether the q8_1 shadow of the current contents is there (for tests of its upkeep).
+    pub fn has_q8_shadow(&self) -> bool {
+        self.q8_shadow().is_some()
     }
 }
 
@@ -139,6 +159,9 @@ pub struct CudaBackend<D: Device> {
     dev: Arc<D>,
     scratch: Mutex<Vec<ScratchBuf<D>>>,
     gemm_min_rows: usize,
+    /// Whether the fused kernels of the decode step run (add + RMSNorm + q8_1, RoPE + KV store,
+    /// attention output + q8_1, router matvec + top-k); off, each op is its own launch.
+    fuse: bool,
 }
 
 /// One scratch buffer and, for metadata uploaded into it, the bytes it holds: the same
@@ -189,7 +212,8 @@ impl<D: Device> Scratch<'_, D> {
     }
 }
 
-/// `XDAN_CUDA_NO_FUSION=1` runs QKV and gate/up as separate matvecs (a diagnostic switch).
+/// `XDAN_CUDA_NO_FUSION=1` runs QKV and gate/up as separate matvecs, and every other op of the
+/// decode step as its own launch (a diagnostic switch).
 fn no_fusion() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *V.get_or_init(|| std::env::var("XDAN_CUDA_NO_FUSION").is_ok_and(|v| v == "1"))
@@ -203,7 +227,20 @@ fn to_i32(v: &[u32], what: &str) -> Result<Vec<i32>> {
 
 impl<D: Device> CudaBackend<D> {
     pub fn new(dev: Arc<D>) -> CudaBackend<D> {
-        CudaBackend { dev, scratch: Mutex::new((0..N_SCRATCH).map(|_| ScratchBuf { buf: None, held: None }).collect()), gemm_min_rows: GEMM_MIN_ROWS }
+        CudaBackend {
+            dev,
+            scratch: Mutex::new((0..N_SCRATCH).map(|_| ScratchBuf { buf: None, held: None }).collect()),
+            gemm_min_rows: GEMM_MIN_ROWS,
+            fuse: !no_fusion(),
+        }
+    }
+
+    /// The backend with the fused kernels of the decode step on (the default unless
+    /// `XDAN_CUDA_NO_FUSION=1`) or off: the fused kernels sum in the order of the separate ones,
+    /// so both give the same bits, which the tests check.
+    pub fn with_fusion(mut self, on: bool) -> CudaBackend<D> {
+        self.fuse = on;
+        self
     }
 
     /// The backend with batches of at least `n` rows per matrix (per expert, on average) sent
@@ -236,7 +273,31 @@ impl<D: Device> CudaBackend<D> {
         }
         a.rows = rows;
         a.cols = cols;
+        a.q8_valid = false;
         Ok(())
+    }
+
+    /// Room for the q8_1 shadow of `a` (its current shape), when the fused kernels run and its
+    /// rows are whole blocks; the op that fills it marks it valid after its launch.
+    fn q8_room(&self, a: &mut CudaAct<D>) -> Result<Option<DevPtr>> {
+        a.q8_valid = false;
+        if !self.fuse || a.cols % 32 != 0 {
+            return Ok(None);
+        }
+        let need = a.rows * a.cols / 32 * Q8_1_BYTES;
+        if a.q8.as_ref().map_or(true, |b| b.bytes < need) {
+            a.q8 = None;
+            a.q8 = Some(DevBuf::new(&self.dev, need)?);
+        }
+        Ok(a.q8.as_ref().map(|b| b.ptr))
+    }
+
+    /// The q8_1 rows of `x`: its shadow when valid, else quantized into scratch `s`.
+    fn q8_of(&self, sc: &mut Scratch<'_, D>, s: S, x: &CudaAct<D>) -> Result<DevPtr> {
+        match x.q8_shadow() {
+            Some(p) => Ok(p),
+            None => self.quantize(sc, s, x.ptr(), x.rows, x.cols),
+        }
     }
 
     /// Quantizes `rows` rows of `cols` f32 values at `x` to q8_1 blocks into scratch `s`.
@@ -350,7 +411,7 @@ impl<D: Device> CudaBackend<D> {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             self.resize(out, x.rows, w.rows)?;
         }
-        let xq = self.quantize(sc, S::Xq, x.ptr(), x.rows, x.cols)?;
+        let xq = self.q8_of(sc, S::Xq, x)?;
         let (w2, y2, n2) = if ws.len() == 3 { (ws[2].buf.ptr, outs[2].ptr(), ws[2].rows) } else { (0, 0, 0) };
         let total = ws[0].rows + ws[1].rows + n2;
         let shape = self.dev.mmvq_shape();
@@ -391,6 +452,29 @@ impl<D: Device> CudaBackend<D> {
         Ok(())
     }
 
+    /// The head size of a RoPE over `n_head` heads of `x` at `pos`, or why the shapes do not fit.
+    fn rope_head_dim(x: &CudaAct<D>, n_head: usize, pos: &[u32], p: &RopeParams) -> Result<usize> {
+        if n_head == 0 || x.cols % n_head != 0 || pos.len() != x.rows {
+            return Err(Error::internal(format!("rope: {} heads over rows of {}, {} positions for {} rows", n_head, x.cols, pos.len(), x.rows)));
+        }
+        let hd = x.cols / n_head;
+        if p.n_rot > hd || p.n_rot % 2 != 0 {
+            return Err(Error::unsupported(format!("rope: n_rot {} with heads of {hd}", p.n_rot)));
+        }
+        Ok(hd)
+    }
+
+    /// The positions and the frequency factors (0 when none) on the device.
+    fn rope_upload(sc: &mut Scratch<'_, D>, pos: &[u32], p: &RopeParams) -> Result<(DevPtr, DevPtr)> {
+        let posp = sc.put_i32(S::Pos, &to_i32(pos, "position")?)?;
+        let ff = match &p.freq_factors {
+            Some(f) if f.len() >= p.n_rot / 2 => sc.put_f32(S::FreqFactors, f)?,
+            Some(f) => return Err(Error::format(format!("rope: {} frequency factors for {} pairs", f.len(), p.n_rot / 2))),
+            None => 0,
+        };
+        Ok((posp, ff))
+    }
+
     fn check_slots(kv: &CudaKv<D>, slots: &[u32]) -> Result<()> {
         if let Some(&s) = slots.iter().find(|&&s| s as usize >= kv.layout.n_slots) {
             return Err(Error::internal(format!("KV slot {s} of {}", kv.layout.n_slots)));
@@ -427,7 +511,7 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn act_new(&self) -> CudaAct<D> {
-        CudaAct { buf: None, rows: 0, cols: 0 }
+        CudaAct { buf: None, q8: None, q8_valid: false, rows: 0, cols: 0 }
     }
 
     fn act_resize(&self, a: &mut CudaAct<D>, rows: usize, cols: usize) -> Result<()> {
@@ -474,12 +558,58 @@ impl<D: Device> Backend for CudaBackend<D> {
         if x.rows == 0 {
             return Ok(());
         }
+        // The q8_1 blocks of the output beside it, for the quantized matmul that follows.
+        if let Some(q) = self.q8_room(out)? {
+            self.launch(
+                "rms_norm_q8_1",
+                [x.rows as u32, 1, 1],
+                256,
+                &[Arg::Ptr(x.ptr()), Arg::Ptr(w.buf.ptr), Arg::Ptr(out.ptr()), Arg::Ptr(q), Arg::I32(x.cols as i32), Arg::F32(eps)],
+            )?;
+            out.q8_valid = true;
+            return Ok(());
+        }
         self.launch(
             "rms_norm",
             [x.rows as u32, 1, 1],
             256,
             &[Arg::Ptr(x.ptr()), Arg::Ptr(w.buf.ptr), Arg::Ptr(out.ptr()), Arg::I32(x.cols as i32), Arg::F32(eps)],
         )
+    }
+
+    fn add_rms_norm(&self, x: &mut CudaAct<D>, y: &CudaAct<D>, w: &CudaWeight<D>, eps: f32, out: &mut CudaAct<D>) -> Result<()> {
+        if !self.fuse {
+            self.add(x, y)?;
+            return self.rms_norm(x, w, eps, out);
+        }
+        if x.rows != y.rows || x.cols != y.cols {
+            return Err(Error::internal(format!("add_rms_norm: {}x{} + {}x{}", x.rows, x.cols, y.rows, y.cols)));
+        }
+        if w.ty != GgmlType::F32 || w.cols != x.cols {
+            return Err(Error::unsupported(format!("CUDA rms_norm: weight '{}' is {} of {} values, rows have {}", w.name, w.ty, w.cols, x.cols)));
+        }
+        x.q8_valid = false;
+        self.resize(out, x.rows, x.cols)?;
+        if x.rows == 0 {
+            return Ok(());
+        }
+        let q = self.q8_room(out)?;
+        self.launch(
+            "add_rms_norm",
+            [x.rows as u32, 1, 1],
+            256,
+            &[
+                Arg::Ptr(x.ptr()),
+                Arg::Ptr(y.ptr()),
+                Arg::Ptr(w.buf.ptr),
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(q.unwrap_or(0)),
+                Arg::I32(x.cols as i32),
+                Arg::F32(eps),
+            ],
+        )?;
+        out.q8_valid = q.is_some();
+        Ok(())
     }
 
     fn matmul(&self, x: &CudaAct<D>, ws: &[&CudaWeight<D>], outs: &mut [&mut CudaAct<D>]) -> Result<()> {
@@ -509,7 +639,7 @@ impl<D: Device> Backend for CudaBackend<D> {
                 match xq {
                     Some(p) => p,
                     None => {
-                        let p = self.quantize(&mut sc, S::Xq, x.ptr(), x.rows, x.cols)?;
+                        let p = self.q8_of(&mut sc, S::Xq, x)?;
                         xq = Some(p);
                         p
                     }
@@ -524,6 +654,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         if x.rows != y.rows || x.cols != y.cols {
             return Err(Error::internal(format!("add: {}x{} + {}x{}", x.rows, x.cols, y.rows, y.cols)));
         }
+        x.q8_valid = false;
         let n = x.rows * x.cols;
         if n == 0 {
             return Ok(());
@@ -545,23 +676,13 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn rope(&self, x: &mut CudaAct<D>, n_head: usize, pos: &[u32], p: &RopeParams) -> Result<()> {
-        if n_head == 0 || x.cols % n_head != 0 || pos.len() != x.rows {
-            return Err(Error::internal(format!("rope: {} heads over rows of {}, {} positions for {} rows", n_head, x.cols, pos.len(), x.rows)));
-        }
-        let hd = x.cols / n_head;
-        if p.n_rot > hd || p.n_rot % 2 != 0 {
-            return Err(Error::unsupported(format!("rope: n_rot {} with heads of {hd}", p.n_rot)));
-        }
+        let hd = Self::rope_head_dim(x, n_head, pos, p)?;
+        x.q8_valid = false;
         if x.rows == 0 {
             return Ok(());
         }
         let mut sc = self.scratch();
-        let posp = sc.put_i32(S::Pos, &to_i32(pos, "position")?)?;
-        let ff = match &p.freq_factors {
-            Some(f) if f.len() >= p.n_rot / 2 => sc.put_f32(S::FreqFactors, f)?,
-            Some(f) => return Err(Error::format(format!("rope: {} frequency factors for {} pairs", f.len(), p.n_rot / 2))),
-            None => 0,
-        };
+        let (posp, ff) = Self::rope_upload(&mut sc, pos, p)?;
         self.launch(
             "rope_norm",
             [x.rows as u32, n_head as u32, 1],
@@ -622,6 +743,66 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::Ptr(sp),
                 Arg::I32(slots.len() as i32),
                 Arg::I32(row as i32),
+            ],
+        )
+    }
+
+    fn rope_kv_store(
+        &self,
+        q: &mut CudaAct<D>,
+        k: &mut CudaAct<D>,
+        v: &CudaAct<D>,
+        n_head: usize,
+        n_head_kv: usize,
+        pos: &[u32],
+        p: &RopeParams,
+        kv: &mut CudaKv<D>,
+        layer: usize,
+        slots: &[u32],
+    ) -> Result<()> {
+        if !self.fuse {
+            self.rope(q, n_head, pos, p)?;
+            self.rope(k, n_head_kv, pos, p)?;
+            return self.kv_store(kv, layer, slots, k, v);
+        }
+        let hd = Self::rope_head_dim(q, n_head, pos, p)?;
+        let hd_kv = Self::rope_head_dim(k, n_head_kv, pos, p)?;
+        Self::check_layer(kv, layer)?;
+        Self::check_slots(kv, slots)?;
+        let row = kv.layout.n_embd_kv;
+        if hd != hd_kv || k.cols != row || v.cols != row || k.rows != slots.len() || v.rows != slots.len() || q.rows != slots.len() {
+            return Err(Error::internal(format!(
+                "rope_kv_store: Q {}x{} ({n_head} heads), K {}x{}, V {}x{} ({n_head_kv} heads) for {} slots of {row}",
+                q.rows, q.cols, k.rows, k.cols, v.rows, v.cols, slots.len()
+            )));
+        }
+        q.q8_valid = false;
+        k.q8_valid = false;
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut sc = self.scratch();
+        let (posp, ff) = Self::rope_upload(&mut sc, pos, p)?;
+        let sp = sc.put_i32(S::Slots, &to_i32(slots, "KV slot")?)?;
+        self.launch(
+            &format!("rope_kv_store_{}", Self::kv_suffix(kv)),
+            [q.rows as u32, (n_head + 2 * n_head_kv) as u32, 1],
+            32,
+            &[
+                Arg::Ptr(q.ptr()),
+                Arg::Ptr(k.ptr()),
+                Arg::Ptr(v.ptr()),
+                Arg::Ptr(kv.k[layer].ptr),
+                Arg::Ptr(kv.v[layer].ptr),
+                Arg::Ptr(posp),
+                Arg::Ptr(sp),
+                Arg::I32(n_head as i32),
+                Arg::I32(n_head_kv as i32),
+                Arg::I32(hd as i32),
+                Arg::I32(p.n_rot as i32),
+                Arg::F32(p.freq_base),
+                Arg::F32(p.freq_scale),
+                Arg::Ptr(ff),
             ],
         )
     }
@@ -737,6 +918,17 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::Ptr(acc),
             ],
         )?;
+        // The q8_1 blocks of the output beside it, for the output projection.
+        if let Some(oq) = self.q8_room(out)? {
+            self.launch(
+                "attn_combine_q8_1",
+                [nh as u32, q.rows as u32, 1],
+                32,
+                &[Arg::Ptr(ml), Arg::Ptr(acc), Arg::I32(n_splits as i32), Arg::I32(hd as i32), Arg::Ptr(out.ptr()), Arg::Ptr(oq)],
+            )?;
+            out.q8_valid = true;
+            return Ok(());
+        }
         self.launch(
             "attn_combine",
             [nh as u32, q.rows as u32, 1],
@@ -770,28 +962,46 @@ impl<D: Device> Backend for CudaBackend<D> {
             if router.rows != f.n_expert || router.cols != n_embd {
                 return Err(Error::format(format!("ffn: router '{}' is {}x{}", router.name, router.rows, router.cols)));
             }
-            let logits = sc.get(S::Logits, n_tok * f.n_expert * 4)?;
-            let xin = if is_float(router.ty) { x.ptr() } else { self.quantize(&mut sc, S::Xq, x.ptr(), n_tok, n_embd)? };
-            if !is_float(router.ty) {
-                xq = Some(xin);
-            }
-            self.matvec(router, f.n_expert, 0, 0, xin, 1, logits, n_tok)?;
             let ids = sc.get(S::RouteIds, slots * 4)?;
             let wts = sc.get(S::RouteW, slots * 4)?;
-            self.launch(
-                "moe_router",
-                [blocks(n_tok, 4), 1, 1],
-                128,
-                &[
-                    Arg::Ptr(logits),
-                    Arg::I32(n_tok as i32),
-                    Arg::I32(f.n_expert as i32),
-                    Arg::I32(k as i32),
-                    Arg::Ptr(ids),
-                    Arg::Ptr(wts),
-                    Arg::Ptr(0),
-                ],
-            )?;
+            if self.fuse && is_float(router.ty) {
+                // The router matvec and the routing in one launch, a block per token.
+                self.launch(
+                    &format!("moe_route_{}", router.suffix()?),
+                    [n_tok as u32, 1, 1],
+                    32 * ROUTE_WARPS,
+                    &[
+                        Arg::Ptr(router.buf.ptr),
+                        Arg::Ptr(x.ptr()),
+                        Arg::I32(n_embd as i32),
+                        Arg::I32(f.n_expert as i32),
+                        Arg::I32(k as i32),
+                        Arg::Ptr(ids),
+                        Arg::Ptr(wts),
+                    ],
+                )?;
+            } else {
+                let logits = sc.get(S::Logits, n_tok * f.n_expert * 4)?;
+                let xin = if is_float(router.ty) { x.ptr() } else { self.q8_of(&mut sc, S::Xq, x)? };
+                if !is_float(router.ty) {
+                    xq = Some(xin);
+                }
+                self.matvec(router, f.n_expert, 0, 0, xin, 1, logits, n_tok)?;
+                self.launch(
+                    "moe_router",
+                    [blocks(n_tok, 4), 1, 1],
+                    128,
+                    &[
+                        Arg::Ptr(logits),
+                        Arg::I32(n_tok as i32),
+                        Arg::I32(f.n_expert as i32),
+                        Arg::I32(k as i32),
+                        Arg::Ptr(ids),
+                        Arg::Ptr(wts),
+                        Arg::Ptr(0),
+                    ],
+                )?;
+            }
             if let Some(r) = routes {
                 let mut bytes = vec![0u8; slots * 4];
                 // SAFETY: the ids buffer holds `slots` ints.
@@ -834,7 +1044,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             if let Some(p) = *xq {
                 return Ok(p);
             }
-            let p = self.quantize(sc, S::Xq, x.ptr(), n_tok, n_embd)?;
+            let p = self.q8_of(sc, S::Xq, x)?;
             *xq = Some(p);
             Ok(p)
         };
