@@ -447,7 +447,7 @@ impl<D: Device> Device for Counting<D> {
 /// of the decode step or without: the launches of one step by kernel, and the wall time of a
 /// step (the shapes are tiny, so this is the fixed cost per step: launches, uploads, the logits
 /// download). Returns the logits of every step.
-fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path, fuse: bool) -> Vec<f32> {
+fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path, fuse: bool, note: &str) -> Vec<f32> {
     let dir = data.join("tiny-mixtral").join("Q8_0");
     let g = Arc::new(Gguf::open(dir.join("tiny-mixtral-Q8_0.gguf"), true).expect("fixture model"));
     let hp = HParams::from_gguf(&g).unwrap();
@@ -496,7 +496,7 @@ fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path, fuse: bool) -> Vec<f32> {
     let per = t.elapsed().as_secs_f64() / (STEPS - 2) as f64;
     drop(step);
     println!(
-        "decode step{}, tiny-mixtral Q8_0 ({} layers): {total} launches ({:.1} per layer, embedding and output included), {:.1} us per step",
+        "decode step{}{note}, tiny-mixtral Q8_0 ({} layers): {total} launches ({:.1} per layer, embedding and output included), {:.1} us per step",
         if fuse { "" } else { " without the fused kernels" },
         hp.n_layer,
         total as f64 / hp.n_layer as f64,
@@ -560,8 +560,17 @@ fn main() {
     ok &= parity(&gemm, &data, "Q8_0", GgmlType::F32, 0.15);
     ok &= parity(&gemm, &data, "F16", GgmlType::F16, 1e-2);
     // The fused kernels sum as the separate ones do: the same bits, step after step.
-    let unfused = decode_steps(&dev, &data, false);
-    let fused = decode_steps(&dev, &data, true);
+    println!("CUDA graphs: {}", if dev.graphs_available() { "available" } else { "not available (or XDAN_CUDA_GRAPHS=0)" });
+    let unfused = decode_steps(&dev, &data, false, "");
+    let fused = decode_steps(&dev, &data, true, "");
+    let (direct, captured, replayed) = dev.graph_stats();
+    println!("  launch queues so far: {direct} issued op by op, {captured} captured as graphs, {replayed} replayed");
+    dev.set_graphs(false);
+    let plain = decode_steps(&dev, &data, true, " with graphs off");
+    dev.set_graphs(true);
+    let d_plain = fused.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    println!("{} decode logits with graph replay and without: max |diff| {d_plain:.1e}", if d_plain == 0.0 { "ok  " } else { "FAIL" });
+    ok &= d_plain == 0.0;
     let same = fused.len() == unfused.len() && fused.iter().zip(&unfused).all(|(a, b)| a.to_bits() == b.to_bits());
     let d = fused.iter().zip(&unfused).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     println!("{} decode logits with and without the fused kernels: {} (max |diff| {d:.1e})", if d < 1e-3 { "ok  " } else { "FAIL" }, if same { "identical" } else { "not identical" });

@@ -9,7 +9,7 @@
 #                               Fixture models are added smallest first up to 54 MiB.
 #   scripts/gpu-check.sh run    (on the GPU machine, from the repository root, .gpu-pack carried;
 #                               no Rust or network needed) runs the stages below, each under its
-#                               own `timeout`, all within TOTAL seconds (default 400): a stage
+#                               own `timeout`, all within TOTAL seconds (default 470): a stage
 #                               gets min(its cap, what is left); one without time is skipped.
 #
 # Stages (cap, expected time on an H100/H200):
@@ -31,6 +31,8 @@
 #      (~12 GB), in /dev/shm if it has room, else /tmp                         (30 s, 10 s)
 #      bench_gpu: pp512 + tg64 x3 next to the measured copy bandwidth and the
 #      roofline (its --budget keeps it inside the limit); delete the model     (70 s, 30 s)
+#      then decode alone (tg64 x2) with graph replay, the fused kernels, or the matvec block
+#      shape turned back, one at a time                                        (3 x 25 s, 3 x 8 s)
 #   f  the same at Q4_K_M (~27 GB)                                     (45 s, 25 s; 80 s, 40 s)
 #
 # A dry run without a GPU (stages a-d fail or skip, e/f run small on the CPU):
@@ -119,7 +121,7 @@ run)
     out="${OUT:-/tmp}"
     log="$out/gpu-check.log"
     md="$out/bench.md"
-    total="${TOTAL:-400}"
+    total="${TOTAL:-470}"
     : > "$log"
     : > "$md"
     summary=()
@@ -166,6 +168,15 @@ run)
             && { local left=$((total - SECONDS - 10)); local b=$((cap < left ? cap : left));
                  stage "bench $mix" "$b" "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" -p 512 -n 64 -r 3 \
                      --budget $((b - 10)) --label "Mixtral-8x7B shape, random, $mix" --md "$md"; }
+        # Where the decode time comes from, on the IQ2_XXS model: decode alone with one of this
+        # backend's decode features turned off at a time (graph replay, fused kernels, the
+        # matvec block shape of before).
+        if [ "$mix" = iq2_xxs ] && [ -e "$model" ]; then
+            for v in XDAN_CUDA_GRAPHS=0 XDAN_CUDA_NO_FUSION=1 XDAN_CUDA_MMVQ=4,1,1; do
+                stage "ablate $mix $v" 25 env "$v" "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" -p 0 -n 64 -r 2 \
+                    --budget 18 --bw-mib 256 --label "Mixtral-8x7B shape, random, $mix, $v" --md "$md"
+            done
+        fi
         rm -f "$model"
     }
 

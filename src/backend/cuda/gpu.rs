@@ -272,6 +272,21 @@ impl GpuDevice {
         Ok((free, total))
     }
 
+    /// How the launch queues were issued so far: (op by op, captured as a graph, replayed).
+    pub fn graph_stats(&self) -> (u64, u64, u64) {
+        let s = self.rec.lock().stats;
+        (s.direct, s.captured, s.replayed)
+    }
+
+    /// Whether graph capture is possible here (the driver has the API, `XDAN_CUDA_GRAPHS` is not
+    /// 0); `set_graphs(false)` turns it off for the process's later queues (a diagnostic).
+    pub fn graphs_available(&self) -> bool {
+        self.graph_api.is_some() && graphs_enabled()
+    }
+    pub fn set_graphs(&self, on: bool) {
+        self.rec.lock().set_graphs(on && self.graphs_available());
+    }
+
     /// Waits for every launch issued so far; reports an error a kernel raised.
     pub fn synchronize(&self) -> Result<()> {
         self.current()?;

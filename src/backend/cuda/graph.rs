@@ -267,6 +267,11 @@ impl<G> Recorder<G> {
         Ok(())
     }
 
+    /// Turns capturing (and replaying) on or off from now on.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.graphs_on = on;
+    }
+
     /// Releases every captured graph (before the device goes away).
     pub fn release_all<E: Exec<Graph = G>>(&mut self, e: &E) {
         for c in self.graphs.drain(..) {
