@@ -139,3 +139,30 @@ __device__ __forceinline__ void xd_quantize_warp_q8_1(float v, xd_q8_1* __restri
 // A value into an f32 or f16 KV cache (the KV store and its fusion with RoPE).
 __device__ __forceinline__ void xd_kv_put(float* p, float v) { *p = v; }
 __device__ __forceinline__ void xd_kv_put(uint16_t* p, float v) { *p = xd_f2h(v); }
+
+// A weight value of an f32 or f16 matrix.
+__device__ __forceinline__ float xd_wval(const float* w, long long i) { return w[i]; }
+__device__ __forceinline__ float xd_wval(const uint16_t* w, long long i) { return xd_h2f(w[i]); }
+
+// Lane `lane`'s share of dot(w, x) over n values: w[i] * x[i] for i = lane, lane + 32, ...
+// summed in that order (one multiply-add chain per lane, then xd_warp_sum by the caller). The
+// loads of 16 steps are issued before their multiply-adds, so a lane has them in flight together
+// instead of one memory latency per step; the sum is the plain loop's, bit for bit.
+template <typename W>
+__device__ __forceinline__ float xd_dot_lane(const W* __restrict__ w, const float* __restrict__ x, int n, int lane) {
+    constexpr int U = 16;
+    float acc = 0.0f;
+    int i = lane;
+    for (; i + (U - 1) * XD_WARP < n; i += U * XD_WARP) {
+        float a[U], b[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            a[u] = xd_wval(w, i + u * XD_WARP);
+            b[u] = x[i + u * XD_WARP];
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) acc += a[u] * b[u];
+    }
+    for (; i < n; i += XD_WARP) acc += xd_wval(w, i) * x[i];
+    return acc;
+}

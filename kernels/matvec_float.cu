@@ -15,7 +15,7 @@ extern "C" __global__ void mul_mat_vec_f32(const uint8_t* __restrict__ w, long l
     const float* xs = x + (long long)(slot / x_group) * x_stride;
     float acc = 0.0f;
     if (row < nrows)
-        for (int i = lane; i < ncols; i += XD_WARP) acc += wr[i] * xs[i];
+        acc = xd_dot_lane(wr, xs, ncols, lane);
     acc = xd_warp_sum(acc);
     if (lane == 0 && row < nrows) y[(long long)slot * nrows + row] = acc;
 }
@@ -31,7 +31,7 @@ extern "C" __global__ void mul_mat_vec_f16(const uint8_t* __restrict__ w, long l
     const float* xs = x + (long long)(slot / x_group) * x_stride;
     float acc = 0.0f;
     if (row < nrows)
-        for (int i = lane; i < ncols; i += XD_WARP) acc += xd_h2f(wr[i]) * xs[i];
+        acc = xd_dot_lane(wr, xs, ncols, lane);
     acc = xd_warp_sum(acc);
     if (lane == 0 && row < nrows) y[(long long)slot * nrows + row] = acc;
 }

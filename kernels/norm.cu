@@ -14,11 +14,27 @@ __device__ __forceinline__ void xd_rms_norm(float* __restrict__ x, const float* 
     float* xr = x + (long long)blockIdx.x * n;
     float* yr = y + (long long)blockIdx.x * n;
     const int lane = threadIdx.x % XD_WARP, warp = threadIdx.x / XD_WARP;
+    const float* rr = ADD ? r + (long long)blockIdx.x * n : nullptr;
+    // Each thread's values in batches of U whose loads are issued together (one memory latency
+    // per batch rather than per value); the sums keep the order of a plain strided loop.
+    constexpr int U = 8;
+    const int step = blockDim.x;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    int i0 = threadIdx.x;
+    for (; i0 + (U - 1) * step < n; i0 += U * step) {
+        float v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) v[u] = ADD ? xr[i0 + u * step] + rr[i0 + u * step] : xr[i0 + u * step];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            if (ADD) xr[i0 + u * step] = v[u];
+            ss += v[u] * v[u];
+        }
+    }
+    for (int i = i0; i < n; i += step) {
         float v = xr[i];
         if (ADD) {
-            v += r[(long long)blockIdx.x * n + i];
+            v += rr[i];
             xr[i] = v;
         }
         ss += v * v;
@@ -32,7 +48,22 @@ __device__ __forceinline__ void xd_rms_norm(float* __restrict__ x, const float* 
     const float scale = rsqrtf(ss / float(n) + eps);
     // With n a multiple of 32 a warp's lanes share the loop's trip count, and the 32 values a
     // warp holds in one trip are one q8_1 block.
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    int j0 = threadIdx.x;
+    for (; j0 + (U - 1) * step < n; j0 += U * step) {
+        float xv[U], wv[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            xv[u] = xr[j0 + u * step];
+            wv[u] = w[j0 + u * step];
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const float v = xv[u] * scale * wv[u];
+            yr[j0 + u * step] = v;
+            if (yq) xd_quantize_warp_q8_1(v, yq + ((long long)blockIdx.x * n + j0 + u * step) / XD_WARP);
+        }
+    }
+    for (int i = j0; i < n; i += step) {
         const float v = xr[i] * scale * w[i];
         yr[i] = v;
         if (yq) xd_quantize_warp_q8_1(v, yq + ((long long)blockIdx.x * n + i) / XD_WARP);

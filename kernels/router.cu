@@ -5,7 +5,7 @@
 #include "common.cuh"
 
 #define XD_ROUTER_MAX_PER_LANE 8  // up to 256 experts
-#define XD_ROUTE_WARPS 4          // blockDim.x of moe_route_*: 32 * XD_ROUTE_WARPS
+#define XD_ROUTE_WARPS 8          // blockDim.x of moe_route_*: 32 * XD_ROUTE_WARPS (a warp per expert of 8)
 
 // The routing of one token by one warp: lg its n_expert logits; writes ids and weights (k each)
 // and, when probs is not null, the softmax (n_expert). A warp with live false runs the
@@ -93,8 +93,6 @@ extern "C" __global__ void moe_router(const float* __restrict__ logits, int n_to
 // the choices are those of the two launches; then warp 0 routes them as moe_router does.
 // w: [n_expert][ncols] (f32 or f16); x: [n_tokens][ncols]; ids, weights: [n_tokens][k].
 // grid (n_tokens); blockDim.x = 32 * XD_ROUTE_WARPS.
-__device__ __forceinline__ float xd_route_w(const float* w, long long i) { return w[i]; }
-__device__ __forceinline__ float xd_route_w(const uint16_t* w, long long i) { return xd_h2f(w[i]); }
 
 template <typename W>
 __device__ __forceinline__ void xd_route(const W* __restrict__ w, const float* __restrict__ x, int ncols,
@@ -106,9 +104,7 @@ __device__ __forceinline__ void xd_route(const W* __restrict__ w, const float* _
     const float* xs = x + t * ncols;
     for (int e = warp; e < n_expert; e += XD_ROUTE_WARPS) {
         const long long row = (long long)e * ncols;
-        float acc = 0.0f;
-        for (int i = lane; i < ncols; i += XD_WARP) acc += xd_route_w(w, row + i) * xs[i];
-        acc = xd_warp_sum(acc);
+        const float acc = xd_warp_sum(xd_dot_lane(w + row, xs, ncols, lane));
         if (lane == 0) s_logits[e] = acc;
     }
     __syncthreads();

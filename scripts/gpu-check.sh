@@ -172,6 +172,15 @@ run)
         # backend's decode features turned off at a time (graph replay, fused kernels, the
         # matvec block shape of before).
         if [ "$mix" = iq2_xxs ] && [ -e "$model" ]; then
+            # The GPU time of a decode step by kernel, when Nsight Systems is installed.
+            nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
+            if [ -n "$nsys" ]; then
+                stage "profile $mix (nsys, decode by kernel)" 75 sh -c "\"$nsys\" profile -q -t cuda --cuda-graph-trace=node -o /tmp/xdan-prof -f true \
+                    \"$pack/bench_gpu\" --model \"$model\" -p 0 -n 32 -r 1 --bw-mib 64 --budget 30 >/dev/null \
+                    && \"$nsys\" stats -q --report cuda_gpu_kern_sum --format table /tmp/xdan-prof.nsys-rep | cut -c1-220 | head -n 40"
+            else
+                say "== profile: SKIPPED (nsys not found)"
+            fi
             for v in XDAN_CUDA_GRAPHS=0 XDAN_CUDA_NO_FUSION=1 XDAN_CUDA_MMVQ=4,1,1; do
                 stage "ablate $mix $v" 25 env "$v" "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" -p 0 -n 64 -r 2 \
                     --budget 18 --bw-mib 256 --label "Mixtral-8x7B shape, random, $mix, $v" --md "$md"

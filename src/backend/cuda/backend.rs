@@ -18,7 +18,7 @@ use crate::quant::GgmlType;
 /// the block shape they were compiled for, [`Device::mmvq_shape`].
 const MATVEC_ROWS: u32 = 4;
 /// Warps per block of the fused router (XD_ROUTE_WARPS in kernels/router.cu).
-const ROUTE_WARPS: u32 = 4;
+const ROUTE_WARPS: u32 = 8;
 /// Positions per attention split.
 const ATTN_SPLIT: usize = 128;
 /// Bytes of one q8_1 activation block (common.cuh: f32 d, f32 s, 32 int8).
