@@ -11,13 +11,12 @@
 //! Usage: cargo run --release --example cuda_check [-- DATA_DIR] [--mmvq-sweep] (default
 //! tests/data). Exits 1 when a check fails, 2 when there is no GPU.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use xdan::backend::cpu::CpuBackend;
-use xdan::backend::cuda::device::{Arg, DevBuf, DevPtr, Device};
+use xdan::backend::cuda::device::{Arg, Counting, DevBuf, Device};
 use xdan::backend::cuda::{devices, GpuDevice};
 use xdan::backend::cuda::{CudaBackend, MmvqShape};
 use xdan::backend::{Backend, KvLayout, KV_BLOCK};
@@ -406,43 +405,6 @@ fn bench_gemm(dev: &Arc<GpuDevice>, data: &Path) {
     }
 }
 
-/// A device that counts the launches of each kernel, to show what one decode step costs.
-struct Counting<D: Device> {
-    inner: Arc<D>,
-    launches: Mutex<BTreeMap<String, usize>>,
-}
-
-impl<D: Device> Device for Counting<D> {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn mmvq_shape(&self) -> MmvqShape {
-        self.inner.mmvq_shape()
-    }
-    fn alloc(&self, bytes: usize) -> xdan::Result<DevPtr> {
-        self.inner.alloc(bytes)
-    }
-    unsafe fn free(&self, p: DevPtr) {
-        self.inner.free(p)
-    }
-    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> xdan::Result<()> {
-        self.inner.upload(dst, src)
-    }
-    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> xdan::Result<()> {
-        self.inner.upload_async(dst, src)
-    }
-    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> xdan::Result<()> {
-        self.inner.download(src, dst)
-    }
-    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> xdan::Result<()> {
-        self.inner.copy(dst, src, bytes)
-    }
-    unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> xdan::Result<()> {
-        *self.launches.lock().unwrap().entry(name.to_string()).or_default() += 1;
-        self.inner.launch(name, grid, block, smem, args)
-    }
-}
-
 /// Decode steps of tiny-mixtral (Q8_0) on the GPU after a 7-token prompt, with the fused kernels
 /// of the decode step or without: the launches of one step by kernel, and the wall time of a
 /// step (the shapes are tiny, so this is the fixed cost per step: launches, uploads, the logits
@@ -451,7 +413,7 @@ fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path, fuse: bool, note: &str) ->
     let dir = data.join("tiny-mixtral").join("Q8_0");
     let g = Arc::new(Gguf::open(dir.join("tiny-mixtral-Q8_0.gguf"), true).expect("fixture model"));
     let hp = HParams::from_gguf(&g).unwrap();
-    let cd = Arc::new(Counting { inner: dev.clone(), launches: Mutex::new(BTreeMap::new()) });
+    let cd = Arc::new(Counting::new(dev.clone()));
     let be = CudaBackend::new(cd.clone()).with_fusion(fuse);
     let w = Weights::load(&be, &g, &hp, &mut |_| true).unwrap();
     let mut all = Vec::new();
@@ -483,10 +445,10 @@ fn decode_steps<D: Device>(dev: &Arc<D>, data: &Path, fuse: bool, note: &str) ->
     // One step to warm up, then a counted one, then timed ones.
     tok = step(&[tok], p, &mut s, &mut kv);
     p += 1;
-    cd.launches.lock().unwrap().clear();
+    cd.take_counts();
     tok = step(&[tok], p, &mut s, &mut kv);
     p += 1;
-    let counts = std::mem::take(&mut *cd.launches.lock().unwrap());
+    let counts = cd.take_counts();
     let total: usize = counts.values().sum();
     let t = Instant::now();
     for _ in 0..STEPS - 2 {

@@ -119,8 +119,8 @@ struct xd_q8_1 {
 };
 
 // One warp quantizes 32 values (lane i holds v, value i of the block) into `blk`, with the
-// arithmetic of quantize_q8_1 (mmvq.cu), so a kernel that writes an activation can leave its
-// q8_1 blocks beside it, bit for bit what quantize_q8_1 would make of it. Every lane of the
+// arithmetic of quantize_q8_1 (mmvq.cu, which calls it), so a kernel that writes an activation
+// can leave its q8_1 blocks beside it, bit for bit what quantize_q8_1 would make of it. Every lane of the
 // warp must call it.
 __device__ __forceinline__ void xd_quantize_warp_q8_1(float v, xd_q8_1* __restrict__ blk) {
     const int lane = threadIdx.x % XD_WARP;

@@ -25,22 +25,10 @@
 // activations the GPU sees the same activations as the CPU backend. `s` is d * sum(q) with
 // that d, exactly.
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, xd_q8_1* __restrict__ y, int n) {
-    const int lane = threadIdx.x % XD_WARP;
     const int blk = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
-    const bool live = blk * XD_WARP < n;
-    const float v = live ? x[blk * XD_WARP + lane] : 0.0f;
-    const float amax = xd_warp_max(fabsf(v));
-    const float d = xd_h2f(xd_f2h(amax / 127.0f));
-    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    const int q = int(rintf(v * id));
-    const int sum = xd_warp_sum_int(q);
-    if (live) {
-        reinterpret_cast<int8_t*>(y[blk].qs)[lane] = int8_t(q);
-        if (lane == 0) {
-            y[blk].d = d;
-            y[blk].s = d * float(sum);
-        }
-    }
+    // A whole warp is past the end or not, so the warp's shuffles stay complete.
+    if (blk * XD_WARP >= n) return;
+    xd_quantize_warp_q8_1(x[blk * XD_WARP + threadIdx.x % XD_WARP], y + blk);
 }
 
 // ---- the kernels ----------------------------------------------------------------------------
@@ -54,10 +42,10 @@ extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, xd_q8_1* _
 // the dot products of this one (double-buffered shared memory), 1 does not; 0 picks 2 where
 // the two buffers fit the 48 KB of static shared memory, else 1.
 #ifndef XD_MMVQ_WARPS
-#define XD_MMVQ_WARPS 8
+#define XD_MMVQ_WARPS 4
 #endif
 #ifndef XD_MMVQ_ROWS
-#define XD_MMVQ_ROWS 2
+#define XD_MMVQ_ROWS 1
 #endif
 #ifndef XD_MMVQ_STAGES
 #define XD_MMVQ_STAGES 0

@@ -18,11 +18,11 @@ mod emu_lib;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use xdan::backend::cpu::CpuBackend;
 use xdan::backend::cuda::backend::{CudaAct, GEMM_MIN_ROWS};
-use xdan::backend::cuda::device::{Arg, DevPtr, Device};
+use xdan::backend::cuda::device::Counting;
 use xdan::backend::cuda::{CudaBackend, EmuDevice};
 use xdan::backend::{Backend, Ffn, KvLayout, RopeParams, KV_BLOCK};
 use xdan::gguf::{Gguf, GgufWriter};
@@ -1211,38 +1211,6 @@ fn fused_router() {
     }
 }
 
-/// A device that counts the launches of each kernel (examples/cuda_check.rs counts a decode
-/// step on the GPU the same way).
-struct Counting<D: Device> {
-    inner: Arc<D>,
-    launches: Mutex<BTreeMap<String, usize>>,
-}
-
-impl<D: Device> Device for Counting<D> {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn alloc(&self, bytes: usize) -> xdan::Result<DevPtr> {
-        self.inner.alloc(bytes)
-    }
-    unsafe fn free(&self, p: DevPtr) {
-        self.inner.free(p)
-    }
-    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> xdan::Result<()> {
-        self.inner.upload(dst, src)
-    }
-    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> xdan::Result<()> {
-        self.inner.download(src, dst)
-    }
-    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> xdan::Result<()> {
-        self.inner.copy(dst, src, bytes)
-    }
-    unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> xdan::Result<()> {
-        *self.launches.lock().unwrap().entry(name.to_string()).or_default() += 1;
-        self.inner.launch(name, grid, block, smem, args)
-    }
-}
-
 /// tiny-mixtral, decode steps from an empty cache (the emulator runs a CUDA thread per OS
 /// thread, so no long prompt): sequence 0 alone, then sequences 0 and 1 together, in turn, each
 /// feeding back its argmax. Returns the logits of every step; `on_step` runs before each.
@@ -1291,13 +1259,13 @@ fn fused_decode_step_launches_and_bits() {
         let mut counts = Vec::new();
         let mut logits = Vec::new();
         for fuse in [false, true] {
-            let cd = Arc::new(Counting { inner: dev.clone(), launches: Mutex::new(BTreeMap::new()) });
+            let cd = Arc::new(Counting::new(dev.clone()));
             let be = CudaBackend::new(cd.clone()).with_fusion(fuse);
             // The launches of a one-token step (the third: its cache is not empty).
             let mut seen = 0;
             let mut one: Option<BTreeMap<String, usize>> = None;
             let l = decode_run(&be, &g, &hp, kv_ty, &mut || {
-                let c = std::mem::take(&mut *cd.launches.lock().unwrap());
+                let c = cd.take_counts();
                 if seen == 3 {
                     one = Some(c);
                 }

@@ -64,6 +64,54 @@ pub trait Device: Send + Sync + 'static {
     unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> Result<()>;
 }
 
+/// A device that passes everything to `inner` and counts the launches of each kernel (for
+/// diagnostics and tests: what a decode step launches).
+pub struct Counting<D: Device> {
+    pub inner: Arc<D>,
+    launches: Mutex<std::collections::BTreeMap<String, usize>>,
+}
+
+impl<D: Device> Counting<D> {
+    pub fn new(inner: Arc<D>) -> Counting<D> {
+        Counting { inner, launches: Mutex::new(Default::default()) }
+    }
+    /// The launches per kernel name since the last call.
+    pub fn take_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        std::mem::take(&mut *self.launches.lock())
+    }
+}
+
+impl<D: Device> Device for Counting<D> {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn mmvq_shape(&self) -> MmvqShape {
+        self.inner.mmvq_shape()
+    }
+    fn alloc(&self, bytes: usize) -> Result<DevPtr> {
+        self.inner.alloc(bytes)
+    }
+    unsafe fn free(&self, p: DevPtr) {
+        self.inner.free(p)
+    }
+    unsafe fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.inner.upload(dst, src)
+    }
+    unsafe fn upload_async(&self, dst: DevPtr, src: &[u8]) -> Result<()> {
+        self.inner.upload_async(dst, src)
+    }
+    unsafe fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<()> {
+        self.inner.download(src, dst)
+    }
+    unsafe fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()> {
+        self.inner.copy(dst, src, bytes)
+    }
+    unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> Result<()> {
+        *self.launches.lock().entry(name.to_string()).or_default() += 1;
+        self.inner.launch(name, grid, block, smem, args)
+    }
+}
+
 /// Device memory that frees itself.
 pub struct DevBuf<D: Device> {
     dev: Arc<D>,
