@@ -525,7 +525,7 @@ fn main() {
     println!("CUDA graphs: {}", if dev.graphs_available() { "available" } else { "not available (or XDAN_CUDA_GRAPHS=0)" });
     let unfused = decode_steps(&dev, &data, false, "");
     let fused = decode_steps(&dev, &data, true, "");
-    let (direct, captured, replayed) = dev.graph_stats();
+    let xdan::backend::cuda::graph::Stats { direct, captured, replayed } = dev.graph_stats();
     println!("  launch queues so far: {direct} issued op by op, {captured} captured as graphs, {replayed} replayed");
     dev.set_graphs(false);
     let plain = decode_steps(&dev, &data, true, " with graphs off");

@@ -293,6 +293,23 @@ __device__ __forceinline__ void xd_mmvq_swiglu(const uint8_t* __restrict__ wg, c
     }
 }
 
+// Which of xd_mmvq3's matrices (0, 1 or 2) row `row` of the launch belongs to; `row` becomes the
+// row within it and `n` that matrix's row count.
+__device__ __forceinline__ int xd_mmvq3_matrix(int& row, int& n, int n0, int n1, int n2) {
+    if (row < n0) {
+        n = n0;
+        return 0;
+    }
+    row -= n0;
+    if (row < n1) {
+        n = n1;
+        return 1;
+    }
+    row -= n1;
+    n = n2;
+    return 2;
+}
+
 // Up to three matrices of one type over the same activation rows in one launch (the Q, K and V
 // projections): rows [0, n0) are W0's, the next n1 W1's, the next n2 W2's; y_i is
 // [slots][n_i]. grid.x covers n0 + n1 + n2 rows, grid.y the activation rows. The rows of one
@@ -311,19 +328,9 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     bool live[NR];
 #pragma unroll
     for (int m = 0; m < NR; ++m) {
-        int row = row0 + m;
-        const uint8_t* w = w0;
-        int n = n0;
-        if (row >= n0) {
-            row -= n0;
-            w = w1;
-            n = n1;
-            if (row >= n1) {
-                row -= n1;
-                w = w2;
-                n = n2;
-            }
-        }
+        int row = row0 + m, n;
+        const int mat = xd_mmvq3_matrix(row, n, n0, n1, n2);
+        const uint8_t* w = mat == 0 ? w0 : mat == 1 ? w1 : w2;
         acc[m] = 0.0f;
         live[m] = row < n;
         wrow[m] = w + (long long)min(row, max(n - 1, 0)) * row_bytes;
@@ -334,19 +341,9 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     for (int m = 0; m < NR; ++m) {
         const float sum = xd_warp_sum(acc[m]);
         if (lane == 0 && live[m]) {
-            int row = row0 + m;
-            float* yy = y0;
-            int n = n0;
-            if (row >= n0) {
-                row -= n0;
-                yy = y1;
-                n = n1;
-                if (row >= n1) {
-                    row -= n1;
-                    yy = y2;
-                    n = n2;
-                }
-            }
+            int row = row0 + m, n;
+            const int mat = xd_mmvq3_matrix(row, n, n0, n1, n2);
+            float* yy = mat == 0 ? y0 : mat == 1 ? y1 : y2;
             yy[(long long)slot * n + row] = sum;
         }
     }

@@ -65,7 +65,7 @@ fn engine_runs_tiny_mixtral_on_the_emulated_gpu() {
     assert_eq!(gm.info().device, "cuda-emu");
     same_as_cpu(&cm, &gm);
     // The decode steps ran as replayed graphs (and matched the CPU above).
-    let (direct, captured, replayed) = emu.graph_stats();
+    let xdan::backend::cuda::graph::Stats { direct, captured, replayed } = emu.graph_stats();
     println!("queues: {direct} op by op, {captured} captured, {replayed} replayed");
     assert!(captured >= 1 && replayed >= 2, "decode steps were not replayed: {direct}/{captured}/{replayed}");
 }

@@ -6,7 +6,7 @@
 //! the backend's host code run and be tested on a machine without a GPU.
 
 use super::dl::Library;
-use super::graph::{graphs_enabled, Exec, Op, Recorder, COPY};
+use super::graph::{graphs_enabled, Exec, Op, Recorder, Stats, COPY};
 use super::mmvq_shape::MmvqShape;
 use crate::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
@@ -181,10 +181,9 @@ impl EmuDevice {
         unsafe { (self.has)(c.as_ptr()) == 1 }
     }
 
-    /// How the queues were issued so far: (op by op, captured, replayed).
-    pub fn graph_stats(&self) -> (u64, u64, u64) {
-        let s = self.rec.lock().stats;
-        (s.direct, s.captured, s.replayed)
+    /// How the launch queues were issued so far.
+    pub fn graph_stats(&self) -> Stats {
+        self.rec.lock().stats
     }
 
     unsafe fn run(&self, handle: usize, op: &Op) -> Result<()> {
@@ -193,8 +192,9 @@ impl EmuDevice {
             return Ok(());
         }
         let mut cells = op.args;
-        let mut ptrs: Vec<*mut c_void> = cells[..op.n_args as usize].iter_mut().map(|c| c as *mut u64 as *mut c_void).collect();
-        let name = self.names.lock()[handle].clone();
+        let mut ptrs = op.param_ptrs(&mut cells);
+        let names = self.names.lock();
+        let name = &names[handle];
         let rc = (self.launch)(name.as_ptr(), op.grid[0], op.grid[1], op.grid[2], op.block[0], op.block[1], op.block[2], op.smem, ptrs.as_mut_ptr());
         if rc != 0 {
             return Err(Error::new(ErrorKind::Device, format!("cuda-emu: no kernel named {}", name.to_string_lossy())));

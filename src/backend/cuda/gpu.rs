@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::cache::{compile_cached, CubinCache};
 use super::device::{Arg, DevPtr, Device};
 use super::dl::Library;
-use super::graph::{graphs_enabled, Exec, Op, Recorder, COPY};
+use super::graph::{graphs_enabled, Exec, Op, Recorder, Stats, COPY};
 use super::kernels::{kernel_names, KernelSource, PROGRAMS};
 use super::mmvq_shape::MmvqShape;
 use super::nvrtc::Nvrtc;
@@ -272,10 +272,9 @@ impl GpuDevice {
         Ok((free, total))
     }
 
-    /// How the launch queues were issued so far: (op by op, captured as a graph, replayed).
-    pub fn graph_stats(&self) -> (u64, u64, u64) {
-        let s = self.rec.lock().stats;
-        (s.direct, s.captured, s.replayed)
+    /// How the launch queues were issued so far.
+    pub fn graph_stats(&self) -> Stats {
+        self.rec.lock().stats
     }
 
     /// Whether graph capture is possible here (the driver has the API, `XDAN_CUDA_GRAPHS` is not
@@ -335,9 +334,7 @@ impl GpuDevice {
             None => {
                 let src = PROGRAMS.iter().find(|p| p.name == prog).unwrap();
                 let (cubin, _) = compile_cached(&self.nvrtc, self.cache.as_ref(), src, self.arch, &self.options(src))?;
-                let mut m: Module = std::ptr::null_mut();
-                // SAFETY: a CUBIN image for this device's architecture.
-                self.check(&format!("loading {prog}"), unsafe { (self.api.module_load)(&mut m, cubin.as_ptr() as *const c_void) })?;
+                let m = self.load_module(prog, &cubin)?;
                 loaded.0.insert(prog, m as usize);
                 m
             }
@@ -381,26 +378,15 @@ impl GpuDevice {
     /// the number of kernels.
     pub fn preload(&self) -> Result<usize> {
         self.current()?;
-        // The programs compile side by side (NVRTC calls on distinct programs may run
-        // concurrently); loading stays on this thread.
-        let this = self;
-        let cubins: Vec<Result<Vec<u8>>> = std::thread::scope(|s| {
-            let jobs: Vec<_> = PROGRAMS
-                .iter()
-                .map(|p| s.spawn(move || compile_cached(&this.nvrtc, this.cache.as_ref(), p, this.arch, &this.options(p)).map(|c| c.0)))
-                .collect();
-            jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(Error::internal("kernel compilation panicked")))).collect()
-        });
+        let cubins = self.compile_side_by_side(PROGRAMS.iter().map(|p| (p, self.options(p))).collect());
         {
             let mut loaded = self.loaded.lock();
             for (p, cubin) in PROGRAMS.iter().zip(cubins) {
-                let cubin = cubin?;
+                let (cubin, _) = cubin?;
                 if loaded.0.contains_key(p.name) {
                     continue;
                 }
-                let mut m: Module = std::ptr::null_mut();
-                // SAFETY: a CUBIN image for this device's architecture.
-                self.check(&format!("loading {}", p.name), unsafe { (self.api.module_load)(&mut m, cubin.as_ptr() as *const c_void) })?;
+                let m = self.load_module(p.name, &cubin)?;
                 loaded.0.insert(p.name, m as usize);
             }
         }
@@ -421,31 +407,42 @@ impl GpuDevice {
     pub fn load_mmvq_variants(&self, shapes: &[MmvqShape]) -> Result<Vec<Option<f64>>> {
         self.current()?;
         let src = PROGRAMS.iter().find(|p| p.name == "mmvq.cu").ok_or_else(|| Error::internal("mmvq.cu is not embedded"))?;
-        let this = self;
-        let cubins: Vec<Result<(Vec<u8>, Option<f64>)>> = std::thread::scope(|s| {
-            let jobs: Vec<_> = shapes
-                .iter()
-                .map(|sh| {
-                    s.spawn(move || {
-                        let t = std::time::Instant::now();
-                        let (cubin, origin) = compile_cached(&this.nvrtc, this.cache.as_ref(), src, this.arch, &sh.nvrtc_options())
-                            .map_err(|e| e.context(format!("matvec shape {sh}")))?;
-                        Ok((cubin, (origin == super::cache::Origin::Compiled).then(|| t.elapsed().as_secs_f64())))
-                    })
-                })
-                .collect();
-            jobs.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(Error::internal("kernel compilation panicked")))).collect()
-        });
+        let cubins = self.compile_side_by_side(shapes.iter().map(|sh| (src, sh.nvrtc_options())).collect());
         let mut times = Vec::new();
         for (sh, c) in shapes.iter().zip(cubins) {
-            let (cubin, secs) = c?;
-            let mut m: Module = std::ptr::null_mut();
-            // SAFETY: a CUBIN image for this device's architecture.
-            self.check(&format!("loading mmvq.cu for {sh}"), unsafe { (self.api.module_load)(&mut m, cubin.as_ptr() as *const c_void) })?;
+            let (cubin, secs) = c.map_err(|e| e.context(format!("matvec shape {sh}")))?;
+            let m = self.load_module(&format!("mmvq.cu for {sh}"), &cubin)?;
             self.variants.lock().insert(sh.label(), m as usize);
             times.push(secs);
         }
         Ok(times)
+    }
+
+    /// Compiles each (program, NVRTC options) through the CUBIN cache, side by side (NVRTC calls
+    /// on distinct programs may run concurrently): each CUBIN with its compile seconds (None
+    /// when it came from the cache).
+    fn compile_side_by_side(&self, jobs: Vec<(&KernelSource, Vec<String>)>) -> Vec<Result<(Vec<u8>, Option<f64>)>> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .iter()
+                .map(|(src, opts)| {
+                    s.spawn(move || {
+                        let t = std::time::Instant::now();
+                        let (cubin, origin) = compile_cached(&self.nvrtc, self.cache.as_ref(), src, self.arch, opts)?;
+                        Ok((cubin, (origin == super::cache::Origin::Compiled).then(|| t.elapsed().as_secs_f64())))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|j| j.join().unwrap_or_else(|_| Err(Error::internal("kernel compilation panicked")))).collect()
+        })
+    }
+
+    /// Loads a CUBIN image into the context (`what` names it in errors).
+    fn load_module(&self, what: &str, cubin: &[u8]) -> Result<Module> {
+        let mut m: Module = std::ptr::null_mut();
+        // SAFETY: a CUBIN image for this device's architecture.
+        self.check(&format!("loading {what}"), unsafe { (self.api.module_load)(&mut m, cubin.as_ptr() as *const c_void) })?;
+        Ok(m)
     }
 }
 
@@ -459,7 +456,7 @@ impl GpuDevice {
     /// Launches `f` with the op's parameters on `stream`.
     unsafe fn launch_on(&self, f: Function, op: &Op, stream: Stream) -> CuResult {
         let mut cells = op.args;
-        let mut ptrs: Vec<*mut c_void> = cells[..op.n_args as usize].iter_mut().map(|c| c as *mut u64 as *mut c_void).collect();
+        let mut ptrs = op.param_ptrs(&mut cells);
         (self.api.launch)(
             f,
             op.grid[0],

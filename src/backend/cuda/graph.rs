@@ -66,6 +66,12 @@ impl Op {
         Op { kernel: COPY, grid: [0; 3], block: [0; 3], smem: 0, n_args: 3, args }
     }
 
+    /// The driver's parameter array for this op's launch: a pointer to each of `cells` (a copy
+    /// of [`Op::args`] that outlives the call).
+    pub fn param_ptrs(&self, cells: &mut [u64; MAX_ARGS]) -> Vec<*mut std::ffi::c_void> {
+        cells[..self.n_args as usize].iter_mut().map(|c| c as *mut u64 as *mut std::ffi::c_void).collect()
+    }
+
     /// Whether this op was handed an address in `[p, p + len)` (for a copy: its ranges meet it).
     fn touches(&self, p: DevPtr, len: u64) -> bool {
         let end = p + len.max(1);
