@@ -1,8 +1,9 @@
 // Rotary position embedding, NORM pairing (llama.cpp's LLAMA_ROPE_TYPE_NORM): within each
 // head, the pairs (x[2i], x[2i+1]) with 2i < n_rot turn by
 // pos * freq_scale * freq_base^(-2i / n_rot) / freq_factors[i]; the other values stay.
-// The angle is computed in double, as the CPU backend does, so both round alike even at long
-// positions; the rotation itself is f32.
+// The angle is computed in double, so it is as exact as f32 allows at any position (the CPU
+// backend follows llama.cpp's f32 recurrence instead; the two can differ by an ulp); the
+// rotation itself is f32.
 #include "common.cuh"
 
 // The cosine and sine of pair i's angle at position p (already times freq_scale).

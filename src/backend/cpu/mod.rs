@@ -4,6 +4,8 @@
 pub mod qops;
 pub mod vmath;
 
+use vmath::SumOrder;
+
 use std::cell::RefCell;
 use std::sync::Arc;
 
@@ -85,8 +87,20 @@ pub struct CpuBackend;
 thread_local! {
     /// Per-thread buffer of converted activations.
     static QBUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    /// Per-thread scratch reused across calls (quantized activations, attention rows).
-    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Per-thread buffer of a batch matmul's transposed results.
+    static TRANSPOSED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread attention scratch reused across calls.
+    static SCRATCH: RefCell<AttnScratch> = RefCell::new(AttnScratch::default());
+}
+
+/// One token's attention buffers: its visible K and V rows as f32, one head's scores, and the
+/// per-lane sums of the weighted V rows.
+#[derive(Default)]
+struct AttnScratch {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    scores: Vec<f32>,
+    acc: Vec<f32>,
 }
 
 fn kv_row_to_f32(ty: GgmlType, b: &[u8], out: &mut [f32]) {
@@ -156,8 +170,8 @@ impl CpuBackend {
         }
         // Several tokens: each task takes a band of weight rows and every token, so a row is
         // read once per band; results land transposed and are put back in token-major order.
-        SCRATCH.with(|s| {
-            let tr = &mut s.borrow_mut().1;
+        TRANSPOSED.with(|s| {
+            let tr = &mut *s.borrow_mut();
             tr.resize(rows * n_tok, 0.0);
             let band = 16usize;
             let rb = w.row_bytes;
@@ -261,7 +275,8 @@ impl Backend for CpuBackend {
         let n = x.cols;
         for t in 0..x.rows {
             let xr = x.row(t);
-            let ss: f64 = xr.iter().map(|&v| (v as f64) * (v as f64)).sum();
+            // Squares rounded to f32, summed in f64 (ggml_compute_forward_rms_norm_f32).
+            let ss: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
             let scale = 1.0 / ((ss / n as f64) as f32 + eps).sqrt();
             for ((o, &v), &g) in out.row_mut(t).iter_mut().zip(xr).zip(wv.iter()) {
                 *o = v * scale * g;
@@ -324,8 +339,9 @@ impl Backend for CpuBackend {
                 let hv = &mut row[h * hd..h * hd + p.n_rot];
                 for (i, &(c, s)) in cs.iter().enumerate() {
                     let (a, b) = (hv[2 * i], hv[2 * i + 1]);
-                    // The rounding of llama.cpp's compiled rotation (one product fused into each).
-                    hv[2 * i] = (-b).mul_add(s, a * c);
+                    // The rounding of llama.cpp's compiled rotation: the first product of each
+                    // line fused, the second rounded (checked against its dumped RoPE outputs).
+                    hv[2 * i] = a.mul_add(c, -(b * s));
                     hv[2 * i + 1] = a.mul_add(s, b * c);
                 }
             }
@@ -405,39 +421,43 @@ impl Backend for CpuBackend {
         let scale = 1.0 / (hd as f32).sqrt();
         out.resize(q.rows, nh * hd);
         let n_embd_kv = nkv * hd;
+        // llama.cpp sums weights·V with its GEMM for a batch of two or more tokens and with
+        // ggml_vec_dot_f32 for a single token. Decided per sequence here (one token of this
+        // sequence in the pass, or more), so a sequence's results do not depend on which other
+        // sequences share the pass; a single-sequence pass is summed exactly as llama.cpp does.
+        let mut per_seq = vec![0u32; b.tables.len()];
+        for &s in b.tok_seq {
+            per_seq[s as usize] += 1;
+        }
         let f = |(t, orow): (usize, &mut [f32])| {
             let n = b.tok_n_kv[t] as usize;
             let table = b.tables[b.tok_seq[t] as usize];
+            let order = if per_seq[b.tok_seq[t] as usize] == 1 { SumOrder::VecDot } else { SumOrder::Gemm };
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
-                let (kf, vf) = &mut *s;
+                let AttnScratch { k: kf, v: vf, scores: sc, acc } = &mut *s;
                 // Dequantize the visible K and V rows once for all heads.
-                kf.resize(n * n_embd_kv + n, 0.0);
+                kf.resize(n * n_embd_kv, 0.0);
                 vf.resize(n * n_embd_kv, 0.0);
                 for p in 0..n {
                     let slot = table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK;
                     kv_row_to_f32(ty, &kl[slot * rb..(slot + 1) * rb], &mut kf[p * n_embd_kv..(p + 1) * n_embd_kv]);
                     kv_row_to_f32(ty, &vl[slot * rb..(slot + 1) * rb], &mut vf[p * n_embd_kv..(p + 1) * n_embd_kv]);
                 }
-                let (kf, sc) = kf.split_at_mut(n * n_embd_kv);
+                // Scores padded to whole groups of 8 with -inf (weight 0), as llama.cpp's
+                // softmax runs over its padded KV view: every score takes the vector exp.
+                sc.clear();
+                sc.resize(n.div_ceil(8) * 8, f32::NEG_INFINITY);
                 let qrow = q.row(t);
                 for h in 0..nh {
                     let g = h / group;
                     let qh = &qrow[h * hd..(h + 1) * hd];
-                    for p in 0..n {
-                        let kh = &kf[p * n_embd_kv + g * hd..p * n_embd_kv + (g + 1) * hd];
-                        sc[p] = qops::dot_f32(qh, kh) * scale;
+                    for (p, sp) in sc[..n].iter_mut().enumerate() {
+                        *sp = vmath::dot(qh, &kf[p * n_embd_kv + g * hd..][..hd]) * scale;
                     }
-                    vmath::softmax(&mut sc[..n]);
-                    let oh = &mut orow[h * hd..(h + 1) * hd];
-                    oh.fill(0.0);
-                    for p in 0..n {
-                        let w = sc[p];
-                        let vh = &vf[p * n_embd_kv + g * hd..p * n_embd_kv + (g + 1) * hd];
-                        for (o, &v) in oh.iter_mut().zip(vh) {
-                            *o += w * v;
-                        }
-                    }
+                    sc[n..].fill(f32::NEG_INFINITY);
+                    vmath::softmax(sc);
+                    vmath::weighted_rows(&sc[..n], &vf[g * hd..], n_embd_kv, order, acc, &mut orow[h * hd..(h + 1) * hd]);
                 }
             });
         };

@@ -107,6 +107,103 @@ fn softmax_generic(x: &mut [f32]) {
     }
 }
 
+/// `a · b` summed as ggml_vec_dot_f32 does on AVX2: four 8-lane FMA accumulators over 32-wide
+/// steps, folded `(s0 + s2) + (s1 + s3)`, then lanes `l + (l + 4)`, then `(t0 + t1) + (t2 + t3)`;
+/// a tail past the last full step is FMA'd onto the total one element at a time.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has FMA (checked just above).
+        return unsafe { dot_fma(a, b) };
+    }
+    dot_generic(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn dot_fma(a: &[f32], b: &[f32]) -> f32 {
+    dot_generic(a, b)
+}
+
+#[inline(always)]
+fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let np = n / 32 * 32;
+    let mut s = [0.0f32; 32];
+    for (ca, cb) in a[..np].chunks_exact(32).zip(b[..np].chunks_exact(32)) {
+        for (v, (x, y)) in s.iter_mut().zip(ca.iter().zip(cb)) {
+            *v = x.mul_add(*y, *v);
+        }
+    }
+    let mut r = fold_vec_dot(&s);
+    for (x, y) in a[np..n].iter().zip(&b[np..n]) {
+        r = x.mul_add(*y, r);
+    }
+    r
+}
+
+/// Which of llama.cpp's two F32 dot-product orders a sum follows (see [`weighted_rows`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SumOrder {
+    /// ggml_vec_dot_f32 (single-token passes): 4 × 8 accumulators over 32-wide steps.
+    VecDot,
+    /// tinyBLAS (passes of two or more tokens): 8 lanes, one FMA chain each.
+    Gemm,
+}
+
+/// `out = Σ_p w[p] · v_p` with `v_p = v[p * stride..][..out.len()]`, each output summed over `p`
+/// in `order`: `VecDot` as [`dot`] does; `Gemm` as llama.cpp's F32 GEMM (tinyBLAS) does on
+/// AVX2: eight lanes (`p mod 8`), each an FMA chain in order of `p`, folded `l + (l + 4)`,
+/// then `(t0 + t2) + (t1 + t3)`. Terms past `w.len()` count as zero, as llama.cpp's
+/// zero-weight padding does. `acc` is scratch.
+pub fn weighted_rows(w: &[f32], v: &[f32], stride: usize, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has FMA (checked just above).
+        return unsafe { weighted_rows_fma(w, v, stride, order, acc, out) };
+    }
+    weighted_rows_generic(w, v, stride, order, acc, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn weighted_rows_fma(w: &[f32], v: &[f32], stride: usize, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+    weighted_rows_generic(w, v, stride, order, acc, out)
+}
+
+#[inline(always)]
+fn weighted_rows_generic(w: &[f32], v: &[f32], stride: usize, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+    let d = out.len();
+    // One accumulator row per (register, lane): 8 for the GEMM order, 32 for ggml_vec_dot_f32.
+    let n_acc = if order == SumOrder::Gemm { 8 } else { 32 };
+    acc.clear();
+    acc.resize(n_acc * d, 0.0);
+    for (p, &wp) in w.iter().enumerate() {
+        let a = p % n_acc;
+        for (s, &x) in acc[a * d..(a + 1) * d].iter_mut().zip(&v[p * stride..p * stride + d]) {
+            *s = wp.mul_add(x, *s);
+        }
+    }
+    for (i, o) in out.iter_mut().enumerate() {
+        let at = |a: usize| acc[a * d + i];
+        *o = match order {
+            SumOrder::Gemm => {
+                let t: [f32; 4] = std::array::from_fn(|l| at(l) + at(l + 4));
+                (t[0] + t[2]) + (t[1] + t[3])
+            }
+            SumOrder::VecDot => fold_vec_dot(&std::array::from_fn(|a| at(a))),
+        };
+    }
+}
+
+/// ggml_vec_dot_f32's reduction of its 4 × 8 accumulators (register-major) on AVX2.
+#[inline(always)]
+fn fold_vec_dot(s: &[f32; 32]) -> f32 {
+    let x: [f32; 8] = std::array::from_fn(|l| (s[l] + s[16 + l]) + (s[8 + l] + s[24 + l]));
+    let t: [f32; 4] = std::array::from_fn(|l| x[l] + x[l + 4]);
+    (t[0] + t[1]) + (t[2] + t[3])
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -122,5 +219,35 @@ mod tests {
         assert!(worst < 3e-7, "relative error {worst}");
         assert_eq!(super::expf(-200.0), 0.0);
         assert_eq!(super::expf(f32::NEG_INFINITY), 0.0);
+    }
+
+    /// Both orders are exact on small integers; on rounding data, `VecDot` equals `dot` over
+    /// the zero-padded row (llama.cpp's padded KV view), and `Gemm` sums in another order.
+    #[test]
+    fn weighted_rows_orders() {
+        use super::{dot, weighted_rows, SumOrder};
+        let n = 45;
+        let w: Vec<f32> = (0..n).map(|i| ((i * 7919 % 101) as f32 / 37.0).sin()).collect();
+        let v: Vec<f32> = (0..2 * n).map(|i| ((i * 104729 % 211) as f32 / 13.0).cos() * 1e3).collect();
+        let mut acc = Vec::new();
+        let (mut vd, mut gm) = ([0.0f32; 2], [0.0f32; 2]);
+        weighted_rows(&w, &v, 2, SumOrder::VecDot, &mut acc, &mut vd);
+        weighted_rows(&w, &v, 2, SumOrder::Gemm, &mut acc, &mut gm);
+        for c in 0..2 {
+            let mut wp = w.clone();
+            wp.resize(64, 0.0);
+            let mut vc: Vec<f32> = (0..n).map(|p| v[2 * p + c]).collect();
+            vc.resize(64, 0.0);
+            assert_eq!(vd[c], dot(&wp, &vc), "column {c}");
+            let exact: f64 = (0..n).map(|p| w[p] as f64 * v[2 * p + c] as f64).sum();
+            assert!((gm[c] as f64 - exact).abs() < 1e-3 && (vd[c] as f64 - exact).abs() < 1e-3);
+        }
+        assert_ne!(vd, gm, "the two orders should round differently on this data");
+        let ones = vec![1.0f32; n];
+        let ints: Vec<f32> = (0..n).map(|p| p as f32).collect();
+        let (mut a, mut b) = ([0.0f32], [0.0f32]);
+        weighted_rows(&ones, &ints, 1, SumOrder::VecDot, &mut acc, &mut a);
+        weighted_rows(&ones, &ints, 1, SumOrder::Gemm, &mut acc, &mut b);
+        assert_eq!((a[0], b[0]), (990.0, 990.0));
     }
 }
