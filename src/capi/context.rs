@@ -222,6 +222,12 @@ pub(crate) unsafe fn context_ref<'a>(c: *const xdan_context) -> Result<&'a xdan_
 /// exactly as before. `XDAN_E_INVALID_ARG` (NULL, `n == 0`, bad token or sequence),
 /// `XDAN_E_CONTEXT_FULL` (no room: nothing changed), `XDAN_E_CANCELLED` (the abort check said
 /// stop), `XDAN_E_BUSY`.
+///
+/// On the CPU the arithmetic is llama.cpp's: a pass holding one token of a sequence sums its
+/// attention as llama.cpp's decode steps do, a pass with two or more as its prompt batches do.
+/// So a prompt stepped whole or in passes of two or more tokens each (by the caller or by
+/// `n_batch`) gives the same bits; a token stepped alone agrees with those to rounding only,
+/// as in llama.cpp. Other sequences sharing a pass never change a sequence's results.
 #[no_mangle]
 pub unsafe extern "C" fn xdan_step(
     c: *mut xdan_context,
