@@ -120,7 +120,8 @@ pub fn route_top_k(logits: &[f32], k: usize, probs: &mut [f32], ids: &mut [u32],
 
 /// The operations of a compute device. See the module documentation for the conventions.
 pub trait Backend: Send + Sync + 'static {
-    type Weight: Send + Sync;
+    /// Cloning shares the weight's data (a tied output head is the embedding table itself).
+    type Weight: Send + Sync + Clone;
     type Act: Send;
     type Kv: Send;
 

@@ -200,14 +200,10 @@ pub(crate) enum Target {
     Emulated(Arc<EmuDevice>),
 }
 
-/// Bytes the weights take on a device: every tensor the engine uploads (a tied output head is
-/// uploaded a second time as `output`; `rope_freqs` stays on the host).
+/// Bytes the weights take on a device: every tensor the engine uploads, once (a tied output
+/// head shares the embedding table; `rope_freqs` stays on the host).
 fn weight_bytes(g: &Gguf) -> u64 {
-    let mut n: u64 = g.tensors().iter().filter(|t| t.name != "rope_freqs.weight").map(|t| t.n_bytes).sum();
-    if g.tensor("output.weight").is_none() {
-        n += g.tensor("token_embd.weight").map_or(0, |t| t.n_bytes);
-    }
-    n
+    g.tensors().iter().filter(|t| t.name != "rope_freqs.weight").map(|t| t.n_bytes).sum()
 }
 
 fn on_device<D: crate::backend::cuda::Device>(

@@ -199,7 +199,7 @@ impl<B: Backend> Weights<B> {
                 check_type(t)?;
                 prep(t, &mut done)?
             }
-            None => be.weight(g, te)?,
+            None => tok_embd.clone(),
         };
         let mut layers = Vec::with_capacity(hp.n_layer);
         for il in 0..hp.n_layer {

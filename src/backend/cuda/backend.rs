@@ -83,6 +83,13 @@ pub struct CudaWeight<D: Device> {
     pub row_bytes: usize,
 }
 
+// By hand: a derive would ask `D: Clone`; a clone shares the device buffer.
+impl<D: Device> Clone for CudaWeight<D> {
+    fn clone(&self) -> Self {
+        CudaWeight { buf: self.buf.clone(), name: self.name.clone(), ty: self.ty, rows: self.rows, cols: self.cols, row_bytes: self.row_bytes }
+    }
+}
+
 impl<D: Device> CudaWeight<D> {
     /// The kernel-name suffix of this weight's type; Unsupported, naming the tensor, when no
     /// kernel reads it.
