@@ -653,7 +653,7 @@ void xdan_context_params_init(struct xdan_context_params *p);
  * model loaded with `vocab_only` or out-of-range parameters; `XDAN_E_OUT_OF_MEMORY` when the
  * KV cache cannot be allocated or, on a GPU, does not fit what is left of the model's
  * `vram_budget` (the message names the bytes needed and left); `XDAN_E_UNSUPPORTED` for
- * `XDAN_KV_Q8_0` on a GPU (F16 and F32 are supported there).
+ * `XDAN_KV_Q8_0` with a head size that is not a multiple of 32.
  */
 enum xdan_status xdan_context_new(struct xdan_model *m,
                                   const struct xdan_context_params *p,

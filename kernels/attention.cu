@@ -18,8 +18,13 @@
 // part_acc: [n_tokens][n_heads][n_splits][head_dim], n_splits = gridDim.y (enough for the
 // longest token; splits past a token's length record an empty part).
 // grid (n_heads, n_splits, n_tokens).
-__device__ __forceinline__ float xd_kv_get(const float* p) { return *p; }
-__device__ __forceinline__ float xd_kv_get(const uint16_t* p) { return xd_h2f(*p); }
+// Value i of a layer's cache (f32, f16 or Q8_0 blocks; a row is whole blocks).
+__device__ __forceinline__ float xd_kv_at(const float* c, long long i) { return c[i]; }
+__device__ __forceinline__ float xd_kv_at(const uint16_t* c, long long i) { return xd_h2f(c[i]); }
+__device__ __forceinline__ float xd_kv_at(const xd_kv_q8_0* c, long long i) {
+    const xd_kv_q8_0& b = c[i >> 5];
+    return xd_h2f(b.d) * float(b.qs[i & 31]);
+}
 
 template <typename KV>
 __device__ __forceinline__ void xd_attn_split(const float* __restrict__ q, const KV* __restrict__ k_cache,
@@ -53,7 +58,7 @@ __device__ __forceinline__ void xd_attn_split(const float* __restrict__ q, const
         float s = 0.0f;
 #pragma unroll
         for (int j = 0; j < XD_ATTN_MAX_DIM / XD_WARP; ++j)
-            if (j < nc) s += qr[j] * xd_kv_get(k_cache + base + lane + XD_WARP * j);
+            if (j < nc) s += qr[j] * xd_kv_at(k_cache, base + lane + XD_WARP * j);
         s = xd_warp_sum(s) * scale;
         const float m_new = fmaxf(m, s);
         const float corr = expf(m - m_new);  // 0 on the first position (m = -inf)
@@ -61,7 +66,7 @@ __device__ __forceinline__ void xd_attn_split(const float* __restrict__ q, const
         l = l * corr + p;
 #pragma unroll
         for (int j = 0; j < XD_ATTN_MAX_DIM / XD_WARP; ++j)
-            if (j < nc) acc[j] = acc[j] * corr + p * xd_kv_get(v_cache + base + lane + XD_WARP * j);
+            if (j < nc) acc[j] = acc[j] * corr + p * xd_kv_at(v_cache, base + lane + XD_WARP * j);
         m = m_new;
     }
     if (lane == 0) {
@@ -104,6 +109,7 @@ __device__ __forceinline__ void xd_attn_split(const float* __restrict__ q, const
 
 XD_ATTN_KERNEL(attn_split_f32, float)
 XD_ATTN_KERNEL(attn_split_f16, uint16_t)
+XD_ATTN_KERNEL(attn_split_q8_0, xd_kv_q8_0)
 
 // out: [n_tokens][n_heads * head_dim]. grid (n_heads, n_tokens); any block size (a multiple of
 // 32 with out_q). Every token sees at least one position, so at least one split is non-empty.

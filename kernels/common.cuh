@@ -136,6 +136,12 @@ __device__ __forceinline__ void xd_quantize_warp_q8_1(float v, xd_q8_1* __restri
     }
 }
 
+// One 32-value block of a Q8_0 KV row (GGML's block_q8_0): value i is d * qs[i], d f16 bits.
+struct xd_kv_q8_0 {
+    uint16_t d;
+    int8_t qs[32];
+};
+
 // A value into an f32 or f16 KV cache (the KV store and its fusion with RoPE).
 __device__ __forceinline__ void xd_kv_put(float* p, float v) { *p = v; }
 __device__ __forceinline__ void xd_kv_put(uint16_t* p, float v) { *p = xd_f2h(v); }

@@ -59,6 +59,31 @@ extern "C" __global__ void kv_store_f16(const float* __restrict__ k, const float
     xd_kv_store(k, v, k_cache, v_cache, slots, n_tokens, n_embd_kv);
 }
 
+// A Q8_0 cache: one warp per 32-value block, the K block and the same V block, quantized as
+// ggml's reference quantizer (and the CPU backend) does: d = amax / 127, q = round(x / d) with
+// halves away from zero, d stored as f16. Threads: n_tokens * n_embd_kv (a multiple of 32), in
+// blocks of a multiple of 32, so a warp is one KV block and leaves or stays as a whole.
+__device__ __forceinline__ void xd_put_q8_0(float x, xd_kv_q8_0* __restrict__ blk, int lane) {
+    const float amax = xd_warp_max(fabsf(x));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    blk->qs[lane] = int8_t(roundf(x * id));
+    if (lane == 0) blk->d = xd_f2h(d);
+}
+
+extern "C" __global__ void kv_store_q8_0(const float* __restrict__ k, const float* __restrict__ v,
+                                         xd_kv_q8_0* __restrict__ k_cache, xd_kv_q8_0* __restrict__ v_cache,
+                                         const int* __restrict__ slots, int n_tokens, int n_embd_kv) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n_tokens * n_embd_kv) return;
+    const int lane = threadIdx.x % XD_WARP;
+    const int per_row = n_embd_kv / 32;
+    const long long blk = i / 32, t = blk / per_row;
+    const long long at = (long long)slots[t] * per_row + blk % per_row;
+    xd_put_q8_0(k[i], k_cache + at, lane);
+    xd_put_q8_0(v[i], v_cache + at, lane);
+}
+
 // f32 to f16 bits, element-wise (for testing the conversion the f16 KV cache uses).
 extern "C" __global__ void convert_f32_f16(const float* __restrict__ x, uint16_t* __restrict__ y, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;

@@ -577,12 +577,20 @@ fn check_moe(h: &Harness, ty: &str, nrows: usize, ncols: usize, ids: &[i32], x_g
     rep.lines.push(format!("moe dispatch {ty}: slots {ids:?} of {n_expert} experts, {nrows}x{ncols}, {x_group} slot(s) per activation row"));
 }
 
+/// A KV cache element type, numbered as the harness's `attn` op takes it.
+#[derive(Clone, Copy, Debug)]
+enum Kv {
+    F32 = 0,
+    F16 = 1,
+    Q8_0 = 2,
+}
+
 /// Attention over a paged cache: sequences of lengths `lens`, their 16-slot blocks scattered
 /// over the cache in reverse order. With `causal`, every position of each sequence is a query
 /// seeing the positions up to its own (as in a prefill); else one query per sequence seeing all
 /// (decode).
 #[allow(clippy::too_many_arguments)]
-fn check_attention(h: &Harness, lens: &[usize], causal: bool, f16: bool, nh: usize, nkv: usize, hd: usize, split: usize, rng: &mut Rng, rep: &mut Report) {
+fn check_attention(h: &Harness, lens: &[usize], causal: bool, kv: Kv, nh: usize, nkv: usize, hd: usize, split: usize, rng: &mut Rng, rep: &mut Report) {
     let row = nkv * hd;
     let total_blocks: usize = lens.iter().map(|l| l.div_ceil(16)).sum();
     let n_blocks_pool = 2 * total_blocks + 1;
@@ -607,9 +615,21 @@ fn check_attention(h: &Harness, lens: &[usize], causal: bool, f16: bool, nh: usi
     }
     let knew = rng.vec(slots.len() * row, 1.0);
     let vnew = rng.vec(slots.len() * row, 1.0);
-    // What the cache holds: the values themselves, or rounded to f16.
+    // What the cache holds: the values themselves, rounded to f16, or Q8_0 blocks of 32 as the
+    // CPU quantizes them (the kernel must store the same blocks).
     let cached = |v: &[f32]| -> Vec<f32> {
-        if f16 { v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect() } else { v.to_vec() }
+        match kv {
+            Kv::F32 => v.to_vec(),
+            Kv::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+            Kv::Q8_0 => v
+                .chunks_exact(32)
+                .flat_map(|c| {
+                    let mut y = [0.0f32; 32];
+                    xdan::quant::legacy::BlockQ8_0::quantize(c).dequantize(&mut y);
+                    y
+                })
+                .collect(),
+        }
     };
     let (kref, vref) = (cached(&knew), cached(&vnew));
     let row_of = |s: usize, p: usize| kv_at.iter().position(|&x| x == (s, p)).unwrap();
@@ -631,7 +651,7 @@ fn check_attention(h: &Harness, lens: &[usize], causal: bool, f16: bool, nh: usi
     h.put_i32("n_kv.i32", &queries.iter().map(|&(_, n)| n as i32).collect::<Vec<_>>());
     let mut args: Vec<String> = [nt, nh, nkv, hd, split, n_blocks_pool * 16].iter().map(|v| v.to_string()).collect();
     args.push(scale.to_string());
-    args.push((f16 as i32).to_string());
+    args.push((kv as i32).to_string());
     h.run("attn", &args);
     let out = h.get_f32("out.f32");
     let mut worst = 0f64;
@@ -657,12 +677,7 @@ fn check_attention(h: &Harness, lens: &[usize], causal: bool, f16: bool, nh: usi
             }
         }
     }
-    let kind = match (causal, f16) {
-        (true, false) => "causal batch, f32 KV",
-        (true, true) => "causal batch, f16 KV",
-        (false, false) => "decode, f32 KV",
-        (false, true) => "decode, f16 KV",
-    };
+    let kind = format!("{}, {kv:?} KV", if causal { "causal batch" } else { "decode" });
     rep.lines.push(format!(
         "attention {kind} lens {lens:?} split {split} heads {nh}/{nkv} dim {hd}: {nt} queries, max |err| {worst:.1e}"
     ));
@@ -761,19 +776,23 @@ fn run_all(h: &Harness, small: bool) -> Report {
         check_moe_gemm(h, "Q4_K", 24, 256, &ids260, 2, 2, &mut rng, &mut rep);
     }
     if small {
-        check_attention(h, &[17, 33], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
-        check_attention(h, &[17], false, true, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[17, 33], false, Kv::F32, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[17], false, Kv::F16, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[17], false, Kv::Q8_0, 8, 2, 32, 32, &mut rng, &mut rep);
     } else {
         for len in [1, 15, 16, 17, 31, 32, 33, 100] {
-            check_attention(h, &[len], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
+            check_attention(h, &[len], false, Kv::F32, 8, 2, 32, 32, &mut rng, &mut rep);
         }
-        check_attention(h, &[17, 1, 100, 33], false, false, 8, 2, 32, 32, &mut rng, &mut rep);
-        check_attention(h, &[17, 1, 100, 33], false, true, 8, 2, 32, 32, &mut rng, &mut rep);
-        check_attention(h, &[100], false, false, 4, 4, 128, 16, &mut rng, &mut rep);
-        check_attention(h, &[100, 5], false, true, 4, 1, 256, 64, &mut rng, &mut rep);
-        check_attention(h, &[47], false, false, 2, 2, 64, 256, &mut rng, &mut rep);
-        check_attention(h, &[20, 35], true, false, 4, 2, 32, 16, &mut rng, &mut rep);
-        check_attention(h, &[20, 35], true, true, 4, 2, 32, 16, &mut rng, &mut rep);
+        check_attention(h, &[17, 1, 100, 33], false, Kv::F32, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[17, 1, 100, 33], false, Kv::F16, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[100], false, Kv::F32, 4, 4, 128, 16, &mut rng, &mut rep);
+        check_attention(h, &[100, 5], false, Kv::F16, 4, 1, 256, 64, &mut rng, &mut rep);
+        check_attention(h, &[47], false, Kv::F32, 2, 2, 64, 256, &mut rng, &mut rep);
+        check_attention(h, &[20, 35], true, Kv::F32, 4, 2, 32, 16, &mut rng, &mut rep);
+        check_attention(h, &[20, 35], true, Kv::F16, 4, 2, 32, 16, &mut rng, &mut rep);
+        check_attention(h, &[17, 1, 100, 33], false, Kv::Q8_0, 8, 2, 32, 32, &mut rng, &mut rep);
+        check_attention(h, &[100, 5], false, Kv::Q8_0, 4, 1, 256, 64, &mut rng, &mut rep);
+        check_attention(h, &[20, 35], true, Kv::Q8_0, 4, 2, 32, 16, &mut rng, &mut rep);
     }
     check_f2h(h, &mut rng, &mut rep);
     rep
@@ -1115,11 +1134,13 @@ fn fused_rope_kv_store() {
     let fused = CudaBackend::new(dev.clone()).with_fusion(true);
     let plain = CudaBackend::new(dev.clone()).with_fusion(false);
     let mut rng = Rng(0x40be);
-    // Whole heads rotated; half of each head with frequency factors; f32 and f16 caches.
+    // Whole heads rotated; half of each head with frequency factors; f32, f16 and Q8_0 caches
+    // (Q8_0 takes the separate ops: its blocks need the amax of 32 values).
     for (nh, nkv, hd, n_rot, factors, kv_ty) in [
         (8usize, 2usize, 32usize, 32usize, false, GgmlType::F32),
         (4, 4, 64, 32, true, GgmlType::F16),
         (6, 2, 64, 64, false, GgmlType::F16),
+        (6, 2, 64, 64, false, GgmlType::Q8_0),
     ] {
         let ff = factors.then(|| (0..n_rot / 2).map(|i| 1.0 + i as f32 * 0.5).collect());
         let p = RopeParams { n_rot, freq_base: 10000.0, freq_scale: 0.5, freq_factors: ff };
@@ -1135,17 +1156,31 @@ fn fused_rope_kv_store() {
         assert!(bits(&f.0) == bits(&s.0) && bits(&f.1) == bits(&s.1), "{nh}/{nkv}x{hd}: rotated Q/K differ from rope_norm's");
         assert!(f.2 == s.2, "{nh}/{nkv}x{hd}: the stored K/V rows differ from kv_store's");
         let dec = |b: &[u8]| -> Vec<f32> {
-            if kv_ty == GgmlType::F16 {
-                b.chunks_exact(2).map(|c| xdan::quant::block::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect()
-            } else {
-                f32s(b)
+            match kv_ty {
+                GgmlType::F16 => b.chunks_exact(2).map(|c| xdan::quant::block::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+                GgmlType::Q8_0 => b
+                    .chunks_exact(34)
+                    .flat_map(|c| {
+                        let d = xdan::quant::block::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]]));
+                        c[2..].iter().map(move |&q| d * q as i8 as f32)
+                    })
+                    .collect(),
+                _ => f32s(b),
             }
         };
+        // V goes into the cache unrotated: the same bytes as the CPU's, whatever the type.
+        let half = f.2.len() / 2;
+        assert!(f.2[half..] == c.2[half..], "{nh}/{nkv}x{hd}: the V rows in the {kv_ty} cache differ from the CPU's");
         let dq = max_rel(&f.0, &c.0).max(max_rel(&f.1, &c.1));
         let dc = max_rel(&dec(&f.2), &dec(&c.2));
         // The CPU's angles follow llama.cpp's f32 recurrence, the GPU's are computed in double:
-        // at position 4000 they part by about 1e-5 of the values (f16 cache: its rounding).
-        let tol_c = if kv_ty == GgmlType::F16 { 1e-3 } else { 2e-4 };
+        // at position 4000 they part by about 1e-5 of the values (f16 cache: its rounding; Q8_0:
+        // a K value that lands on the other side of a rounding boundary moves by a code).
+        let tol_c = match kv_ty {
+            GgmlType::F16 => 1e-3,
+            GgmlType::Q8_0 => 1e-2,
+            _ => 2e-4,
+        };
         assert!(dq < 2e-4 && dc < tol_c, "{nh}/{nkv}x{hd}: vs the CPU backend, Q/K {dq}, cache {dc}");
         println!("rope_kv_store {nh} heads / {nkv} KV heads of {hd}, n_rot {n_rot}, KV {kv_ty}: = rope, rope, kv_store bit for bit; vs CPU {dq:.1e} (Q/K), {dc:.1e} (cache)");
     }

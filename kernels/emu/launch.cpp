@@ -63,9 +63,9 @@ const Entry kKernels[] = {
     XD_REG(get_rows_iq3_s), XD_REG(get_rows_iq1_s), XD_REG(get_rows_iq1_m), XD_REG(get_rows_mxfp4),
     XD_REG(rms_norm), XD_REG(rms_norm_q8_1), XD_REG(add_rms_norm), XD_REG(rope_norm), XD_REG(rope_kv_store_f32),
     XD_REG(rope_kv_store_f16), XD_REG(swiglu), XD_REG(add_f32), XD_REG(moe_combine), XD_REG(kv_store_f32),
-    XD_REG(kv_store_f16), XD_REG(convert_f32_f16),
+    XD_REG(kv_store_f16), XD_REG(kv_store_q8_0), XD_REG(convert_f32_f16),
     XD_REG(moe_router), XD_REG(moe_route_f32), XD_REG(moe_route_f16),
-    XD_REG(attn_split_f32), XD_REG(attn_split_f16), XD_REG(attn_combine), XD_REG(attn_combine_q8_1),
+    XD_REG(attn_split_f32), XD_REG(attn_split_f16), XD_REG(attn_split_q8_0), XD_REG(attn_combine), XD_REG(attn_combine_q8_1),
 };
 
 const Entry* find(const char* name) {

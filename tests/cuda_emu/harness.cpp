@@ -309,13 +309,13 @@ int main(int argc, char** argv) {
         store("weights.f32", weights);
         store("probs.f32", probs);
     } else if (op == "attn") {
-        // N_TOKENS N_HEADS N_KV HEAD_DIM SPLIT_LEN N_SLOTS SCALE KV_F16(0/1):
+        // N_TOKENS N_HEADS N_KV HEAD_DIM SPLIT_LEN N_SLOTS SCALE KV (0 f32, 1 f16, 2 q8_0):
         // knew.f32 / vnew.f32 [n_store][n_kv * hd] stored at slots.i32 by kv_store; then
         // q.f32 [n_tokens][n_heads * hd], tables.i32, table_off.i32, n_kv.i32 -> out.f32
         const int nt = iarg(argv, argc, 3), nh = iarg(argv, argc, 4), nkv = iarg(argv, argc, 5);
         const int hd = iarg(argv, argc, 6), split = iarg(argv, argc, 7), n_slots = iarg(argv, argc, 8);
         const float scale = farg(argv, argc, 9);
-        const bool f16 = iarg(argv, argc, 10) != 0;
+        const int kv_ty = iarg(argv, argc, 10);
         auto knew = load<float>("knew.f32");
         auto vnew = load<float>("vnew.f32");
         auto slots = load<int>("slots.i32");
@@ -330,10 +330,13 @@ int main(int argc, char** argv) {
             if (sl < 0 || sl >= n_slots) fail("slot out of range");
         std::vector<float> kc((size_t)n_slots * row, 0.0f), vc(kc.size(), 0.0f);
         std::vector<uint16_t> kh(kc.size(), 0), vh(kc.size(), 0);
+        std::vector<xd_kv_q8_0> kq(kc.size() / 32), vq(kc.size() / 32);
         const long long total = (long long)n_store * row;
         const dim3 sg(unsigned((total + 127) / 128)), sb(128);
-        if (f16)
+        if (kv_ty == 1)
             XD_LAUNCH(kv_store_f16, sg, sb, 0, knew.data(), vnew.data(), kh.data(), vh.data(), slots.data(), n_store, row);
+        else if (kv_ty == 2)
+            XD_LAUNCH(kv_store_q8_0, sg, sb, 0, knew.data(), vnew.data(), kq.data(), vq.data(), slots.data(), n_store, row);
         else
             XD_LAUNCH(kv_store_f32, sg, sb, 0, knew.data(), vnew.data(), kc.data(), vc.data(), slots.data(), n_store, row);
         int max_len = 0;
@@ -342,8 +345,11 @@ int main(int argc, char** argv) {
         std::vector<float> ml((size_t)nt * nh * n_splits * 2), acc((size_t)nt * nh * n_splits * hd);
         std::vector<float> out((size_t)nt * nh * hd);
         const dim3 ag(nh, n_splits, nt), ab(32 * XD_ATTN_WARPS);
-        if (f16)
+        if (kv_ty == 1)
             XD_LAUNCH(attn_split_f16, ag, ab, 0, q.data(), kh.data(), vh.data(), tables.data(), table_off.data(),
+                      n_kv.data(), nh, nkv, hd, split, scale, ml.data(), acc.data());
+        else if (kv_ty == 2)
+            XD_LAUNCH(attn_split_q8_0, ag, ab, 0, q.data(), kq.data(), vq.data(), tables.data(), table_off.data(),
                       n_kv.data(), nh, nkv, hd, split, scale, ml.data(), acc.data());
         else
             XD_LAUNCH(attn_split_f32, ag, ab, 0, q.data(), kc.data(), vc.data(), tables.data(), table_off.data(),

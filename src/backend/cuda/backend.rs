@@ -448,10 +448,10 @@ impl<D: Device> CudaBackend<D> {
     }
 
     fn kv_suffix(kv: &CudaKv<D>) -> &'static str {
-        if kv.layout.ty == GgmlType::F16 {
-            "f16"
-        } else {
-            "f32"
+        match kv.layout.ty {
+            GgmlType::F16 => "f16",
+            GgmlType::Q8_0 => "q8_0",
+            _ => "f32",
         }
     }
 
@@ -711,8 +711,11 @@ impl<D: Device> Backend for CudaBackend<D> {
     }
 
     fn kv_new(&self, layout: &KvLayout) -> Result<CudaKv<D>> {
-        if !matches!(layout.ty, GgmlType::F32 | GgmlType::F16) {
-            return Err(Error::unsupported(format!("CUDA backend: KV cache type {} (F32 and F16 are supported)", layout.ty)));
+        if !matches!(layout.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0) {
+            return Err(Error::unsupported(format!("CUDA backend: KV cache type {} (F32, F16 and Q8_0 are supported)", layout.ty)));
+        }
+        if layout.ty == GgmlType::Q8_0 && layout.n_embd_kv % 32 != 0 {
+            return Err(Error::unsupported(format!("CUDA backend: a Q8_0 KV row of {} values (whole blocks of 32 needed)", layout.n_embd_kv)));
         }
         let row_bytes = layout.row_bytes();
         let bytes = layout
@@ -770,7 +773,9 @@ impl<D: Device> Backend for CudaBackend<D> {
         layer: usize,
         slots: &[u32],
     ) -> Result<()> {
-        if !self.fuse {
+        // A Q8_0 cache is written a block of 32 at a time (one amax), which the fused kernel's
+        // per-value stores cannot do.
+        if !self.fuse || kv.layout.ty == GgmlType::Q8_0 {
             self.rope(q, n_head, pos, p)?;
             self.rope(k, n_head_kv, pos, p)?;
             return self.kv_store(kv, layer, slots, k, v);
