@@ -270,6 +270,12 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     if let Err(e) = check_dot(ty, n, w, act) {
         panic!("{}", e.message);
     }
+    dot_unchecked(ty, n, w, act)
+}
+
+/// [`vec_dot`] once the sizes are known to match.
+#[inline]
+fn dot_unchecked(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if let Some(v) = avx2::vec_dot(ty, n, w, act) {
@@ -298,8 +304,12 @@ pub fn vec_dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32
         rb * out.len(),
         w.len()
     );
+    // Every row has the same size: one check for all of them.
+    if let Err(e) = check_dot(ty, n, &w[..rb], act) {
+        panic!("{}", e.message);
+    }
     for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
-        *o = vec_dot(ty, n, row, act);
+        *o = dot_unchecked(ty, n, row, act);
     }
 }
 

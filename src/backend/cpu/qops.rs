@@ -53,6 +53,23 @@ pub fn quantize_act(a: GgmlType, x: &[f32], out: &mut [u8]) {
 /// rare values, and a real model turns one such code into visible logit differences.
 /// Layout: d (f16) [, s = d * sum(q) (f16)], 32 signed codes.
 fn q8_x86(x: &[f32], out: &mut [u8], block_bytes: usize, with_sum: bool) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("sse4.1") {
+        // SAFETY: the CPU has SSE4.1 (checked just above).
+        return unsafe { q8_sse41(x, out, block_bytes, with_sum) };
+    }
+    q8_generic(x, out, block_bytes, with_sum)
+}
+
+/// The same code with SSE4.1, where rounding to even is one instruction, not a libm call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.1")]
+unsafe fn q8_sse41(x: &[f32], out: &mut [u8], block_bytes: usize, with_sum: bool) {
+    q8_generic(x, out, block_bytes, with_sum)
+}
+
+#[inline(always)]
+fn q8_generic(x: &[f32], out: &mut [u8], block_bytes: usize, with_sum: bool) {
     let off = if with_sum { 4 } else { 2 };
     for (v, o) in x.chunks_exact(32).zip(out.chunks_exact_mut(block_bytes)) {
         let amax = v.iter().fold(0.0f32, |m, &y| m.max(y.abs()));
@@ -81,25 +98,6 @@ pub fn dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
 #[inline]
 pub fn dot(w: GgmlType, n: usize, wrow: &[u8], act: &[u8]) -> f32 {
     quant::vec_dot(w, n, wrow, act)
-}
-
-/// f32 dot with 8 independent accumulators (lets the compiler vectorise it).
-#[inline]
-pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = acc.iter().sum::<f32>();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
 
 /// Dequantizes one row (`out.len()` elements) of type `ty`.
