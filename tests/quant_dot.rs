@@ -238,6 +238,38 @@ fn simd_equals_scalar_on_short_rows() {
     }
 }
 
+/// Many rows at once (the loop with the kernel inlined) give each row's own `vec_dot`, bit for
+/// bit, for every type: the fixture's blocks cut into rows of one block each, then of two.
+#[test]
+fn vec_dot_rows_equals_row_by_row_for_every_type() {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data_dir().join("manifest.json")).unwrap()).unwrap();
+    let mut checked = 0;
+    for t in manifest["types"].as_array().unwrap() {
+        let ty = GgmlType::from_name(t["type"].as_str().unwrap()).unwrap();
+        let w = std::fs::read(data_dir().join(t["cases"][1]["bin"].as_str().unwrap())).unwrap();
+        let be = if ty.block_elems() == 1 { 64 } else { ty.block_elems() };
+        for nb in [1usize, 2] {
+            let n = be * nb;
+            let rb = ty.row_bytes(n as u64).unwrap() as usize;
+            let rows = w.len() / rb;
+            if rows < 2 {
+                continue;
+            }
+            let mut act = Vec::new();
+            quantize_act(vec_dot_type(ty), &activations(n, 5 + nb as u64), &mut act).unwrap();
+            let mut out = vec![0f32; rows];
+            xdan::quant::vec_dot_rows(ty, n, &w[..rows * rb], &act, &mut out);
+            for (r, o) in out.iter().enumerate() {
+                let want = vec_dot(ty, n, &w[r * rb..(r + 1) * rb], &act);
+                assert_eq!(o.to_bits(), want.to_bits(), "{ty}, {nb} block(s) per row, row {r} of {rows}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} (type, row length) cases had two rows or more");
+}
+
 /// The machine this is developed on has AVX2; make sure the SIMD kernels really ran there.
 #[cfg(target_arch = "x86_64")]
 #[test]

@@ -70,6 +70,65 @@ pub fn has_kernel(ty: GgmlType) -> bool {
     )
 }
 
+/// Several weight rows (`rb` bytes each) against one activation row, the kernel inlined into
+/// the loop over rows: a decode step's rows are short (a few hundred values), so a dispatch per
+/// row would cost a good share of the dot itself.
+macro_rules! dot_rows_fn {
+    ($($name:ident => $dot:ident),* $(,)?) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name(rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
+            let a = as_blocks(act);
+            for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
+                *o = $dot(as_blocks(row), a);
+            }
+        }
+    )*};
+}
+
+dot_rows_fn!(
+    rows_q4_0 => dot_q4_0, rows_q4_1 => dot_q4_1, rows_q5_0 => dot_q5_0, rows_q5_1 => dot_q5_1,
+    rows_q8_0 => dot_q8_0, rows_q2_k => dot_q2_k, rows_q3_k => dot_q3_k, rows_q4_k => dot_q4_k,
+    rows_q5_k => dot_q5_k, rows_q6_k => dot_q6_k, rows_iq1_s => dot_iq1_s, rows_iq1_m => dot_iq1_m,
+    rows_iq2_xxs => dot_iq2_xxs, rows_iq2_xs => dot_iq2_xs, rows_iq2_s => dot_iq2_s,
+    rows_iq3_xxs => dot_iq3_xxs, rows_iq3_s => dot_iq3_s, rows_iq4_nl => dot_iq4_nl,
+    rows_iq4_xs => dot_iq4_xs, rows_mxfp4 => dot_mxfp4,
+);
+
+/// [`vec_dot`] over consecutive rows of `rb` bytes into `out`; false when there is no such
+/// kernel here (the caller goes row by row). Sizes are already checked by the caller.
+pub fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) -> bool {
+    if !available() {
+        return false;
+    }
+    use GgmlType::*;
+    let f = match ty {
+        Q4_0 => rows_q4_0,
+        Q4_1 => rows_q4_1,
+        Q5_0 => rows_q5_0,
+        Q5_1 => rows_q5_1,
+        Q8_0 => rows_q8_0,
+        Q2_K => rows_q2_k,
+        Q3_K => rows_q3_k,
+        Q4_K => rows_q4_k,
+        Q5_K => rows_q5_k,
+        Q6_K => rows_q6_k,
+        IQ1_S => rows_iq1_s,
+        IQ1_M => rows_iq1_m,
+        IQ2_XXS => rows_iq2_xxs,
+        IQ2_XS => rows_iq2_xs,
+        IQ2_S => rows_iq2_s,
+        IQ3_XXS => rows_iq3_xxs,
+        IQ3_S => rows_iq3_s,
+        IQ4_NL => rows_iq4_nl,
+        IQ4_XS => rows_iq4_xs,
+        MXFP4 => rows_mxfp4,
+        _ => return false,
+    };
+    // SAFETY: the CPU features were checked above; the block views come from checked sizes.
+    unsafe { f(rb, w, act, out) };
+    true
+}
+
 /// The AVX2 dot for `ty`, or `None` when the CPU lacks AVX2/FMA/F16C or `ty` has no kernel.
 /// Sizes are already checked by the caller.
 #[inline]

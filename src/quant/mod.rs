@@ -308,6 +308,10 @@ pub fn vec_dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32
     if let Err(e) = check_dot(ty, n, &w[..rb], act) {
         panic!("{}", e.message);
     }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::vec_dot_rows(ty, rb, w, act, out) {
+        return;
+    }
     for (o, row) in out.iter_mut().zip(w.chunks_exact(rb)) {
         *o = dot_unchecked(ty, n, row, act);
     }
