@@ -41,6 +41,7 @@ pub fn type_suffix(ty: GgmlType) -> Option<&'static str> {
     Some(match ty {
         F32 => "f32",
         F16 => "f16",
+        BF16 => "bf16",
         Q4_0 => "q4_0",
         Q4_1 => "q4_1",
         Q5_0 => "q5_0",
@@ -65,8 +66,10 @@ pub fn type_suffix(ty: GgmlType) -> Option<&'static str> {
     })
 }
 
+/// Whether `ty` is a float type, whose matvecs take f32 activations (not q8_1 blocks) and which
+/// has no fused QKV or gate+up kernels.
 fn is_float(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::F32 | GgmlType::F16)
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
 fn blocks(n: usize, per: usize) -> u32 {
