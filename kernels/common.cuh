@@ -1,5 +1,5 @@
-// Shared definitions of the xdan CUDA kernels: integer types, f16 conversion, unaligned block
-// loads, warp reductions, and the q8_1 activation block the quantized matvecs consume.
+// Shared definitions of the xdan CUDA kernels: integer types, f16 and bf16 conversion, unaligned
+// block loads, warp reductions, and the q8_1 activation block the quantized matvecs consume.
 //
 // The sources build three ways: by NVRTC at run time (no CUDA headers: NVRTC ships none, so
 // nothing here includes any), and by the host compiler under kernels/emu/cuda_emu.h for tests.
@@ -146,9 +146,19 @@ struct xd_kv_q8_0 {
 __device__ __forceinline__ void xd_kv_put(float* p, float v) { *p = v; }
 __device__ __forceinline__ void xd_kv_put(uint16_t* p, float v) { *p = xd_f2h(v); }
 
-// A weight value of an f32 or f16 matrix.
+// A BF16 value: the upper 16 bits of an f32. Its own type (not uint16_t, which is f16 here) so
+// the weight readers below pick the right conversion by overload.
+struct xd_bf16 {
+    uint16_t bits;
+};
+
+// bf16 to f32: the bits shifted into the top half; exact (NaN, inf, subnormals included).
+__device__ __forceinline__ float xd_bf2f(uint16_t b) { return __uint_as_float(uint32_t(b) << 16); }
+
+// A weight value of an f32, f16 or bf16 matrix.
 __device__ __forceinline__ float xd_wval(const float* w, long long i) { return w[i]; }
 __device__ __forceinline__ float xd_wval(const uint16_t* w, long long i) { return xd_h2f(w[i]); }
+__device__ __forceinline__ float xd_wval(const xd_bf16* w, long long i) { return xd_bf2f(w[i].bits); }
 
 // Lane `lane`'s share of dot(w, x) over n values: w[i] * x[i] for i = lane, lane + 32, ...
 // summed in that order (one multiply-add chain per lane, then xd_warp_sum by the caller). The

@@ -267,3 +267,7 @@ __device__ __forceinline__ void xd_dq_f16(const uint8_t* b, int, int j0, float* 
 #pragma unroll
     for (int i = 0; i < 4; ++i) v[i] = xd_ldh(b + 2 * (j0 + i));
 }
+__device__ __forceinline__ void xd_dq_bf16(const uint8_t* b, int, int j0, float* v) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v[i] = xd_bf2f(uint16_t(xd_ld16(b + 2 * (j0 + i))));
+}

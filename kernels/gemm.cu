@@ -121,8 +121,13 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
         xd_gemm<qk, bytes, dq>(w, expert_stride, counts, lists, cap, x, x_group, y, ncols, nrows, n_tok); \
     }
 
+// Float weights take the f16 tiles too, so the GEMM rounds them: F32 to f16's 11-bit
+// significand. BF16's 8-bit significand fits, so a BF16 weight in f16's normal range
+// [2^-14, 65504] passes exactly; smaller ones lose low bits (f16 subnormals; 0 from 2^-25 down) and
+// larger ones become inf. (The matvecs read all three in f32, exactly.)
 XD_GEMM_KERNEL(mul_mat_f32, 32, 128, xd_dq_f32)
 XD_GEMM_KERNEL(mul_mat_f16, 32, 64, xd_dq_f16)
+XD_GEMM_KERNEL(mul_mat_bf16, 32, 64, xd_dq_bf16)
 XD_GEMM_KERNEL(mul_mat_q4_0, 32, 18, xd_dq_q4_0)
 XD_GEMM_KERNEL(mul_mat_q4_1, 32, 20, xd_dq_q4_1)
 XD_GEMM_KERNEL(mul_mat_q5_0, 32, 22, xd_dq_q5_0)

@@ -16,6 +16,13 @@ extern "C" __global__ void get_rows_f16(const uint8_t* __restrict__ table, const
         out[(long long)blockIdx.x * ncols + i] = xd_h2f(row[i]);
 }
 
+extern "C" __global__ void get_rows_bf16(const uint8_t* __restrict__ table, const int* __restrict__ ids,
+                                         float* __restrict__ out, int ncols) {
+    const uint16_t* row = reinterpret_cast<const uint16_t*>(table) + (long long)ids[blockIdx.x] * ncols;
+    for (int i = threadIdx.x; i < ncols; i += blockDim.x)
+        out[(long long)blockIdx.x * ncols + i] = xd_bf2f(row[i]);
+}
+
 template <int QK, int BYTES, void (*DQ)(const uint8_t*, int, int, float*)>
 __device__ __forceinline__ void xd_get_rows(const uint8_t* __restrict__ table, const int* __restrict__ ids,
                                             float* __restrict__ out, int ncols) {

@@ -1,6 +1,6 @@
 // MoE router: softmax over the experts' logits, the k most probable experts (ties go to the
 // lowest expert id), their probabilities renormalised to sum to 1. moe_router takes the logits
-// (one warp per token); moe_route_f32 / moe_route_f16 compute them first, the router matvec and
+// (one warp per token); moe_route_f32 / _f16 / _bf16 compute them first, the router matvec and
 // the routing in one launch (one block per token).
 #include "common.cuh"
 
@@ -89,9 +89,9 @@ extern "C" __global__ void moe_router(const float* __restrict__ logits, int n_to
 }
 
 // The router matvec and the routing of one token per block: logits[e] = dot(w[e], x[token]) as
-// mul_mat_vec_f32 / _f16 sum them (lane-strided, then the warp sum), so the logits and hence
-// the choices are those of the two launches; then warp 0 routes them as moe_router does.
-// w: [n_expert][ncols] (f32 or f16); x: [n_tokens][ncols]; ids, weights: [n_tokens][k].
+// mul_mat_vec_f32 / _f16 / _bf16 sum them (lane-strided, then the warp sum), so the logits and
+// hence the choices are those of the two launches; then warp 0 routes them as moe_router does.
+// w: [n_expert][ncols] (f32, f16 or bf16); x: [n_tokens][ncols]; ids, weights: [n_tokens][k].
 // grid (n_tokens); blockDim.x = 32 * XD_ROUTE_WARPS.
 
 template <typename W>
@@ -120,5 +120,11 @@ extern "C" __global__ void __launch_bounds__(32 * XD_ROUTE_WARPS)
 extern "C" __global__ void __launch_bounds__(32 * XD_ROUTE_WARPS)
     moe_route_f16(const uint16_t* __restrict__ w, const float* __restrict__ x, int ncols, int n_expert, int k,
                   int* __restrict__ ids, float* __restrict__ weights) {
+    xd_route(w, x, ncols, n_expert, k, ids, weights);
+}
+
+extern "C" __global__ void __launch_bounds__(32 * XD_ROUTE_WARPS)
+    moe_route_bf16(const xd_bf16* __restrict__ w, const float* __restrict__ x, int ncols, int n_expert, int k,
+                   int* __restrict__ ids, float* __restrict__ weights) {
     xd_route(w, x, ncols, n_expert, k, ids, weights);
 }

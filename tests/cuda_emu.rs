@@ -148,7 +148,7 @@ fn activations(rng: &mut Rng, n: usize) -> Vec<f32> {
 fn type_shape(ty: &str) -> (usize, usize) {
     match ty {
         "F32" => (1, 4),
-        "F16" => (1, 2),
+        "F16" | "BF16" => (1, 2),
         "Q4_0" | "IQ4_NL" => (32, 18),
         "Q4_1" => (32, 20),
         "Q5_0" => (32, 22),
@@ -234,7 +234,7 @@ fn check_matvec(h: &Harness, ty: &str, nrows: usize, ncols: usize, rng: &mut Rng
     h.run("matvec", &[ty.into(), nrows.to_string(), ncols.to_string()]);
     let y = h.get_f32("y.f32");
     assert_eq!(y.len(), nrows);
-    let quantized = !matches!(ty, "F32" | "F16");
+    let quantized = !matches!(ty, "F32" | "F16" | "BF16");
     let xq: Vec<f64> = if quantized {
         let blocks = q8_blocks(&h.get("xq.bin"));
         assert_eq!(blocks.len(), ncols / 32);
@@ -256,8 +256,19 @@ fn check_matvec(h: &Harness, ty: &str, nrows: usize, ncols: usize, rng: &mut Rng
     } else {
         x.iter().map(|&v| v as f64).collect()
     };
+    // Float weights: also the CPU backend's own product (its dot of a weight row with f32
+    // activations, qops::dot_rows). Both sum the same exact f32 products in f32, in different
+    // orders, so each is within `tol` of the float64 sum and they are within 2 `tol` of each other.
+    let cpu: Option<Vec<f32>> = (!quantized).then(|| {
+        let gt = GgmlType::from_name(ty).unwrap();
+        let act: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut out = vec![0f32; nrows];
+        xdan::quant::vec_dot_rows(gt, ncols, &w, &act, &mut out);
+        out
+    });
     let mut worst_strict = 0f64;
     let mut worst_loose = 0f64;
+    let mut worst_cpu = 0f64;
     for r in 0..nrows {
         let row = &wf[r * ncols..(r + 1) * ncols];
         let mut strict = 0f64;
@@ -286,10 +297,19 @@ fn check_matvec(h: &Harness, ty: &str, nrows: usize, ncols: usize, rng: &mut Rng
         assert!(ds <= tol, "{ty} {nrows}x{ncols} row {r}: got {}, float64 reference {strict} (|diff| {ds} > {tol})", y[r]);
         let dl = (y[r] as f64 - exact).abs();
         assert!(dl <= bound * 1.0001 + tol, "{ty} row {r}: {} vs unquantized {exact}: {dl} > q8_1 bound {bound}", y[r]);
+        if let Some(c) = &cpu {
+            let dc = (y[r] as f64 - c[r] as f64).abs();
+            assert!(dc <= 2.0 * tol, "{ty} {nrows}x{ncols} row {r}: got {}, CPU backend {} (|diff| {dc} > {})", y[r], c[r], 2.0 * tol);
+            worst_cpu = worst_cpu.max(dc / mag.max(1e-30));
+        }
         worst_strict = worst_strict.max(ds / mag.max(1e-30));
         worst_loose = worst_loose.max(dl / bound.max(1e-30));
     }
-    let loose = if quantized { format!(", max |err vs f32 x| / q8_1 bound = {worst_loose:.2}") } else { String::new() };
+    let loose = if quantized {
+        format!(", max |err vs f32 x| / q8_1 bound = {worst_loose:.2}")
+    } else {
+        format!(", max |GPU - CPU backend| / sum|w*x| = {worst_cpu:.1e}")
+    };
     rep.lines.push(format!("matvec {ty:7} {nrows:2}x{ncols:4}: max |err| / sum|w*xq| = {worst_strict:.1e}{loose}"));
 }
 
@@ -709,7 +729,7 @@ fn check_f2h(h: &Harness, rng: &mut Rng, rep: &mut Report) {
 fn run_all(h: &Harness, small: bool) -> Report {
     let mut rep = Report { lines: Vec::new() };
     let mut rng = Rng(0x5eed);
-    for ty in QUANT_TYPES.iter().chain(&["F16", "F32"]) {
+    for ty in QUANT_TYPES.iter().chain(&["F16", "BF16", "F32"]) {
         check_matvec(h, ty, 16, 512, &mut rng, &mut rep);
         if !small {
             check_matvec(h, ty, 4, 2048, &mut rng, &mut rep);
@@ -723,7 +743,7 @@ fn run_all(h: &Harness, small: bool) -> Report {
             for n_tok in [1, 7, 33] {
                 check_gemm(h, ty, 72, 512, n_tok, &mut rng, &mut rep);
             }
-        } else if matches!(*ty, "Q4_K" | "IQ2_XXS" | "F16") {
+        } else if matches!(*ty, "Q4_K" | "IQ2_XXS" | "F16" | "BF16") {
             check_gemm(h, ty, 72, 256, 7, &mut rng, &mut rep);
         }
     }
@@ -1206,8 +1226,8 @@ fn fused_router() {
     let (n_embd, n_ff) = (128usize, 32usize);
     // 8 experts top-2 (Mixtral), 40 top-3 (a second pass over the lanes), 64 top-8 (as many
     // as a model may have, which the CPU backend's routing relies on), and the kernels' most,
-    // 256 (against moe_router only).
-    for (ne, k, router_ty) in [(8usize, 2usize, GgmlType::F32), (40, 3, GgmlType::F16), (64, 8, GgmlType::F32), (256, 8, GgmlType::F32)] {
+    // 256 (against moe_router only); a router of each float type.
+    for (ne, k, router_ty) in [(8usize, 2usize, GgmlType::F32), (40, 3, GgmlType::F16), (64, 8, GgmlType::BF16), (256, 8, GgmlType::F32)] {
         let mut router = rng.vec(ne * n_embd, 0.05);
         // Experts 2 and 5 share a row: equal logits, which must go to the lower id.
         let r2 = router[2 * n_embd..3 * n_embd].to_vec();

@@ -61,6 +61,7 @@ struct TypeEntry {
 const TypeEntry kTypes[] = {
     {"F32", 1, 4, nullptr, mul_mat_vec_f32, get_rows_f32, mul_mat_f32},
     {"F16", 1, 2, nullptr, mul_mat_vec_f16, get_rows_f16, mul_mat_f16},
+    {"BF16", 1, 2, nullptr, mul_mat_vec_bf16, get_rows_bf16, mul_mat_bf16},
     {"Q4_0", 32, 18, mul_mat_vec_q4_0, nullptr, get_rows_q4_0, mul_mat_q4_0},
     {"Q4_1", 32, 20, mul_mat_vec_q4_1, nullptr, get_rows_q4_1, mul_mat_q4_1},
     {"Q5_0", 32, 22, mul_mat_vec_q5_0, nullptr, get_rows_q5_0, mul_mat_q5_0},

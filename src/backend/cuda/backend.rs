@@ -41,6 +41,7 @@ pub fn type_suffix(ty: GgmlType) -> Option<&'static str> {
     Some(match ty {
         F32 => "f32",
         F16 => "f16",
+        BF16 => "bf16",
         Q4_0 => "q4_0",
         Q4_1 => "q4_1",
         Q5_0 => "q5_0",
@@ -65,8 +66,10 @@ pub fn type_suffix(ty: GgmlType) -> Option<&'static str> {
     })
 }
 
+/// Whether `ty` is a float type, whose matvecs take f32 activations (not q8_1 blocks) and which
+/// has no fused QKV or gate+up kernels.
 fn is_float(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::F32 | GgmlType::F16)
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)
 }
 
 fn blocks(n: usize, per: usize) -> u32 {
@@ -1102,5 +1105,38 @@ impl<D: Device> Backend for CudaBackend<D> {
         let gin = if is_float(f.down.ty) { g } else { self.quantize(&mut sc, S::GateQ, g, slots, n_ff)? };
         self.matvec(&f.down, n_embd, n_embd * f.down.row_bytes, ids, gin, 1, y, slots)?;
         self.moe_combine(out, y, wts, k, n_embd, n_tok)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::kernels::{kernel_names, PROGRAMS};
+    use crate::quant::TYPE_FACTS;
+
+    /// Every weight type the backend accepts has each kernel its dispatch can name: the matvec,
+    /// the GEMM and the row gather; float types the fused router, quantized ones the fused QKV
+    /// and gate+up matvecs. And it accepts every type the CPU reads but the two activation
+    /// formats, which llama.cpp never writes as weights.
+    #[test]
+    fn every_accepted_type_has_its_kernels() {
+        let names: Vec<String> = PROGRAMS.iter().flat_map(kernel_names).collect();
+        let mut refused = Vec::new();
+        for ty in TYPE_FACTS.iter().map(|f| f.ty).filter(|&t| crate::quant::is_supported(t)) {
+            let Some(sfx) = type_suffix(ty) else {
+                refused.push(ty);
+                continue;
+            };
+            let mut want = vec![format!("mul_mat_vec_{sfx}"), format!("mul_mat_{sfx}"), format!("get_rows_{sfx}")];
+            if is_float(ty) {
+                want.push(format!("moe_route_{sfx}"));
+            } else {
+                want.extend([format!("mul_mat_vec3_{sfx}"), format!("mul_mat_vec_swiglu_{sfx}")]);
+            }
+            for k in want {
+                assert!(names.contains(&k), "{ty}: no kernel {k}");
+            }
+        }
+        assert_eq!(refused, [GgmlType::Q8_1, GgmlType::Q8_K], "weight types the CPU reads and the CUDA backend refuses");
     }
 }

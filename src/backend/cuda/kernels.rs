@@ -89,14 +89,16 @@ mod tests {
         assert!(names.contains(&"mul_mat_vec_q4_0".to_string()));
         assert!(names.contains(&"mul_mat_vec_iq4_xs".to_string()));
         let gemm = kernel_names(program("gemm.cu").unwrap());
-        assert_eq!(gemm.len(), 23, "{gemm:?}");
+        assert_eq!(gemm.len(), 24, "{gemm:?}");
         assert!(gemm.contains(&"mul_mat_iq2_xxs".to_string()) && gemm.contains(&"moe_group".to_string()));
         let attn = kernel_names(program("attention.cu").unwrap());
         assert_eq!(attn, ["attn_combine", "attn_combine_q8_1", "attn_split_f32", "attn_split_f16", "attn_split_q8_0"]);
         let rope = kernel_names(program("rope.cu").unwrap());
         assert_eq!(rope, ["rope_norm", "rope_kv_store_f32", "rope_kv_store_f16"]);
         let router = kernel_names(program("router.cu").unwrap());
-        assert_eq!(router, ["moe_router", "moe_route_f32", "moe_route_f16"]);
+        assert_eq!(router, ["moe_router", "moe_route_f32", "moe_route_f16", "moe_route_bf16"]);
+        let float = kernel_names(program("matvec_float.cu").unwrap());
+        assert_eq!(float, ["mul_mat_vec_f32", "mul_mat_vec_f16", "mul_mat_vec_bf16"]);
         for p in PROGRAMS {
             for inc in p.text.lines().filter_map(|l| l.strip_prefix("#include \"")) {
                 let h = inc.trim_end_matches('"');
