@@ -103,6 +103,16 @@ struct AttnScratch {
     acc: Vec<f32>,
 }
 
+/// The bytes of columns `c0..c0 + n` of a KV row (for Q8_0, whole blocks: `c0` and `n` are
+/// multiples of 32, as a head of a Q8_0 cache is).
+fn kv_cols(ty: GgmlType, row: &[u8], c0: usize, n: usize) -> &[u8] {
+    match ty {
+        GgmlType::F32 => &row[c0 * 4..(c0 + n) * 4],
+        GgmlType::F16 => &row[c0 * 2..(c0 + n) * 2],
+        _ => &row[c0 / 32 * 34..(c0 + n) / 32 * 34],
+    }
+}
+
 fn kv_row_to_f32(ty: GgmlType, b: &[u8], out: &mut [f32]) {
     match ty {
         GgmlType::F32 => out.copy_from_slice(&qops::as_f32(b)[..out.len()]),
@@ -420,7 +430,6 @@ impl Backend for CpuBackend {
         let (kl, vl) = (&kv.k[layer], &kv.v[layer]);
         let scale = 1.0 / (hd as f32).sqrt();
         out.resize(q.rows, nh * hd);
-        let n_embd_kv = nkv * hd;
         // llama.cpp sums weights·V with its GEMM for a batch of two or more tokens and with
         // ggml_vec_dot_f32 for a single token. Decided per sequence here (one token of this
         // sequence in the pass, or more), so a sequence's results do not depend on which other
@@ -429,42 +438,46 @@ impl Backend for CpuBackend {
         for &s in b.tok_seq {
             per_seq[s as usize] += 1;
         }
-        let f = |(t, orow): (usize, &mut [f32])| {
+        // One task per (token, KV head): the K/V columns of that head are converted to f32 once
+        // for the query heads that share them, and a single token's heads still run in parallel.
+        let f = |(i, orow): (usize, &mut [f32])| {
+            let (t, g) = (i / nkv, i % nkv);
             let n = b.tok_n_kv[t] as usize;
             let table = b.tables[b.tok_seq[t] as usize];
             let order = if per_seq[b.tok_seq[t] as usize] == 1 { SumOrder::VecDot } else { SumOrder::Gemm };
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
                 let AttnScratch { k: kf, v: vf, scores: sc, acc } = &mut *s;
-                // Dequantize the visible K and V rows once for all heads.
-                kf.resize(n * n_embd_kv, 0.0);
-                vf.resize(n * n_embd_kv, 0.0);
+                kf.resize(n * hd, 0.0);
+                vf.resize(n * hd, 0.0);
                 for p in 0..n {
                     let slot = table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK;
-                    kv_row_to_f32(ty, &kl[slot * rb..(slot + 1) * rb], &mut kf[p * n_embd_kv..(p + 1) * n_embd_kv]);
-                    kv_row_to_f32(ty, &vl[slot * rb..(slot + 1) * rb], &mut vf[p * n_embd_kv..(p + 1) * n_embd_kv]);
+                    let (kr, vr) = (&kl[slot * rb..(slot + 1) * rb], &vl[slot * rb..(slot + 1) * rb]);
+                    kv_row_to_f32(ty, kv_cols(ty, kr, g * hd, hd), &mut kf[p * hd..(p + 1) * hd]);
+                    kv_row_to_f32(ty, kv_cols(ty, vr, g * hd, hd), &mut vf[p * hd..(p + 1) * hd]);
                 }
                 // Scores padded to whole groups of 8 with -inf (weight 0), as llama.cpp's
                 // softmax runs over its padded KV view: every score takes the vector exp.
                 sc.clear();
                 sc.resize(n.div_ceil(8) * 8, f32::NEG_INFINITY);
                 let qrow = q.row(t);
-                for h in 0..nh {
-                    let g = h / group;
+                for (j, oh) in orow.chunks_exact_mut(hd).enumerate() {
+                    let h = g * group + j;
                     let qh = &qrow[h * hd..(h + 1) * hd];
                     for (p, sp) in sc[..n].iter_mut().enumerate() {
-                        *sp = vmath::dot(qh, &kf[p * n_embd_kv + g * hd..][..hd]) * scale;
+                        *sp = vmath::dot(qh, &kf[p * hd..(p + 1) * hd]) * scale;
                     }
                     sc[n..].fill(f32::NEG_INFINITY);
                     vmath::softmax(sc);
-                    vmath::weighted_rows(&sc[..n], &vf[g * hd..], n_embd_kv, order, acc, &mut orow[h * hd..(h + 1) * hd]);
+                    vmath::weighted_rows(&sc[..n], vf, hd, order, acc, oh);
                 }
             });
         };
-        if q.rows == 1 {
-            out.data.chunks_mut(nh * hd).enumerate().for_each(f);
+        let work: usize = b.tok_n_kv.iter().map(|&n| n as usize).sum::<usize>() * nh * hd;
+        if work < PAR_MIN_WORK / 4 {
+            out.data.chunks_mut(group * hd).enumerate().for_each(f);
         } else {
-            out.data.par_chunks_mut(nh * hd).enumerate().for_each(f);
+            out.data.par_chunks_mut(group * hd).enumerate().for_each(f);
         }
         Ok(())
     }
