@@ -1,5 +1,6 @@
 //! The llama forward pass over one batch of tokens, written once against [`Backend`].
 
+use super::dump::Dump;
 use super::{HParams, Weights};
 use crate::backend::{AttnBatch, Backend, RopeParams};
 use crate::error::{Error, ErrorKind, Result};
@@ -84,23 +85,35 @@ pub fn forward<B: Backend>(
     if let Some(l) = w.layers.first() {
         be.rms_norm(&s.x, &l.attn_norm, hp.rms_eps, &mut s.xn)?;
     }
+    let dump = Dump::from_env(n);
+    let (e, ekv) = (hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim);
     for (il, l) in w.layers.iter().enumerate() {
         if !abort() {
             return Err(cancelled());
         }
         // Attention block (s.xn holds the normed input).
+        dump.put(be, &s.xn, "attn_norm", il, hp.n_embd);
         be.matmul(&s.xn, &[&l.wq, &l.wk, &l.wv], &mut [&mut s.q, &mut s.k, &mut s.v])?;
         be.rope_kv_store(&mut s.q, &mut s.k, &s.v, hp.n_head, hp.n_head_kv, b.pos, rope, kv, il, b.slots)?;
+        dump.put(be, &s.q, "Qcur", il, e);
+        dump.put(be, &s.k, "Kcur", il, ekv);
+        dump.put(be, &s.v, "Vcur", il, ekv);
         be.attention(kv, il, &s.q, &ab, &mut s.att)?;
+        dump.put(be, &s.att, "kqv_out", il, e);
         be.matmul(&s.att, &[&l.wo], &mut [&mut s.o])?;
+        dump.put(be, &s.o, "attn_out", il, hp.n_embd);
         // Feed-forward block.
         be.add_rms_norm(&mut s.x, &s.o, &l.ffn_norm, hp.rms_eps, &mut s.xn)?;
+        dump.put(be, &s.x, "ffn_inp", il, hp.n_embd);
+        dump.put(be, &s.xn, "ffn_norm", il, hp.n_embd);
         let r = routes.as_deref_mut().map(|r| &mut r[il]);
         be.ffn(&s.xn, &l.ffn, &mut s.o, r)?;
+        dump.put(be, &s.o, "ffn_out", il, hp.n_embd);
         match w.layers.get(il + 1) {
             Some(next) => be.add_rms_norm(&mut s.x, &s.o, &next.attn_norm, hp.rms_eps, &mut s.xn)?,
             None => be.add(&mut s.x, &s.o)?,
         }
+        dump.put(be, &s.x, "l_out", il, hp.n_embd);
         debug_assert_eq!(n, b.pos.len());
     }
     if !abort() {

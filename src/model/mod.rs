@@ -1,6 +1,7 @@
 //! Llama-architecture models (dense llama and Mixtral-style MoE): hyper-parameters from the
 //! GGUF metadata, the tensor table checked against them, and the forward pass.
 
+pub mod dump;
 pub mod forward;
 
 use std::sync::Arc;
