@@ -270,6 +270,44 @@ fn vec_dot_rows_equals_row_by_row_for_every_type() {
     assert!(checked >= 20, "only {checked} (type, row length) cases had two rows or more");
 }
 
+/// Rows × tokens at once (IQ2_XXS decodes each block once for up to 8 tokens; other types go
+/// token by token) give each (row, token)'s own `vec_dot`, bit for bit.
+#[test]
+fn vec_dot_rows_tokens_equals_each_dot() {
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data_dir().join("manifest.json")).unwrap()).unwrap();
+    let mut checked = Vec::new();
+    for t in manifest["types"].as_array().unwrap() {
+        let ty = GgmlType::from_name(t["type"].as_str().unwrap()).unwrap();
+        if ![GgmlType::IQ2_XXS, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::F16].contains(&ty) {
+            continue;
+        }
+        let w = std::fs::read(data_dir().join(t["cases"][1]["bin"].as_str().unwrap())).unwrap();
+        let be = if ty.block_elems() == 1 { 64 } else { ty.block_elems() };
+        let rb = ty.row_bytes(be as u64).unwrap() as usize;
+        let rows = (w.len() / rb).min(20);
+        for n_tok in [1usize, 2, 8, 9, 17] {
+            let mut acts = Vec::new();
+            for k in 0..n_tok {
+                let mut a = Vec::new();
+                quantize_act(vec_dot_type(ty), &activations(be, 100 + k as u64), &mut a).unwrap();
+                acts.extend(a);
+            }
+            let arb = acts.len() / n_tok;
+            let mut out = vec![0f32; rows * n_tok];
+            xdan::quant::vec_dot_rows_tokens(ty, be, &w[..rows * rb], &acts, n_tok, &mut out);
+            for r in 0..rows {
+                for k in 0..n_tok {
+                    let want = vec_dot(ty, be, &w[r * rb..(r + 1) * rb], &acts[k * arb..(k + 1) * arb]);
+                    assert_eq!(out[r * n_tok + k].to_bits(), want.to_bits(), "{ty}: row {r} of {rows}, token {k} of {n_tok}");
+                }
+            }
+        }
+        checked.push(ty);
+    }
+    assert_eq!(checked.len(), 4, "types found in the fixtures: {checked:?}");
+}
+
 /// The machine this is developed on has AVX2; make sure the SIMD kernels really ran there.
 #[cfg(target_arch = "x86_64")]
 #[test]

@@ -577,6 +577,75 @@ unsafe fn dot_iq2_xxs(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
     0.125 * hsum_ps(acc)
 }
 
+/// Tokens per pass of [`rows_tokens_iq2_xxs`] over a row (their accumulators stay in registers).
+const TOKENS: usize = 8;
+
+/// IQ2_XXS rows against `n_tok` activation rows (`arb` bytes apart) into `out[row * n_tok + t]`:
+/// each super-block's lattice points, signs and scales are decoded once for up to [`TOKENS`]
+/// tokens — the decoding is most of a dot's work — and each token's dot then goes exactly as in
+/// `dot_iq2_xxs` (same integer sums, same float order), so the results are its bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_tokens_iq2_xxs(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
+    for (r, row) in w.chunks_exact(rb).enumerate() {
+        let x: &[BlockIQ2XXS] = as_blocks(row);
+        let mut t0 = 0;
+        while t0 < n_tok {
+            let nt = (n_tok - t0).min(TOKENS);
+            let mut acc = [_mm256_setzero_ps(); TOKENS];
+            for (j, bx) in x.iter().enumerate() {
+                let mut g = [_mm256_setzero_si256(); 8];
+                let mut s = [_mm256_setzero_si256(); 8];
+                let mut ls = [_mm256_setzero_si256(); 8];
+                for ib in 0..8 {
+                    let q = &bx.qs[8 * ib..8 * ib + 8];
+                    let a1 = u32::from_le_bytes([q[4], q[5], q[6], q[7]]);
+                    g[ib] = _mm256_set_epi64x(
+                        IQ2XXS_GRID[q[3] as usize] as i64,
+                        IQ2XXS_GRID[q[2] as usize] as i64,
+                        IQ2XXS_GRID[q[1] as usize] as i64,
+                        IQ2XXS_GRID[q[0] as usize] as i64,
+                    );
+                    s[ib] = _mm256_set_epi64x(
+                        KEVEN_SIGNS[((a1 >> 21) & 127) as usize] as i64,
+                        KEVEN_SIGNS[((a1 >> 14) & 127) as usize] as i64,
+                        KEVEN_SIGNS[((a1 >> 7) & 127) as usize] as i64,
+                        KEVEN_SIGNS[(a1 & 127) as usize] as i64,
+                    );
+                    ls[ib] = _mm256_set1_epi16((2 * (a1 >> 28) + 1) as i16);
+                }
+                let dx = h2f(bx.d);
+                for (t, a) in acc[..nt].iter_mut().enumerate() {
+                    let by = &as_blocks::<BlockQ8K>(&acts[(t0 + t) * arb..(t0 + t + 1) * arb])[j];
+                    let mut sumi = _mm256_setzero_si256();
+                    for ib in 0..8 {
+                        let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s[ib]);
+                        let p = _mm256_maddubs_epi16(g[ib], q8);
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls[ib]));
+                    }
+                    let d = _mm256_set1_ps(dx * by.d());
+                    *a = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), *a);
+                }
+            }
+            for (t, a) in acc[..nt].iter().enumerate() {
+                out[r * n_tok + t0 + t] = 0.125 * hsum_ps(*a);
+            }
+            t0 += nt;
+        }
+    }
+}
+
+/// Several weight rows (`rb` bytes each) against several activation rows at once, into
+/// `out[row * n_tok + t]`; false when there is no such kernel for `ty` here (the caller goes
+/// token by token). Sizes are already checked by the caller.
+pub fn vec_dot_rows_tokens(ty: GgmlType, rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) -> bool {
+    if !available() || ty != GgmlType::IQ2_XXS {
+        return false;
+    }
+    // SAFETY: the CPU features were checked above; the block views come from checked sizes.
+    unsafe { rows_tokens_iq2_xxs(rb, w, acts, arb, n_tok, out) };
+    true
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_xs(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
     let values = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);

@@ -317,6 +317,53 @@ pub fn vec_dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32
     }
 }
 
+/// Weight rows (`w`: whole rows of `n` elements of `ty`) against `n_tok` activation rows
+/// (`acts`: `n_tok` rows of [`vec_dot_type`]`(ty)`), `out[row * n_tok + t]`: each value is
+/// [`vec_dot`]'s for that row and token, bit for bit, computed with the weights decoded once
+/// for several tokens where a kernel does that.
+pub fn vec_dot_rows_tokens(ty: GgmlType, n: usize, w: &[u8], acts: &[u8], n_tok: usize, out: &mut [f32]) {
+    let rb = ty.row_bytes(n as u64).unwrap_or(0) as usize;
+    let arb = act_row_bytes(ty, n).unwrap_or(0);
+    let rows = if rb > 0 { w.len() / rb } else { 0 };
+    assert!(
+        rb > 0 && w.len() == rb * rows && acts.len() == arb * n_tok && out.len() == rows * n_tok,
+        "vec_dot_rows_tokens: {rows} rows x {n_tok} tokens of {n} {ty}: {} weight bytes, {} activation bytes, {} outputs",
+        w.len(),
+        acts.len(),
+        out.len()
+    );
+    if rows == 0 || n_tok == 0 {
+        return;
+    }
+    if let Err(e) = check_dot(ty, n, &w[..rb], &acts[..arb]) {
+        panic!("{}", e.message);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if avx2::vec_dot_rows_tokens(ty, rb, w, acts, arb, n_tok, out) {
+        return;
+    }
+    // Otherwise token by token over bands of 16 rows (the rows path of `vec_dot_rows`).
+    let mut tmp = [0f32; 16];
+    for (bi, band) in w.chunks(16 * rb).enumerate() {
+        let nr = band.len() / rb;
+        for (t, act) in acts.chunks_exact(arb).enumerate() {
+            let col = &mut tmp[..nr];
+            #[cfg(target_arch = "x86_64")]
+            let done = avx2::vec_dot_rows(ty, rb, band, act, col);
+            #[cfg(not(target_arch = "x86_64"))]
+            let done = false;
+            if !done {
+                for (o, row) in col.iter_mut().zip(band.chunks_exact(rb)) {
+                    *o = dot_unchecked(ty, n, row, act);
+                }
+            }
+            for (j, &v) in col.iter().enumerate() {
+                out[(16 * bi + j) * n_tok + t] = v;
+            }
+        }
+    }
+}
+
 fn dot_scalar_unchecked(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> f32 {
     use GgmlType::*;
     match ty {

@@ -189,13 +189,7 @@ impl CpuBackend {
                 let r0 = bi * band;
                 let nr = o.len() / n_tok;
                 let wb = &all[r0 * rb..(r0 + nr) * rb];
-                let mut tmp = [0.0f32; 16];
-                for t in 0..n_tok {
-                    qops::dot_rows(w.ty, k, wb, &xq[t * arb..(t + 1) * arb], &mut tmp[..nr]);
-                    for (j, &v) in tmp[..nr].iter().enumerate() {
-                        o[j * n_tok + t] = v;
-                    }
-                }
+                qops::dot_rows_tokens(w.ty, k, wb, &xq[..n_tok * arb], n_tok, o);
             };
             if work < PAR_MIN_WORK {
                 tr.chunks_mut(band * n_tok).enumerate().for_each(f);

@@ -88,6 +88,13 @@ fn q8_generic(x: &[f32], out: &mut [u8], block_bytes: usize, with_sum: bool) {
     }
 }
 
+/// Dots rows `w` with `n_tok` activation rows, `out[row * n_tok + t]` (see
+/// [`quant::vec_dot_rows_tokens`]).
+#[inline]
+pub fn dot_rows_tokens(ty: GgmlType, n: usize, w: &[u8], acts: &[u8], n_tok: usize, out: &mut [f32]) {
+    quant::vec_dot_rows_tokens(ty, n, w, acts, n_tok, out)
+}
+
 /// Dots rows `w` (consecutive rows of `n` elements of type `ty`) with one activation row.
 #[inline]
 pub fn dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
