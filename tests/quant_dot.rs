@@ -270,7 +270,7 @@ fn vec_dot_rows_equals_row_by_row_for_every_type() {
     assert!(checked >= 20, "only {checked} (type, row length) cases had two rows or more");
 }
 
-/// Rows × tokens at once (IQ2_XXS decodes each block once for up to 8 tokens; other types go
+/// Rows × tokens at once (IQ2_XXS, IQ1_S decode each block once for up to 8 tokens; others go
 /// token by token) give each (row, token)'s own `vec_dot`, bit for bit.
 #[test]
 fn vec_dot_rows_tokens_equals_each_dot() {
@@ -279,7 +279,7 @@ fn vec_dot_rows_tokens_equals_each_dot() {
     let mut checked = Vec::new();
     for t in manifest["types"].as_array().unwrap() {
         let ty = GgmlType::from_name(t["type"].as_str().unwrap()).unwrap();
-        if ![GgmlType::IQ2_XXS, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::F16].contains(&ty) {
+        if ![GgmlType::IQ2_XXS, GgmlType::IQ1_S, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::F16].contains(&ty) {
             continue;
         }
         let w = std::fs::read(data_dir().join(t["cases"][1]["bin"].as_str().unwrap())).unwrap();
@@ -305,7 +305,7 @@ fn vec_dot_rows_tokens_equals_each_dot() {
         }
         checked.push(ty);
     }
-    assert_eq!(checked.len(), 4, "types found in the fixtures: {checked:?}");
+    assert_eq!(checked.len(), 5, "types found in the fixtures: {checked:?}");
 }
 
 /// The machine this is developed on has AVX2; make sure the SIMD kernels really ran there.

@@ -634,15 +634,68 @@ unsafe fn rows_tokens_iq2_xxs(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_to
     }
 }
 
+/// IQ1_S as [`rows_tokens_iq2_xxs`] does IQ2_XXS: grid points, scales and the delta signs
+/// decoded once per block for up to [`TOKENS`] tokens, each token's sums as in `dot_iq1_s`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn rows_tokens_iq1_s(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
+    for (r, row) in w.chunks_exact(rb).enumerate() {
+        let x: &[BlockIQ1S] = as_blocks(row);
+        let mut t0 = 0;
+        while t0 < n_tok {
+            let nt = (n_tok - t0).min(TOKENS);
+            let mut acc = [_mm256_setzero_ps(); TOKENS];
+            let mut accd = [0f32; TOKENS];
+            for (j, bx) in x.iter().enumerate() {
+                let mut g = [_mm256_setzero_si256(); 8];
+                let mut ls = [0i32; 8];
+                let mut lsv = [_mm256_setzero_si256(); 8];
+                let mut ds = [0i32; 8];
+                for ib in 0..8 {
+                    let qh = u16::from_le_bytes([bx.qh[2 * ib], bx.qh[2 * ib + 1]]) as usize;
+                    let q = &bx.qs[4 * ib..4 * ib + 4];
+                    let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
+                    g[ib] = set_u64x4(gi(0), gi(1), gi(2), gi(3));
+                    ls[ib] = 2 * ((qh >> 12) & 7) as i32 + 1;
+                    lsv[ib] = _mm256_set1_epi32(ls[ib]);
+                    ds[ib] = if qh & 0x8000 != 0 { -1 } else { 1 };
+                }
+                let dx = h2f(bx.d);
+                for t in 0..nt {
+                    let by = &as_blocks::<BlockQ8K>(&acts[(t0 + t) * arb..(t0 + t + 1) * arb])[j];
+                    let mut sumi = _mm256_setzero_si256();
+                    let mut sumd = 0i32;
+                    for ib in 0..8 {
+                        let p = dot_i8_i32(g[ib], loadu(by.qs.as_ptr().add(32 * ib)));
+                        sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, lsv[ib]));
+                        sumd += ls[ib] * ds[ib] * (by.bsum(2 * ib) + by.bsum(2 * ib + 1));
+                    }
+                    let dd = dx * by.d();
+                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc[t]);
+                    accd[t] += dd * sumd as f32;
+                }
+            }
+            for t in 0..nt {
+                out[r * n_tok + t0 + t] = hsum_ps(acc[t]) + 0.125 * accd[t];
+            }
+            t0 += nt;
+        }
+    }
+}
+
 /// Several weight rows (`rb` bytes each) against several activation rows at once, into
 /// `out[row * n_tok + t]`; false when there is no such kernel for `ty` here (the caller goes
 /// token by token). Sizes are already checked by the caller.
 pub fn vec_dot_rows_tokens(ty: GgmlType, rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) -> bool {
-    if !available() || ty != GgmlType::IQ2_XXS {
+    if !available() {
         return false;
     }
+    let f = match ty {
+        GgmlType::IQ2_XXS => rows_tokens_iq2_xxs,
+        GgmlType::IQ1_S => rows_tokens_iq1_s,
+        _ => return false,
+    };
     // SAFETY: the CPU features were checked above; the block views come from checked sizes.
-    unsafe { rows_tokens_iq2_xxs(rb, w, acts, arb, n_tok, out) };
+    unsafe { f(rb, w, acts, arb, n_tok, out) };
     true
 }
 
