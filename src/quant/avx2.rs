@@ -40,34 +40,9 @@ pub fn available() -> bool {
     }
 }
 
-/// The weight types with an AVX2 kernel.
+/// The weight types with an AVX2 kernel: the float types and every block type with a rows kernel.
 pub fn has_kernel(ty: GgmlType) -> bool {
-    use GgmlType::*;
-    matches!(
-        ty,
-        F32 | F16
-            | BF16
-            | Q4_0
-            | Q4_1
-            | Q5_0
-            | Q5_1
-            | Q8_0
-            | MXFP4
-            | Q2_K
-            | Q3_K
-            | Q4_K
-            | Q5_K
-            | Q6_K
-            | IQ1_S
-            | IQ1_M
-            | IQ2_XXS
-            | IQ2_XS
-            | IQ2_S
-            | IQ3_XXS
-            | IQ3_S
-            | IQ4_NL
-            | IQ4_XS
-    )
+    matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) || rows_kernel(ty).is_some()
 }
 
 /// Several weight rows (`rb` bytes each) against one activation row, the kernel inlined into
@@ -94,14 +69,12 @@ dot_rows_fn!(
     rows_iq4_xs => dot_iq4_xs, rows_mxfp4 => dot_mxfp4,
 );
 
-/// [`vec_dot`] over consecutive rows of `rb` bytes into `out`; false when there is no such
-/// kernel here (the caller goes row by row). Sizes are already checked by the caller.
-pub fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) -> bool {
-    if !available() {
-        return false;
-    }
+/// The rows kernel of a block type (every type with a kernel here but the float ones).
+type RowsFn = unsafe fn(usize, &[u8], &[u8], &mut [f32]);
+
+fn rows_kernel(ty: GgmlType) -> Option<RowsFn> {
     use GgmlType::*;
-    let f = match ty {
+    Some(match ty {
         Q4_0 => rows_q4_0,
         Q4_1 => rows_q4_1,
         Q5_0 => rows_q5_0,
@@ -122,8 +95,14 @@ pub fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f3
         IQ4_NL => rows_iq4_nl,
         IQ4_XS => rows_iq4_xs,
         MXFP4 => rows_mxfp4,
-        _ => return false,
-    };
+        _ => return None,
+    })
+}
+
+/// [`vec_dot`] over consecutive rows of `rb` bytes into `out`; false when there is no such
+/// kernel here (the caller goes row by row). Sizes are already checked by the caller.
+pub fn vec_dot_rows(ty: GgmlType, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) -> bool {
+    let Some(f) = rows_kernel(ty).filter(|_| available()) else { return false };
     // SAFETY: the CPU features were checked above; the block views come from checked sizes.
     unsafe { f(rb, w, act, out) };
     true
@@ -143,27 +122,12 @@ pub fn vec_dot(ty: GgmlType, n: usize, w: &[u8], act: &[u8]) -> Option<f32> {
             F32 => dot_f32(n, w, act),
             F16 => dot_f16(n, w, act),
             BF16 => dot_bf16(n, w, act),
-            Q5_0 => dot_q5_0(as_blocks(w), as_blocks(act)),
-            Q5_1 => dot_q5_1(as_blocks(w), as_blocks(act)),
-            MXFP4 => dot_mxfp4(as_blocks(w), as_blocks(act)),
-            Q3_K => dot_q3_k(as_blocks(w), as_blocks(act)),
-            IQ1_S => dot_iq1_s(as_blocks(w), as_blocks(act)),
-            IQ1_M => dot_iq1_m(as_blocks(w), as_blocks(act)),
-            IQ2_XS => dot_iq2_xs(as_blocks(w), as_blocks(act)),
-            IQ2_S => dot_iq2_s(as_blocks(w), as_blocks(act)),
-            IQ3_XXS => dot_iq3_xxs(as_blocks(w), as_blocks(act)),
-            IQ3_S => dot_iq3_s(as_blocks(w), as_blocks(act)),
-            Q4_0 => dot_q4_0(as_blocks(w), as_blocks(act)),
-            Q4_1 => dot_q4_1(as_blocks(w), as_blocks(act)),
-            Q8_0 => dot_q8_0(as_blocks(w), as_blocks(act)),
-            Q2_K => dot_q2_k(as_blocks(w), as_blocks(act)),
-            Q4_K => dot_q4_k(as_blocks(w), as_blocks(act)),
-            Q5_K => dot_q5_k(as_blocks(w), as_blocks(act)),
-            Q6_K => dot_q6_k(as_blocks(w), as_blocks(act)),
-            IQ2_XXS => dot_iq2_xxs(as_blocks(w), as_blocks(act)),
-            IQ4_NL => dot_iq4_nl(as_blocks(w), as_blocks(act)),
-            IQ4_XS => dot_iq4_xs(as_blocks(w), as_blocks(act)),
-            _ => return None,
+            // A block type: its rows kernel over this one row.
+            _ => {
+                let mut o = [0f32];
+                rows_kernel(ty)?(w.len(), w, act, &mut o);
+                o[0]
+            }
         })
     }
 }

@@ -308,6 +308,11 @@ pub fn vec_dot_rows(ty: GgmlType, n: usize, w: &[u8], act: &[u8], out: &mut [f32
     if let Err(e) = check_dot(ty, n, &w[..rb], act) {
         panic!("{}", e.message);
     }
+    rows_unchecked(ty, n, rb, w, act, out);
+}
+
+/// [`vec_dot_rows`] once the sizes are known to match: the SIMD rows kernel, else row by row.
+fn rows_unchecked(ty: GgmlType, n: usize, rb: usize, w: &[u8], act: &[u8], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if avx2::vec_dot_rows(ty, rb, w, act, out) {
         return;
@@ -348,15 +353,7 @@ pub fn vec_dot_rows_tokens(ty: GgmlType, n: usize, w: &[u8], acts: &[u8], n_tok:
         let nr = band.len() / rb;
         for (t, act) in acts.chunks_exact(arb).enumerate() {
             let col = &mut tmp[..nr];
-            #[cfg(target_arch = "x86_64")]
-            let done = avx2::vec_dot_rows(ty, rb, band, act, col);
-            #[cfg(not(target_arch = "x86_64"))]
-            let done = false;
-            if !done {
-                for (o, row) in col.iter_mut().zip(band.chunks_exact(rb)) {
-                    *o = dot_unchecked(ty, n, row, act);
-                }
-            }
+            rows_unchecked(ty, n, rb, band, act, col);
             for (j, &v) in col.iter().enumerate() {
                 out[(16 * bi + j) * n_tok + t] = v;
             }
