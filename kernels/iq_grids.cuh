@@ -1,11 +1,12 @@
-// The IQ lattice tables in global memory for the IQ dot products (quant_dot.cuh), read
-// through the read-only cache: lanes index them divergently, which __constant__ serializes.
+// The IQ lattice tables in global memory for the IQ dot products (quant_dot.cuh): copied into
+// shared memory by the matvec blocks (16-byte aligned for their 16-byte copies) or read through
+// the read-only cache; lanes index them divergently, which __constant__ serializes.
 // Generated from src/quant/grids.rs by the test iq_grid_header_matches_the_rust_tables
 // (tests/cuda_nvrtc.rs; XDAN_WRITE_GRIDS=1 rewrites it): do not edit.
 #pragma once
 #include "common.cuh"
 
-__device__ uint64_t xd_iq2xxs_grid[256] = {
+__device__ alignas(16) uint64_t xd_iq2xxs_grid[256] = {
 0x0808080808080808ull,0x080808080808082bull,0x0808080808081919ull,0x0808080808082b08ull,0x0808080808082b2bull,0x0808080808190819ull,0x0808080808191908ull,0x08080808082b0808ull,
 0x08080808082b082bull,0x08080808082b2b08ull,0x08080808082b2b2bull,0x0808080819080819ull,0x0808080819081908ull,0x0808080819190808ull,0x0808080819192b08ull,0x08080808192b0819ull,
 0x08080808192b1908ull,0x080808082b080808ull,0x080808082b08082bull,0x080808082b082b2bull,0x080808082b2b082bull,0x0808081908080819ull,0x0808081908081908ull,0x0808081908190808ull,
@@ -40,7 +41,7 @@ __device__ uint64_t xd_iq2xxs_grid[256] = {
 0x2b2b08080808082bull,0x2b2b080819190808ull,0x2b2b08082b081919ull,0x2b2b081908082b19ull,0x2b2b082b08080808ull,0x2b2b190808192b08ull,0x2b2b2b0819190808ull,0x2b2b2b1908081908ull,
 };
 
-__device__ uint64_t xd_iq2xs_grid[512] = {
+__device__ alignas(16) uint64_t xd_iq2xs_grid[512] = {
 0x0808080808080808ull,0x080808080808082bull,0x0808080808081919ull,0x0808080808082b08ull,0x0808080808082b2bull,0x0808080808190819ull,0x0808080808191908ull,0x080808080819192bull,
 0x0808080808192b19ull,0x08080808082b0808ull,0x08080808082b082bull,0x08080808082b1919ull,0x08080808082b2b08ull,0x0808080819080819ull,0x0808080819081908ull,0x080808081908192bull,
 0x0808080819082b19ull,0x0808080819190808ull,0x080808081919082bull,0x0808080819191919ull,0x0808080819192b08ull,0x08080808192b0819ull,0x08080808192b1908ull,0x080808082b080808ull,
@@ -107,7 +108,7 @@ __device__ uint64_t xd_iq2xs_grid[512] = {
 0x2b2b2b082b2b2b08ull,0x2b2b2b1908081908ull,0x2b2b2b192b081908ull,0x2b2b2b192b08192bull,0x2b2b2b2b082b2b08ull,0x2b2b2b2b082b2b2bull,0x2b2b2b2b2b190819ull,0x2b2b2b2b2b2b2b2bull,
 };
 
-__device__ uint64_t xd_iq2s_grid[1024] = {
+__device__ alignas(16) uint64_t xd_iq2s_grid[1024] = {
 0x0808080808080808ull,0x080808080808082bull,0x0808080808081919ull,0x0808080808082b08ull,0x0808080808082b2bull,0x0808080808190819ull,0x0808080808191908ull,0x080808080819192bull,
 0x0808080808192b19ull,0x08080808082b0808ull,0x08080808082b082bull,0x08080808082b1919ull,0x08080808082b2b08ull,0x0808080819080819ull,0x0808080819081908ull,0x080808081908192bull,
 0x0808080819082b19ull,0x0808080819190808ull,0x080808081919082bull,0x0808080819191919ull,0x0808080819192b08ull,0x08080808192b0819ull,0x08080808192b1908ull,0x08080808192b192bull,
@@ -238,7 +239,7 @@ __device__ uint64_t xd_iq2s_grid[1024] = {
 0x2b2b2b192b08192bull,0x2b2b2b2b08082b08ull,0x2b2b2b2b08082b2bull,0x2b2b2b2b082b0808ull,0x2b2b2b2b082b082bull,0x2b2b2b2b082b2b08ull,0x2b2b2b2b2b082b08ull,0x2b2b2b2b2b2b2b2bull,
 };
 
-__device__ uint64_t xd_iq1s_grid[2048] = {
+__device__ alignas(16) uint64_t xd_iq1s_grid[2048] = {
 0xffffffffffffffffull,0xffffffffffffff01ull,0xffffffffffff0000ull,0xffffffffffff01ffull,0xffffffffffff0101ull,0xffffffffff00ff00ull,0xffffffffff000000ull,0xffffffffff01ffffull,
 0xffffffffff01ff01ull,0xffffffffff0101ffull,0xffffffffff010101ull,0xffffffff00ff0000ull,0xffffffff0000ff00ull,0xffffffff000000ffull,0xffffffff00000001ull,0xffffffff00010000ull,
 0xffffffff01ffffffull,0xffffffff01ffff01ull,0xffffffff01ff01ffull,0xffffffff01ff0101ull,0xffffffff01000000ull,0xffffffff0101ffffull,0xffffffff0101ff01ull,0xffffffff010101ffull,
@@ -497,7 +498,7 @@ __device__ uint64_t xd_iq1s_grid[2048] = {
 0x0101010101ffff01ull,0x0101010101ff01ffull,0x0101010101ff0101ull,0x0101010101000000ull,0x010101010101ffffull,0x010101010101ff01ull,0x01010101010101ffull,0x0101010101010101ull,
 };
 
-__device__ uint32_t xd_iq3xxs_grid[256] = {
+__device__ alignas(16) uint32_t xd_iq3xxs_grid[256] = {
 0x04040404u,0x04040414u,0x04040424u,0x04040c0cu,0x04040c1cu,0x04040c3eu,0x04041404u,0x04041414u,
 0x04041c0cu,0x04042414u,0x04043e1cu,0x04043e2cu,0x040c040cu,0x040c041cu,0x040c0c04u,0x040c0c14u,
 0x040c140cu,0x040c142cu,0x040c1c04u,0x040c1c14u,0x040c240cu,0x040c2c24u,0x040c3e04u,0x04140404u,
@@ -532,7 +533,7 @@ __device__ uint32_t xd_iq3xxs_grid[256] = {
 0x3e1c1c1cu,0x3e1c3404u,0x3e24140cu,0x3e24240cu,0x3e2c0404u,0x3e2c0414u,0x3e2c1424u,0x3e341c04u,
 };
 
-__device__ uint32_t xd_iq3s_grid[512] = {
+__device__ alignas(16) uint32_t xd_iq3s_grid[512] = {
 0x01010101u,0x01010103u,0x01010105u,0x0101010bu,0x0101010fu,0x01010301u,0x01010303u,0x01010305u,
 0x01010309u,0x0101030du,0x01010501u,0x01010503u,0x0101050bu,0x01010707u,0x01010901u,0x01010905u,
 0x0101090bu,0x0101090fu,0x01010b03u,0x01010b07u,0x01010d01u,0x01010d05u,0x01010f03u,0x01010f09u,

@@ -133,12 +133,13 @@ struct XdStageSize {
 };
 
 // The staging buffers of a block whose warps carry NW weight rows each: STAGES copies of the
-// warps' weight rows and of the activations, each 16-byte words.
-template <int QK, int BYTES, int NW>
+// warps' weight rows and of the activations, each 16-byte words; and the dot product's lookup
+// table (TAB bytes, XdDotTable), copied once per block.
+template <int QK, int BYTES, int NW, int TAB>
 struct XdStaging {
     using S = XdStageSize<QK, BYTES>;
     static constexpr int BYTES_PER_STAGE = (XD_MMVQ_WARPS * NW * S::W + S::X) * 16;
-    static constexpr int LIMIT = 48 * 1024;  // static shared memory of one block
+    static constexpr int LIMIT = 48 * 1024 - TAB;  // static shared memory of one block, less the table
     static constexpr int STAGES =
         XD_MMVQ_STAGES != 0 ? XD_MMVQ_STAGES : (2 * BYTES_PER_STAGE <= LIMIT ? 2 : 1);
     static_assert(STAGES * BYTES_PER_STAGE <= LIMIT,
@@ -146,7 +147,12 @@ struct XdStaging {
                   "shared memory for this type: fewer rows per block, or XD_MMVQ_STAGES 1");
     xd_u128 w[STAGES][XD_MMVQ_WARPS][NW][S::W];
     xd_u128 x[STAGES][S::X];
+    xd_u128 tab[TAB > 0 ? TAB / 16 : 1];
 };
+
+// The staging of a block running DOT over NW rows per warp.
+template <int QK, int BYTES, XdDotFn DOT, int NW>
+using XdStagingFor = XdStaging<QK, BYTES, NW, XdDotTable<DOT>::T::BYTES>;
 
 // Lane `lane`'s share of the dot products of NW weight rows (same shape) with one q8_1
 // activation row, in rounds of SUBS_PER_ROUND sub-blocks: each warp stages the round's part
@@ -158,13 +164,14 @@ struct XdStaging {
 // products. The sums run in the order of a plain loop over u = lane, lane + 32, ..., whatever
 // the block shape. Every thread of the block must call this (it synchronizes the block); rows
 // with live[m] false (past the last row) are neither staged nor summed.
-template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&), int NW>
+template <int QK, int BYTES, XdDotFn DOT, int NW>
 __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], const bool (&live)[NW],
                                              const xd_q8_1* __restrict__ xs, int nsub, int lane, int warp,
-                                             XdStaging<QK, BYTES, NW>& st, float (&acc)[NW]) {
+                                             XdStagingFor<QK, BYTES, DOT, NW>& st, float (&acc)[NW]) {
     constexpr int SUBS = QK / 32;
     constexpr int PER = XdStageSize<QK, BYTES>::SUBS_PER_ROUND;
-    constexpr int STAGES = XdStaging<QK, BYTES, NW>::STAGES;
+    constexpr int STAGES = XdStagingFor<QK, BYTES, DOT, NW>::STAGES;
+    using Tab = typename XdDotTable<DOT>::T;
     const int row_bytes = (nsub / SUBS) * BYTES;
     const uint8_t* xbytes = reinterpret_cast<const uint8_t*>(xs);
     const uint8_t* xend = xbytes + (long long)nsub * sizeof(xd_q8_1);
@@ -180,7 +187,13 @@ __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], c
                         blockDim.x);
         xd_stage_commit();
     };
+    // The lookup table joins the first round's copies (visible after its wait and barrier).
+    if (Tab::BYTES > 0) {
+        const uint8_t* t = reinterpret_cast<const uint8_t*>(Tab::src());
+        xd_stage<false>(st.tab, t, Tab::BYTES, t + Tab::BYTES, threadIdx.x, blockDim.x);
+    }
     issue(0, 0);
+    const uint8_t* tab = reinterpret_cast<const uint8_t*>(st.tab);
     int b = 0;
     for (int c = 0; c < nsub; c += PER) {
         const bool next = STAGES == 2 && c + PER < nsub;
@@ -209,7 +222,7 @@ __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], c
                         const uint8_t* wsrc = wrow[m] + (c / SUBS) * BYTES;
                         const int wpre = int(reinterpret_cast<unsigned long long>(wsrc) & 15);
                         acc[m] += DOT(reinterpret_cast<const uint8_t*>(st.w[b][warp][m]) + wpre + (i / SUBS) * BYTES,
-                                      i % SUBS, a);
+                                      i % SUBS, a, tab);
                     }
                 }
             }
@@ -223,12 +236,12 @@ __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], c
 
 // The block's staging, and this thread's lane and warp.
 #define XD_MMVQ_SMEM(NW)                                   \
-    __shared__ XdStaging<QK, BYTES, NW> s_stage;           \
+    __shared__ XdStagingFor<QK, BYTES, DOT, NW> s_stage;   \
     const int lane = threadIdx.x % XD_WARP;                \
     const int warp = threadIdx.x / XD_WARP;                \
     const int row0 = (blockIdx.x * XD_MMVQ_WARPS + warp) * XD_MMVQ_ROWS;
 
-template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
+template <int QK, int BYTES, XdDotFn DOT>
 __device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long expert_stride,
                                         const int* __restrict__ ids, const xd_q8_1* __restrict__ x,
                                         int x_stride, int x_group, float* __restrict__ y, int ncols,
@@ -262,7 +275,7 @@ __device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long
 // the slots, experts and activation rows of xd_mmvq (both matrices of the same type, shape and
 // expert stride). Saves the launch and the memory round trip of the separate swiglu. Weight row
 // 2m of a warp is gate row row0 + m, 2m + 1 the up row.
-template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
+template <int QK, int BYTES, XdDotFn DOT>
 __device__ __forceinline__ void xd_mmvq_swiglu(const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu,
                                                long long expert_stride, const int* __restrict__ ids,
                                                const xd_q8_1* __restrict__ x, int x_stride, int x_group,
@@ -314,7 +327,7 @@ __device__ __forceinline__ int xd_mmvq3_matrix(int& row, int& n, int n0, int n1,
 // projections): rows [0, n0) are W0's, the next n1 W1's, the next n2 W2's; y_i is
 // [slots][n_i]. grid.x covers n0 + n1 + n2 rows, grid.y the activation rows. The rows of one
 // warp may belong to different matrices.
-template <int QK, int BYTES, float (*DOT)(const uint8_t*, int, const xd_q8_1&)>
+template <int QK, int BYTES, XdDotFn DOT>
 __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const uint8_t* __restrict__ w1,
                                          const uint8_t* __restrict__ w2, float* __restrict__ y0,
                                          float* __restrict__ y1, float* __restrict__ y2, int n0, int n1, int n2,

@@ -8,7 +8,7 @@ __constant__ int8_t xd_kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22,
                                             1,    13,   25,  38,  53,  69,  89,  113};
 
 // Q4_0: {f16 d; u8 qs[16]}: value j = (qs[j] & 15) - 8, value j+16 = (qs[j] >> 4) - 8.
-__device__ __forceinline__ float dot_q4_0(const uint8_t* b, int, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q4_0(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* qs = b + 2;
     int sum = 0;
 #pragma unroll
@@ -21,7 +21,7 @@ __device__ __forceinline__ float dot_q4_0(const uint8_t* b, int, const xd_q8_1& 
 }
 
 // Q4_1: {f16 d; f16 m; u8 qs[16]}: value = d * q + m.
-__device__ __forceinline__ float dot_q4_1(const uint8_t* b, int, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q4_1(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* qs = b + 4;
     int sum = 0;
 #pragma unroll
@@ -39,7 +39,7 @@ __device__ __forceinline__ int xd_spread4_bit4(uint32_t x) {
 }
 
 // Q5_0: {f16 d; u8 qh[4]; u8 qs[16]}: the fifth bit of value j is bit j of qh; minus 16.
-__device__ __forceinline__ float dot_q5_0(const uint8_t* b, int, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q5_0(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
     const uint32_t qh = uint32_t(xd_ld32(b + 2));
     const uint8_t* qs = b + 6;
     int sum = 0;
@@ -55,7 +55,7 @@ __device__ __forceinline__ float dot_q5_0(const uint8_t* b, int, const xd_q8_1& 
 }
 
 // Q5_1: {f16 d; f16 m; u8 qh[4]; u8 qs[16]}: value = d * q5 + m.
-__device__ __forceinline__ float dot_q5_1(const uint8_t* b, int, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q5_1(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
     const uint32_t qh = uint32_t(xd_ld32(b + 4));
     const uint8_t* qs = b + 8;
     int sum = 0;
@@ -71,7 +71,7 @@ __device__ __forceinline__ float dot_q5_1(const uint8_t* b, int, const xd_q8_1& 
 }
 
 // Q8_0: {f16 d; i8 qs[32]}.
-__device__ __forceinline__ float dot_q8_0(const uint8_t* b, int, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q8_0(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* qs = b + 2;
     int sum = 0;
 #pragma unroll
@@ -113,13 +113,13 @@ __device__ __forceinline__ int xd_iq4_dot16(const uint8_t* qs, const xd_q8_1& a)
 }
 
 // IQ4_NL: {f16 d; u8 qs[16]}: value = d * kvalues[nibble].
-__device__ __forceinline__ float dot_iq4_nl(const uint8_t* b, int, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_iq4_nl(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
     return xd_ldh(b) * a.d * float(xd_iq4_dot16(b + 2, a));
 }
 
 // IQ4_XS: {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}: sub-block u has the 6-bit scale
 // (low nibble from scales_l, two high bits from scales_h) minus 32.
-__device__ __forceinline__ float dot_iq4_xs(const uint8_t* b, int u, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_iq4_xs(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const uint32_t sh = xd_ld16(b + 2);
     const int ls = ((b[4 + u / 2] >> (4 * (u % 2))) & 15) | (((sh >> (2 * u)) & 3) << 4);
     return xd_ldh(b) * float(ls - 32) * a.d * float(xd_iq4_dot16(b + 8 + 16 * u, a));
@@ -128,7 +128,7 @@ __device__ __forceinline__ float dot_iq4_xs(const uint8_t* b, int u, const xd_q8
 // Q2_K: {u8 scales[16]; u8 qs[64]; f16 d; f16 dmin}. Sub-block u = 32 values at 2-bit shift
 // 2*(u%4) of qs[32*(u/4) ..]; its two halves have scale bytes 2u and 2u+1 (low nibble: scale,
 // high nibble: min).
-__device__ __forceinline__ float dot_q2_k(const uint8_t* b, int u, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q2_k(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* q = b + 16 + 32 * (u / 4);
     const int shift = 2 * (u % 4);
     int s[2] = {0, 0}, m[2] = {0, 0};
@@ -153,7 +153,7 @@ __device__ __forceinline__ int xd_q3k_scale(const uint8_t* sc, int i) {
 
 // Q3_K: {u8 hmask[32]; u8 qs[64]; u8 scales[12]; f16 d}. Value = low 2 bits (as Q2_K) minus 4
 // where bit u of hmask[l] is clear.
-__device__ __forceinline__ float dot_q3_k(const uint8_t* b, int u, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q3_k(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* q = b + 32 + 32 * (u / 4);
     const int shift = 2 * (u % 4);
     int s[2] = {0, 0}, n[2] = {0, 0};
@@ -182,7 +182,7 @@ __device__ __forceinline__ void xd_scale_min_k4(const uint8_t* q, int j, int& sc
 
 // Q4_K: {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}: sub-block u is the low (u even) or high
 // nibbles of qs[32*(u/2) ..]; value = d*sc*q - dmin*m.
-__device__ __forceinline__ float dot_q4_k(const uint8_t* b, int u, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q4_k(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* q = b + 16 + 32 * (u / 2);
     const int shift = 4 * (u % 2);
     int s = 0;
@@ -195,7 +195,7 @@ __device__ __forceinline__ float dot_q4_k(const uint8_t* b, int u, const xd_q8_1
 
 // Q5_K: {f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}: as Q4_K with a fifth bit,
 // bit u of qh[l].
-__device__ __forceinline__ float dot_q5_k(const uint8_t* b, int u, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q5_k(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* q = b + 48 + 32 * (u / 2);
     const int shift = 4 * (u % 2);
     int s = 0;
@@ -213,7 +213,7 @@ __device__ __forceinline__ float dot_q5_k(const uint8_t* b, int u, const xd_q8_1
 // Q6_K: {u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d}. Sub-block u: n = u/4, k = u%4: low
 // nibbles from ql[64n + 32(k%2) ..] shifted by 4(k/2), two high bits from qh[32n ..] at 2k;
 // value minus 32; halves scaled by scales[8n + 2k] and [8n + 2k + 1].
-__device__ __forceinline__ float dot_q6_k(const uint8_t* b, int u, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_q6_k(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const int n = u / 4, k4 = u % 4;
     const uint8_t* ql = b + 64 * n + 32 * (k4 % 2);
     const uint8_t* qh = b + 128 + 32 * n;
@@ -238,101 +238,162 @@ __device__ __forceinline__ float dot_q6_k(const uint8_t* b, int u, const xd_q8_1
 // `ksigns_iq2xs`: 7 stored sign bits, the 8th makes the number of minus signs even.
 __device__ __forceinline__ uint32_t xd_ksigns(uint32_t i) { return i | (uint32_t(__popc(i) & 1) << 7); }
 
-// The four unsigned bytes of g with byte i negated where bit i of `signs` is set: the sign bits
-// spread to byte masks m (0 or 0xff), then per byte (g ^ m) - m.
-__device__ __forceinline__ int xd_sign4(uint32_t g, uint32_t signs) {
-    const uint32_t m = (((signs & 15u) * 0x00204081u) & 0x01010101u) * 0xffu;
-    return int(__vsub4(g ^ m, m));
+// 0xff in byte i of the result where bit 8i + 7 of v is set, else 0: prmt with sign-replicating
+// selectors (PTX on the GPU, since __byte_perm documents only the selectors' low three bits).
+__device__ __forceinline__ uint32_t xd_sign_bytes(uint32_t v) {
+#if defined(__CUDA_ARCH__)
+    uint32_t r;
+    asm("prmt.b32 %0, %1, 0, 0xBA98;" : "=r"(r) : "r"(v));
+    return r;
+#else
+    return __byte_perm(v, 0, 0xBA98u);
+#endif
 }
 
-// Lattice point i of a grid, through the read-only data cache.
-__device__ __forceinline__ uint64_t xd_grid(const uint64_t* g, uint32_t i) { return __ldg(g + i); }
-__device__ __forceinline__ uint32_t xd_grid(const uint32_t* g, uint32_t i) { return __ldg(g + i); }
+// Byte masks of sign byte s: bits 0..3 to the four bytes of m0, bits 4..7 to those of m1. Each
+// multiply lays its four copies of the nibble side by side without overlap (so without carries),
+// one sign bit landing on bit 7 of each byte.
+__device__ __forceinline__ void xd_sign_masks(uint32_t s, uint32_t& m0, uint32_t& m1) {
+    m0 = xd_sign_bytes((s & 0x0fu) * 0x10204080u);
+    m1 = xd_sign_bytes((s & 0xf0u) * 0x01020408u);
+}
 
-// Eight grid bytes (a u64 lattice point) with sign byte `s` against q8 words w and w+1.
-__device__ __forceinline__ int xd_grid8_dot(uint64_t g, uint32_t s, const xd_q8_1& a, int w, int sum) {
-    sum = __dp4a(xd_sign4(uint32_t(g), s), a.qs[w], sum);
-    return __dp4a(xd_sign4(uint32_t(g >> 32), s >> 4), a.qs[w + 1], sum);
+// The masks of ksigns(s7) (xd_ksigns) without forming it: the parity bit goes straight to bit 31
+// of m1's multiply, which its three sign bits leave clear.
+__device__ __forceinline__ void xd_ksign_masks(uint32_t s7, uint32_t& m0, uint32_t& m1) {
+    m0 = xd_sign_bytes((s7 & 0x0fu) * 0x10204080u);
+    m1 = xd_sign_bytes((s7 & 0x70u) * 0x01020408u + (uint32_t(__popc(s7)) << 31));
+}
+
+// Eight unsigned lattice bytes (words g0, g1; every byte below 128) with sign byte s against
+// the q8 words w and w+1. A negated byte is taken as g ^ 0xff = -g - 1, and the -1s are summed
+// apart (`neg`, the dot product of the masks themselves, each byte -1 or 0): the caller's value
+// is sum - neg, the same integer as negating the bytes one by one.
+__device__ __forceinline__ void xd_grid8_dot_masks(uint32_t g0, uint32_t g1, uint32_t m0, uint32_t m1, const xd_q8_1& a,
+                                                   int w, int& sum, int& neg) {
+    sum = __dp4a(int(g0 ^ m0), a.qs[w], sum);
+    neg = __dp4a(int(m0), a.qs[w], neg);
+    sum = __dp4a(int(g1 ^ m1), a.qs[w + 1], sum);
+    neg = __dp4a(int(m1), a.qs[w + 1], neg);
+}
+
+// The same with an explicit sign byte s (IQ2_S, IQ3_S).
+__device__ __forceinline__ void xd_grid8_dot(uint32_t g0, uint32_t g1, uint32_t s, const xd_q8_1& a, int w, int& sum,
+                                             int& neg) {
+    uint32_t m0, m1;
+    xd_sign_masks(s, m0, m1);
+    xd_grid8_dot_masks(g0, g1, m0, m1, a, w, sum, neg);
+}
+
+// The same with 7 stored sign bits and their parity (IQ2_XXS, IQ2_XS, IQ3_XXS).
+__device__ __forceinline__ void xd_grid8_dot_ksigns(uint32_t g0, uint32_t g1, uint32_t s7, const xd_q8_1& a, int w,
+                                                    int& sum, int& neg) {
+    uint32_t m0, m1;
+    xd_ksign_masks(s7, m0, m1);
+    xd_grid8_dot_masks(g0, g1, m0, m1, a, w, sum, neg);
+}
+
+// Lattice point i of a grid in global memory, through the read-only data cache (the grids too
+// big to copy into each matvec block: IQ2_S, IQ1_S, IQ1_M).
+__device__ __forceinline__ uint64_t xd_grid(const uint64_t* g, uint32_t i) { return __ldg(g + i); }
+
+// Lattice point i of a grid the matvec block copied into shared memory (`tab`, see XdDotTable):
+// lanes looking up different points meet in shared memory's banks, where through the L1 cache
+// each distinct line of the grid a warp touches costs a pass.
+__device__ __forceinline__ uint64_t xd_tab64(const uint8_t* tab, uint32_t i) {
+    return reinterpret_cast<const uint64_t*>(tab)[i];
+}
+__device__ __forceinline__ uint32_t xd_tab32(const uint8_t* tab, uint32_t i) {
+    return reinterpret_cast<const uint32_t*>(tab)[i];
 }
 
 // IQ2_XXS: {f16 d; u16 qs[32]}: sub-block u is two u32 at qs[4u]: four grid indices (bytes of
-// the first), four 7-bit sign groups and a 4-bit scale (the second).
-__device__ __forceinline__ float dot_iq2_xxs(const uint8_t* b, int u, const xd_q8_1& a) {
+// the first), four 7-bit sign groups and a 4-bit scale (the second). Grid: xd_iq2xxs_grid in `tab`.
+__device__ __forceinline__ float dot_iq2_xxs(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
     const uint8_t* q = b + 2 + 8 * u;
     const uint32_t idx = uint32_t(xd_ld32(q)), aux = uint32_t(xd_ld32(q + 4));
-    int sum = 0;
+    int sum = 0, neg = 0;
 #pragma unroll
-    for (int l = 0; l < 4; ++l)
-        sum = xd_grid8_dot(xd_grid(xd_iq2xxs_grid, (idx >> (8 * l)) & 0xffu), xd_ksigns((aux >> (7 * l)) & 127u), a, 2 * l, sum);
-    return xd_ldh(b) * (0.5f + float(aux >> 28)) * 0.25f * a.d * float(sum);
+    for (int l = 0; l < 4; ++l) {
+        const uint64_t g = xd_tab64(tab, (idx >> (8 * l)) & 0xffu);
+        xd_grid8_dot_ksigns(uint32_t(g), uint32_t(g >> 32), (aux >> (7 * l)) & 127u, a, 2 * l, sum, neg);
+    }
+    return xd_ldh(b) * (0.5f + float(aux >> 28)) * 0.25f * a.d * float(sum - neg);
 }
 
 // IQ2_XS: {f16 d; u16 qs[32]; u8 scales[8]}: each u16 is a 9-bit grid index and 7 sign bits;
-// the scale byte's nibbles cover the sub-block's halves.
-__device__ __forceinline__ float dot_iq2_xs(const uint8_t* b, int u, const xd_q8_1& a) {
+// the scale byte's nibbles cover the sub-block's halves. Grid: xd_iq2xs_grid in `tab`.
+__device__ __forceinline__ float dot_iq2_xs(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
     const uint8_t* q = b + 2 + 8 * u;
-    int s[2] = {0, 0};
+    int s[2] = {0, 0}, n[2] = {0, 0};
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
         const uint32_t v = xd_ld16(q + 2 * l);
-        s[l / 2] = xd_grid8_dot(xd_grid(xd_iq2xs_grid, v & 511u), xd_ksigns(v >> 9), a, 2 * l, s[l / 2]);
+        const uint64_t g = xd_tab64(tab, v & 511u);
+        xd_grid8_dot_ksigns(uint32_t(g), uint32_t(g >> 32), v >> 9, a, 2 * l, s[l / 2], n[l / 2]);
     }
     const int sc = b[66 + u];
-    return xd_ldh(b) * 0.25f * a.d * ((0.5f + float(sc & 15)) * float(s[0]) + (0.5f + float(sc >> 4)) * float(s[1]));
+    return xd_ldh(b) * 0.25f * a.d *
+           ((0.5f + float(sc & 15)) * float(s[0] - n[0]) + (0.5f + float(sc >> 4)) * float(s[1] - n[1]));
 }
 
 // IQ2_S: {f16 d; u8 qs[32]; u8 signs[32]; u8 qh[8]; u8 scales[8]}: 10-bit grid indices (two high
-// bits from qh), explicit sign bytes.
-__device__ __forceinline__ float dot_iq2_s(const uint8_t* b, int u, const xd_q8_1& a) {
+// bits from qh), explicit sign bytes. Grid (8 KB) from global memory.
+__device__ __forceinline__ float dot_iq2_s(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* qs = b + 2 + 4 * u;
     const uint8_t* sg = b + 34 + 4 * u;
     const uint32_t qh = b[66 + u];
-    int s[2] = {0, 0};
+    int s[2] = {0, 0}, n[2] = {0, 0};
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
         const uint32_t idx = qs[l] | ((qh << (8 - 2 * l)) & 0x300u);
-        s[l / 2] = xd_grid8_dot(xd_grid(xd_iq2s_grid, idx), sg[l], a, 2 * l, s[l / 2]);
+        const uint64_t g = xd_grid(xd_iq2s_grid, idx);
+        xd_grid8_dot(uint32_t(g), uint32_t(g >> 32), sg[l], a, 2 * l, s[l / 2], n[l / 2]);
     }
     const int sc = b[74 + u];
-    return xd_ldh(b) * 0.25f * a.d * ((0.5f + float(sc & 15)) * float(s[0]) + (0.5f + float(sc >> 4)) * float(s[1]));
+    return xd_ldh(b) * 0.25f * a.d *
+           ((0.5f + float(sc & 15)) * float(s[0] - n[0]) + (0.5f + float(sc >> 4)) * float(s[1] - n[1]));
 }
 
 // IQ3_XXS: {f16 d; u8 qs[64]; u32 scales_signs[8]}: eight 8-bit indices of 4-value grid points
-// per sub-block; the u32 holds four 7-bit sign groups and a 4-bit scale.
-__device__ __forceinline__ float dot_iq3_xxs(const uint8_t* b, int u, const xd_q8_1& a) {
-    const uint8_t* q3 = b + 2 + 8 * u;
+// per sub-block; the u32 holds four 7-bit sign groups and a 4-bit scale. Grid: xd_iq3xxs_grid in
+// `tab`.
+__device__ __forceinline__ float dot_iq3_xxs(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
+    // The eight index bytes as two words (fewer shared-memory loads than byte by byte).
+    const uint32_t q3[2] = {uint32_t(xd_ld32(b + 2 + 8 * u)), uint32_t(xd_ld32(b + 6 + 8 * u))};
     const uint32_t aux = uint32_t(xd_ld32(b + 66 + 4 * u));
-    int sum = 0;
+    int sum = 0, neg = 0;
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
-        const uint32_t sg = xd_ksigns((aux >> (7 * l)) & 127u);
-        sum = __dp4a(xd_sign4(xd_grid(xd_iq3xxs_grid, q3[2 * l]), sg), a.qs[2 * l], sum);
-        sum = __dp4a(xd_sign4(xd_grid(xd_iq3xxs_grid, q3[2 * l + 1]), sg >> 4), a.qs[2 * l + 1], sum);
+        const uint32_t q = q3[l / 2] >> (16 * (l % 2));
+        xd_grid8_dot_ksigns(xd_tab32(tab, q & 0xffu), xd_tab32(tab, (q >> 8) & 0xffu), (aux >> (7 * l)) & 127u, a,
+                            2 * l, sum, neg);
     }
-    return xd_ldh(b) * (0.5f + float(aux >> 28)) * 0.5f * a.d * float(sum);
+    return xd_ldh(b) * (0.5f + float(aux >> 28)) * 0.5f * a.d * float(sum - neg);
 }
 
 // IQ3_S: {f16 d; u8 qs[64]; u8 qh[8]; u8 signs[32]; u8 scales[4]}: 9-bit indices (high bit
-// from qh[u]), explicit signs, odd scales 1 + 2 * nibble.
-__device__ __forceinline__ float dot_iq3_s(const uint8_t* b, int u, const xd_q8_1& a) {
-    const uint8_t* qs = b + 2 + 8 * u;
+// from qh[u]), explicit signs, odd scales 1 + 2 * nibble. Grid: xd_iq3s_grid in `tab`.
+__device__ __forceinline__ float dot_iq3_s(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
+    // Index bytes and sign bytes as words (fewer shared-memory loads than byte by byte).
+    const uint32_t qs[2] = {uint32_t(xd_ld32(b + 2 + 8 * u)), uint32_t(xd_ld32(b + 6 + 8 * u))};
     const uint32_t qh = b[66 + u];
-    const uint8_t* sg = b + 74 + 4 * u;
-    int sum = 0;
+    const uint32_t sg = uint32_t(xd_ld32(b + 74 + 4 * u));
+    int sum = 0, neg = 0;
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
-        const uint32_t g1 = xd_grid(xd_iq3s_grid, qs[2 * l] | ((qh << (8 - 2 * l)) & 256u));
-        const uint32_t g2 = xd_grid(xd_iq3s_grid, qs[2 * l + 1] | ((qh << (7 - 2 * l)) & 256u));
-        sum = __dp4a(xd_sign4(g1, sg[l]), a.qs[2 * l], sum);
-        sum = __dp4a(xd_sign4(g2, uint32_t(sg[l]) >> 4), a.qs[2 * l + 1], sum);
+        const uint32_t q = qs[l / 2] >> (16 * (l % 2));
+        const uint32_t g1 = xd_tab32(tab, (q & 0xffu) | ((qh << (8 - 2 * l)) & 256u));
+        const uint32_t g2 = xd_tab32(tab, ((q >> 8) & 0xffu) | ((qh << (7 - 2 * l)) & 256u));
+        xd_grid8_dot(g1, g2, (sg >> (8 * l)) & 0xffu, a, 2 * l, sum, neg);
     }
     const int nib = (b[106 + u / 2] >> (4 * (u % 2))) & 15;
-    return xd_ldh(b) * float(1 + 2 * nib) * a.d * float(sum);
+    return xd_ldh(b) * float(1 + 2 * nib) * a.d * float(sum - neg);
 }
 
 // IQ1_S: {f16 d; u8 qs[32]; u16 qh[8]}: 11-bit indices of {-1,0,1} grid points, a 3-bit scale
 // and the sign of a shift (+-1/8) applied to every value of the sub-block.
-__device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* qs = b + 2 + 4 * u;
     const uint32_t qh = xd_ld16(b + 34 + 2 * u);
     int sum = 0;
@@ -349,7 +410,7 @@ __device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_
 
 // IQ1_M: {u8 qs[32]; u8 qh[16]; u16 scales[4]}: the f16 super-block scale is spread over the top
 // nibbles of the four scale words; per 8 values its own shift sign, per 16 a 3-bit scale.
-__device__ __forceinline__ float dot_iq1_m(const uint8_t* b, int u, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_iq1_m(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const uint8_t* qs = b + 4 * u;
     const uint8_t* qh = b + 32 + 2 * u;
     const uint32_t s0 = xd_ld16(b + 48), s1 = xd_ld16(b + 50), s2 = xd_ld16(b + 52), s3 = xd_ld16(b + 54);
@@ -378,7 +439,7 @@ __device__ __forceinline__ float dot_iq1_m(const uint8_t* b, int u, const xd_q8_
 // doubled E2M1 values). The 17-byte blocks are byte-aligned, so bytes are read one by one.
 __constant__ int8_t xd_kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 
-__device__ __forceinline__ float dot_mxfp4(const uint8_t* b, int, const xd_q8_1& a) {
+__device__ __forceinline__ float dot_mxfp4(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
     const uint32_t e = b[0];
     const float d = __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
     const uint8_t* qs = b + 1;
@@ -394,3 +455,46 @@ __device__ __forceinline__ float dot_mxfp4(const uint8_t* b, int, const xd_q8_1&
     }
     return d * a.d * float(sum);
 }
+
+// ---- lookup tables the matvec blocks copy into shared memory ------------------------------
+
+// What a type's dot product reads through `tab`: BYTES bytes from src() (a multiple of 16, 16-byte
+// aligned), or nothing.
+struct XdNoTable {
+    static constexpr int BYTES = 0;
+    __device__ static const void* src() { return nullptr; }
+};
+#define XD_GRID_TABLE(Name, grid)                                  \
+    struct Name {                                                  \
+        static constexpr int BYTES = int(sizeof(grid));            \
+        __device__ static const void* src() { return grid; }       \
+    };
+XD_GRID_TABLE(XdTableIq2xxs, xd_iq2xxs_grid)
+XD_GRID_TABLE(XdTableIq2xs, xd_iq2xs_grid)
+XD_GRID_TABLE(XdTableIq3xxs, xd_iq3xxs_grid)
+XD_GRID_TABLE(XdTableIq3s, xd_iq3s_grid)
+
+typedef float (*XdDotFn)(const uint8_t*, int, const xd_q8_1&, const uint8_t*);
+
+// The table of each dot product: the grids of up to 4 KB (a block's copy costs less than the
+// lookups it saves); IQ2_S (8 KB), IQ1_S and IQ1_M (16 KB) read theirs from global memory.
+template <XdDotFn DOT>
+struct XdDotTable {
+    using T = XdNoTable;
+};
+template <>
+struct XdDotTable<dot_iq2_xxs> {
+    using T = XdTableIq2xxs;
+};
+template <>
+struct XdDotTable<dot_iq2_xs> {
+    using T = XdTableIq2xs;
+};
+template <>
+struct XdDotTable<dot_iq3_xxs> {
+    using T = XdTableIq3xxs;
+};
+template <>
+struct XdDotTable<dot_iq3_s> {
+    using T = XdTableIq3s;
+};

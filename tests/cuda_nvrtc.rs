@@ -188,8 +188,9 @@ fn cuda_available_tells_the_truth_without_panicking() {
 fn render_iq_grids() -> String {
     use xdan::quant::grids::*;
     let mut o = String::new();
-    o.push_str("// The IQ lattice tables in global memory for the IQ dot products (quant_dot.cuh), read\n");
-    o.push_str("// through the read-only cache: lanes index them divergently, which __constant__ serializes.\n");
+    o.push_str("// The IQ lattice tables in global memory for the IQ dot products (quant_dot.cuh): copied into\n");
+    o.push_str("// shared memory by the matvec blocks (16-byte aligned for their 16-byte copies) or read through\n");
+    o.push_str("// the read-only cache; lanes index them divergently, which __constant__ serializes.\n");
     o.push_str("// Generated from src/quant/grids.rs by the test iq_grid_header_matches_the_rust_tables\n");
     o.push_str("// (tests/cuda_nvrtc.rs; XDAN_WRITE_GRIDS=1 rewrites it): do not edit.\n");
     o.push_str("#pragma once\n#include \"common.cuh\"\n\n");
@@ -200,7 +201,7 @@ fn render_iq_grids() -> String {
         ("xd_iq1s_grid", &IQ1S_GRID[..]),
     ];
     for (name, t) in u64s {
-        o.push_str(&format!("__device__ uint64_t {name}[{}] = {{\n", t.len()));
+        o.push_str(&format!("__device__ alignas(16) uint64_t {name}[{}] = {{\n", t.len()));
         for c in t.chunks(8) {
             o.push_str(&c.iter().map(|v| format!("0x{v:016x}ull")).collect::<Vec<_>>().join(","));
             o.push_str(",\n");
@@ -209,7 +210,7 @@ fn render_iq_grids() -> String {
     }
     let u32s: [(&str, &[u32]); 2] = [("xd_iq3xxs_grid", &IQ3XXS_GRID[..]), ("xd_iq3s_grid", &IQ3S_GRID[..])];
     for (i, (name, t)) in u32s.iter().enumerate() {
-        o.push_str(&format!("__device__ uint32_t {name}[{}] = {{\n", t.len()));
+        o.push_str(&format!("__device__ alignas(16) uint32_t {name}[{}] = {{\n", t.len()));
         for c in t.chunks(8) {
             o.push_str(&c.iter().map(|v| format!("0x{v:08x}u")).collect::<Vec<_>>().join(","));
             o.push_str(",\n");
