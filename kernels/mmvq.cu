@@ -84,9 +84,12 @@ __device__ __forceinline__ int xd_stage(xd_u128* dst, const uint8_t* src, int n,
     const int pre = int(reinterpret_cast<unsigned long long>(src) - a);
     const int words = (pre + n + 15) >> 4;
     const uint8_t* base = reinterpret_cast<const uint8_t*>(a);
+    // Bytes from base to the limit, once in 32 bits (a row or an activation vector is far below
+    // 2 GB), so each word's clamp is a subtract and a min rather than 64-bit pointer compares.
+    const int avail = int(limit - base);
     for (int i = lane; i < words; i += step) {
         const uint8_t* p = base + 16 * i;
-        const int have = limit - p < 16 ? int(limit - p) : 16;
+        const int have = min(avail - 16 * i, 16);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
         const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst + i));
         if (WEIGHTS)

@@ -293,13 +293,10 @@ __device__ __forceinline__ void xd_grid8_dot_ksigns(uint32_t g0, uint32_t g1, ui
     xd_grid8_dot_masks(g0, g1, m0, m1, a, w, sum, neg);
 }
 
-// Lattice point i of a grid in global memory, through the read-only data cache (the grids too
-// big to copy into each matvec block: IQ2_S, IQ1_S, IQ1_M).
-__device__ __forceinline__ uint64_t xd_grid(const uint64_t* g, uint32_t i) { return __ldg(g + i); }
-
 // Lattice point i of a grid the matvec block copied into shared memory (`tab`, see XdDotTable):
-// lanes looking up different points meet in shared memory's banks, where through the L1 cache
-// each distinct line of the grid a warp touches costs a pass.
+// lanes looking up different points meet in shared memory's banks (a few passes per warp),
+// where through the L1 cache each distinct line of the grid a warp touches costs a pass (up to
+// 32 for the 16 KB IQ1_S grid).
 __device__ __forceinline__ uint64_t xd_tab64(const uint8_t* tab, uint32_t i) {
     return reinterpret_cast<const uint64_t*>(tab)[i];
 }
@@ -338,8 +335,8 @@ __device__ __forceinline__ float dot_iq2_xs(const uint8_t* b, int u, const xd_q8
 }
 
 // IQ2_S: {f16 d; u8 qs[32]; u8 signs[32]; u8 qh[8]; u8 scales[8]}: 10-bit grid indices (two high
-// bits from qh), explicit sign bytes. Grid (8 KB) from global memory.
-__device__ __forceinline__ float dot_iq2_s(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
+// bits from qh), explicit sign bytes. Grid: xd_iq2s_grid in `tab`.
+__device__ __forceinline__ float dot_iq2_s(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
     const uint8_t* qs = b + 2 + 4 * u;
     const uint8_t* sg = b + 34 + 4 * u;
     const uint32_t qh = b[66 + u];
@@ -347,7 +344,7 @@ __device__ __forceinline__ float dot_iq2_s(const uint8_t* b, int u, const xd_q8_
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
         const uint32_t idx = qs[l] | ((qh << (8 - 2 * l)) & 0x300u);
-        const uint64_t g = xd_grid(xd_iq2s_grid, idx);
+        const uint64_t g = xd_tab64(tab, idx);
         xd_grid8_dot(uint32_t(g), uint32_t(g >> 32), sg[l], a, 2 * l, s[l / 2], n[l / 2]);
     }
     const int sc = b[74 + u];
@@ -391,17 +388,26 @@ __device__ __forceinline__ float dot_iq3_s(const uint8_t* b, int u, const xd_q8_
     return xd_ldh(b) * float(1 + 2 * nib) * a.d * float(sum - neg);
 }
 
+// Point i of the IQ1_S grid from its nibble form in `tab` (xd_iq1s_grid_nib): nibble 0, 1, 2
+// picks byte -1, 0, 1 by a byte permute; lo holds values 0..3, hi 4..7.
+__device__ __forceinline__ void xd_iq1_point(const uint8_t* tab, uint32_t i, int& lo, int& hi) {
+    const uint32_t e = xd_tab32(tab, i);
+    lo = int(__byte_perm(0x000100ffu, 0u, e & 0xffffu));
+    hi = int(__byte_perm(0x000100ffu, 0u, e >> 16));
+}
+
 // IQ1_S: {f16 d; u8 qs[32]; u16 qh[8]}: 11-bit indices of {-1,0,1} grid points, a 3-bit scale
 // and the sign of a shift (+-1/8) applied to every value of the sub-block.
-__device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
+__device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
     const uint8_t* qs = b + 2 + 4 * u;
     const uint32_t qh = xd_ld16(b + 34 + 2 * u);
     int sum = 0;
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
-        const uint64_t g = xd_grid(xd_iq1s_grid, qs[l] | (((qh >> (3 * l)) & 7u) << 8));
-        sum = __dp4a(int(uint32_t(g)), a.qs[2 * l], sum);
-        sum = __dp4a(int(uint32_t(g >> 32)), a.qs[2 * l + 1], sum);
+        int lo, hi;
+        xd_iq1_point(tab, qs[l] | (((qh >> (3 * l)) & 7u) << 8), lo, hi);
+        sum = __dp4a(lo, a.qs[2 * l], sum);
+        sum = __dp4a(hi, a.qs[2 * l + 1], sum);
     }
     const float dl = xd_ldh(b) * float(2 * ((qh >> 12) & 7u) + 1);
     const float delta = (qh & 0x8000u) ? -0.125f : 0.125f;
@@ -410,7 +416,7 @@ __device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_
 
 // IQ1_M: {u8 qs[32]; u8 qh[16]; u16 scales[4]}: the f16 super-block scale is spread over the top
 // nibbles of the four scale words; per 8 values its own shift sign, per 16 a 3-bit scale.
-__device__ __forceinline__ float dot_iq1_m(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
+__device__ __forceinline__ float dot_iq1_m(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
     const uint8_t* qs = b + 4 * u;
     const uint8_t* qh = b + 32 + 2 * u;
     const uint32_t s0 = xd_ld16(b + 48), s1 = xd_ld16(b + 50), s2 = xd_ld16(b + 52), s3 = xd_ld16(b + 54);
@@ -422,9 +428,10 @@ __device__ __forceinline__ float dot_iq1_m(const uint8_t* b, int u, const xd_q8_
     for (int l = 0; l < 4; ++l) {
         const uint32_t h = qh[l / 2];
         const uint32_t idx = qs[l] | ((l % 2 ? (h << 4) : (h << 8)) & 0x700u);
-        const uint64_t g = xd_grid(xd_iq1s_grid, idx);
-        int s = __dp4a(int(uint32_t(g)), a.qs[2 * l], 0);
-        s = __dp4a(int(uint32_t(g >> 32)), a.qs[2 * l + 1], s);
+        int lo, hi;
+        xd_iq1_point(tab, idx, lo, hi);
+        int s = __dp4a(lo, a.qs[2 * l], 0);
+        s = __dp4a(hi, a.qs[2 * l + 1], s);
         int m = __dp4a(0x01010101, a.qs[2 * l], 0);
         m = __dp4a(0x01010101, a.qs[2 * l + 1], m);
         const float delta = (h & (l % 2 ? 0x80u : 0x08u)) ? -0.125f : 0.125f;
@@ -473,11 +480,14 @@ XD_GRID_TABLE(XdTableIq2xxs, xd_iq2xxs_grid)
 XD_GRID_TABLE(XdTableIq2xs, xd_iq2xs_grid)
 XD_GRID_TABLE(XdTableIq3xxs, xd_iq3xxs_grid)
 XD_GRID_TABLE(XdTableIq3s, xd_iq3s_grid)
+XD_GRID_TABLE(XdTableIq2s, xd_iq2s_grid)
+XD_GRID_TABLE(XdTableIq1s, xd_iq1s_grid_nib)
 
 typedef float (*XdDotFn)(const uint8_t*, int, const xd_q8_1&, const uint8_t*);
 
-// The table of each dot product: the grids of up to 4 KB (a block's copy costs less than the
-// lookups it saves); IQ2_S (8 KB), IQ1_S and IQ1_M (16 KB) read theirs from global memory.
+// The table of each IQ dot product: its grid (IQ1_S / IQ1_M: the 8 KB nibble form of their 16 KB
+// one). A block's copy mostly hits the L1 cache, filled by the SM's earlier blocks, and costs
+// less shared-memory traffic than the lookups it serves.
 template <XdDotFn DOT>
 struct XdDotTable {
     using T = XdNoTable;
@@ -497,4 +507,16 @@ struct XdDotTable<dot_iq3_xxs> {
 template <>
 struct XdDotTable<dot_iq3_s> {
     using T = XdTableIq3s;
+};
+template <>
+struct XdDotTable<dot_iq2_s> {
+    using T = XdTableIq2s;
+};
+template <>
+struct XdDotTable<dot_iq1_s> {
+    using T = XdTableIq1s;
+};
+template <>
+struct XdDotTable<dot_iq1_m> {
+    using T = XdTableIq1s;
 };

@@ -208,7 +208,14 @@ fn render_iq_grids() -> String {
         }
         o.push_str("};\n\n");
     }
-    let u32s: [(&str, &[u32]); 2] = [("xd_iq3xxs_grid", &IQ3XXS_GRID[..]), ("xd_iq3s_grid", &IQ3S_GRID[..])];
+    // IQ1_S's points (values -1, 0, 1) again as eight nibbles of value + 1: half the bytes, for
+    // the matvec blocks' shared-memory copy (quant_dot.cuh expands them with byte permutes).
+    let iq1s_nib: Vec<u32> = IQ1S_GRID
+        .iter()
+        .map(|&g| (0..8).map(|i| (((g >> (8 * i)) as u8 as i8 + 1) as u32) << (4 * i)).sum())
+        .collect();
+    let u32s: [(&str, &[u32]); 3] =
+        [("xd_iq3xxs_grid", &IQ3XXS_GRID[..]), ("xd_iq3s_grid", &IQ3S_GRID[..]), ("xd_iq1s_grid_nib", &iq1s_nib[..])];
     for (i, (name, t)) in u32s.iter().enumerate() {
         o.push_str(&format!("__device__ alignas(16) uint32_t {name}[{}] = {{\n", t.len()));
         for c in t.chunks(8) {
