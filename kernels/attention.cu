@@ -103,6 +103,7 @@ __device__ __forceinline__ void xd_attn_split(const float* __restrict__ q, const
              const int* __restrict__ tables, const int* __restrict__ table_off, const int* __restrict__ n_kv, \
              int n_heads, int n_kv_heads, int head_dim, int split_len, float scale, float* __restrict__ part_ml, \
              float* __restrict__ part_acc) {                                                                  \
+        xd_grid_dep_sync();                                                                                   \
         xd_attn_split(q, k_cache, v_cache, tables, table_off, n_kv, n_heads, n_kv_heads, head_dim, split_len,   \
                       scale, part_ml, part_acc);                                                               \
     }
@@ -141,11 +142,13 @@ __device__ __forceinline__ void xd_attn_combine(const float* __restrict__ part_m
 
 extern "C" __global__ void attn_combine(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
                                         int n_splits, int head_dim, float* __restrict__ out) {
+    xd_grid_dep_sync();
     xd_attn_combine(part_ml, part_acc, n_splits, head_dim, out, nullptr);
 }
 
 extern "C" __global__ void attn_combine_q8_1(const float* __restrict__ part_ml, const float* __restrict__ part_acc,
                                              int n_splits, int head_dim, float* __restrict__ out,
                                              xd_q8_1* __restrict__ out_q) {
+    xd_grid_dep_sync();
     xd_attn_combine(part_ml, part_acc, n_splits, head_dim, out, out_q);
 }

@@ -19,6 +19,18 @@ typedef unsigned long long uint64_t;
 #define XD_FULL_MASK 0xffffffffu
 #define XD_WARP 32
 
+// The first statement of every kernel. Under programmatic dependent launch (sm_90+, the host's
+// XDAN_CUDA_PDL) a kernel's blocks may be scheduled before the kernel ahead of it in the stream
+// has finished; here they wait until it has, and its memory is visible, then allow the next
+// kernel's launch to begin in turn. Nothing precedes it, so no kernel touches memory early. A
+// launch without that attribute passes both at once.
+__device__ __forceinline__ void xd_grid_dep_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // f16 bits to f32. On the GPU one cvt instruction; the portable path (the emulator's) decodes
 // the bits, subnormals included.
 __device__ __forceinline__ float xd_h2f(uint16_t h) {

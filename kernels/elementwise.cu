@@ -5,6 +5,7 @@
 // y = silu(g) * u.
 extern "C" __global__ void swiglu(const float* __restrict__ g, const float* __restrict__ u,
                                   float* __restrict__ y, int n) {
+    xd_grid_dep_sync();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) {
         const float v = g[i];
@@ -14,6 +15,7 @@ extern "C" __global__ void swiglu(const float* __restrict__ g, const float* __re
 
 // x += y (the residual stream).
 extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restrict__ y, int n) {
+    xd_grid_dep_sync();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += y[i];
 }
@@ -22,6 +24,7 @@ extern "C" __global__ void add_f32(float* __restrict__ x, const float* __restric
 // experts' outputs e: [n_tokens * k][n].
 extern "C" __global__ void moe_combine(float* __restrict__ out, const float* __restrict__ e,
                                        const float* __restrict__ weights, int k, int n, int n_tokens) {
+    xd_grid_dep_sync();
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < (long long)n_tokens * n) {
         const long long t = i / n, c = i % n;
@@ -50,12 +53,14 @@ __device__ __forceinline__ void xd_kv_store(const float* __restrict__ k, const f
 extern "C" __global__ void kv_store_f32(const float* __restrict__ k, const float* __restrict__ v,
                                         float* __restrict__ k_cache, float* __restrict__ v_cache,
                                         const int* __restrict__ slots, int n_tokens, int n_embd_kv) {
+    xd_grid_dep_sync();
     xd_kv_store(k, v, k_cache, v_cache, slots, n_tokens, n_embd_kv);
 }
 
 extern "C" __global__ void kv_store_f16(const float* __restrict__ k, const float* __restrict__ v,
                                         uint16_t* __restrict__ k_cache, uint16_t* __restrict__ v_cache,
                                         const int* __restrict__ slots, int n_tokens, int n_embd_kv) {
+    xd_grid_dep_sync();
     xd_kv_store(k, v, k_cache, v_cache, slots, n_tokens, n_embd_kv);
 }
 
@@ -74,6 +79,7 @@ __device__ __forceinline__ void xd_put_q8_0(float x, xd_kv_q8_0* __restrict__ bl
 extern "C" __global__ void kv_store_q8_0(const float* __restrict__ k, const float* __restrict__ v,
                                          xd_kv_q8_0* __restrict__ k_cache, xd_kv_q8_0* __restrict__ v_cache,
                                          const int* __restrict__ slots, int n_tokens, int n_embd_kv) {
+    xd_grid_dep_sync();
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long long)n_tokens * n_embd_kv) return;
     const int lane = threadIdx.x % XD_WARP;
@@ -86,6 +92,7 @@ extern "C" __global__ void kv_store_q8_0(const float* __restrict__ k, const floa
 
 // f32 to f16 bits, element-wise (for testing the conversion the f16 KV cache uses).
 extern "C" __global__ void convert_f32_f16(const float* __restrict__ x, uint16_t* __restrict__ y, int n) {
+    xd_grid_dep_sync();
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = xd_f2h(x[i]);
 }

@@ -118,6 +118,7 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
         name(const uint8_t* __restrict__ w, long long expert_stride, const int* __restrict__ counts,   \
              const int* __restrict__ lists, int cap, const float* __restrict__ x, int x_group,         \
              float* __restrict__ y, int ncols, int nrows, int n_tok) {                                  \
+        xd_grid_dep_sync();                                                                             \
         xd_gemm<qk, bytes, dq>(w, expert_stride, counts, lists, cap, x, x_group, y, ncols, nrows, n_tok); \
     }
 
@@ -156,6 +157,7 @@ XD_GEMM_KERNEL(mul_mat_mxfp4, 32, 17, xd_dq_mxfp4)
 // k * n_tok, a few thousand reads of one broadcast array).
 extern "C" __global__ void moe_group(const int* __restrict__ ids, int n_slots, int n_expert, int cap,
                                      int* __restrict__ counts, int* __restrict__ lists) {
+    xd_grid_dep_sync();
     for (int e = threadIdx.x; e < n_expert; e += blockDim.x) {
         int n = 0;
         for (int s = 0; s < n_slots; ++s)

@@ -5,12 +5,14 @@
 // grid (n_ids); any block size; ids are checked by the caller.
 extern "C" __global__ void get_rows_f32(const uint8_t* __restrict__ table, const int* __restrict__ ids,
                                         float* __restrict__ out, int ncols) {
+    xd_grid_dep_sync();
     const float* row = reinterpret_cast<const float*>(table) + (long long)ids[blockIdx.x] * ncols;
     for (int i = threadIdx.x; i < ncols; i += blockDim.x) out[(long long)blockIdx.x * ncols + i] = row[i];
 }
 
 extern "C" __global__ void get_rows_f16(const uint8_t* __restrict__ table, const int* __restrict__ ids,
                                         float* __restrict__ out, int ncols) {
+    xd_grid_dep_sync();
     const uint16_t* row = reinterpret_cast<const uint16_t*>(table) + (long long)ids[blockIdx.x] * ncols;
     for (int i = threadIdx.x; i < ncols; i += blockDim.x)
         out[(long long)blockIdx.x * ncols + i] = xd_h2f(row[i]);
@@ -18,6 +20,7 @@ extern "C" __global__ void get_rows_f16(const uint8_t* __restrict__ table, const
 
 extern "C" __global__ void get_rows_bf16(const uint8_t* __restrict__ table, const int* __restrict__ ids,
                                          float* __restrict__ out, int ncols) {
+    xd_grid_dep_sync();
     const uint16_t* row = reinterpret_cast<const uint16_t*>(table) + (long long)ids[blockIdx.x] * ncols;
     for (int i = threadIdx.x; i < ncols; i += blockDim.x)
         out[(long long)blockIdx.x * ncols + i] = xd_bf2f(row[i]);
@@ -41,6 +44,7 @@ __device__ __forceinline__ void xd_get_rows(const uint8_t* __restrict__ table, c
 #define XD_GET_ROWS_KERNEL(name, qk, bytes, dq)                                                       \
     extern "C" __global__ void name(const uint8_t* __restrict__ table, const int* __restrict__ ids, \
                                     float* __restrict__ out, int ncols) {                           \
+        xd_grid_dep_sync();                                                                         \
         xd_get_rows<qk, bytes, dq>(table, ids, out, ncols);                                         \
     }
 

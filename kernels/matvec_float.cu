@@ -27,6 +27,7 @@ __device__ __forceinline__ void xd_mul_mat_vec_float(const uint8_t* __restrict__
     extern "C" __global__ void name(const uint8_t* __restrict__ w, long long expert_stride,               \
                                     const int* __restrict__ ids, const float* __restrict__ x, int x_stride, \
                                     int x_group, float* __restrict__ y, int ncols, int nrows) {             \
+        xd_grid_dep_sync();                                                                                 \
         xd_mul_mat_vec_float<W>(w, expert_stride, ids, x, x_stride, x_group, y, ncols, nrows);            \
     }
 

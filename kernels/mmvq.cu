@@ -25,6 +25,7 @@
 // activations the GPU sees the same activations as the CPU backend. `s` is d * sum(q) with
 // that d, exactly.
 extern "C" __global__ void quantize_q8_1(const float* __restrict__ x, xd_q8_1* __restrict__ y, int n) {
+    xd_grid_dep_sync();
     const int blk = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
     // A whole warp is past the end or not, so the warp's shuffles stay complete.
     if (blk * XD_WARP >= n) return;
@@ -370,6 +371,7 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
                                     const int* __restrict__ ids, const xd_q8_1* __restrict__ x,   \
                                     int x_stride, int x_group, float* __restrict__ y, int ncols,  \
                                     int nrows) {                                                  \
+        xd_grid_dep_sync();                                                                       \
         xd_mmvq<qk, bytes, dot>(w, expert_stride, ids, x, x_stride, x_group, y, ncols, nrows);    \
     }
 
@@ -378,6 +380,7 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
                                     long long expert_stride, const int* __restrict__ ids,         \
                                     const xd_q8_1* __restrict__ x, int x_stride, int x_group,     \
                                     float* __restrict__ y, int ncols, int nrows) {                \
+        xd_grid_dep_sync();                                                                       \
         xd_mmvq_swiglu<qk, bytes, dot>(wg, wu, expert_stride, ids, x, x_stride, x_group, y, ncols, nrows); \
     }
 
@@ -386,6 +389,7 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
                                     const uint8_t* __restrict__ w2, float* __restrict__ y0,       \
                                     float* __restrict__ y1, float* __restrict__ y2, int n0, int n1, \
                                     int n2, const xd_q8_1* __restrict__ x, int x_stride, int ncols) { \
+        xd_grid_dep_sync();                                                                           \
         xd_mmvq3<qk, bytes, dot>(w0, w1, w2, y0, y1, y2, n0, n1, n2, x, x_stride, ncols);          \
     }
 

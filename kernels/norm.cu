@@ -72,12 +72,14 @@ __device__ __forceinline__ void xd_rms_norm(float* __restrict__ x, const float* 
 
 extern "C" __global__ void rms_norm(const float* __restrict__ x, const float* __restrict__ w,
                                     float* __restrict__ y, int n, float eps) {
+    xd_grid_dep_sync();
     xd_rms_norm<false>(const_cast<float*>(x), nullptr, w, y, nullptr, n, eps);
 }
 
 // rms_norm that also writes yq ([rows][n / 32] blocks).
 extern "C" __global__ void rms_norm_q8_1(const float* __restrict__ x, const float* __restrict__ w,
                                          float* __restrict__ y, xd_q8_1* __restrict__ yq, int n, float eps) {
+    xd_grid_dep_sync();
     xd_rms_norm<false>(const_cast<float*>(x), nullptr, w, y, yq, n, eps);
 }
 
@@ -85,5 +87,6 @@ extern "C" __global__ void rms_norm_q8_1(const float* __restrict__ x, const floa
 extern "C" __global__ void add_rms_norm(float* __restrict__ x, const float* __restrict__ r,
                                         const float* __restrict__ w, float* __restrict__ y,
                                         xd_q8_1* __restrict__ yq, int n, float eps) {
+    xd_grid_dep_sync();
     xd_rms_norm<true>(x, r, w, y, yq, n, eps);
 }

@@ -20,6 +20,7 @@ __device__ __forceinline__ void xd_rope_angle(double p, int i, int n_rot, float 
 extern "C" __global__ void rope_norm(float* __restrict__ x, const int* __restrict__ pos, int n_heads, int head_dim,
                                      int n_rot, float freq_base, float freq_scale,
                                      const float* __restrict__ freq_factors) {
+    xd_grid_dep_sync();
     float* h = x + ((long long)blockIdx.x * n_heads + blockIdx.y) * head_dim;
     const double p = double(pos[blockIdx.x]) * double(freq_scale);
     for (int i = threadIdx.x; i < n_rot / 2; i += blockDim.x) {
@@ -80,6 +81,7 @@ __device__ __forceinline__ void xd_rope_kv_store(float* __restrict__ q, float* _
                                     const int* __restrict__ pos, const int* __restrict__ slots, int n_heads,   \
                                     int n_kv_heads, int head_dim, int n_rot, float freq_base, float freq_scale, \
                                     const float* __restrict__ freq_factors) {                                  \
+        xd_grid_dep_sync();                                                                                    \
         xd_rope_kv_store(q, k, v, k_cache, v_cache, pos, slots, n_heads, n_kv_heads, head_dim, n_rot, freq_base, \
                          freq_scale, freq_factors);                                                            \
     }

@@ -80,6 +80,7 @@ __device__ __forceinline__ void xd_route_top_k(const float* lg, int n_expert, in
 extern "C" __global__ void moe_router(const float* __restrict__ logits, int n_tokens, int n_expert, int k,
                                       int* __restrict__ ids, float* __restrict__ weights,
                                       float* __restrict__ probs) {
+    xd_grid_dep_sync();
     const int token = blockIdx.x * (blockDim.x / XD_WARP) + threadIdx.x / XD_WARP;
     // A warp past the last token still runs the shuffles below with the others of its block.
     const bool live = token < n_tokens;
@@ -114,17 +115,20 @@ __device__ __forceinline__ void xd_route(const W* __restrict__ w, const float* _
 extern "C" __global__ void __launch_bounds__(32 * XD_ROUTE_WARPS)
     moe_route_f32(const float* __restrict__ w, const float* __restrict__ x, int ncols, int n_expert, int k,
                   int* __restrict__ ids, float* __restrict__ weights) {
+    xd_grid_dep_sync();
     xd_route(w, x, ncols, n_expert, k, ids, weights);
 }
 
 extern "C" __global__ void __launch_bounds__(32 * XD_ROUTE_WARPS)
     moe_route_f16(const uint16_t* __restrict__ w, const float* __restrict__ x, int ncols, int n_expert, int k,
                   int* __restrict__ ids, float* __restrict__ weights) {
+    xd_grid_dep_sync();
     xd_route(w, x, ncols, n_expert, k, ids, weights);
 }
 
 extern "C" __global__ void __launch_bounds__(32 * XD_ROUTE_WARPS)
     moe_route_bf16(const xd_bf16* __restrict__ w, const float* __restrict__ x, int ncols, int n_expert, int k,
                    int* __restrict__ ids, float* __restrict__ weights) {
+    xd_grid_dep_sync();
     xd_route(w, x, ncols, n_expert, k, ids, weights);
 }

@@ -31,8 +31,11 @@
 #      (~12 GB), in /dev/shm if it has room, else /tmp                         (30 s, 10 s)
 #      bench_gpu: pp512 + tg64 x3 next to the measured copy bandwidth and the
 #      roofline (its --budget keeps it inside the limit); delete the model     (70 s, 30 s)
-#      then decode alone (tg64 x2) with graph replay off, the fused kernels on, or the matvec
-#      block shape of before, one change at a time                                        (3 x 25 s, 3 x 8 s)
+#      the GPU time of 32 decode steps by kernel: under nsys if installed (75 s), and by CUDA
+#      events (XDAN_CUDA_PROFILE=1, graph replay off)                          (40 s, 15 s)
+#      then decode alone (tg64 x2) with graph replay off, the fused kernels on, the matvec
+#      block shape of before, programmatic dependent launches on (alone and with the fused
+#      kernels), one change at a time                                       (5 x 25 s, 5 x 8 s)
 #   f  the same at Q4_K_M (~27 GB)                                     (45 s, 25 s; 80 s, 40 s)
 #
 # A dry run without a GPU (stages a-d fail or skip, e/f run small on the CPU):
@@ -168,9 +171,9 @@ run)
             && { local left=$((total - SECONDS - 10)); local b=$((cap < left ? cap : left));
                  stage "bench $mix" "$b" "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" -p 512 -n 64 -r 3 \
                      --budget $((b - 10)) --label "Mixtral-8x7B shape, random, $mix" --md "$md"; }
-        # Where the decode time comes from, on the IQ2_XXS model: decode alone with one setting
-        # changed at a time (graph replay off, the fused decode kernels on, the matvec block
-        # shape of before).
+        # Where the decode time comes from, on the IQ2_XXS model: GPU time by kernel, then
+        # decode alone with one setting changed at a time (graph replay off, the fused decode
+        # kernels on, the matvec block shape of before, programmatic dependent launches).
         if [ "$mix" = iq2_xxs ] && [ -e "$model" ]; then
             # The GPU time of a decode step by kernel, when Nsight Systems is installed.
             nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
@@ -181,8 +184,13 @@ run)
             else
                 say "== profile: SKIPPED (nsys not found)"
             fi
-            for v in XDAN_CUDA_GRAPHS=0 XDAN_CUDA_FUSION=1 XDAN_CUDA_MMVQ=4,1,1; do
-                stage "ablate $mix $v" 25 env "$v" "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" -p 0 -n 64 -r 2 \
+            # The same by CUDA events around each launch (graph replay off; the events add a
+            # little time per launch): the table the device prints when it is dropped.
+            stage "profile $mix (events, decode by kernel)" 40 env XDAN_CUDA_PROFILE=1 "$pack/bench_gpu" --model "$model" \
+                --device "${BENCH_DEVICE:-cuda}" -p 0 -n 32 -r 1 --bw-mib 64 --budget 25
+            for v in XDAN_CUDA_GRAPHS=0 XDAN_CUDA_FUSION=1 XDAN_CUDA_MMVQ=4,1,1 XDAN_CUDA_PDL=1 "XDAN_CUDA_PDL=1 XDAN_CUDA_FUSION=1"; do
+                # shellcheck disable=SC2086  # $v may set two variables
+                stage "ablate $mix $v" 25 env $v "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" -p 0 -n 64 -r 2 \
                     --budget 18 --bw-mib 256 --label "Mixtral-8x7B shape, random, $mix, $v" --md "$md"
             done
         fi

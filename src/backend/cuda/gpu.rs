@@ -18,6 +18,7 @@ use super::graph::{graphs_enabled, Exec, Op, Recorder, Stats, COPY};
 use super::kernels::{kernel_names, KernelSource, PROGRAMS};
 use super::mmvq_shape::MmvqShape;
 use super::nvrtc::Nvrtc;
+use super::profile::Profile;
 use crate::{Error, ErrorKind, Result};
 
 type CuResult = c_int;
@@ -66,6 +67,36 @@ struct Api {
 type Stream = *mut c_void;
 type Graph = *mut c_void;
 type GraphExec = *mut c_void;
+
+/// cuda.h's CUlaunchAttribute: an id, padding to 8 bytes, a 64-byte union of values.
+#[repr(C)]
+struct LaunchAttribute {
+    id: u32,
+    pad: [u8; 4],
+    value: [u64; 8],
+}
+
+/// cuda.h's CUlaunchConfig.
+#[repr(C)]
+struct LaunchConfig {
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    smem: c_uint,
+    stream: Stream,
+    attrs: *mut LaunchAttribute,
+    num_attrs: c_uint,
+}
+
+/// CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: the launch may begin while the kernel
+/// before it finishes; the kernels' `xd_grid_dep_sync` (common.cuh) waits for it.
+const LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: u32 = 6;
+
+type LaunchEx = unsafe extern "C" fn(*const LaunchConfig, Function, *mut *mut c_void, *mut *mut c_void) -> CuResult;
+
+/// `XDAN_CUDA_PDL=1`: programmatic dependent launches (sm_90 and later).
+fn pdl_requested() -> bool {
+    std::env::var("XDAN_CUDA_PDL").is_ok_and(|v| v == "1")
+}
 
 /// The stream-capture and graph entry points (absent from drivers before CUDA 11.4: then every
 /// queue is issued launch by launch).
@@ -130,6 +161,12 @@ pub struct GpuDevice {
     graph_api: Option<GraphApi>,
     /// The stream graphs are captured on (created on first use; nothing runs on it).
     capture_stream: Mutex<Stream>,
+    /// GPU time by kernel (`XDAN_CUDA_PROFILE=1`, see [`super::profile`]).
+    profile: Option<Mutex<Profile>>,
+    /// cuLaunchKernelEx when launches carry the programmatic-serialization attribute
+    /// (`XDAN_CUDA_PDL=1` on sm_90+): each kernel's launch overlaps the end of the one before it,
+    /// its blocks waiting in `xd_grid_dep_sync` until that one has finished.
+    pdl: Option<LaunchEx>,
 }
 
 /// A page-locked host buffer that asynchronous uploads copy from. Bytes handed to the driver
@@ -232,6 +269,9 @@ impl GpuDevice {
             (ctx, (major * 10 + minor) as u32, CStr::from_ptr(name.as_ptr()).to_string_lossy().into_owned())
         };
         let graph_api = GraphApi::load(&lib).ok();
+        let profile = Profile::from_env(&lib).map(Mutex::new);
+        // SAFETY: the type is cuda.h's cuLaunchKernelEx.
+        let pdl = if pdl_requested() && arch >= 90 { unsafe { lib.sym::<LaunchEx>("cuLaunchKernelEx").ok() } } else { None };
         let mut program_of = HashMap::new();
         for p in PROGRAMS {
             for k in kernel_names(p) {
@@ -252,9 +292,12 @@ impl GpuDevice {
             loaded: Mutex::new((HashMap::new(), HashMap::new())),
             variants: Mutex::new(HashMap::new()),
             staging: Mutex::new(Staging { ptr: std::ptr::null_mut(), used: 0 }),
-            rec: Mutex::new(Recorder::new(graph_api.is_some() && graphs_enabled())),
+            // Profiling times each launch, which a replayed graph would not.
+            rec: Mutex::new(Recorder::new(graph_api.is_some() && graphs_enabled() && profile.is_none())),
             graph_api,
             capture_stream: Mutex::new(std::ptr::null_mut()),
+            profile,
+            pdl,
         })
     }
 
@@ -283,7 +326,13 @@ impl GpuDevice {
         self.graph_api.is_some() && graphs_enabled()
     }
     pub fn set_graphs(&self, on: bool) {
-        self.rec.lock().set_graphs(on && self.graphs_available());
+        self.rec.lock().set_graphs(on && self.graphs_available() && self.profile.is_none());
+    }
+
+    /// The profile's table so far (`XDAN_CUDA_PROFILE=1`), else None.
+    pub fn kernel_profile(&self) -> Option<String> {
+        let p = self.profile.as_ref()?;
+        Some(p.lock().report(|h| self.kernel_name(h)))
     }
 
     /// Waits for every launch issued so far; reports an error a kernel raised.
@@ -295,6 +344,10 @@ impl GpuDevice {
         let mut st = self.staging.lock();
         self.check("cuCtxSynchronize", unsafe { (self.api.ctx_sync)() })?;
         st.used = 0;
+        if let Some(p) = &self.profile {
+            // SAFETY: every issued launch has completed.
+            unsafe { p.lock().harvest() };
+        }
         Ok(())
     }
 
@@ -359,6 +412,17 @@ impl Drop for GpuDevice {
             if let (Some(g), false) = (&self.graph_api, st.is_null()) {
                 // SAFETY: created by cuStreamCreate; nothing is captured on it now.
                 unsafe { (g.stream_destroy)(st) };
+            }
+            if let Some(p) = self.profile.take() {
+                let mut p = p.into_inner();
+                // SAFETY: after a device-wide wait every event has been reached.
+                unsafe {
+                    (self.api.ctx_sync)();
+                    p.harvest();
+                }
+                eprint!("{}", p.report(|h| self.kernel_name(h)));
+                // SAFETY: as above.
+                unsafe { p.release() };
             }
         }
         let ptr = self.staging.get_mut().ptr;
@@ -457,6 +521,12 @@ impl GpuDevice {
     unsafe fn launch_on(&self, f: Function, op: &Op, stream: Stream) -> CuResult {
         let mut cells = op.args;
         let mut ptrs = op.param_ptrs(&mut cells);
+        if let Some(launch_ex) = self.pdl {
+            let mut attr = LaunchAttribute { id: LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, pad: [0; 4], value: [0; 8] };
+            attr.value[0] = 1; // programmaticStreamSerializationAllowed (an int at the union's start)
+            let cfg = LaunchConfig { grid: op.grid, block: op.block, smem: op.smem, stream, attrs: &mut attr, num_attrs: 1 };
+            return launch_ex(&cfg, f, ptrs.as_mut_ptr(), std::ptr::null_mut());
+        }
         (self.api.launch)(
             f,
             op.grid[0],
@@ -519,11 +589,17 @@ impl Exec for GpuDevice {
         if op.kernel == COPY {
             return self.check("cuMemcpyDtoD", (self.api.d2d)(op.args[0], op.args[1], op.args[2] as usize));
         }
-        let rc = self.launch_on(handle as Function, op, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(self.err(&format!("launching {}", self.kernel_name(handle)), rc));
+        let launch = || {
+            let rc = self.launch_on(handle as Function, op, std::ptr::null_mut());
+            if rc != 0 {
+                return Err(self.err(&format!("launching {}", self.kernel_name(handle)), rc));
+            }
+            Ok(())
+        };
+        match &self.profile {
+            Some(p) => p.lock().time(handle, launch),
+            None => launch(),
         }
-        Ok(())
     }
 
     unsafe fn capture(&self, ops: &[Op], handles: &[usize]) -> Result<Captured> {
@@ -624,6 +700,10 @@ impl Device for GpuDevice {
         let mut st = self.staging.lock();
         self.check("cuMemcpyDtoH", (self.api.d2h)(dst.as_mut_ptr() as *mut c_void, src, dst.len()))?;
         st.used = 0;
+        if let Some(p) = &self.profile {
+            // The synchronous copy on the legacy stream returned after every launch before it.
+            p.lock().harvest();
+        }
         Ok(())
     }
 
@@ -637,5 +717,22 @@ impl Device for GpuDevice {
         let id = rec.kernel_id(self, name)?;
         rec.push(Op::launch(id, grid, block, smem, args)?);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The launch structs have cuda.h's layout on 64-bit hosts.
+    #[test]
+    fn launch_structs_match_cuda_h() {
+        assert_eq!(std::mem::size_of::<LaunchAttribute>(), 72);
+        assert_eq!(std::mem::offset_of!(LaunchAttribute, value), 8);
+        assert_eq!(std::mem::size_of::<LaunchConfig>(), 56);
+        assert_eq!(std::mem::offset_of!(LaunchConfig, smem), 24);
+        assert_eq!(std::mem::offset_of!(LaunchConfig, stream), 32);
+        assert_eq!(std::mem::offset_of!(LaunchConfig, attrs), 40);
+        assert_eq!(std::mem::offset_of!(LaunchConfig, num_attrs), 48);
     }
 }

@@ -106,4 +106,26 @@ mod tests {
             }
         }
     }
+
+    /// Every kernel's body begins with `xd_grid_dep_sync();` (common.cuh): with programmatic
+    /// dependent launches (`XDAN_CUDA_PDL`) a kernel's blocks may start before the kernel ahead
+    /// of it has finished, and only that wait keeps them off its memory until it has.
+    #[test]
+    fn every_kernel_first_waits_for_the_one_before() {
+        const MARK: &str = "extern \"C\" __global__ void";
+        let mut kernels = 0;
+        for p in PROGRAMS {
+            let t = p.text;
+            let mut from = 0;
+            while let Some(at) = t[from..].find(MARK).map(|i| from + i) {
+                let open = at + t[at..].find('{').expect("a kernel body");
+                let body = t[open + 1..].trim_start_matches(|c: char| c.is_whitespace() || c == '\\');
+                let line = t[..at].lines().count() + 1;
+                assert!(body.starts_with("xd_grid_dep_sync();"), "{} line {line}: the kernel does not begin with xd_grid_dep_sync()", p.name);
+                kernels += 1;
+                from = open;
+            }
+        }
+        assert!(kernels >= 30, "found {kernels} kernel definitions");
+    }
 }

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod kernels;
 pub mod mmvq_shape;
 pub mod nvrtc;
+mod profile;
 
 pub use backend::CudaBackend;
 pub use device::{Device, EmuDevice};
