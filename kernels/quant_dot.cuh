@@ -297,37 +297,62 @@ __device__ __forceinline__ void xd_grid8_dot_ksigns(uint32_t g0, uint32_t g1, ui
 // lanes looking up different points meet in shared memory's banks (a few passes per warp),
 // where through the L1 cache each distinct line of the grid a warp touches costs a pass (up to
 // 32 for the 16 KB IQ1_S grid).
-__device__ __forceinline__ uint64_t xd_tab64(const uint8_t* tab, uint32_t i) {
-    return reinterpret_cast<const uint64_t*>(tab)[i];
-}
 __device__ __forceinline__ uint32_t xd_tab32(const uint8_t* tab, uint32_t i) {
     return reinterpret_cast<const uint32_t*>(tab)[i];
 }
 
+// The IQ2 grids' three magnitudes 0x08, 0x19, 0x2b, and IQ1_S's values -1, 0, 1, as bytes 0..2 of
+// a word, in constant memory so that the byte permutes below read them as an operand.
+__constant__ uint32_t xd_grid_levels[2] = {0x002b1908u, 0x000100ffu};
+#define XD_IQ2_LEVELS 0
+#define XD_IQ1_LEVELS 1
+
+// Point i of a three-valued grid from its nibble form in `tab` (xd_iq*_grid_nib): nibble 4, 5, 6
+// picks byte 0, 1, 2 of the levels word by a byte permute (the permute's second word; its first
+// is zero); lo holds values 0..3, hi 4..7. A 4-byte entry where the point itself has 8: a warp's
+// random lookups then meet about half the bank conflicts of 8-byte ones.
+__device__ __forceinline__ void xd_grid_point3(const uint8_t* tab, uint32_t i, int which, uint32_t& lo,
+                                               uint32_t& hi) {
+    const uint32_t e = xd_tab32(tab, i);
+    const uint32_t levels = xd_grid_levels[which];
+#if defined(__CUDA_ARCH__)
+    // prmt itself: it reads the selector's low 16 bits only, and nibbles 4..6 have no sign-mode
+    // bit, so neither needs the masking __byte_perm adds.
+    asm("prmt.b32 %0, 0, %1, %2;" : "=r"(lo) : "r"(levels), "r"(e));
+    asm("prmt.b32 %0, 0, %1, %2;" : "=r"(hi) : "r"(levels), "r"(e >> 16));
+#else
+    lo = __byte_perm(0u, levels, e);
+    hi = __byte_perm(0u, levels, e >> 16);
+#endif
+}
+
 // IQ2_XXS: {f16 d; u16 qs[32]}: sub-block u is two u32 at qs[4u]: four grid indices (bytes of
-// the first), four 7-bit sign groups and a 4-bit scale (the second). Grid: xd_iq2xxs_grid in `tab`.
+// the first), four 7-bit sign groups and a 4-bit scale (the second). Grid: xd_iq2xxs_grid_nib in
+// `tab`.
 __device__ __forceinline__ float dot_iq2_xxs(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
     const uint8_t* q = b + 2 + 8 * u;
     const uint32_t idx = uint32_t(xd_ld32(q)), aux = uint32_t(xd_ld32(q + 4));
     int sum = 0, neg = 0;
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
-        const uint64_t g = xd_tab64(tab, (idx >> (8 * l)) & 0xffu);
-        xd_grid8_dot_ksigns(uint32_t(g), uint32_t(g >> 32), (aux >> (7 * l)) & 127u, a, 2 * l, sum, neg);
+        uint32_t g0, g1;
+        xd_grid_point3(tab, (idx >> (8 * l)) & 0xffu, XD_IQ2_LEVELS, g0, g1);
+        xd_grid8_dot_ksigns(g0, g1, (aux >> (7 * l)) & 127u, a, 2 * l, sum, neg);
     }
     return xd_ldh(b) * (0.5f + float(aux >> 28)) * 0.25f * a.d * float(sum - neg);
 }
 
 // IQ2_XS: {f16 d; u16 qs[32]; u8 scales[8]}: each u16 is a 9-bit grid index and 7 sign bits;
-// the scale byte's nibbles cover the sub-block's halves. Grid: xd_iq2xs_grid in `tab`.
+// the scale byte's nibbles cover the sub-block's halves. Grid: xd_iq2xs_grid_nib in `tab`.
 __device__ __forceinline__ float dot_iq2_xs(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
     const uint8_t* q = b + 2 + 8 * u;
     int s[2] = {0, 0}, n[2] = {0, 0};
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
         const uint32_t v = xd_ld16(q + 2 * l);
-        const uint64_t g = xd_tab64(tab, v & 511u);
-        xd_grid8_dot_ksigns(uint32_t(g), uint32_t(g >> 32), v >> 9, a, 2 * l, s[l / 2], n[l / 2]);
+        uint32_t g0, g1;
+        xd_grid_point3(tab, v & 511u, XD_IQ2_LEVELS, g0, g1);
+        xd_grid8_dot_ksigns(g0, g1, v >> 9, a, 2 * l, s[l / 2], n[l / 2]);
     }
     const int sc = b[66 + u];
     return xd_ldh(b) * 0.25f * a.d *
@@ -335,7 +360,7 @@ __device__ __forceinline__ float dot_iq2_xs(const uint8_t* b, int u, const xd_q8
 }
 
 // IQ2_S: {f16 d; u8 qs[32]; u8 signs[32]; u8 qh[8]; u8 scales[8]}: 10-bit grid indices (two high
-// bits from qh), explicit sign bytes. Grid: xd_iq2s_grid in `tab`.
+// bits from qh), explicit sign bytes. Grid: xd_iq2s_grid_nib in `tab`.
 __device__ __forceinline__ float dot_iq2_s(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
     const uint8_t* qs = b + 2 + 4 * u;
     const uint8_t* sg = b + 34 + 4 * u;
@@ -344,8 +369,9 @@ __device__ __forceinline__ float dot_iq2_s(const uint8_t* b, int u, const xd_q8_
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
         const uint32_t idx = qs[l] | ((qh << (8 - 2 * l)) & 0x300u);
-        const uint64_t g = xd_tab64(tab, idx);
-        xd_grid8_dot(uint32_t(g), uint32_t(g >> 32), sg[l], a, 2 * l, s[l / 2], n[l / 2]);
+        uint32_t g0, g1;
+        xd_grid_point3(tab, idx, XD_IQ2_LEVELS, g0, g1);
+        xd_grid8_dot(g0, g1, sg[l], a, 2 * l, s[l / 2], n[l / 2]);
     }
     const int sc = b[74 + u];
     return xd_ldh(b) * 0.25f * a.d *
@@ -388,14 +414,6 @@ __device__ __forceinline__ float dot_iq3_s(const uint8_t* b, int u, const xd_q8_
     return xd_ldh(b) * float(1 + 2 * nib) * a.d * float(sum - neg);
 }
 
-// Point i of the IQ1_S grid from its nibble form in `tab` (xd_iq1s_grid_nib): nibble 0, 1, 2
-// picks byte -1, 0, 1 by a byte permute; lo holds values 0..3, hi 4..7.
-__device__ __forceinline__ void xd_iq1_point(const uint8_t* tab, uint32_t i, int& lo, int& hi) {
-    const uint32_t e = xd_tab32(tab, i);
-    lo = int(__byte_perm(0x000100ffu, 0u, e & 0xffffu));
-    hi = int(__byte_perm(0x000100ffu, 0u, e >> 16));
-}
-
 // IQ1_S: {f16 d; u8 qs[32]; u16 qh[8]}: 11-bit indices of {-1,0,1} grid points, a 3-bit scale
 // and the sign of a shift (+-1/8) applied to every value of the sub-block.
 __device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t* tab) {
@@ -404,10 +422,10 @@ __device__ __forceinline__ float dot_iq1_s(const uint8_t* b, int u, const xd_q8_
     int sum = 0;
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
-        int lo, hi;
-        xd_iq1_point(tab, qs[l] | (((qh >> (3 * l)) & 7u) << 8), lo, hi);
-        sum = __dp4a(lo, a.qs[2 * l], sum);
-        sum = __dp4a(hi, a.qs[2 * l + 1], sum);
+        uint32_t lo, hi;
+        xd_grid_point3(tab, qs[l] | (((qh >> (3 * l)) & 7u) << 8), XD_IQ1_LEVELS, lo, hi);
+        sum = __dp4a(int(lo), a.qs[2 * l], sum);
+        sum = __dp4a(int(hi), a.qs[2 * l + 1], sum);
     }
     const float dl = xd_ldh(b) * float(2 * ((qh >> 12) & 7u) + 1);
     const float delta = (qh & 0x8000u) ? -0.125f : 0.125f;
@@ -428,10 +446,10 @@ __device__ __forceinline__ float dot_iq1_m(const uint8_t* b, int u, const xd_q8_
     for (int l = 0; l < 4; ++l) {
         const uint32_t h = qh[l / 2];
         const uint32_t idx = qs[l] | ((l % 2 ? (h << 4) : (h << 8)) & 0x700u);
-        int lo, hi;
-        xd_iq1_point(tab, idx, lo, hi);
-        int s = __dp4a(lo, a.qs[2 * l], 0);
-        s = __dp4a(hi, a.qs[2 * l + 1], s);
+        uint32_t lo, hi;
+        xd_grid_point3(tab, idx, XD_IQ1_LEVELS, lo, hi);
+        int s = __dp4a(int(lo), a.qs[2 * l], 0);
+        s = __dp4a(int(hi), a.qs[2 * l + 1], s);
         int m = __dp4a(0x01010101, a.qs[2 * l], 0);
         m = __dp4a(0x01010101, a.qs[2 * l + 1], m);
         const float delta = (h & (l % 2 ? 0x80u : 0x08u)) ? -0.125f : 0.125f;
@@ -476,17 +494,17 @@ struct XdNoTable {
         static constexpr int BYTES = int(sizeof(grid));            \
         __device__ static const void* src() { return grid; }       \
     };
-XD_GRID_TABLE(XdTableIq2xxs, xd_iq2xxs_grid)
-XD_GRID_TABLE(XdTableIq2xs, xd_iq2xs_grid)
+XD_GRID_TABLE(XdTableIq2xxs, xd_iq2xxs_grid_nib)
+XD_GRID_TABLE(XdTableIq2xs, xd_iq2xs_grid_nib)
 XD_GRID_TABLE(XdTableIq3xxs, xd_iq3xxs_grid)
 XD_GRID_TABLE(XdTableIq3s, xd_iq3s_grid)
-XD_GRID_TABLE(XdTableIq2s, xd_iq2s_grid)
+XD_GRID_TABLE(XdTableIq2s, xd_iq2s_grid_nib)
 XD_GRID_TABLE(XdTableIq1s, xd_iq1s_grid_nib)
 
 typedef float (*XdDotFn)(const uint8_t*, int, const xd_q8_1&, const uint8_t*);
 
-// The table of each IQ dot product: its grid (IQ1_S / IQ1_M: the 8 KB nibble form of their 16 KB
-// one). A block's copy mostly hits the L1 cache, filled by the SM's earlier blocks, and costs
+// The table of each IQ dot product: its grid, the IQ2 and IQ1 ones in nibble form (0.5–8 KB). A
+// block's copy mostly hits the L1 cache, filled by the SM's earlier blocks, and costs
 // less shared-memory traffic than the lookups it serves.
 template <XdDotFn DOT>
 struct XdDotTable {

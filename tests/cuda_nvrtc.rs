@@ -208,14 +208,33 @@ fn render_iq_grids() -> String {
         }
         o.push_str("};\n\n");
     }
-    // IQ1_S's points (values -1, 0, 1) again as eight nibbles of value + 1: half the bytes, for
-    // the matvec blocks' shared-memory copy (quant_dot.cuh expands them with byte permutes).
-    let iq1s_nib: Vec<u32> = IQ1S_GRID
-        .iter()
-        .map(|&g| (0..8).map(|i| (((g >> (8 * i)) as u8 as i8 + 1) as u32) << (4 * i)).sum())
-        .collect();
-    let u32s: [(&str, &[u32]); 3] =
-        [("xd_iq3xxs_grid", &IQ3XXS_GRID[..]), ("xd_iq3s_grid", &IQ3S_GRID[..]), ("xd_iq1s_grid_nib", &iq1s_nib[..])];
+    // The IQ2 and IQ1_S points again as eight nibbles, each 4 + the index of its byte among the
+    // grid's three values (a byte-permute selector of the second word): half the bytes, for the
+    // matvec blocks' shared-memory copies, which quant_dot.cuh expands with byte permutes.
+    let nibbles = |grid: &[u64], levels: [u8; 3]| -> Vec<u32> {
+        grid.iter()
+            .map(|&g| {
+                (0..8)
+                    .map(|i| {
+                        let b = (g >> (8 * i)) as u8;
+                        let n = levels.iter().position(|&l| l == b).unwrap_or_else(|| panic!("grid byte {b:#x} is not one of {levels:x?}"));
+                        (4 + n as u32) << (4 * i)
+                    })
+                    .sum()
+            })
+            .collect()
+    };
+    const IQ2: [u8; 3] = [0x08, 0x19, 0x2b];
+    let (n2xxs, n2xs, n2s) = (nibbles(&IQ2XXS_GRID, IQ2), nibbles(&IQ2XS_GRID, IQ2), nibbles(&IQ2S_GRID, IQ2));
+    let n1s = nibbles(&IQ1S_GRID, [0xff, 0x00, 0x01]);
+    let u32s: [(&str, &[u32]); 6] = [
+        ("xd_iq3xxs_grid", &IQ3XXS_GRID[..]),
+        ("xd_iq3s_grid", &IQ3S_GRID[..]),
+        ("xd_iq2xxs_grid_nib", &n2xxs[..]),
+        ("xd_iq2xs_grid_nib", &n2xs[..]),
+        ("xd_iq2s_grid_nib", &n2s[..]),
+        ("xd_iq1s_grid_nib", &n1s[..]),
+    ];
     for (i, (name, t)) in u32s.iter().enumerate() {
         o.push_str(&format!("__device__ alignas(16) uint32_t {name}[{}] = {{\n", t.len()));
         for c in t.chunks(8) {
