@@ -156,7 +156,7 @@ struct XdStaging {
 
 // The staging of a block running DOT over NW rows per warp.
 template <int QK, int BYTES, XdDotFn DOT, int NW>
-using XdStagingFor = XdStaging<QK, BYTES, NW, XdDotTable<DOT>::T::BYTES>;
+using XdStagingFor = XdStaging<QK, BYTES, NW, XdDotTable<DOT>::BYTES>;
 
 // Lane `lane`'s share of the dot products of NW weight rows (same shape) with one q8_1
 // activation row, in rounds of SUBS_PER_ROUND sub-blocks: each warp stages the round's part
@@ -175,7 +175,7 @@ __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], c
     constexpr int SUBS = QK / 32;
     constexpr int PER = XdStageSize<QK, BYTES>::SUBS_PER_ROUND;
     constexpr int STAGES = XdStagingFor<QK, BYTES, DOT, NW>::STAGES;
-    using Tab = typename XdDotTable<DOT>::T;
+    using Tab = XdDotTable<DOT>;
     const int row_bytes = (nsub / SUBS) * BYTES;
     const uint8_t* xbytes = reinterpret_cast<const uint8_t*>(xs);
     const uint8_t* xend = xbytes + (long long)nsub * sizeof(xd_q8_1);

@@ -483,58 +483,27 @@ __device__ __forceinline__ float dot_mxfp4(const uint8_t* b, int, const xd_q8_1&
 
 // ---- lookup tables the matvec blocks copy into shared memory ------------------------------
 
-// What a type's dot product reads through `tab`: BYTES bytes from src() (a multiple of 16, 16-byte
-// aligned), or nothing.
-struct XdNoTable {
+typedef float (*XdDotFn)(const uint8_t*, int, const xd_q8_1&, const uint8_t*);
+
+// What a dot product reads through `tab`: BYTES bytes from src() (a multiple of 16, 16-byte
+// aligned), or nothing. The IQ types read their grid, the IQ2 and IQ1 ones in nibble form
+// (0.5–8 KB). A block's copy mostly hits the L1 cache, filled by the SM's earlier blocks, and
+// costs less shared-memory traffic than the lookups it serves.
+template <XdDotFn DOT>
+struct XdDotTable {
     static constexpr int BYTES = 0;
     __device__ static const void* src() { return nullptr; }
 };
-#define XD_GRID_TABLE(Name, grid)                                  \
-    struct Name {                                                  \
+#define XD_DOT_TABLE(dot, grid)                                    \
+    template <>                                                    \
+    struct XdDotTable<dot> {                                       \
         static constexpr int BYTES = int(sizeof(grid));            \
         __device__ static const void* src() { return grid; }       \
     };
-XD_GRID_TABLE(XdTableIq2xxs, xd_iq2xxs_grid_nib)
-XD_GRID_TABLE(XdTableIq2xs, xd_iq2xs_grid_nib)
-XD_GRID_TABLE(XdTableIq3xxs, xd_iq3xxs_grid)
-XD_GRID_TABLE(XdTableIq3s, xd_iq3s_grid)
-XD_GRID_TABLE(XdTableIq2s, xd_iq2s_grid_nib)
-XD_GRID_TABLE(XdTableIq1s, xd_iq1s_grid_nib)
-
-typedef float (*XdDotFn)(const uint8_t*, int, const xd_q8_1&, const uint8_t*);
-
-// The table of each IQ dot product: its grid, the IQ2 and IQ1 ones in nibble form (0.5–8 KB). A
-// block's copy mostly hits the L1 cache, filled by the SM's earlier blocks, and costs
-// less shared-memory traffic than the lookups it serves.
-template <XdDotFn DOT>
-struct XdDotTable {
-    using T = XdNoTable;
-};
-template <>
-struct XdDotTable<dot_iq2_xxs> {
-    using T = XdTableIq2xxs;
-};
-template <>
-struct XdDotTable<dot_iq2_xs> {
-    using T = XdTableIq2xs;
-};
-template <>
-struct XdDotTable<dot_iq3_xxs> {
-    using T = XdTableIq3xxs;
-};
-template <>
-struct XdDotTable<dot_iq3_s> {
-    using T = XdTableIq3s;
-};
-template <>
-struct XdDotTable<dot_iq2_s> {
-    using T = XdTableIq2s;
-};
-template <>
-struct XdDotTable<dot_iq1_s> {
-    using T = XdTableIq1s;
-};
-template <>
-struct XdDotTable<dot_iq1_m> {
-    using T = XdTableIq1s;
-};
+XD_DOT_TABLE(dot_iq2_xxs, xd_iq2xxs_grid_nib)
+XD_DOT_TABLE(dot_iq2_xs, xd_iq2xs_grid_nib)
+XD_DOT_TABLE(dot_iq2_s, xd_iq2s_grid_nib)
+XD_DOT_TABLE(dot_iq3_xxs, xd_iq3xxs_grid)
+XD_DOT_TABLE(dot_iq3_s, xd_iq3s_grid)
+XD_DOT_TABLE(dot_iq1_s, xd_iq1s_grid_nib)
+XD_DOT_TABLE(dot_iq1_m, xd_iq1s_grid_nib)

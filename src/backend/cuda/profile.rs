@@ -118,3 +118,55 @@ impl Profile {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // A stand-in driver: events are counters, each "launch" lasts its end event's number in ms.
+    unsafe extern "C" fn create(e: *mut Event, _: c_uint) -> CuResult {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        *e = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as Event;
+        0
+    }
+    unsafe extern "C" fn record(_: Event, _: Stream) -> CuResult {
+        0
+    }
+    unsafe extern "C" fn elapsed(ms: *mut f32, _: Event, b: Event) -> CuResult {
+        *ms = (b as usize % 7) as f32;
+        0
+    }
+    unsafe extern "C" fn destroy(_: Event) -> CuResult {
+        0
+    }
+
+    #[test]
+    fn sums_by_kernel_and_reuses_events() {
+        let mut p = Profile {
+            api: EventApi { create, record, elapsed, destroy },
+            free: Vec::new(),
+            pending: Vec::new(),
+            totals: HashMap::new(),
+        };
+        unsafe {
+            for h in [1usize, 2, 1] {
+                p.time(h, || Ok(())).unwrap();
+            }
+            // A failed launch is not timed, and its error comes back.
+            assert!(p.time(3, || Err(crate::Error::internal("no"))).is_err());
+            assert_eq!(p.pending.len(), 3);
+            p.harvest();
+            assert!(p.pending.is_empty());
+            assert_eq!(p.free.len(), 8, "every event back in the pool");
+            assert_eq!(p.totals[&1].0, 2);
+            assert_eq!(p.totals[&2].0, 1);
+            assert!(!p.totals.contains_key(&3));
+            let want: f64 = p.totals.values().map(|t| t.1).sum();
+            let table = p.report(|h| format!("k{h}"));
+            assert!(table.contains(&format!("{want:.3} ms in all")), "{table}");
+            assert_eq!(table.lines().filter(|l| l.starts_with("| k") && !l.starts_with("| kernel")).count(), 2, "{table}");
+            p.release();
+            assert!(p.free.is_empty());
+        }
+    }
+}
