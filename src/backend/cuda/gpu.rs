@@ -3,8 +3,8 @@
 //! use (through the CUBIN disk cache) and launched on the legacy default stream, so launches and
 //! copies run in the order they are issued.
 //!
-//! Not yet run on a GPU: the emulator exercises everything above this layer (see
-//! tests/cuda_emu_model.rs); scripts/gpu-check.sh runs examples/cuda_check.rs on a GPU machine.
+//! The emulator exercises everything above this layer (see tests/cuda_emu_model.rs);
+//! scripts/gpu-check.sh runs this one on a GPU machine (results in docs/perf.md).
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
