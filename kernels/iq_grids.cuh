@@ -1,6 +1,6 @@
-// The IQ lattice tables in global memory for the IQ dot products (quant_dot.cuh): copied into
-// shared memory by the matvec blocks (16-byte aligned for their 16-byte copies) or read through
-// the read-only cache; lanes index them divergently, which __constant__ serializes.
+// The IQ lattice tables in global memory: the matvec blocks copy theirs into shared memory
+// (quant_dot.cuh; 16-byte aligned for the 16-byte copies), the block decoders (dequant.cuh) read
+// them in place. Lanes index them divergently, which __constant__ memory would serialize.
 // Generated from src/quant/grids.rs by the test iq_grid_header_matches_the_rust_tables
 // (tests/cuda_nvrtc.rs; XDAN_WRITE_GRIDS=1 rewrites it): do not edit.
 #pragma once

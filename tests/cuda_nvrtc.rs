@@ -188,9 +188,9 @@ fn cuda_available_tells_the_truth_without_panicking() {
 fn render_iq_grids() -> String {
     use xdan::quant::grids::*;
     let mut o = String::new();
-    o.push_str("// The IQ lattice tables in global memory for the IQ dot products (quant_dot.cuh): copied into\n");
-    o.push_str("// shared memory by the matvec blocks (16-byte aligned for their 16-byte copies) or read through\n");
-    o.push_str("// the read-only cache; lanes index them divergently, which __constant__ serializes.\n");
+    o.push_str("// The IQ lattice tables in global memory: the matvec blocks copy theirs into shared memory\n");
+    o.push_str("// (quant_dot.cuh; 16-byte aligned for the 16-byte copies), the block decoders (dequant.cuh) read\n");
+    o.push_str("// them in place. Lanes index them divergently, which __constant__ memory would serialize.\n");
     o.push_str("// Generated from src/quant/grids.rs by the test iq_grid_header_matches_the_rust_tables\n");
     o.push_str("// (tests/cuda_nvrtc.rs; XDAN_WRITE_GRIDS=1 rewrites it): do not edit.\n");
     o.push_str("#pragma once\n#include \"common.cuh\"\n\n");
