@@ -876,7 +876,9 @@ fn emulated_matvecs_agree_across_block_shapes() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
     let mut rng = Rng(0x5a9e);
     let mut lines = Vec::new();
-    for (ty, ncols) in [("Q8_0", 2560), ("Q4_K", 5120), ("Q6_K", 1280), ("IQ2_XXS", 4352)] {
+    // IQ2_XXS, IQ3_S and IQ1_S also copy their grid into shared memory (1, 2 and 8 KB), which the
+    // staging of each shape must leave room for.
+    for (ty, ncols) in [("Q8_0", 2560), ("Q4_K", 5120), ("Q6_K", 1280), ("IQ2_XXS", 4352), ("IQ3_S", 1536), ("IQ1_S", 2304)] {
         let (n0, n1, n2, slots) = (19, 21, 5, 2);
         let qk = type_shape(ty).0;
         let ws: Vec<Vec<u8>> = [n0, n1, n2].iter().map(|&n| weights(ty, n * ncols, &mut rng).0).collect();

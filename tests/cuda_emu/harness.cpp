@@ -99,6 +99,8 @@ const FusedEntry kFused[] = {
     {"Q4_K", mul_mat_vec3_q4_k, mul_mat_vec_swiglu_q4_k},
     {"Q6_K", mul_mat_vec3_q6_k, mul_mat_vec_swiglu_q6_k},
     {"IQ2_XXS", mul_mat_vec3_iq2_xxs, mul_mat_vec_swiglu_iq2_xxs},
+    {"IQ3_S", mul_mat_vec3_iq3_s, mul_mat_vec_swiglu_iq3_s},
+    {"IQ1_S", mul_mat_vec3_iq1_s, mul_mat_vec_swiglu_iq1_s},
 };
 
 const TypeEntry& type_named(const std::string& n) {
