@@ -224,9 +224,9 @@ fn render_iq_grids() -> String {
             })
             .collect()
     };
-    const IQ2: [u8; 3] = [0x08, 0x19, 0x2b];
-    let (n2xxs, n2xs, n2s) = (nibbles(&IQ2XXS_GRID, IQ2), nibbles(&IQ2XS_GRID, IQ2), nibbles(&IQ2S_GRID, IQ2));
-    let n1s = nibbles(&IQ1S_GRID, [0xff, 0x00, 0x01]);
+    let (n2xxs, n2xs, n2s) =
+        (nibbles(&IQ2XXS_GRID, IQ2_LEVELS), nibbles(&IQ2XS_GRID, IQ2_LEVELS), nibbles(&IQ2S_GRID, IQ2_LEVELS));
+    let n1s = nibbles(&IQ1S_GRID, IQ1_LEVELS);
     let u32s: [(&str, &[u32]); 6] = [
         ("xd_iq3xxs_grid", &IQ3XXS_GRID[..]),
         ("xd_iq3s_grid", &IQ3S_GRID[..]),

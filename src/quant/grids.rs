@@ -53,8 +53,10 @@ const fn expand_grid<const N: usize>(kgrid: &[u16; N], levels: [u8; 3]) -> [u64;
     out
 }
 
-const IQ2_LEVELS: [u8; 3] = [0x08, 0x19, 0x2b];
-const IQ1_LEVELS: [u8; 3] = [0xff, 0x00, 0x01];
+/// The three byte values of the IQ2 grids' points (magnitudes 8, 25, 43).
+pub const IQ2_LEVELS: [u8; 3] = [0x08, 0x19, 0x2b];
+/// The three byte values of the IQ1 grid's points (-1, 0, 1).
+pub const IQ1_LEVELS: [u8; 3] = [0xff, 0x00, 0x01];
 
 /// `iq2xxs_grid`: 256 points of the E8-derived lattice, 8 unsigned magnitudes per entry.
 pub static IQ2XXS_GRID: [u64; 256] = expand_grid(&KGRID_2BIT_256, IQ2_LEVELS);

@@ -329,11 +329,6 @@ impl GpuDevice {
         self.rec.lock().set_graphs(on && self.graphs_available() && self.profile.is_none());
     }
 
-    /// The profile's table so far (`XDAN_CUDA_PROFILE=1`), else None.
-    pub fn kernel_profile(&self) -> Option<String> {
-        let p = self.profile.as_ref()?;
-        Some(p.lock().report(|h| self.kernel_name(h)))
-    }
 
     /// Waits for every launch issued so far; reports an error a kernel raised.
     pub fn synchronize(&self) -> Result<()> {
