@@ -3,10 +3,11 @@
 //! Mixtral-8x7B-shaped random models from examples/make_model.rs).
 //!
 //!   bench_gpu --model PATH [--device cuda|cpu] [-p 512] [-n 64] [-r 3] [-t THREADS]
-//!             [--label TEXT] [--md FILE] [--bw-mib 1024] [--budget SECONDS]
+//!             [--depth 0] [--label TEXT] [--md FILE] [--bw-mib 1024] [--budget SECONDS]
 //!
 //! Printed: load time; pp N (one step of N prompt tokens from an empty sequence) and tg N (N
-//! single-token steps from an empty sequence), each over `-r` repetitions, mean ± sd tokens/s;
+//! single-token steps from an empty sequence, or after `--depth` untimed prompt tokens, in
+//! steps of 512), each over `-r` repetitions, mean ± sd tokens/s;
 //! the device's copy bandwidth measured in this run (a device-to-device copy of `--bw-mib` MiB,
 //! mean of 10 after a warm-up and a sync; on the CPU a parallel memcpy), counted as read + write
 //! bytes (the rate the memory moves data) and as its read half; the bytes a decode step must
@@ -143,6 +144,7 @@ fn main() {
     let label: String = arg(&args, "--label", model.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
     let md: String = arg(&args, "--md", String::new());
     let bw_bytes = arg::<usize>(&args, "--bw-mib", 1024).max(1) << 20;
+    let depth: usize = arg(&args, "--depth", 0);
     let start = Instant::now();
 
     let (bw, dev_name) = copy_bandwidth(device, bw_bytes);
@@ -164,7 +166,13 @@ fn main() {
     );
 
     let n_vocab = m.n_vocab() as u64;
-    let cp = ContextParams { n_ctx: (pp + tg + 16) as u32, n_batch: pp.max(1) as u32, n_threads: threads, ..Default::default() };
+    const DEPTH_STEP: usize = 512;
+    let cp = ContextParams {
+        n_ctx: (pp.max(depth) + tg + 16) as u32,
+        n_batch: pp.max(depth.min(DEPTH_STEP)).max(1) as u32,
+        n_threads: threads,
+        ..Default::default()
+    };
     let mut c = Context::new(&m, &cp).unwrap_or_else(|e| die(1, &format!("context: {}", e.message)));
     let mut seed = 0x1234_5678u64;
     let mut tok = || {
@@ -199,6 +207,10 @@ fn main() {
         let mut r = Vec::new();
         while r.len() < reps && (r.is_empty() || left(&start) > 0.0) {
             c.seq_clear(0).unwrap_or_else(|e| fail("clear", e));
+            for at in (0..depth).step_by(DEPTH_STEP) {
+                let toks: Vec<i32> = (at..depth.min(at + DEPTH_STEP)).map(|_| tok()).collect();
+                c.step(0, &toks).unwrap_or_else(|e| fail("context before decode", e));
+            }
             let s = Instant::now();
             let mut done = 0;
             // Past the budget a repetition ends early: the rate over the steps it made.
@@ -212,7 +224,8 @@ fn main() {
             r.push(done as f64 / s.elapsed().as_secs_f64());
         }
         tg_rate = stats(&r);
-        println!("tg{tg}: {:.1} ± {:.1} tok/s ({} reps)", tg_rate.0, tg_rate.1, r.len());
+        let at = if depth > 0 { format!(" after {depth} tokens") } else { String::new() };
+        println!("tg{tg}{at}: {:.1} ± {:.1} tok/s ({} reps)", tg_rate.0, tg_rate.1, r.len());
     }
     let logits = c.logits(0).unwrap_or_else(|e| fail("logits", e));
     if !logits.iter().all(|v| v.is_finite()) {

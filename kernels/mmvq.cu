@@ -279,11 +279,17 @@ __device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long
 // the slots, experts and activation rows of xd_mmvq (both matrices of the same type, shape and
 // expert stride). Saves the launch and the memory round trip of the separate swiglu. Weight row
 // 2m of a warp is gate row row0 + m, 2m + 1 the up row.
+//
+// With yq not null (nrows a multiple of 32) it also leaves y's q8_1 blocks for the down
+// projection, as quantize_q8_1 makes them: a block of 32 rows is written by several thread
+// blocks, so each adds the rows it wrote to counts[slot][row / 32] (zero before the launch),
+// and the one that completes the 32 quantizes them and sets the count back to zero.
 template <int QK, int BYTES, XdDotFn DOT>
 __device__ __forceinline__ void xd_mmvq_swiglu(const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu,
                                                long long expert_stride, const int* __restrict__ ids,
                                                const xd_q8_1* __restrict__ x, int x_stride, int x_group,
-                                               float* __restrict__ y, int ncols, int nrows) {
+                                               float* y, int ncols, int nrows, xd_q8_1* __restrict__ yq,
+                                               int* counts) {
     constexpr int NR = XD_MMVQ_ROWS;
     XD_MMVQ_SMEM(2 * NR)
     const int slot = blockIdx.y;
@@ -307,6 +313,35 @@ __device__ __forceinline__ void xd_mmvq_swiglu(const uint8_t* __restrict__ wg, c
         const float u = xd_warp_sum(acc[2 * m + 1]);
         // The expression of the swiglu kernel (elementwise.cu), so the two paths agree bit for bit.
         if (lane == 0 && live[2 * m]) y[(long long)slot * nrows + row0 + m] = g / (1.0f + expf(-g)) * u;
+    }
+    if (yq == nullptr) return;
+    // The block's rows [r0, r1) meet at most two 32-row blocks (at most 16 rows per block).
+    __shared__ int s_done[2];
+    const int r0 = blockIdx.x * XD_MMVQ_WARPS * NR;
+    const int r1 = min(r0 + XD_MMVQ_WARPS * NR, nrows);
+    const int g0 = r0 / 32, g1 = (r1 - 1) / 32;
+    int* cnt = counts + (long long)slot * (nrows / 32);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x < 2) {
+        const int grp = g0 + threadIdx.x;
+        int done = -1;
+        if (grp <= g1) {
+            const int mine = min(r1, 32 * grp + 32) - max(r0, 32 * grp);
+            if (atomicAdd(cnt + grp, mine) + mine == 32) {
+                cnt[grp] = 0;  // ready for the next launch; every row of the block is counted
+                done = grp;
+            }
+        }
+        s_done[threadIdx.x] = done;
+    }
+    __syncthreads();
+    // Warp i quantizes the completed block s_done[i] (its rows read past the L1, after a fence).
+    for (int i = warp; i < 2; i += XD_MMVQ_WARPS) {
+        if (s_done[i] < 0) continue;
+        __threadfence();
+        const long long at = (long long)slot * nrows + 32 * s_done[i];
+        xd_quantize_warp_q8_1(__ldcg(y + at + lane), yq + at / 32);
     }
 }
 
@@ -366,6 +401,50 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     }
 }
 
+// The down projection of a token's k experts and their weighted sum in one pass (decode MoE):
+// y[t][r] = sum over j < k of wts[t * k + j] * (W_ids[t * k + j][r] . x[t * k + j]), slot t * k + j
+// taking expert ids[...] (0 when ids is null) at expert_stride bytes and activation row
+// x + (t * k + j) * x_stride. The sum is moe_combine's (elementwise.cu), over the values the plain
+// matvec would write, so the two paths agree bit for bit. grid (row blocks, tokens); a block
+// runs the k slots one after another over the same rows.
+template <int QK, int BYTES, XdDotFn DOT>
+__device__ __forceinline__ void xd_mmvq_moe(const uint8_t* __restrict__ w, long long expert_stride,
+                                            const int* __restrict__ ids, const xd_q8_1* __restrict__ x,
+                                            int x_stride, int k, const float* __restrict__ wts,
+                                            float* __restrict__ y, int ncols, int nrows) {
+    constexpr int NR = XD_MMVQ_ROWS;
+    XD_MMVQ_SMEM(NR)
+    const int tok = blockIdx.y;
+    float out[NR];
+#pragma unroll
+    for (int m = 0; m < NR; ++m) out[m] = 0.0f;
+    for (int j = 0; j < k; ++j) {
+        const int slot = tok * k + j;
+        const long long expert = ids ? ids[slot] : 0;
+        const uint8_t* we = w + expert * expert_stride;
+        float acc[NR];
+        const uint8_t* wrow[NR];
+        bool live[NR];
+#pragma unroll
+        for (int m = 0; m < NR; ++m) {
+            acc[m] = 0.0f;
+            live[m] = row0 + m < nrows;
+            wrow[m] = we + (long long)min(row0 + m, nrows - 1) * (ncols / QK) * BYTES;
+        }
+        xd_rows_part<QK, BYTES, DOT, NR>(wrow, live, x + (long long)slot * x_stride, ncols / 32, lane, warp, s_stage,
+                                         acc);
+        const float wj = wts[slot];
+#pragma unroll
+        for (int m = 0; m < NR; ++m) {
+            const float e = xd_warp_sum(acc[m]);
+            out[m] += wj * e;
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < NR; ++m)
+        if (lane == 0 && row0 + m < nrows) y[(long long)tok * nrows + row0 + m] = out[m];
+}
+
 #define XD_MMVQ_KERNEL(name, qk, bytes, dot)                                                      \
     extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS(XD_MMVQ_ROWS)) name(const uint8_t* __restrict__ w, long long expert_stride,       \
                                     const int* __restrict__ ids, const xd_q8_1* __restrict__ x,   \
@@ -379,9 +458,19 @@ __device__ __forceinline__ void xd_mmvq3(const uint8_t* __restrict__ w0, const u
     extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS(2 * XD_MMVQ_ROWS)) name(const uint8_t* __restrict__ wg, const uint8_t* __restrict__ wu, \
                                     long long expert_stride, const int* __restrict__ ids,         \
                                     const xd_q8_1* __restrict__ x, int x_stride, int x_group,     \
+                                    float* y, int ncols, int nrows, xd_q8_1* __restrict__ yq,     \
+                                    int* counts) {                                                \
+        xd_grid_dep_sync();                                                                       \
+        xd_mmvq_swiglu<qk, bytes, dot>(wg, wu, expert_stride, ids, x, x_stride, x_group, y, ncols, nrows, yq, counts); \
+    }
+
+#define XD_MMVQ_MOE_KERNEL(name, qk, bytes, dot)                                                  \
+    extern "C" __global__ void __launch_bounds__(XD_WARP * XD_MMVQ_WARPS, XD_MMVQ_MIN_BLOCKS(XD_MMVQ_ROWS)) name(const uint8_t* __restrict__ w, long long expert_stride, \
+                                    const int* __restrict__ ids, const xd_q8_1* __restrict__ x,   \
+                                    int x_stride, int k, const float* __restrict__ wts,           \
                                     float* __restrict__ y, int ncols, int nrows) {                \
         xd_grid_dep_sync();                                                                       \
-        xd_mmvq_swiglu<qk, bytes, dot>(wg, wu, expert_stride, ids, x, x_stride, x_group, y, ncols, nrows); \
+        xd_mmvq_moe<qk, bytes, dot>(w, expert_stride, ids, x, x_stride, k, wts, y, ncols, nrows); \
     }
 
 #define XD_MMVQ3_KERNEL(name, qk, bytes, dot)                                                     \
@@ -434,6 +523,26 @@ XD_MMVQ_SWIGLU_KERNEL(mul_mat_vec_swiglu_iq3_s, 256, 110, dot_iq3_s)
 XD_MMVQ_SWIGLU_KERNEL(mul_mat_vec_swiglu_iq1_s, 256, 50, dot_iq1_s)
 XD_MMVQ_SWIGLU_KERNEL(mul_mat_vec_swiglu_iq1_m, 256, 56, dot_iq1_m)
 XD_MMVQ_SWIGLU_KERNEL(mul_mat_vec_swiglu_mxfp4, 32, 17, dot_mxfp4)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q4_0, 32, 18, dot_q4_0)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q4_1, 32, 20, dot_q4_1)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q5_0, 32, 22, dot_q5_0)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q5_1, 32, 24, dot_q5_1)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q8_0, 32, 34, dot_q8_0)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q2_k, 256, 84, dot_q2_k)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q3_k, 256, 110, dot_q3_k)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q4_k, 256, 144, dot_q4_k)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q5_k, 256, 176, dot_q5_k)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_q6_k, 256, 210, dot_q6_k)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_iq4_nl, 32, 18, dot_iq4_nl)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_iq4_xs, 256, 136, dot_iq4_xs)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_iq2_xxs, 256, 66, dot_iq2_xxs)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_iq2_xs, 256, 74, dot_iq2_xs)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_iq2_s, 256, 82, dot_iq2_s)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_iq3_xxs, 256, 98, dot_iq3_xxs)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_iq3_s, 256, 110, dot_iq3_s)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_iq1_s, 256, 50, dot_iq1_s)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_iq1_m, 256, 56, dot_iq1_m)
+XD_MMVQ_MOE_KERNEL(mul_mat_vec_moe_mxfp4, 32, 17, dot_mxfp4)
 XD_MMVQ3_KERNEL(mul_mat_vec3_q4_0, 32, 18, dot_q4_0)
 XD_MMVQ3_KERNEL(mul_mat_vec3_q4_1, 32, 20, dot_q4_1)
 XD_MMVQ3_KERNEL(mul_mat_vec3_q5_0, 32, 22, dot_q5_0)

@@ -36,6 +36,7 @@
 #      then decode alone (tg64 x2) with graph replay off, the fused kernels on, the matvec
 #      block shape of before, programmatic dependent launches on (alone and with the fused
 #      kernels), one change at a time                                       (5 x 25 s, 5 x 8 s)
+#      and decode after a 2048-token context (--depth 2048)                    (30 s, 10 s)
 #   f  the same at Q4_K_M (~27 GB)                                     (45 s, 25 s; 80 s, 40 s)
 #
 # A dry run without a GPU (stages a-d fail or skip, e/f run small on the CPU):
@@ -193,6 +194,9 @@ run)
                 stage "ablate $mix $v" 25 env $v "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" -p 0 -n 64 -r 2 \
                     --budget 18 --bw-mib 256 --label "Mixtral-8x7B shape, random, $mix, $v" --md "$md"
             done
+            # Decode after a 2048-token context: what attention costs once positions add up.
+            stage "decode $mix after 2048 tokens" 30 "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" \
+                -p 0 -n 64 -r 2 --depth 2048 --budget 24 --bw-mib 256 --label "Mixtral-8x7B shape, random, $mix, tg64 after 2048" --md "$md"
         fi
         rm -f "$model"
     }

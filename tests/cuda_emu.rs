@@ -813,6 +813,12 @@ fn run_all(h: &Harness, small: bool) -> Report {
         check_attention(h, &[17, 1, 100, 33], false, Kv::Q8_0, 8, 2, 32, 32, &mut rng, &mut rep);
         check_attention(h, &[100, 5], false, Kv::Q8_0, 4, 1, 256, 64, &mut rng, &mut rep);
         check_attention(h, &[20, 35], true, Kv::Q8_0, 4, 2, 32, 16, &mut rng, &mut rep);
+        // Each lane's share of a head: 3 values (scalar loads), 4 (the backend's decode split of
+        // 64 at head_dim 128, f16 and Q8_0 caches), 5.
+        check_attention(h, &[40, 9], false, Kv::F16, 4, 2, 96, 16, &mut rng, &mut rep);
+        check_attention(h, &[300, 64, 65], false, Kv::F16, 8, 2, 128, 64, &mut rng, &mut rep);
+        check_attention(h, &[130], false, Kv::Q8_0, 4, 2, 128, 64, &mut rng, &mut rep);
+        check_attention(h, &[70], false, Kv::F32, 2, 1, 160, 32, &mut rng, &mut rep);
     }
     check_f2h(h, &mut rng, &mut rep);
     rep
@@ -879,7 +885,9 @@ fn emulated_matvecs_agree_across_block_shapes() {
     // IQ2_XXS, IQ3_S and IQ1_S also copy their grid into shared memory (1, 2 and 8 KB), which the
     // staging of each shape must leave room for.
     for (ty, ncols) in [("Q8_0", 2560), ("Q4_K", 5120), ("Q6_K", 1280), ("IQ2_XXS", 4352), ("IQ3_S", 1536), ("IQ1_S", 2304)] {
-        let (n0, n1, n2, slots) = (19, 21, 5, 2);
+        // 64 gate rows: whole q8_1 blocks, which the fused gate+up also quantizes (checked in the
+        // harness against quantize_q8_1), over several thread blocks in every shape.
+        let (n0, n1, n2, slots) = (64, 69, 5, 2);
         let qk = type_shape(ty).0;
         let ws: Vec<Vec<u8>> = [n0, n1, n2].iter().map(|&n| weights(ty, n * ncols, &mut rng).0).collect();
         let x = activations(&mut rng, ncols * slots);
@@ -903,17 +911,28 @@ fn emulated_matvecs_agree_across_block_shapes() {
             h.put_f32("x.f32", &x);
             h.run("moe", &[ty.to_string(), n1.to_string(), ncols.to_string(), "4".into(), "3".into(), "2".into(), "2".into()]);
             let ym = h.get_f32("y.f32");
-            let got = vec![bits(&yp), bits(&ys), bits(&ym)];
+            // The down projection of 2 tokens' top-2 experts, weighted and summed in one launch.
+            h.put_i32("ids.i32", &[1, 3, 2, 1]);
+            h.put_f32("wts.f32", &[0.625, 0.375, 0.8, 0.2]);
+            h.put_f32("x.f32", &activations(&mut Rng(0x77), ncols * 4));
+            h.run("moe_down", &[ty.to_string(), n1.to_string(), ncols.to_string(), "4".into(), "2".into(), "2".into()]);
+            let (yd, yr) = (h.get_f32("y.f32"), h.get_f32("yr.f32"));
+            assert!(yd.iter().all(|v| v.is_finite() && *v != -1.0), "{name} {ty}: the MoE down kernel left a row unwritten");
+            assert_eq!(bits(&yd), bits(&yr), "{name} {ty}: the MoE down + combine kernel differs from matvecs + moe_combine");
+            let got = vec![bits(&yp), bits(&ys), bits(&ym), bits(&yd)];
             match &reference {
                 None => reference = Some(got),
                 Some(r) => {
-                    for (what, (a, b)) in ["plain matvecs", "fused gate+up", "MoE dispatch"].iter().zip(r.iter().zip(&got)) {
+                    for (what, (a, b)) in ["plain matvecs", "fused gate+up", "MoE dispatch", "MoE down + combine"].iter().zip(r.iter().zip(&got)) {
                         assert_eq!(a, b, "{ty} {what}: the {name} build differs from the default one");
                     }
                 }
             }
         }
-        lines.push(format!("{ty} {n0}+{n1}+{n2} rows x {ncols} ({} blocks per row), MoE 3 slots: same bits in every build", ncols / qk));
+        lines.push(format!(
+            "{ty} {n0}+{n1}+{n2} rows x {ncols} ({} blocks per row), MoE 3 slots, MoE down + combine 2 x top-2: same bits in every build",
+            ncols / qk
+        ));
     }
     for l in lines {
         println!("  {l}");
@@ -1305,11 +1324,12 @@ fn decode_run<B: Backend>(be: &B, g: &Arc<Gguf>, hp: &HParams, kv_ty: GgmlType, 
 #[test]
 fn fused_decode_step_launches_and_bits() {
     let dev = emu_device();
-    // Per layer at most (Q8_0): QKV, RoPE + KV store, attention (2), wo, add + norm (+ q8_1),
-    // router, gate/up, quantize, down, combine, add + norm; the fusions save three quantizes,
-    // two RoPEs, two adds and a router launch. F16 weights take f32 rows (no quantizes to
-    // save) and their Q, K, V and gate, up, SwiGLU are separate launches.
-    for (variant, kv_ty, most, saved) in [("Q8_0", GgmlType::F32, 12.0, 8), ("F16", GgmlType::F16, 15.0, 5)] {
+    // Per layer at most (Q8_0): QKV, RoPE + KV store, attention, wo, add + norm (+ q8_1),
+    // router, gate/up (+ q8_1), down + combine, add + norm; the fusions save four quantizes,
+    // two RoPEs, two adds, a router launch, two of the three QKV matvecs, the swiglu and the
+    // combine. F16 weights take f32 rows (no quantizes to save) and their Q, K, V and gate,
+    // up, SwiGLU, down and combine are separate launches.
+    for (variant, kv_ty, most, saved) in [("Q8_0", GgmlType::F32, 9.0, 13), ("F16", GgmlType::F16, 14.0, 4)] {
         let dir = Path::new(ROOT).join("tests/data/tiny-mixtral").join(variant);
         let g = Arc::new(Gguf::open(dir.join(format!("tiny-mixtral-{variant}.gguf")), true).unwrap());
         let hp = HParams::from_gguf(&g).unwrap();

@@ -227,6 +227,12 @@ inline unsigned __float_as_uint(float f) { unsigned i; std::memcpy(&i, &f, 4); r
 inline float __uint_as_float(unsigned i) { float f; std::memcpy(&f, &i, 4); return f; }
 template <typename T>
 inline T __ldg(const T* p) { return *p; }
+template <typename T>
+inline T __ldcg(const T* p) { return *p; }
+// Blocks run in turn here (a barrier between them), so one block's stores are visible to the
+// next without a fence; a compiler barrier keeps the accesses in program order (ThreadSanitizer
+// supports no thread fence).
+inline void __threadfence() { asm volatile("" ::: "memory"); }
 
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline int atomicAdd(int* p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }

@@ -49,6 +49,11 @@ const Entry kKernels[] = {
     XD_REG(mul_mat_vec_swiglu_q5_k), XD_REG(mul_mat_vec_swiglu_q6_k), XD_REG(mul_mat_vec_swiglu_iq4_nl), XD_REG(mul_mat_vec_swiglu_iq4_xs),
     XD_REG(mul_mat_vec_swiglu_iq2_xxs), XD_REG(mul_mat_vec_swiglu_iq2_xs), XD_REG(mul_mat_vec_swiglu_iq2_s), XD_REG(mul_mat_vec_swiglu_iq3_xxs),
     XD_REG(mul_mat_vec_swiglu_iq3_s), XD_REG(mul_mat_vec_swiglu_iq1_s), XD_REG(mul_mat_vec_swiglu_iq1_m), XD_REG(mul_mat_vec_swiglu_mxfp4),
+    XD_REG(mul_mat_vec_moe_q4_0), XD_REG(mul_mat_vec_moe_q4_1), XD_REG(mul_mat_vec_moe_q5_0), XD_REG(mul_mat_vec_moe_q5_1),
+    XD_REG(mul_mat_vec_moe_q8_0), XD_REG(mul_mat_vec_moe_q2_k), XD_REG(mul_mat_vec_moe_q3_k), XD_REG(mul_mat_vec_moe_q4_k),
+    XD_REG(mul_mat_vec_moe_q5_k), XD_REG(mul_mat_vec_moe_q6_k), XD_REG(mul_mat_vec_moe_iq4_nl), XD_REG(mul_mat_vec_moe_iq4_xs),
+    XD_REG(mul_mat_vec_moe_iq2_xxs), XD_REG(mul_mat_vec_moe_iq2_xs), XD_REG(mul_mat_vec_moe_iq2_s), XD_REG(mul_mat_vec_moe_iq3_xxs),
+    XD_REG(mul_mat_vec_moe_iq3_s), XD_REG(mul_mat_vec_moe_iq1_s), XD_REG(mul_mat_vec_moe_iq1_m), XD_REG(mul_mat_vec_moe_mxfp4),
     XD_REG(mul_mat_vec3_q4_0), XD_REG(mul_mat_vec3_q4_1), XD_REG(mul_mat_vec3_q5_0), XD_REG(mul_mat_vec3_q5_1),
     XD_REG(mul_mat_vec3_q8_0), XD_REG(mul_mat_vec3_q2_k), XD_REG(mul_mat_vec3_q3_k), XD_REG(mul_mat_vec3_q4_k),
     XD_REG(mul_mat_vec3_q5_k), XD_REG(mul_mat_vec3_q6_k), XD_REG(mul_mat_vec3_iq4_nl), XD_REG(mul_mat_vec3_iq4_xs),
@@ -65,7 +70,7 @@ const Entry kKernels[] = {
     XD_REG(rope_kv_store_f16), XD_REG(swiglu), XD_REG(add_f32), XD_REG(moe_combine), XD_REG(kv_store_f32),
     XD_REG(kv_store_f16), XD_REG(kv_store_q8_0), XD_REG(convert_f32_f16),
     XD_REG(moe_router), XD_REG(moe_route_f32), XD_REG(moe_route_f16), XD_REG(moe_route_bf16),
-    XD_REG(attn_split_f32), XD_REG(attn_split_f16), XD_REG(attn_split_q8_0), XD_REG(attn_combine), XD_REG(attn_combine_q8_1),
+    XD_REG(attn_f32_32), XD_REG(attn_f32_64), XD_REG(attn_f32_96), XD_REG(attn_f32_128), XD_REG(attn_f32_160), XD_REG(attn_f32_192), XD_REG(attn_f32_224), XD_REG(attn_f32_256), XD_REG(attn_f16_32), XD_REG(attn_f16_64), XD_REG(attn_f16_96), XD_REG(attn_f16_128), XD_REG(attn_f16_160), XD_REG(attn_f16_192), XD_REG(attn_f16_224), XD_REG(attn_f16_256), XD_REG(attn_q8_0_32), XD_REG(attn_q8_0_64), XD_REG(attn_q8_0_96), XD_REG(attn_q8_0_128), XD_REG(attn_q8_0_160), XD_REG(attn_q8_0_192), XD_REG(attn_q8_0_224), XD_REG(attn_q8_0_256),
 };
 
 const Entry* find(const char* name) {

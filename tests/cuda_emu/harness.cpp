@@ -88,19 +88,22 @@ const TypeEntry kTypes[] = {
 using Matvec3 = void (*)(const uint8_t*, const uint8_t*, const uint8_t*, float*, float*, float*, int, int, int,
                          const xd_q8_1*, int, int);
 using MatvecSwiglu = void (*)(const uint8_t*, const uint8_t*, long long, const int*, const xd_q8_1*, int, int, float*,
-                              int, int);
+                              int, int, xd_q8_1*, int*);
+using MatvecMoe = void (*)(const uint8_t*, long long, const int*, const xd_q8_1*, int, int, const float*, float*, int,
+                           int);
 struct FusedEntry {
     const char* name;
     Matvec3 m3;
     MatvecSwiglu sw;
+    MatvecMoe moe;
 };
 const FusedEntry kFused[] = {
-    {"Q8_0", mul_mat_vec3_q8_0, mul_mat_vec_swiglu_q8_0},
-    {"Q4_K", mul_mat_vec3_q4_k, mul_mat_vec_swiglu_q4_k},
-    {"Q6_K", mul_mat_vec3_q6_k, mul_mat_vec_swiglu_q6_k},
-    {"IQ2_XXS", mul_mat_vec3_iq2_xxs, mul_mat_vec_swiglu_iq2_xxs},
-    {"IQ3_S", mul_mat_vec3_iq3_s, mul_mat_vec_swiglu_iq3_s},
-    {"IQ1_S", mul_mat_vec3_iq1_s, mul_mat_vec_swiglu_iq1_s},
+    {"Q8_0", mul_mat_vec3_q8_0, mul_mat_vec_swiglu_q8_0, mul_mat_vec_moe_q8_0},
+    {"Q4_K", mul_mat_vec3_q4_k, mul_mat_vec_swiglu_q4_k, mul_mat_vec_moe_q4_k},
+    {"Q6_K", mul_mat_vec3_q6_k, mul_mat_vec_swiglu_q6_k, mul_mat_vec_moe_q6_k},
+    {"IQ2_XXS", mul_mat_vec3_iq2_xxs, mul_mat_vec_swiglu_iq2_xxs, mul_mat_vec_moe_iq2_xxs},
+    {"IQ3_S", mul_mat_vec3_iq3_s, mul_mat_vec_swiglu_iq3_s, mul_mat_vec_moe_iq3_s},
+    {"IQ1_S", mul_mat_vec3_iq1_s, mul_mat_vec_swiglu_iq1_s, mul_mat_vec_moe_iq1_s},
 };
 
 const TypeEntry& type_named(const std::string& n) {
@@ -198,8 +201,22 @@ int main(int argc, char** argv) {
                   w[2].data(), o[0].data(), o[1].data(), o[2].data(), n[0], n[1], n[2], xq.data(), ncols / 32, ncols);
         for (int i = 0; i < 3; ++i) y3.insert(y3.end(), o[i].begin(), o[i].end());
         std::vector<float> ys((size_t)slots * n[0], -1.0f);
+        // With N0 a multiple of 32 the kernel also leaves the q8_1 blocks of its output.
+        const bool with_q = n[0] % 32 == 0;
+        std::vector<xd_q8_1> ysq(with_q ? (size_t)slots * n[0] / 32 : 0);
+        std::vector<int> counts(with_q ? (size_t)slots * n[0] / 32 : 0, 0);
         XD_LAUNCH(fe->sw, dim3((n[0] + rpb - 1) / rpb, slots), block, 0, w[0].data(), w[1].data(), 0LL,
-                  (const int*)nullptr, xq.data(), ncols / 32, 1, ys.data(), ncols, n[0]);
+                  (const int*)nullptr, xq.data(), ncols / 32, 1, ys.data(), ncols, n[0],
+                  with_q ? ysq.data() : nullptr, with_q ? counts.data() : nullptr);
+        if (with_q) {
+            for (int c : counts)
+                if (c != 0) fail("the fused gate+up left a row counter at " + std::to_string(c));
+            std::vector<xd_q8_1> want(ysq.size());
+            const int nq = int(ys.size());
+            XD_LAUNCH(quantize_q8_1, dim3((nq / 32 + 3) / 4), dim3(128), 0, ys.data(), want.data(), nq);
+            if (std::memcmp(want.data(), ysq.data(), want.size() * sizeof(xd_q8_1)) != 0)
+                fail("the fused gate+up's q8_1 blocks differ from quantize_q8_1 of its output");
+        }
         // The unfused path: plain matvecs of W0 and of W1's first N0 rows, then swiglu.
         std::vector<float> g(yp.begin(), yp.begin() + (long long)slots * n[0]), u((size_t)slots * n[0]);
         for (int s2 = 0; s2 < slots; ++s2)
@@ -211,6 +228,40 @@ int main(int argc, char** argv) {
         store("yp.f32", yp);
         store("ys.f32", ys);
         store("yu.f32", yu);
+    } else if (op == "moe_down") {
+        // TYPE NROWS NCOLS N_EXPERT N_TOK K: w.bin (N_EXPERT matrices), ids.i32 and wts.f32
+        // (N_TOK * K), x.f32 (N_TOK * K rows) -> y.f32 (mul_mat_vec_moe: the k experts' down
+        // rows weighted and summed), yr.f32 (the same by the MoE matvec, then moe_combine).
+        const TypeEntry& t = type_named(argv[3]);
+        const FusedEntry* fe = nullptr;
+        for (const auto& f : kFused)
+            if (std::string(argv[3]) == f.name) fe = &f;
+        if (!fe) fail("no fused kernels registered for this type");
+        const int nrows = iarg(argv, argc, 4), ncols = iarg(argv, argc, 5), n_expert = iarg(argv, argc, 6);
+        const int nt = iarg(argv, argc, 7), k = iarg(argv, argc, 8);
+        auto w = load<uint8_t>("w.bin");
+        auto ids = load<int>("ids.i32");
+        auto wts = load<float>("wts.f32");
+        auto x = load<float>("x.f32");
+        const long long stride = (long long)(ncols / t.qk) * t.bytes * nrows;
+        if ((long long)w.size() != stride * n_expert) fail("w.bin size");
+        if ((int)ids.size() != nt * k || (int)wts.size() != nt * k) fail("ids/wts size");
+        for (int id : ids)
+            if (id < 0 || id >= n_expert) fail("expert id out of range");
+        if ((long long)x.size() != (long long)ncols * nt * k) fail("x.f32 size");
+        const int nb = ncols / 32 * nt * k;
+        std::vector<xd_q8_1> xq((size_t)nb);
+        XD_LAUNCH(quantize_q8_1, dim3((nb + 3) / 4), dim3(128), 0, x.data(), xq.data(), nb * 32);
+        const int rpb = XD_MMVQ_WARPS * XD_MMVQ_ROWS;
+        std::vector<float> y((size_t)nt * nrows, -1.0f), e((size_t)nt * k * nrows, -1.0f), yr((size_t)nt * nrows);
+        XD_LAUNCH(fe->moe, dim3((nrows + rpb - 1) / rpb, nt), dim3(32 * XD_MMVQ_WARPS), 0, w.data(), stride, ids.data(),
+                  xq.data(), ncols / 32, k, wts.data(), y.data(), ncols, nrows);
+        XD_LAUNCH(t.mq, dim3((nrows + rpb - 1) / rpb, nt * k), dim3(32 * XD_MMVQ_WARPS), 0, w.data(), stride, ids.data(),
+                  xq.data(), ncols / 32, 1, e.data(), ncols, nrows);
+        const int n = nt * nrows;
+        XD_LAUNCH(moe_combine, dim3((n + 63) / 64), dim3(64), 0, yr.data(), e.data(), wts.data(), k, nrows, nt);
+        store("y.f32", y);
+        store("yr.f32", yr);
     } else if (op == "moe") {  // TYPE NROWS NCOLS N_EXPERT SLOTS X_ROWS X_GROUP: w.bin, ids.i32, x.f32 -> y.f32
         const TypeEntry& t = type_named(argv[3]);
         const int nrows = iarg(argv, argc, 4), ncols = iarg(argv, argc, 5), n_expert = iarg(argv, argc, 6);
@@ -346,18 +397,48 @@ int main(int argc, char** argv) {
         for (int n : n_kv) max_len = std::max(max_len, n);
         const int n_splits = (max_len + split - 1) / split;
         std::vector<float> ml((size_t)nt * nh * n_splits * 2), acc((size_t)nt * nh * n_splits * hd);
+        std::vector<int> counts((size_t)nt * nh, 0);
         std::vector<float> out((size_t)nt * nh * hd);
+        std::vector<xd_q8_1> out_q(out.size() / 32);
         const dim3 ag(nh, n_splits, nt), ab(32 * XD_ATTN_WARPS);
-        if (kv_ty == 1)
-            XD_LAUNCH(attn_split_f16, ag, ab, 0, q.data(), kh.data(), vh.data(), tables.data(), table_off.data(),
-                      n_kv.data(), nh, nkv, hd, split, scale, ml.data(), acc.data());
-        else if (kv_ty == 2)
-            XD_LAUNCH(attn_split_q8_0, ag, ab, 0, q.data(), kq.data(), vq.data(), tables.data(), table_off.data(),
-                      n_kv.data(), nh, nkv, hd, split, scale, ml.data(), acc.data());
-        else
-            XD_LAUNCH(attn_split_f32, ag, ab, 0, q.data(), kc.data(), vc.data(), tables.data(), table_off.data(),
-                      n_kv.data(), nh, nkv, hd, split, scale, ml.data(), acc.data());
-        XD_LAUNCH(attn_combine, dim3(nh, nt), dim3(32), 0, ml.data(), acc.data(), n_splits, hd, out.data());
+        // The kernel of this head_dim and cache type.
+#define XD_ATTN_CASE(d)                                                                                       \
+    case d:                                                                                                   \
+        if (kv_ty == 1)                                                                                       \
+            XD_LAUNCH(attn_f16_##d, ag, ab, 0, q.data(), kh.data(), vh.data(), tables.data(), table_off.data(), \
+                      n_kv.data(), nh, nkv, split, scale, ml.data(), acc.data(), counts.data(), out.data(),   \
+                      out_q.data());                                                                          \
+        else if (kv_ty == 2)                                                                                  \
+            XD_LAUNCH(attn_q8_0_##d, ag, ab, 0, q.data(), kq.data(), vq.data(), tables.data(), table_off.data(), \
+                      n_kv.data(), nh, nkv, split, scale, ml.data(), acc.data(), counts.data(), out.data(),   \
+                      out_q.data());                                                                          \
+        else                                                                                                  \
+            XD_LAUNCH(attn_f32_##d, ag, ab, 0, q.data(), kc.data(), vc.data(), tables.data(), table_off.data(), \
+                      n_kv.data(), nh, nkv, split, scale, ml.data(), acc.data(), counts.data(), out.data(),   \
+                      out_q.data());                                                                          \
+        break;
+        switch (hd) {
+            XD_ATTN_CASE(32)
+            XD_ATTN_CASE(64)
+            XD_ATTN_CASE(96)
+            XD_ATTN_CASE(128)
+            XD_ATTN_CASE(160)
+            XD_ATTN_CASE(192)
+            XD_ATTN_CASE(224)
+            XD_ATTN_CASE(256)
+            default:
+                fail("head_dim " + std::to_string(hd));
+        }
+#undef XD_ATTN_CASE
+        // The merge leaves its counters as it found them, for the next launch.
+        for (int c : counts)
+            if (c != 0) fail("attention left a split counter at " + std::to_string(c));
+        // The q8_1 blocks beside the output are quantize_q8_1's of it.
+        std::vector<xd_q8_1> want_q(out_q.size());
+        const int nq = int(out.size());
+        XD_LAUNCH(quantize_q8_1, dim3((nq / 32 + 3) / 4), dim3(128), 0, out.data(), want_q.data(), nq);
+        if (std::memcmp(want_q.data(), out_q.data(), out_q.size() * sizeof(xd_q8_1)) != 0)
+            fail("attention's q8_1 blocks differ from quantize_q8_1 of its output");
         store("out.f32", out);
     } else if (op == "f2h") {  // x.f32 -> h.u16
         auto x = load<float>("x.f32");

@@ -19,8 +19,12 @@ use crate::quant::GgmlType;
 const MATVEC_ROWS: u32 = 4;
 /// Warps per block of the fused router (XD_ROUTE_WARPS in kernels/router.cu).
 const ROUTE_WARPS: u32 = 8;
-/// Positions per attention split.
-const ATTN_SPLIT: usize = 128;
+/// Positions per attention split of a decode-sized batch (a block's four warps take 32 of them
+/// per round at head_dim 128): enough blocks to spread a long context over the GPU, few
+/// enough parts to merge. Batches of [`ATTN_BATCH_ROWS`] tokens or more (prefill) take splits
+/// four times longer: their tokens make blocks enough.
+const ATTN_SPLIT: usize = 64;
+const ATTN_BATCH_ROWS: usize = 32;
 /// Bytes of one q8_1 activation block (common.cuh: f32 d, f32 s, 32 int8).
 const Q8_1_BYTES: usize = 40;
 /// Output tile of the prefill GEMM (gemm.cu): weight rows by tokens, and its threads.
@@ -152,6 +156,7 @@ enum S {
     NKv,
     PartMl,
     PartAcc,
+    AttnCounts,
     Slots,
     Logits,
     RouteIds,
@@ -160,6 +165,7 @@ enum S {
     Up,
     Down,
     GateQ,
+    GateCounts,
     GroupCounts,
     GroupLists,
 }
@@ -908,16 +914,29 @@ impl<D: Device> Backend for CudaBackend<D> {
             table_off.push(starts[s]);
         }
         let max_n = *b.tok_n_kv.iter().max().unwrap() as usize;
-        let n_splits = max_n.div_ceil(ATTN_SPLIT);
+        let split = if q.rows >= ATTN_BATCH_ROWS { 4 * ATTN_SPLIT } else { ATTN_SPLIT };
+        let n_splits = max_n.div_ceil(split);
+        if n_splits > 65535 {
+            return Err(Error::unsupported(format!("CUDA attention: {max_n} positions ({n_splits} splits of {split}; at most 65535)")));
+        }
         let mut sc = self.scratch();
         let tp = sc.put_i32(S::Tables, &tables)?;
         let op = sc.put_i32(S::TableOff, &table_off)?;
         let np = sc.put_i32(S::NKv, &to_i32(b.tok_n_kv, "position count")?)?;
-        let ml = sc.get(S::PartMl, q.rows * nh * n_splits * 2 * 4)?;
-        let acc = sc.get(S::PartAcc, q.rows * nh * n_splits * hd * 4)?;
+        // Several splits leave their parts for the last of them to merge, counted per (token,
+        // head) in a buffer the kernel leaves zero again; one split writes the output directly.
+        let (ml, acc, counts) = if n_splits > 1 {
+            let pairs = q.rows * nh;
+            let counts = sc.put(S::AttnCounts, vec![0u8; pairs * 4])?;
+            (sc.get(S::PartMl, pairs * n_splits * 2 * 4)?, sc.get(S::PartAcc, pairs * n_splits * hd * 4)?, counts)
+        } else {
+            (0, 0, 0)
+        };
+        // The q8_1 blocks of the output beside it, for the output projection.
+        let oq = self.q8_room(out)?;
         let scale = 1.0 / (hd as f32).sqrt();
         self.launch(
-            &format!("attn_split_{}", Self::kv_suffix(kv)),
+            &format!("attn_{}_{hd}", Self::kv_suffix(kv)),
             [nh as u32, n_splits as u32, q.rows as u32],
             128,
             &[
@@ -929,30 +948,17 @@ impl<D: Device> Backend for CudaBackend<D> {
                 Arg::Ptr(np),
                 Arg::I32(nh as i32),
                 Arg::I32(nkv as i32),
-                Arg::I32(hd as i32),
-                Arg::I32(ATTN_SPLIT as i32),
+                Arg::I32(split as i32),
                 Arg::F32(scale),
                 Arg::Ptr(ml),
                 Arg::Ptr(acc),
+                Arg::Ptr(counts),
+                Arg::Ptr(out.ptr()),
+                Arg::Ptr(oq.unwrap_or(0)),
             ],
         )?;
-        // The q8_1 blocks of the output beside it, for the output projection.
-        if let Some(oq) = self.q8_room(out)? {
-            self.launch(
-                "attn_combine_q8_1",
-                [nh as u32, q.rows as u32, 1],
-                32,
-                &[Arg::Ptr(ml), Arg::Ptr(acc), Arg::I32(n_splits as i32), Arg::I32(hd as i32), Arg::Ptr(out.ptr()), Arg::Ptr(oq)],
-            )?;
-            out.q8_valid = true;
-            return Ok(());
-        }
-        self.launch(
-            "attn_combine",
-            [nh as u32, q.rows as u32, 1],
-            32,
-            &[Arg::Ptr(ml), Arg::Ptr(acc), Arg::I32(n_splits as i32), Arg::I32(hd as i32), Arg::Ptr(out.ptr())],
-        )
+        out.q8_valid = oq.is_some();
+        Ok(())
     }
 
     fn ffn(&self, x: &CudaAct<D>, f: &Ffn<CudaWeight<D>>, out: &mut CudaAct<D>, routes: Option<&mut Vec<u32>>) -> Result<()> {
@@ -1066,6 +1072,10 @@ impl<D: Device> Backend for CudaBackend<D> {
             *xq = Some(p);
             Ok(p)
         };
+        // The fused decode kernels: the down projection's q8_1 input comes out of the gate+up
+        // launch, and the down projection sums the experts' rows itself.
+        let fuse_down = self.fuse && !is_float(f.down.ty) && n_ff % 32 == 0;
+        let mut gq: Option<DevPtr> = None;
         if f.gate.ty == f.up.ty && !is_float(f.gate.ty) && self.fuse {
             // One pass over both matrices with SwiGLU applied on the way out.
             let xin = xq_for(&mut sc, &mut xq)?;
@@ -1073,6 +1083,12 @@ impl<D: Device> Backend for CudaBackend<D> {
             if slots > 65535 {
                 return Err(Error::unsupported(format!("CUDA ffn: {slots} expert slots in one batch (at most 65535)")));
             }
+            let (q, counts) = if fuse_down {
+                let groups = slots * n_ff / 32;
+                (sc.get(S::GateQ, groups * Q8_1_BYTES)?, sc.put(S::GateCounts, vec![0u8; groups * 4])?)
+            } else {
+                (0, 0)
+            };
             let shape = self.dev.mmvq_shape();
             self.launch(
                 &format!("mul_mat_vec_swiglu_{sfx}"),
@@ -1089,8 +1105,13 @@ impl<D: Device> Backend for CudaBackend<D> {
                     Arg::Ptr(g),
                     Arg::I32(n_embd as i32),
                     Arg::I32(n_ff as i32),
+                    Arg::Ptr(q),
+                    Arg::Ptr(counts),
                 ],
             )?;
+            if fuse_down {
+                gq = Some(q);
+            }
         } else {
             let u = sc.get(S::Up, slots * n_ff * 4)?;
             for (w, y) in [(&f.gate, g), (&f.up, u)] {
@@ -1101,8 +1122,32 @@ impl<D: Device> Backend for CudaBackend<D> {
             self.launch("swiglu", [blocks(n, 256), 1, 1], 256, &[Arg::Ptr(g), Arg::Ptr(u), Arg::Ptr(g), Arg::I32(n as i32)])?;
         }
         // Down, one slot per row of the gated activations.
+        let gin = match gq {
+            Some(q) => q,
+            None if is_float(f.down.ty) => g,
+            None => self.quantize(&mut sc, S::GateQ, g, slots, n_ff)?,
+        };
+        if fuse_down {
+            let shape = self.dev.mmvq_shape();
+            return self.launch(
+                &format!("mul_mat_vec_moe_{}", f.down.suffix()?),
+                [blocks(n_embd, shape.rows_per_block() as usize), n_tok as u32, 1],
+                shape.threads(),
+                &[
+                    Arg::Ptr(f.down.buf.ptr),
+                    Arg::I64((n_embd * f.down.row_bytes) as i64),
+                    Arg::Ptr(ids),
+                    Arg::Ptr(gin),
+                    Arg::I32((n_ff / 32) as i32),
+                    Arg::I32(k as i32),
+                    Arg::Ptr(wts),
+                    Arg::Ptr(out.ptr()),
+                    Arg::I32(n_ff as i32),
+                    Arg::I32(n_embd as i32),
+                ],
+            );
+        }
         let y = sc.get(S::Down, slots * n_embd * 4)?;
-        let gin = if is_float(f.down.ty) { g } else { self.quantize(&mut sc, S::GateQ, g, slots, n_ff)? };
         self.matvec(&f.down, n_embd, n_embd * f.down.row_bytes, ids, gin, 1, y, slots)?;
         self.moe_combine(out, y, wts, k, n_embd, n_tok)
     }
@@ -1115,8 +1160,8 @@ mod tests {
     use crate::quant::TYPE_FACTS;
 
     /// Every weight type the backend accepts has each kernel its dispatch can name: the matvec,
-    /// the GEMM and the row gather; float types the fused router, quantized ones the fused QKV
-    /// and gate+up matvecs. And it accepts every type the CPU reads but the two activation
+    /// the GEMM and the row gather; float types the fused router, quantized ones the fused QKV,
+    /// gate+up and down + combine matvecs. And it accepts every type the CPU reads but the two activation
     /// formats, which llama.cpp never writes as weights.
     #[test]
     fn every_accepted_type_has_its_kernels() {
@@ -1131,7 +1176,7 @@ mod tests {
             if is_float(ty) {
                 want.push(format!("moe_route_{sfx}"));
             } else {
-                want.extend([format!("mul_mat_vec3_{sfx}"), format!("mul_mat_vec_swiglu_{sfx}")]);
+                want.extend([format!("mul_mat_vec3_{sfx}"), format!("mul_mat_vec_swiglu_{sfx}"), format!("mul_mat_vec_moe_{sfx}")]);
             }
             for k in want {
                 assert!(names.contains(&k), "{ty}: no kernel {k}");

@@ -92,7 +92,9 @@ mod tests {
         assert_eq!(gemm.len(), 24, "{gemm:?}");
         assert!(gemm.contains(&"mul_mat_iq2_xxs".to_string()) && gemm.contains(&"moe_group".to_string()));
         let attn = kernel_names(program("attention.cu").unwrap());
-        assert_eq!(attn, ["attn_combine", "attn_combine_q8_1", "attn_split_f32", "attn_split_f16", "attn_split_q8_0"]);
+        let want: Vec<String> =
+            ["f32", "f16", "q8_0"].iter().flat_map(|kv| (1..=8).map(move |d| format!("attn_{kv}_{}", 32 * d))).collect();
+        assert_eq!(attn, want);
         let rope = kernel_names(program("rope.cu").unwrap());
         assert_eq!(rope, ["rope_norm", "rope_kv_store_f32", "rope_kv_store_f16"]);
         let router = kernel_names(program("router.cu").unwrap());
@@ -126,6 +128,6 @@ mod tests {
                 from = open;
             }
         }
-        assert!(kernels >= 30, "found {kernels} kernel definitions");
+        assert!(kernels >= 25, "found {kernels} kernel definitions");
     }
 }
