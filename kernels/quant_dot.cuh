@@ -258,11 +258,14 @@ __device__ __forceinline__ void xd_sign_masks(uint32_t s, uint32_t& m0, uint32_t
     m1 = xd_sign_bytes((s & 0xf0u) * 0x01020408u);
 }
 
-// The masks of ksigns(s7) (xd_ksigns) without forming it: the parity bit goes straight to bit 31
-// of m1's multiply, which its three sign bits leave clear.
+// The masks of ksigns(s7) (xd_ksigns, s7 < 128) without forming it. Neither multiply needs its
+// nibble masked out first: bit j of s7 lands on bits j + 7 + 7k (m0) or j + 3 + 7k (m1) for the
+// four k, all distinct for j < 7 (two would need j's 7 apart), so there are no carries; the
+// only one on bit 7 of byte b is j = b (m0) or j = b + 4 (m1, none for byte 3). So bit 31 of
+// m1's product is clear for the parity bit.
 __device__ __forceinline__ void xd_ksign_masks(uint32_t s7, uint32_t& m0, uint32_t& m1) {
-    m0 = xd_sign_bytes((s7 & 0x0fu) * 0x10204080u);
-    m1 = xd_sign_bytes((s7 & 0x70u) * 0x01020408u + (uint32_t(__popc(s7)) << 31));
+    m0 = xd_sign_bytes(s7 * 0x10204080u);
+    m1 = xd_sign_bytes(s7 * 0x01020408u + (uint32_t(__popc(s7)) << 31));
 }
 
 // Eight unsigned lattice bytes (words g0, g1; every byte below 128) with sign byte s against
