@@ -104,6 +104,28 @@ __device__ __forceinline__ int xd_ld32(const uint8_t* p) {
 }
 __device__ __forceinline__ float xd_ldh(const uint8_t* p) { return xd_h2f(uint16_t(xd_ld16(p))); }
 
+// A word at a 4-byte aligned address: one load where xd_ld32 makes two and a permute. For the
+// block types whose size is a multiple of 4, whose blocks (in device memory and as the matvecs
+// stage them) all start 4-byte aligned. The emulator traps on a misaligned address, so a type
+// that does not qualify fails its tests rather than the GPU.
+__device__ __forceinline__ int xd_ld32a(const uint8_t* p) {
+#if !defined(__CUDA_ARCH__)
+    if (reinterpret_cast<unsigned long long>(p) & 3) __builtin_trap();
+#endif
+    return *reinterpret_cast<const int*>(p);
+}
+
+// Four words at a 16-byte aligned address in one load (block types whose size is a multiple of 16).
+struct alignas(16) xd_words4 {
+    int w[4];
+};
+__device__ __forceinline__ xd_words4 xd_ld128a(const uint8_t* p) {
+#if !defined(__CUDA_ARCH__)
+    if (reinterpret_cast<unsigned long long>(p) & 15) __builtin_trap();
+#endif
+    return *reinterpret_cast<const xd_words4*>(p);
+}
+
 __device__ __forceinline__ float xd_warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(XD_FULL_MASK, v, o);

@@ -22,11 +22,11 @@ __device__ __forceinline__ float dot_q4_0(const uint8_t* b, int, const xd_q8_1& 
 
 // Q4_1: {f16 d; f16 m; u8 qs[16]}: value = d * q + m.
 __device__ __forceinline__ float dot_q4_1(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
-    const uint8_t* qs = b + 4;
+    const uint8_t* qs = b + 4;  // 20-byte blocks: 4-byte aligned
     int sum = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const int v = xd_ld32(qs + 4 * k);
+        const int v = xd_ld32a(qs + 4 * k);
         sum = __dp4a(v & 0x0F0F0F0F, a.qs[k], sum);
         sum = __dp4a((v >> 4) & 0x0F0F0F0F, a.qs[k + 4], sum);
     }
@@ -56,12 +56,12 @@ __device__ __forceinline__ float dot_q5_0(const uint8_t* b, int, const xd_q8_1& 
 
 // Q5_1: {f16 d; f16 m; u8 qh[4]; u8 qs[16]}: value = d * q5 + m.
 __device__ __forceinline__ float dot_q5_1(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
-    const uint32_t qh = uint32_t(xd_ld32(b + 4));
+    const uint32_t qh = uint32_t(xd_ld32a(b + 4));  // 24-byte blocks: 4-byte aligned
     const uint8_t* qs = b + 8;
     int sum = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const int v = xd_ld32(qs + 4 * k);
+        const int v = xd_ld32a(qs + 4 * k);
         const int lo = (v & 0x0F0F0F0F) | xd_spread4_bit4(qh >> (4 * k));
         const int hi = ((v >> 4) & 0x0F0F0F0F) | xd_spread4_bit4(qh >> (4 * k + 16));
         sum = __dp4a(lo, a.qs[k], sum);
@@ -99,13 +99,15 @@ __device__ __forceinline__ int xd_lookup16(uint32_t q, uint32_t t0, uint32_t t1,
 }
 
 // Sixteen bytes of IQ4 nibbles (low nibbles: values 0..15, high: 16..31) against `a`.
+// ALIGNED: qs is 4-byte aligned (IQ4_XS's 136-byte blocks; IQ4_NL's 18-byte ones are not).
+template <bool ALIGNED>
 __device__ __forceinline__ int xd_iq4_dot16(const uint8_t* qs, const xd_q8_1& a) {
     const uint32_t t0 = xd_table_word(xd_kvalues_iq4nl, 0), t1 = xd_table_word(xd_kvalues_iq4nl, 1);
     const uint32_t t2 = xd_table_word(xd_kvalues_iq4nl, 2), t3 = xd_table_word(xd_kvalues_iq4nl, 3);
     int sum = 0;
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-        const uint32_t v = uint32_t(xd_ld32(qs + 4 * k));
+        const uint32_t v = uint32_t(ALIGNED ? xd_ld32a(qs + 4 * k) : xd_ld32(qs + 4 * k));
         sum = __dp4a(xd_lookup16(v & 0x0F0F0F0Fu, t0, t1, t2, t3), a.qs[k], sum);
         sum = __dp4a(xd_lookup16((v >> 4) & 0x0F0F0F0Fu, t0, t1, t2, t3), a.qs[k + 4], sum);
     }
@@ -114,7 +116,7 @@ __device__ __forceinline__ int xd_iq4_dot16(const uint8_t* qs, const xd_q8_1& a)
 
 // IQ4_NL: {f16 d; u8 qs[16]}: value = d * kvalues[nibble].
 __device__ __forceinline__ float dot_iq4_nl(const uint8_t* b, int, const xd_q8_1& a, const uint8_t*) {
-    return xd_ldh(b) * a.d * float(xd_iq4_dot16(b + 2, a));
+    return xd_ldh(b) * a.d * float(xd_iq4_dot16<false>(b + 2, a));
 }
 
 // IQ4_XS: {f16 d; u16 scales_h; u8 scales_l[4]; u8 qs[128]}: sub-block u has the 6-bit scale
@@ -122,7 +124,7 @@ __device__ __forceinline__ float dot_iq4_nl(const uint8_t* b, int, const xd_q8_1
 __device__ __forceinline__ float dot_iq4_xs(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
     const uint32_t sh = xd_ld16(b + 2);
     const int ls = ((b[4 + u / 2] >> (4 * (u % 2))) & 15) | (((sh >> (2 * u)) & 3) << 4);
-    return xd_ldh(b) * float(ls - 32) * a.d * float(xd_iq4_dot16(b + 8 + 16 * u, a));
+    return xd_ldh(b) * float(ls - 32) * a.d * float(xd_iq4_dot16<true>(b + 8 + 16 * u, a));
 }
 
 // Q2_K: {u8 scales[16]; u8 qs[64]; f16 d; f16 dmin}. Sub-block u = 32 values at 2-bit shift
@@ -134,7 +136,7 @@ __device__ __forceinline__ float dot_q2_k(const uint8_t* b, int u, const xd_q8_1
     int s[2] = {0, 0}, m[2] = {0, 0};
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-        const int v = (xd_ld32(q + 4 * k) >> shift) & 0x03030303;
+        const int v = (xd_ld32a(q + 4 * k) >> shift) & 0x03030303;  // 84-byte blocks: 4-byte aligned
         s[k / 4] = __dp4a(v, a.qs[k], s[k / 4]);
         m[k / 4] = __dp4a(0x01010101, a.qs[k], m[k / 4]);
     }
@@ -183,11 +185,12 @@ __device__ __forceinline__ void xd_scale_min_k4(const uint8_t* q, int j, int& sc
 // Q4_K: {f16 d; f16 dmin; u8 scales[12]; u8 qs[128]}: sub-block u is the low (u even) or high
 // nibbles of qs[32*(u/2) ..]; value = d*sc*q - dmin*m.
 __device__ __forceinline__ float dot_q4_k(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
-    const uint8_t* q = b + 16 + 32 * (u / 2);
+    const uint8_t* q = b + 16 + 32 * (u / 2);  // 144-byte blocks: 16-byte aligned
     const int shift = 4 * (u % 2);
+    const xd_words4 w[2] = {xd_ld128a(q), xd_ld128a(q + 16)};
     int s = 0;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) s = __dp4a((xd_ld32(q + 4 * k) >> shift) & 0x0F0F0F0F, a.qs[k], s);
+    for (int k = 0; k < 8; ++k) s = __dp4a((w[k / 4].w[k % 4] >> shift) & 0x0F0F0F0F, a.qs[k], s);
     int sc, m;
     xd_scale_min_k4(b + 4, u, sc, m);
     return xd_ldh(b) * float(sc) * a.d * float(s) - xd_ldh(b + 2) * float(m) * a.s;
@@ -196,13 +199,15 @@ __device__ __forceinline__ float dot_q4_k(const uint8_t* b, int u, const xd_q8_1
 // Q5_K: {f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128]}: as Q4_K with a fifth bit,
 // bit u of qh[l].
 __device__ __forceinline__ float dot_q5_k(const uint8_t* b, int u, const xd_q8_1& a, const uint8_t*) {
-    const uint8_t* q = b + 48 + 32 * (u / 2);
+    const uint8_t* q = b + 48 + 32 * (u / 2);  // 176-byte blocks: 16-byte aligned
     const int shift = 4 * (u % 2);
+    const xd_words4 w[2] = {xd_ld128a(q), xd_ld128a(q + 16)};
+    const xd_words4 h[2] = {xd_ld128a(b + 16), xd_ld128a(b + 32)};
     int s = 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-        const int lo = (xd_ld32(q + 4 * k) >> shift) & 0x0F0F0F0F;
-        const int hb = (xd_ld32(b + 16 + 4 * k) >> u) & 0x01010101;
+        const int lo = (w[k / 4].w[k % 4] >> shift) & 0x0F0F0F0F;
+        const int hb = (h[k / 4].w[k % 4] >> u) & 0x01010101;
         s = __dp4a(lo | (hb << 4), a.qs[k], s);
     }
     int sc, m;
