@@ -238,6 +238,19 @@ __device__ __forceinline__ void xd_rows_part(const uint8_t* const (&wrow)[NW], c
     }
 }
 
+// The NR weight rows of a warp, rows row0 .. row0 + NR - 1 of the matrix at `we`: rows past
+// nrows are not live (and point at the last row, so no address leaves the matrix); sums zeroed.
+template <int QK, int BYTES, int NR>
+__device__ __forceinline__ void xd_warp_rows(const uint8_t* we, int row0, int nrows, int ncols,
+                                             const uint8_t* (&wrow)[NR], bool (&live)[NR], float (&acc)[NR]) {
+#pragma unroll
+    for (int m = 0; m < NR; ++m) {
+        acc[m] = 0.0f;
+        live[m] = row0 + m < nrows;
+        wrow[m] = we + (long long)min(row0 + m, nrows - 1) * (ncols / QK) * BYTES;
+    }
+}
+
 // The block's staging, and this thread's lane and warp.
 #define XD_MMVQ_SMEM(NW)                                   \
     __shared__ XdStagingFor<QK, BYTES, DOT, NW> s_stage;   \
@@ -255,16 +268,10 @@ __device__ __forceinline__ void xd_mmvq(const uint8_t* __restrict__ w, long long
     const int slot = blockIdx.y;
     const long long expert = ids ? ids[slot] : 0;
     const xd_q8_1* xs = x + (long long)(slot / x_group) * x_stride;
-    const uint8_t* we = w + expert * expert_stride;
     float acc[NR];
     const uint8_t* wrow[NR];
     bool live[NR];
-#pragma unroll
-    for (int m = 0; m < NR; ++m) {
-        acc[m] = 0.0f;
-        live[m] = row0 + m < nrows;
-        wrow[m] = we + (long long)min(row0 + m, nrows - 1) * (ncols / QK) * BYTES;
-    }
+    xd_warp_rows<QK, BYTES, NR>(w + expert * expert_stride, row0, nrows, ncols, wrow, live, acc);
     // A warp past the last row stages no weights but helps with the activations.
     xd_rows_part<QK, BYTES, DOT, NR>(wrow, live, xs, ncols / 32, lane, warp, s_stage, acc);
 #pragma unroll
@@ -421,16 +428,10 @@ __device__ __forceinline__ void xd_mmvq_moe(const uint8_t* __restrict__ w, long 
     for (int j = 0; j < k; ++j) {
         const int slot = tok * k + j;
         const long long expert = ids ? ids[slot] : 0;
-        const uint8_t* we = w + expert * expert_stride;
         float acc[NR];
         const uint8_t* wrow[NR];
         bool live[NR];
-#pragma unroll
-        for (int m = 0; m < NR; ++m) {
-            acc[m] = 0.0f;
-            live[m] = row0 + m < nrows;
-            wrow[m] = we + (long long)min(row0 + m, nrows - 1) * (ncols / QK) * BYTES;
-        }
+        xd_warp_rows<QK, BYTES, NR>(w + expert * expert_stride, row0, nrows, ncols, wrow, live, acc);
         xd_rows_part<QK, BYTES, DOT, NR>(wrow, live, x + (long long)slot * x_stride, ncols / 32, lane, warp, s_stage,
                                          acc);
         const float wj = wts[slot];

@@ -69,7 +69,7 @@ const Entry kKernels[] = {
     XD_REG(rms_norm), XD_REG(rms_norm_q8_1), XD_REG(add_rms_norm), XD_REG(rope_norm), XD_REG(rope_kv_store_f32),
     XD_REG(rope_kv_store_f16), XD_REG(swiglu), XD_REG(add_f32), XD_REG(moe_combine), XD_REG(kv_store_f32),
     XD_REG(kv_store_f16), XD_REG(kv_store_q8_0), XD_REG(convert_f32_f16),
-    XD_REG(moe_router), XD_REG(moe_route_f32), XD_REG(moe_route_f16), XD_REG(moe_route_bf16),
+    XD_REG(moe_router), XD_REG(moe_route_f32), XD_REG(moe_route_f16), XD_REG(moe_route_bf16), XD_REG(router_logits_f32), XD_REG(router_logits_f16), XD_REG(router_logits_bf16),
     XD_REG(attn_f32_32), XD_REG(attn_f32_64), XD_REG(attn_f32_96), XD_REG(attn_f32_128), XD_REG(attn_f32_160), XD_REG(attn_f32_192), XD_REG(attn_f32_224), XD_REG(attn_f32_256), XD_REG(attn_f16_32), XD_REG(attn_f16_64), XD_REG(attn_f16_96), XD_REG(attn_f16_128), XD_REG(attn_f16_160), XD_REG(attn_f16_192), XD_REG(attn_f16_224), XD_REG(attn_f16_256), XD_REG(attn_q8_0_32), XD_REG(attn_q8_0_64), XD_REG(attn_q8_0_96), XD_REG(attn_q8_0_128), XD_REG(attn_q8_0_160), XD_REG(attn_q8_0_192), XD_REG(attn_q8_0_224), XD_REG(attn_q8_0_256),
 };
 

@@ -17,7 +17,7 @@ use crate::quant::GgmlType;
 /// Rows per block of the float matvec kernels (one warp each). The quantized ones launch with
 /// the block shape they were compiled for, [`Device::mmvq_shape`].
 const MATVEC_ROWS: u32 = 4;
-/// Warps per block of the fused router (XD_ROUTE_WARPS in kernels/router.cu).
+/// Warps per block of the router kernels (XD_ROUTE_WARPS in kernels/router.cu).
 const ROUTE_WARPS: u32 = 8;
 /// Positions per attention split of a decode-sized batch (a block's four warps take 32 of them
 /// per round at head_dim 128): enough blocks to spread a long context over the GPU, few
@@ -1006,11 +1006,20 @@ impl<D: Device> Backend for CudaBackend<D> {
                 )?;
             } else {
                 let logits = sc.get(S::Logits, n_tok * f.n_expert * 4)?;
-                let xin = if is_float(router.ty) { x.ptr() } else { self.q8_of(&mut sc, S::Xq, x)? };
-                if !is_float(router.ty) {
+                if is_float(router.ty) {
+                    // A block per token, every thread on each expert's row (the sums of the
+                    // fused router, which must choose the same experts).
+                    self.launch(
+                        &format!("router_logits_{}", router.suffix()?),
+                        [n_tok as u32, 1, 1],
+                        32 * ROUTE_WARPS,
+                        &[Arg::Ptr(router.buf.ptr), Arg::Ptr(x.ptr()), Arg::I32(n_embd as i32), Arg::I32(f.n_expert as i32), Arg::Ptr(logits)],
+                    )?;
+                } else {
+                    let xin = self.q8_of(&mut sc, S::Xq, x)?;
                     xq = Some(xin);
+                    self.matvec(router, f.n_expert, 0, 0, xin, 1, logits, n_tok)?;
                 }
-                self.matvec(router, f.n_expert, 0, 0, xin, 1, logits, n_tok)?;
                 self.launch(
                     "moe_router",
                     [blocks(n_tok, 4), 1, 1],
@@ -1174,7 +1183,7 @@ mod tests {
             };
             let mut want = vec![format!("mul_mat_vec_{sfx}"), format!("mul_mat_{sfx}"), format!("get_rows_{sfx}")];
             if is_float(ty) {
-                want.push(format!("moe_route_{sfx}"));
+                want.extend([format!("moe_route_{sfx}"), format!("router_logits_{sfx}")]);
             } else {
                 want.extend([format!("mul_mat_vec3_{sfx}"), format!("mul_mat_vec_swiglu_{sfx}"), format!("mul_mat_vec_moe_{sfx}")]);
             }

@@ -98,7 +98,7 @@ mod tests {
         let rope = kernel_names(program("rope.cu").unwrap());
         assert_eq!(rope, ["rope_norm", "rope_kv_store_f32", "rope_kv_store_f16"]);
         let router = kernel_names(program("router.cu").unwrap());
-        assert_eq!(router, ["moe_router", "moe_route_f32", "moe_route_f16", "moe_route_bf16"]);
+        assert_eq!(router, ["moe_router", "moe_route_f32", "moe_route_f16", "moe_route_bf16", "router_logits_f32", "router_logits_f16", "router_logits_bf16"]);
         let float = kernel_names(program("matvec_float.cu").unwrap());
         assert_eq!(float, ["mul_mat_vec_f32", "mul_mat_vec_f16", "mul_mat_vec_bf16"]);
         for p in PROGRAMS {
