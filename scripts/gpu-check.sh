@@ -17,6 +17,9 @@
 #   b  cuda_parity: CUDA vs CPU on every carried tiny-mixtral fixture (and vs
 #      llama.cpp's greedy tokens) and on a random tiny-mixtral model of every
 #      weight type; prompt logits within a per-type tolerance, 16 greedy steps  (50 s, 15 s)
+#   b2 the same, random Q8_0/Q4_K/IQ2_XXS models, 150 steps: attention past 64
+#      positions (split, merged by the last block)                             (30 s, 10 s)
+#   b3 the same with the fused decode kernels (XDAN_CUDA_FUSION=1), 40 steps   (30 s, 10 s)
 #   c  compute-sanitizer --tool memcheck on one small parity run (random Q4_K,
 #      2 steps), if compute-sanitizer is installed                             (45 s, 20 s)
 #   d  cuda_check: kernels, Q8_0/F16 forward parity through the matvecs and
@@ -204,6 +207,11 @@ run)
     say "gpu-check: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), $(uname -srm), budget ${total} s"
     stage "a nvidia-smi" 10 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv
     stage "b parity" 50 "$pack/cuda_parity" "$pack/data"
+    # A longer decode (positions past 64: attention in several splits, merged by the last block)
+    # and the fused decode kernels, against the CPU.
+    stage "b2 parity, 150 steps" 30 "$pack/cuda_parity" "$pack/data" --no-fixtures --types Q8_0,Q4_K,IQ2_XXS --steps 150
+    stage "b3 parity, fused kernels" 30 env XDAN_CUDA_FUSION=1 "$pack/cuda_parity" "$pack/data" --no-fixtures \
+        --types Q8_0,Q4_K,Q6_K,IQ2_XXS,IQ4_XS --steps 40
     san=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)
     if [ -n "$san" ]; then
         stage "c memcheck" 45 "$san" --tool memcheck --error-exitcode 3 \
