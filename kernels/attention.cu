@@ -79,13 +79,12 @@ struct XdAttnTile {
     static constexpr int N = NC <= 2 ? 16 : (NC <= 4 ? 8 : 4);
 };
 
-// The merge of n parts (m, l, acc) of one (token, head): the output row, and its q8_1 blocks
-// when out_q is not null (head_dim is a multiple of 32, so a warp's 32 values in one trip are
-// one block). m = -inf marks an empty part. part(s) returns part s's xd_attn_ml and acc(s, c) its
-// value c. Every thread of the block calls it.
-template <typename ML, typename ACC>
-__device__ __forceinline__ void xd_attn_merge(int n, ML part, ACC acc, int head_dim, float* __restrict__ out,
-                                              xd_q8_1* __restrict__ out_q, long long out_at) {
+// Merging n parts (m, l, acc) of one online softmax, m = -inf marking an empty part; part(s)
+// returns part s's xd_attn_ml and acc(s, c) its value c. xd_attn_fold: the merged max and sum;
+// xd_attn_fold_acc: value c of the merged unnormalised V sum, against that max. A block folds
+// its warps into its split's part with these, and the last split's block folds the parts.
+template <typename ML>
+__device__ __forceinline__ xd_attn_ml xd_attn_fold(int n, ML part) {
     const float neg_inf = __int_as_float(0xff800000);
     float mm = neg_inf;
     for (int s = 0; s < n; ++s) mm = fmaxf(mm, part(s).m);
@@ -94,13 +93,28 @@ __device__ __forceinline__ void xd_attn_merge(int n, ML part, ACC acc, int head_
         const xd_attn_ml p = part(s);
         if (p.m != neg_inf) ll += p.l * expf(p.m - mm);
     }
+    return xd_attn_ml{mm, ll};
+}
+template <typename ML, typename ACC>
+__device__ __forceinline__ float xd_attn_fold_acc(int n, ML part, ACC acc, float mm, int c) {
+    const float neg_inf = __int_as_float(0xff800000);
+    float a = 0.0f;
+    for (int s = 0; s < n; ++s) {
+        const float m = part(s).m;
+        if (m != neg_inf) a += acc(s, c) * expf(m - mm);
+    }
+    return a;
+}
+
+// The merge of n parts into the output row of one (token, head), and its q8_1 blocks when out_q
+// is not null (head_dim is a multiple of 32, so a warp's 32 values in one trip are one block).
+// Every thread of the block calls it.
+template <typename ML, typename ACC>
+__device__ __forceinline__ void xd_attn_merge(int n, ML part, ACC acc, int head_dim, float* __restrict__ out,
+                                              xd_q8_1* __restrict__ out_q, long long out_at) {
+    const xd_attn_ml f = xd_attn_fold(n, part);
     for (int c = threadIdx.x; c < head_dim; c += blockDim.x) {
-        float a = 0.0f;
-        for (int s = 0; s < n; ++s) {
-            const float m = part(s).m;
-            if (m != neg_inf) a += acc(s, c) * expf(m - mm);
-        }
-        const float o = a / ll;
+        const float o = xd_attn_fold_acc(n, part, acc, f.m, c) / f.l;
         out[out_at + c] = o;
         if (out_q) xd_quantize_warp_q8_1(o, out_q + (out_at + c) / XD_WARP);
     }
@@ -200,32 +214,20 @@ __device__ __forceinline__ void xd_attn(const float* __restrict__ q, const KV* _
         xd_attn_merge(XD_ATTN_WARPS, warp_part, warp_acc, HD, out, out_q, out_at);
         return;
     }
-    float mm = neg_inf;
-    for (int w = 0; w < XD_ATTN_WARPS; ++w) mm = fmaxf(mm, s_m[w]);
+    const xd_attn_ml f = xd_attn_fold(XD_ATTN_WARPS, warp_part);
     const long long part = pair * n_splits + split;
-    for (int c = threadIdx.x; c < HD; c += blockDim.x) {
-        float a = 0.0f;
-        for (int w = 0; w < XD_ATTN_WARPS; ++w)
-            if (s_m[w] != neg_inf) a += s_acc[w][c] * expf(s_m[w] - mm);
-        part_acc[part * HD + c] = a;
-    }
+    for (int c = threadIdx.x; c < HD; c += blockDim.x)
+        part_acc[part * HD + c] = xd_attn_fold_acc(XD_ATTN_WARPS, warp_part, warp_acc, f.m, c);
     if (threadIdx.x == 0) {
-        float ll = 0.0f;
-        for (int w = 0; w < XD_ATTN_WARPS; ++w)
-            if (s_m[w] != neg_inf) ll += s_l[w] * expf(s_m[w] - mm);
-        part_ml[2 * part] = mm;
-        part_ml[2 * part + 1] = ll;
+        part_ml[2 * part] = f.m;
+        part_ml[2 * part + 1] = f.l;
     }
     // The last of the pair's blocks to get here merges the parts: every thread's stores are
     // made visible to the device before the block counts itself in, and that block reads the
     // parts past its L1 after a fence of its own.
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) {
-        const int done = atomicAdd(counts + pair, 1);
-        s_last = done == n_splits - 1;
-        if (s_last) counts[pair] = 0;  // ready for the next launch; nothing else counts this pair now
-    }
+    if (threadIdx.x == 0) s_last = xd_count_in(counts + pair, 1, n_splits);
     __syncthreads();
     if (!s_last) return;
     __threadfence();

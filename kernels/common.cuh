@@ -126,6 +126,17 @@ __device__ __forceinline__ xd_words4 xd_ld128a(const uint8_t* p) {
     return *reinterpret_cast<const xd_words4*>(p);
 }
 
+// One thread's count of `add` into *counter towards `total`, for a result several blocks write
+// and the last of them finishes: true for the call that completes the total, which sets the
+// counter back to zero for the next launch (every contribution is in by then). The caller makes
+// its block's stores visible first (__threadfence, then __syncthreads), and the finishing block
+// fences again and reads the others' stores past its L1 (__ldcg).
+__device__ __forceinline__ bool xd_count_in(int* counter, int add, int total) {
+    if (atomicAdd(counter, add) + add != total) return false;
+    *counter = 0;
+    return true;
+}
+
 __device__ __forceinline__ float xd_warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(XD_FULL_MASK, v, o);

@@ -334,11 +334,7 @@ __device__ __forceinline__ void xd_mmvq_swiglu(const uint8_t* __restrict__ wg, c
         const int grp = g0 + threadIdx.x;
         int done = -1;
         if (grp <= g1) {
-            const int mine = min(r1, 32 * grp + 32) - max(r0, 32 * grp);
-            if (atomicAdd(cnt + grp, mine) + mine == 32) {
-                cnt[grp] = 0;  // ready for the next launch; every row of the block is counted
-                done = grp;
-            }
+            if (xd_count_in(cnt + grp, min(r1, 32 * grp + 32) - max(r0, 32 * grp), 32)) done = grp;
         }
         s_done[threadIdx.x] = done;
     }
