@@ -4,6 +4,7 @@
 //!
 //!   bench_gpu --model PATH [--device cuda|cpu] [-p 512] [-n 64] [-r 3] [-t THREADS]
 //!             [--depth 0] [--label TEXT] [--md FILE] [--bw-mib 1024] [--budget SECONDS]
+//!             [--vram-gib GIB]
 //!
 //! Printed: load time; pp N (one step of N prompt tokens from an empty sequence) and tg N (N
 //! single-token steps from an empty sequence, or after `--depth` untimed prompt tokens, in
@@ -16,6 +17,11 @@
 //! = counted copy rate / bytes per token (a decode step is almost only reads of the weights,
 //! which the memory serves at about the rate it serves a copy's reads plus writes); the
 //! fraction of it that tg achieved. `--md FILE` appends the row to a markdown table.
+//!
+//! `--vram-gib` sets the model's `vram_budget`: an MoE model over it keeps some experts in host
+//! memory and runs them on the CPU. The roofline then adds the time the host's memory takes to
+//! stream those experts' share of a token (their bytes x n_expert_used/n_expert, at the copy
+//! rate of a parallel memcpy measured in the same run) to the device's time for the rest.
 //!
 //! `--budget` (default 150 s, counted from the start) stops the repetitions early rather than
 //! overrun a caller's time limit: after loading, prefill may take half of what is left, decode
@@ -96,15 +102,16 @@ fn copy_bandwidth(device: Device, bytes: usize) -> (f64, String) {
     run().unwrap_or_else(|e| die(1, &format!("copy bandwidth: {}", e.message)))
 }
 
-/// Bytes a decode step reads from the weights (see the module comment).
-fn bytes_per_token(m: &Model) -> (f64, f64) {
+/// Bytes a decode step reads from the weights (see the module comment), the file's size, and
+/// the experts' part of the first.
+fn bytes_per_token(m: &Model) -> (f64, f64, f64) {
     let info = m.info();
     let used = if info.n_expert > 0 { info.n_expert_used as f64 / info.n_expert as f64 } else { 1.0 };
-    let mut per_tok = 0f64;
-    let mut total = 0f64;
+    let (mut per_tok, mut total, mut experts) = (0f64, 0f64, 0f64);
     for t in m.gguf().tensors() {
         total += t.n_bytes as f64;
         per_tok += if t.name.contains("_exps") {
+            experts += t.n_bytes as f64 * used;
             t.n_bytes as f64 * used
         } else if t.name.starts_with("token_embd") {
             t.row_bytes() as f64
@@ -112,7 +119,7 @@ fn bytes_per_token(m: &Model) -> (f64, f64) {
             t.n_bytes as f64
         };
     }
-    (per_tok, total)
+    (per_tok, total, experts)
 }
 
 fn append_md(path: &Path, row: &str) {
@@ -145,6 +152,7 @@ fn main() {
     let md: String = arg(&args, "--md", String::new());
     let bw_bytes = arg::<usize>(&args, "--bw-mib", 1024).max(1) << 20;
     let depth: usize = arg(&args, "--depth", 0);
+    let vram_budget = (arg::<f64>(&args, "--vram-gib", 0.0) * (1u64 << 30) as f64) as u64;
     let start = Instant::now();
 
     let (bw, dev_name) = copy_bandwidth(device, bw_bytes);
@@ -152,17 +160,28 @@ fn main() {
     println!("copy bandwidth: {:.1} GB/s counted read+write, {:.1} GB/s read half ({} MiB copies)", bw / 1e9, bw / 2e9, bw_bytes >> 20);
 
     let t = Instant::now();
-    let m = Model::load(&model, &ModelParams { device, n_threads: threads, ..Default::default() }, None)
+    let m = Model::load(&model, &ModelParams { device, n_threads: threads, vram_budget, ..Default::default() }, None)
         .unwrap_or_else(|e| die(if e.kind == xdan::ErrorKind::Device { 2 } else { 1 }, &format!("{}: {}", model.display(), e.message)));
-    println!("load: {:.1} s ({})", t.elapsed().as_secs_f64(), model.display());
-    let (per_tok, total) = bytes_per_token(&m);
-    let roofline = bw / per_tok;
+    println!("load: {:.1} s ({}) on {}", t.elapsed().as_secs_f64(), model.display(), m.device_name());
+    let (per_tok, total, experts_per_tok) = bytes_per_token(&m);
+    let info = m.info();
+    // Experts in host memory (the device name says how many): their share streams from there.
+    let n_host: f64 = m.device_name().split_once(" + cpu (").and_then(|(_, r)| r.split(' ').next()?.parse().ok()).unwrap_or(0.0);
+    let host_per_tok = experts_per_tok * n_host / (info.n_layer as f64 * info.n_expert.max(1) as f64);
+    let (host_bw, dev_name) = if n_host > 0.0 {
+        let (hb, cpu) = copy_bandwidth(Device::Cpu, bw_bytes);
+        println!("host copy bandwidth: {:.1} GB/s counted read+write ({cpu})", hb / 1e9);
+        (hb, format!("{dev_name} + {cpu}"))
+    } else {
+        (f64::INFINITY, dev_name)
+    };
+    let roofline = 1.0 / ((per_tok - host_per_tok) / bw + host_per_tok / host_bw);
     println!(
-        "model: {:.2} GB in the file, {:.3} GB read per decode token; roofline {:.1} tok/s ({:.1} on the read half)",
+        "model: {:.2} GB in the file, {:.3} GB read per decode token ({:.3} of them from host memory); roofline {:.1} tok/s",
         total / 1e9,
         per_tok / 1e9,
+        host_per_tok / 1e9,
         roofline,
-        bw / 2.0 / per_tok
     );
 
     let n_vocab = m.n_vocab() as u64;

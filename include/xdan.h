@@ -221,7 +221,11 @@ typedef struct xdan_model_params {
   int32_t cuda_device;
   /**
    * Bytes of GPU memory the model may use: its weights, then each context's KV cache and
-   * activations; 0 = the free memory minus a margin (512 MiB). What does not fit fails with
+   * activations; 0 = the free memory minus a margin (512 MiB). An MoE model whose weights do
+   * not all fit keeps the other weights and as many experts as fit on the GPU, leaving room
+   * for a 4096-token context (F16 KV cache, 512-token batches); the other experts stay in
+   * host memory (mapped from the file) and run on the CPU (`xdan_model_device` says how
+   * many). What does not fit even so (or a dense model's weights) fails with
    * `XDAN_E_OUT_OF_MEMORY`, the message naming the bytes needed and available.
    */
   uint64_t vram_budget;
@@ -576,8 +580,9 @@ enum xdan_status xdan_model_meta(const struct xdan_model *m,
                                  size_t *len);
 
 /**
- * The device the model runs on, e.g. `"cpu"` or `"cuda:0 (NVIDIA H100 80GB HBM3, sm_90)"`
- * (empty for a model loaded with `vocab_only`), through the buffer protocol of
+ * The device the model runs on, e.g. `"cpu"` or `"cuda:0 (NVIDIA H100 80GB HBM3, sm_90)"`,
+ * with `" + cpu (96 of 240 experts in host memory)"` appended when some experts run on the
+ * CPU (empty for a model loaded with `vocab_only`), through the buffer protocol of
  * `xdan_model_meta`.
  */
 enum xdan_status xdan_model_device(const struct xdan_model *m, char *buf, size_t cap, size_t *len);

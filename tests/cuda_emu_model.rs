@@ -321,8 +321,8 @@ fn check_gemm_types(dev: &Arc<EmuDevice>) {
 /// 8-bit activations (up to ~1% of the sum of |w x| when a 256-block's largest value is several
 /// times its typical one) and the GPU's f16 rounding; carried through SwiGLU to first order and
 /// mixed by the routing weights, 3% of that propagated magnitude.
-fn check_moe_ffn(dev: &Arc<EmuDevice>, ty: GgmlType, n_embd: usize, n_ff: usize) {
-    let (ne, k, t) = (8usize, 2usize, 33usize);
+fn check_moe_ffn(dev: &Arc<EmuDevice>, ty: GgmlType, n_embd: usize, n_ff: usize, t: usize, path: FfnPath) {
+    let (ne, k) = (8usize, 2usize);
     let mut rng = Rng(0x3e11 + n_ff as u64);
     let (gb, gf) = weights(ty, ne * n_ff * n_embd, &mut rng);
     let (ub, uf) = weights(ty, ne * n_ff * n_embd, &mut rng);
@@ -353,11 +353,57 @@ fn check_moe_ffn(dev: &Arc<EmuDevice>, ty: GgmlType, n_embd: usize, n_ff: usize)
         be.ffn(&xa, &f, &mut out, Some(&mut routes)).unwrap();
         (rows(be, &out, t, n_embd), routes)
     }
-    // 66 slots over 8 experts are fewer than the default threshold: force the grouped GEMM.
-    let cuda = CudaBackend::new(dev.clone()).with_gemm_min_rows(1);
-    let (gpu, rg) = run_ffn(&cuda, &g, ne, k, n_ff, t, n_embd);
     let (cpu, rc) = run_ffn(&CpuBackend, &g, ne, k, n_ff, t, n_embd);
-    assert_eq!(rg, rc, "{ty}: experts chosen on the emulated GPU differ from the CPU backend's");
+    // Every expert on the device; experts 1, 5 and 6 in host memory (the CPU computes their
+    // slots, the device the rest, at the same bound); every expert on the host.
+    let some: Vec<bool> = (0..ne).map(|e| ![1, 5, 6].contains(&e)).collect();
+    for (what, resident) in [("", None), (", experts 1 5 6 on the host", Some(some)), (", every expert on the host", Some(vec![false; ne]))] {
+        let plan: xdan::backend::cuda::host_experts::ExpertPlan =
+            resident.map(|r| ["gate", "up", "down"].iter().map(|n| (n.to_string(), r.clone())).collect()).unwrap_or_default();
+        // 66 slots over 8 experts are fewer than the default threshold: force the grouped GEMM.
+        let cuda = match path {
+            FfnPath::Gemm => CudaBackend::new(dev.clone()).with_gemm_min_rows(1),
+            FfnPath::Matvec => CudaBackend::new(dev.clone()).with_fusion(false),
+            FfnPath::Fused => CudaBackend::new(dev.clone()).with_fusion(true),
+        };
+        let cuda = cuda.with_expert_plan(plan);
+        let (gpu, rg) = run_ffn(&cuda, &g, ne, k, n_ff, t, n_embd);
+        assert_eq!(rg, rc, "{ty}{what}: experts chosen on the emulated GPU differ from the CPU backend's");
+        check_moe_out(ty, &format!("{what}: {path:?}"), &gpu, &cpu, &rc, &x, &router, &gf, &uf, &df, ne, k, t, n_embd, n_ff);
+    }
+}
+
+/// How check_moe_ffn's GPU side computes the experts.
+#[derive(Clone, Copy, Debug)]
+enum FfnPath {
+    /// The grouped prefill GEMMs.
+    Gemm,
+    /// The matvecs, a launch per projection.
+    Matvec,
+    /// The fused decode matvecs (gate+up+SwiGLU, down summed over the experts).
+    Fused,
+}
+
+/// `gpu` against `cpu` (the ffn outputs of check_moe_ffn, `rc` the experts chosen) within the
+/// propagated bound described there.
+#[allow(clippy::too_many_arguments)]
+fn check_moe_out(
+    ty: GgmlType,
+    what: &str,
+    gpu: &[f32],
+    cpu: &[f32],
+    rc: &[u32],
+    x: &[f32],
+    router: &[f32],
+    gf: &[f32],
+    uf: &[f32],
+    df: &[f32],
+    ne: usize,
+    k: usize,
+    t: usize,
+    n_embd: usize,
+    n_ff: usize,
+) {
     let mut used = [0usize; 8];
     rc.iter().for_each(|&e| used[e as usize] += 1);
     // The magnitude of each output: |terms| through the layer, in float64 from the weights'
@@ -394,11 +440,11 @@ fn check_moe_ffn(dev: &Arc<EmuDevice>, ty: GgmlType, n_embd: usize, n_ff: usize)
         for c in 0..n_embd {
             let tol = 0.03 * mag[c] + 1e-6;
             let d = (gpu[tok * n_embd + c] as f64 - cpu[tok * n_embd + c] as f64).abs();
-            assert!(d <= tol, "MoE ffn {ty} token {tok} col {c}: {} on the emulated GPU, {} on the CPU (|diff| {d} > {tol})", gpu[tok * n_embd + c], cpu[tok * n_embd + c]);
+            assert!(d <= tol, "MoE ffn {ty}{what} token {tok} col {c}: {} on the emulated GPU, {} on the CPU (|diff| {d} > {tol})", gpu[tok * n_embd + c], cpu[tok * n_embd + c]);
             worst = worst.max(d / tol);
         }
     }
-    println!("MoE ffn {ty} top-{k} of {ne}, {t} tokens (per expert {used:?}), n_embd {n_embd}, n_ff {n_ff}: grouped GEMM vs CPU ffn, max |diff| / bound = {worst:.3}");
+    println!("MoE ffn {ty} top-{k} of {ne}, {t} tokens (per expert {used:?}), n_embd {n_embd}, n_ff {n_ff}{what} vs CPU ffn, max |diff| / bound = {worst:.3}");
 }
 
 #[test]
@@ -406,6 +452,10 @@ fn emulated_gemm_matches_cpu_backend() {
     let lib = build_emulator();
     let dev = Arc::new(EmuDevice::open(lib.to_str().unwrap()).unwrap());
     check_gemm_types(&dev);
-    check_moe_ffn(&dev, GgmlType::Q8_0, 256, 96);
-    check_moe_ffn(&dev, GgmlType::Q4_K, 256, 256);
+    check_moe_ffn(&dev, GgmlType::Q8_0, 256, 96, 33, FfnPath::Gemm);
+    check_moe_ffn(&dev, GgmlType::Q4_K, 256, 256, 33, FfnPath::Gemm);
+    // Decode-sized batches through the matvecs, separate and fused (the fused down projection
+    // sums a token's experts itself, so a host expert's slot must weigh nothing there too).
+    check_moe_ffn(&dev, GgmlType::Q8_0, 256, 96, 3, FfnPath::Matvec);
+    check_moe_ffn(&dev, GgmlType::Q4_K, 256, 256, 1, FfnPath::Fused);
 }

@@ -207,3 +207,113 @@ fn vram_budget_is_enforced_with_a_clear_error() {
     c2.step(0, &[1, 2]).unwrap();
     assert_eq!(c2.logits(0).unwrap().len(), 1024);
 }
+
+/// tiny-mixtral Q8_0 with a 64-token training context, written to a temporary file: the room a
+/// model with experts in host memory keeps for a context is then small beside its experts
+/// (~1.5 MB against 16 experts of 408 KiB), as it is for a large model on a real card.
+fn tiny_mixtral_short_context() -> PathBuf {
+    use xdan::gguf::{Gguf, GgufWriter, Value};
+    let g = Gguf::open(tiny_mixtral("Q8_0"), false).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in g.metadata() {
+        w.set(k, if k == "llama.context_length" { Value::U32(64) } else { v.clone() });
+    }
+    for t in g.tensors() {
+        w.add_tensor(&t.name, &t.dims, t.ty, g.tensor_data(t).to_vec()).unwrap();
+    }
+    let path = std::env::temp_dir().join(format!("xdan-tiny-mixtral-ctx64-{}.gguf", std::process::id()));
+    w.write_to(&path).unwrap();
+    path
+}
+
+/// The experts in host memory, from the device name ("cuda-emu + cpu (5 of 16 experts in host
+/// memory)"); 0 when every weight is on the device.
+fn host_experts(m: &Model) -> usize {
+    let name = m.device_name();
+    match name.split_once(" + cpu (") {
+        None => 0,
+        Some((_, rest)) => rest.split(' ').next().unwrap().parse().unwrap(),
+    }
+}
+
+/// An MoE model over the VRAM budget keeps as many experts on the device as fit beside the
+/// other weights and room for a context, and computes the rest on the CPU: fewer experts on the
+/// device as the budget shrinks by one expert's bytes at a time, down to none, then a clear
+/// out-of-memory error; and the same logits and routing as the CPU engine with a layer split
+/// between both and with every expert on the host (decode steps), and the same logits as the
+/// GPU alone for a prompt long enough for the prefill GEMM.
+#[test]
+fn experts_beyond_the_vram_budget_run_on_the_cpu() {
+    let emu = Arc::new(EmuDevice::open(build_emulator().to_str().unwrap()).unwrap());
+    let path = tiny_mixtral_short_context();
+    let cm = Model::load(&path, &params(), None).unwrap();
+    let g = cm.gguf();
+    let total: u64 = g.tensors().iter().map(|t| t.n_bytes).sum();
+    let per: u64 = ["gate", "up", "down"].iter().map(|p| g.tensor(&format!("blk.0.ffn_{p}_exps.weight")).unwrap().n_bytes / 8).sum();
+    let load = |budget: u64| Model::load_emulated(&path, &ModelParams { vram_budget: budget, ..params() }, emu.clone(), None);
+
+    assert_eq!(host_experts(&load(total).unwrap()), 0, "the weights fit the budget exactly");
+    let mut counts = Vec::new();
+    let mut j = 1;
+    let err = loop {
+        match load(total - j * per) {
+            Ok(m) => counts.push(host_experts(&m)),
+            Err(e) => break e,
+        }
+        j += 1;
+    };
+    println!("budget = weights - j experts' bytes, j = 1, 2, ...: experts in host memory {counts:?}");
+    println!("then: {}", err.message);
+    assert_eq!(err.kind, ErrorKind::OutOfMemory);
+    assert!(err.message.contains("with every expert in host memory"), "{}", err.message);
+    assert!(counts[0] >= 1 && *counts.last().unwrap() == 16, "{counts:?}");
+    assert!(counts.windows(2).all(|w| w[1] == (w[0] + 1).min(16)), "one expert fewer on the device per step: {counts:?}");
+
+    // A 34-token prompt sends the attention projections and the output head through the
+    // prefill GEMM (f16 activations, ~0.05 from the CPU's 8-bit ones on these logits): there
+    // the reference is the GPU with every weight on the device, which runs them alike.
+    let ctxp = ContextParams { n_ctx: 64, n_seq_max: 1, n_batch: 64, kv_type: KvType::F32, n_threads: 2, ..Default::default() };
+    let long: Vec<i32> = (0..34).map(|i| (i * 37 + 11) % 1000 + 3).collect();
+    let full = load(0).unwrap();
+    let mut fc = Context::new(&full, &ctxp).unwrap();
+    fc.step(0, &long).unwrap();
+    let mixed = counts.iter().position(|&c| c == 5).expect("a budget with 5 experts on the host") as u64 + 1;
+    let all = counts.iter().position(|&c| c == 16).unwrap() as u64 + 1;
+    for j in [mixed, all] {
+        let gm = load(total - j * per).unwrap();
+        let h = host_experts(&gm);
+        // The plan: experts 0, 1, ... in turn over the layers, so layer 1 holds the lower
+        // half of the resident ones; its first host expert is the one after.
+        let first_host_l1 = (16 - h) / 2;
+        // A context fits beside the device's experts.
+        let (mut c, mut gc) = (Context::new(&cm, &ctxp).unwrap(), Context::new(&gm, &ctxp).unwrap());
+        gc.set_record_routing(true);
+        c.set_record_routing(true);
+        let mut host_hits = 0;
+        let mut t = vec![1, 832, 165, 251, 189, 895, 149];
+        for step in 0..4 {
+            c.step(0, &t).unwrap();
+            gc.step(0, &t).unwrap();
+            assert_eq!(gc.routing(), c.routing(), "{h} host experts, step {step}: routing");
+            host_hits += gc.routing()[1].iter().filter(|&&e| e as usize >= first_host_l1).count();
+            let tok = same(&format!("{h} experts on the host, step {step}"), &c, &gc, 0);
+            t = vec![tok];
+        }
+        assert!(host_hits > 0, "{h} host experts: no token was routed to one");
+        if j == mixed {
+            // The host experts sum in the CPU's order, the device's in its own: over 34 tokens a
+            // last-bit difference puts some activations of the next layer on the other side of
+            // an 8-bit rounding step (~1e-3 of logit each), hence a wider bound than the decode
+            // steps' (a host expert's share lost or doubled moves these logits by ~0.1 to 1).
+            gc.seq_clear(0).unwrap();
+            gc.step(0, &long).unwrap();
+            let (a, b) = (fc.logits(0).unwrap(), gc.logits(0).unwrap());
+            let d = max_abs_diff(a, b);
+            println!("{h} experts on the host, 34-token prompt: max |logit diff| from the GPU alone {d:.1e}");
+            assert!(d < 1e-2, "{h} experts on the host, 34-token prompt: logits differ from the GPU alone by {d}");
+            assert_eq!(argmax(a), argmax(b));
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+

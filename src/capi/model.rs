@@ -30,7 +30,11 @@ pub struct xdan_model_params {
     /// CUDA device ordinal (default 0).
     pub cuda_device: i32,
     /// Bytes of GPU memory the model may use: its weights, then each context's KV cache and
-    /// activations; 0 = the free memory minus a margin (512 MiB). What does not fit fails with
+    /// activations; 0 = the free memory minus a margin (512 MiB). An MoE model whose weights do
+    /// not all fit keeps the other weights and as many experts as fit on the GPU, leaving room
+    /// for a 4096-token context (F16 KV cache, 512-token batches); the other experts stay in
+    /// host memory (mapped from the file) and run on the CPU (`xdan_model_device` says how
+    /// many). What does not fit even so (or a dense model's weights) fails with
     /// `XDAN_E_OUT_OF_MEMORY`, the message naming the bytes needed and available.
     pub vram_budget: u64,
     /// CPU threads; 0 = the number of physical cores.
@@ -246,8 +250,9 @@ pub unsafe extern "C" fn xdan_model_meta(
     })
 }
 
-/// The device the model runs on, e.g. `"cpu"` or `"cuda:0 (NVIDIA H100 80GB HBM3, sm_90)"`
-/// (empty for a model loaded with `vocab_only`), through the buffer protocol of
+/// The device the model runs on, e.g. `"cpu"` or `"cuda:0 (NVIDIA H100 80GB HBM3, sm_90)"`,
+/// with `" + cpu (96 of 240 experts in host memory)"` appended when some experts run on the
+/// CPU (empty for a model loaded with `vocab_only`), through the buffer protocol of
 /// `xdan_model_meta`.
 #[no_mangle]
 pub unsafe extern "C" fn xdan_model_device(

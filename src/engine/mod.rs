@@ -362,7 +362,7 @@ impl Context {
         let n_blocks = n_kv.div_ceil(KV_BLOCK as u64);
         let layout = KvLayout { n_layer: hp.n_layer, n_slots: (n_blocks as usize) * KV_BLOCK, n_embd_kv: hp.n_embd_kv(), ty };
         let dev = c.placed.clone().new_kv(&layout, act_bytes(hp, params.n_batch as u64, n_seq, n_ctx))?;
-        let pool = if c.placed.on_host() {
+        let pool = if c.placed.uses_host_threads() {
             let n_threads = if params.n_threads == 0 { model.inner.n_threads } else { params.n_threads };
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(n_threads.max(1))

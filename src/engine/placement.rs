@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::cuda::host_experts::ExpertPlan;
 use crate::backend::cuda::{CudaBackend, Device as _, EmuDevice, GpuDevice};
 use crate::backend::{Backend, KvLayout, RopeParams};
 use crate::error::{Error, ErrorKind, Result};
@@ -21,12 +22,20 @@ use crate::model::{HParams, Weights};
 /// the driver's own allocations, the kernels' modules and other processes' small needs.
 pub const VRAM_MARGIN: u64 = 512 << 20;
 
+/// When an MoE model's experts do not all fit on the device, the experts placed there leave
+/// room for a context of this many tokens (at most the training context): its F16 KV cache and
+/// the activations of a batch of up to 512 tokens (the default `n_batch`).
+pub const HOST_EXPERTS_CONTEXT: u64 = 4096;
+
 /// A model's weights on one backend; makes the per-context device state.
 pub(crate) trait Placed: Send + Sync {
     /// "cpu", "cuda:0 (NVIDIA H100 80GB HBM3, sm_90)", "cuda-emu".
     fn device_name(&self) -> String;
     /// Whether the forward pass computes on the host (then it runs on the context's threads).
     fn on_host(&self) -> bool;
+    /// Whether the forward pass computes partly on the host (on the context's threads): on the
+    /// host, or on a device that left experts in host memory.
+    fn uses_host_threads(&self) -> bool;
     /// Device bytes still available to this model (None on the host).
     fn room(&self) -> Option<u64>;
     /// A KV store of `layout` and fresh scratch; `act_bytes` is the estimated activation memory
@@ -120,6 +129,8 @@ pub(crate) struct OnBackend<B: Backend> {
     weights: Weights<B>,
     /// None on the host (the CPU backend maps the file instead of allocating).
     vram: Option<Vram>,
+    /// Experts left in host memory, of all experts (0, 0 when every weight is on the device).
+    host_experts: (usize, usize),
 }
 
 struct KvOn<B: Backend> {
@@ -139,10 +150,16 @@ impl<B: Backend> Drop for KvOn<B> {
 
 impl<B: Backend> Placed for OnBackend<B> {
     fn device_name(&self) -> String {
-        self.be.name()
+        match self.host_experts {
+            (0, _) => self.be.name(),
+            (h, n) => format!("{} + cpu ({h} of {n} experts in host memory)", self.be.name()),
+        }
     }
     fn on_host(&self) -> bool {
         self.vram.is_none()
+    }
+    fn uses_host_threads(&self) -> bool {
+        self.on_host() || self.host_experts.0 > 0
     }
     fn room(&self) -> Option<u64> {
         self.vram.as_ref().and_then(|v| v.room())
@@ -206,6 +223,61 @@ fn weight_bytes(g: &Gguf) -> u64 {
     g.tensors().iter().filter(|t| t.name != "rope_freqs.weight").map(|t| t.n_bytes).sum()
 }
 
+/// The names of layer `il`'s stacked expert tensors.
+fn expert_tensors(il: usize) -> [String; 3] {
+    ["gate", "up", "down"].map(|p| format!("blk.{il}.ffn_{p}_exps.weight"))
+}
+
+/// Where the experts go when the weights (`total` bytes) do not all fit in `room`: the other
+/// weights and room for a [`HOST_EXPERTS_CONTEXT`]-token context first, then experts while they
+/// fit, one per layer in turn (expert 0 of every layer, then expert 1, ...), so every layer keeps
+/// about the same share on the device; the rest stay in host memory. Returns the plan, the
+/// experts left on the host and the bytes they take; or, when even the weights without experts
+/// and that context do not fit, why not.
+fn plan_experts(g: &Gguf, hp: &HParams, total: u64, room: u64) -> std::result::Result<(ExpertPlan, usize, u64), String> {
+    let n_exp = hp.n_expert;
+    // Bytes of one expert of each layer (its rows of gate, up and down).
+    let mut per = vec![0u64; hp.n_layer];
+    for (il, p) in per.iter_mut().enumerate() {
+        for name in expert_tensors(il) {
+            *p += g.tensor(&name).map_or(0, |t| t.n_bytes / n_exp.max(1) as u64);
+        }
+    }
+    let experts: u64 = per.iter().sum::<u64>() * n_exp as u64;
+    let fixed = total.saturating_sub(experts);
+    let ctx = HOST_EXPERTS_CONTEXT.min(hp.n_ctx_train.max(1) as u64);
+    let reserve = ctx * 2 * hp.n_layer as u64 * hp.n_embd_kv() as u64 * 2 + super::act_bytes(hp, ctx.min(512), 1, ctx);
+    if experts == 0 || fixed + reserve > room {
+        return Err(format!(
+            "with every expert in host memory the other weights would still take {}, and a {ctx}-token context about {}",
+            mib(fixed),
+            mib(reserve)
+        ));
+    }
+    let mut avail = room - fixed - reserve;
+    // Experts 0..kept[il] of layer il stay on the device, given out one per layer per round.
+    let mut kept = vec![0usize; hp.n_layer];
+    for _ in 0..n_exp {
+        for (k, &p) in kept.iter_mut().zip(&per) {
+            if p <= avail {
+                *k += 1;
+                avail -= p;
+            }
+        }
+    }
+    let mut plan = ExpertPlan::new();
+    let (mut n_host, mut host_bytes) = (0, 0);
+    for (il, &k) in kept.iter().enumerate().filter(|&(_, &k)| k < n_exp) {
+        n_host += n_exp - k;
+        host_bytes += (n_exp - k) as u64 * per[il];
+        let resident: Vec<bool> = (0..n_exp).map(|e| e < k).collect();
+        for name in expert_tensors(il) {
+            plan.insert(name, resident.clone());
+        }
+    }
+    Ok((plan, n_host, host_bytes))
+}
+
 fn on_device<D: crate::backend::cuda::Device>(
     dev: Arc<D>,
     free: Box<dyn Fn() -> Option<u64> + Send + Sync>,
@@ -216,9 +288,30 @@ fn on_device<D: crate::backend::cuda::Device>(
 ) -> Result<Arc<dyn Placed>> {
     let be = CudaBackend::new(dev);
     let vram = Vram { device: be.name(), budget, used: AtomicU64::new(0), free };
-    vram.reserve(weight_bytes(g), "the weights")?;
+    let total = weight_bytes(g);
+    // An MoE model too big for the device keeps some experts in host memory.
+    let (plan, n_host, host_bytes) = match vram.room() {
+        Some(room) if total > room && hp.n_expert > 0 => match plan_experts(g, hp, total, room) {
+            Ok(p) => p,
+            Err(why) => {
+                let e = vram.reserve(total, "the weights").err().unwrap_or_else(|| Error::new(ErrorKind::OutOfMemory, "the weights do not fit"));
+                return Err(Error::new(e.kind, format!("{}; {why}", e.message)));
+            }
+        },
+        _ => (ExpertPlan::new(), 0, 0),
+    };
+    vram.reserve(total - host_bytes, "the weights")?;
+    if n_host > 0 {
+        crate::log::info!(
+            "{}: {n_host} of {} experts ({}) stay in host memory and run on the CPU",
+            be.name(),
+            hp.n_layer * hp.n_expert,
+            mib(host_bytes)
+        );
+    }
+    let be = be.with_expert_plan(plan);
     let weights = Weights::load(&be, g, hp, progress)?;
-    Ok(Arc::new(OnBackend { be, weights, vram: Some(vram) }))
+    Ok(Arc::new(OnBackend { be, weights, vram: Some(vram), host_experts: (n_host, hp.n_layer * hp.n_expert) }))
 }
 
 /// Loads the weights of `g` onto `target`. The path is only for messages.
@@ -234,7 +327,7 @@ pub(crate) fn place(
     match target {
         Target::Cpu => {
             let weights = Weights::load(&CpuBackend, g, hp, progress).map_err(|e| e.context(&shown))?;
-            Ok(Arc::new(OnBackend { be: CpuBackend, weights, vram: None }))
+            Ok(Arc::new(OnBackend { be: CpuBackend, weights, vram: None, host_experts: (0, 0) }))
         }
         Target::Emulated(dev) => {
             on_device(dev.clone(), Box::new(|| None), budget, g, hp, progress).map_err(|e| e.context(&shown))

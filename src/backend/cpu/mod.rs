@@ -484,6 +484,19 @@ impl Backend for CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// The experts of an already routed MoE feed-forward, for a device that keeps some of a
+    /// layer's experts in host memory: `out` = per token, the weighted sum of the outputs of its
+    /// chosen experts that `take` accepts (`ids`, `wts`: `f.n_expert_used` per row of `x`).
+    /// The same arithmetic as [`Backend::ffn`] after its routing.
+    pub fn moe_experts(&self, x: &Mat, f: &Ffn<CpuWeight>, ids: &[u32], wts: &[f32], take: &dyn Fn(usize) -> bool, out: &mut Mat) -> Result<()> {
+        let mut s = FFN_SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        let r = self.experts_with(x, f, ids, wts, take, out, &mut s);
+        FFN_SCRATCH.with(|c| *c.borrow_mut() = s);
+        r
+    }
+}
+
 /// Buffers of the feed-forward kept per thread, so a decode step allocates nothing.
 #[derive(Default)]
 struct FfnScratch {
@@ -522,16 +535,40 @@ impl CpuBackend {
                 r.extend_from_slice(&s.ids);
             }
         }
+        let (ids, wts) = (std::mem::take(&mut s.ids), std::mem::take(&mut s.wts));
+        let r = self.experts_with(x, f, &ids, &wts, &|_| true, out, s);
+        (s.ids, s.wts) = (ids, wts);
+        r
+    }
+
+    /// `out` = for each token, the weighted sum of its chosen experts' SwiGLU outputs, over the
+    /// experts `take` accepts (`ids`/`wts`: `n_expert_used` per token, as routed). Each expert
+    /// runs once over the tokens that chose it.
+    #[allow(clippy::too_many_arguments)]
+    fn experts_with(
+        &self,
+        x: &Mat,
+        f: &Ffn<CpuWeight>,
+        ids: &[u32],
+        wts: &[f32],
+        take: &dyn Fn(usize) -> bool,
+        out: &mut Mat,
+        s: &mut FfnScratch,
+    ) -> Result<()> {
+        let (n_tok, k) = (x.rows, f.n_expert_used);
+        if ids.len() != n_tok * k || wts.len() != ids.len() {
+            return Err(Error::internal(format!("experts: {} ids, {} weights for {n_tok} tokens x {k}", ids.len(), wts.len())));
+        }
         out.resize(n_tok, x.cols);
         out.data.fill(0.0);
         // Group the tokens by expert; only the chosen experts are touched.
-        for e in 0..f.n_expert {
+        for e in (0..f.n_expert).filter(|&e| take(e)) {
             s.toks.clear();
             s.tw.clear();
-            for (i, &id) in s.ids.iter().enumerate() {
+            for (i, &id) in ids.iter().enumerate() {
                 if id as usize == e {
                     s.toks.push((i / k) as u32);
-                    s.tw.push(s.wts[i]);
+                    s.tw.push(wts[i]);
                 }
             }
             if s.toks.is_empty() {

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::device::{Arg, DevBuf, DevPtr, Device};
+use super::host_experts::{ExpertPlan, HostExperts};
+use crate::backend::cpu::{CpuBackend, Mat};
 use crate::backend::{AttnBatch, Backend, Ffn, KvLayout, RopeParams, KV_BLOCK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::{Gguf, TensorInfo};
@@ -88,12 +90,23 @@ pub struct CudaWeight<D: Device> {
     pub rows: usize,
     pub cols: usize,
     pub row_bytes: usize,
+    /// For an expert tensor whose experts do not all fit on the device: which ones `buf` holds
+    /// (in id order) and the host's view of the rest. `rows` still counts every expert.
+    pub host: Option<Arc<HostExperts>>,
 }
 
 // By hand: a derive would ask `D: Clone`; a clone shares the device buffer.
 impl<D: Device> Clone for CudaWeight<D> {
     fn clone(&self) -> Self {
-        CudaWeight { buf: self.buf.clone(), name: self.name.clone(), ty: self.ty, rows: self.rows, cols: self.cols, row_bytes: self.row_bytes }
+        CudaWeight {
+            buf: self.buf.clone(),
+            name: self.name.clone(),
+            ty: self.ty,
+            rows: self.rows,
+            cols: self.cols,
+            row_bytes: self.row_bytes,
+            host: self.host.clone(),
+        }
     }
 }
 
@@ -168,8 +181,9 @@ enum S {
     GateCounts,
     GroupCounts,
     GroupLists,
+    HostPart,
 }
-const N_SCRATCH: usize = S::GroupLists as usize + 1;
+const N_SCRATCH: usize = S::HostPart as usize + 1;
 
 pub struct CudaBackend<D: Device> {
     dev: Arc<D>,
@@ -178,6 +192,8 @@ pub struct CudaBackend<D: Device> {
     /// Whether the fused kernels of the decode step run (add + RMSNorm + q8_1, RoPE + KV store,
     /// attention output + q8_1, router matvec + top-k); off, each op is its own launch.
     fuse: bool,
+    /// Expert tensors whose experts stay partly in host memory (see [`Self::with_expert_plan`]).
+    plan: ExpertPlan,
 }
 
 /// One scratch buffer and, for metadata uploaded into it, the bytes it holds: the same
@@ -249,7 +265,16 @@ impl<D: Device> CudaBackend<D> {
             scratch: Mutex::new((0..N_SCRATCH).map(|_| ScratchBuf { buf: None, held: None }).collect()),
             gemm_min_rows: GEMM_MIN_ROWS,
             fuse: fusion_default(),
+            plan: ExpertPlan::new(),
         }
+    }
+
+    /// The backend with the experts `plan` leaves out kept in host memory: for each stacked
+    /// expert tensor it names, only the experts marked true are uploaded, and a feed-forward
+    /// routed to the others computes them on the CPU (threads of the caller's rayon pool).
+    pub fn with_expert_plan(mut self, plan: ExpertPlan) -> CudaBackend<D> {
+        self.plan = plan;
+        self
     }
 
     /// The backend with the fused kernels of the decode step on or off (default: off unless
@@ -516,9 +541,29 @@ impl<D: Device> Backend for CudaBackend<D> {
             return Err(Error::unsupported(format!("CUDA backend: tensor '{}' has type {}, which no kernel reads", t.name, t.ty)));
         }
         let data = gguf.tensor_data(t);
-        let buf = DevBuf::new(&self.dev, data.len())?;
-        // SAFETY: the buffer was sized for the data.
-        unsafe { self.dev.upload(buf.ptr, data)? };
+        let (buf, host) = match self.plan.get(&t.name) {
+            None => {
+                let buf = DevBuf::new(&self.dev, data.len())?;
+                // SAFETY: the buffer was sized for the data.
+                unsafe { self.dev.upload(buf.ptr, data)? };
+                (buf, None)
+            }
+            Some(resident) => {
+                // The experts that stay on the device, one after another in id order.
+                let n = resident.len();
+                if n == 0 || data.len() % n != 0 || t.n_rows() as usize % n != 0 {
+                    return Err(Error::internal(format!("expert plan of {} experts for tensor '{}'", n, t.name)));
+                }
+                let per = data.len() / n;
+                let keep: Vec<usize> = (0..n).filter(|&e| resident[e]).collect();
+                let buf = DevBuf::new(&self.dev, keep.len() * per)?;
+                for (i, &e) in keep.iter().enumerate() {
+                    // SAFETY: slot i of the buffer holds `per` bytes.
+                    unsafe { self.dev.upload(buf.ptr + (i * per) as u64, &data[e * per..(e + 1) * per])? };
+                }
+                (buf, Some(Arc::new(HostExperts::new(resident, CpuBackend.weight(gguf, t)?))))
+            }
+        };
         Ok(CudaWeight {
             buf: Arc::new(buf),
             name: t.name.clone(),
@@ -526,6 +571,7 @@ impl<D: Device> Backend for CudaBackend<D> {
             rows: t.n_rows() as usize,
             cols: t.dims[0] as usize,
             row_bytes: t.row_bytes(),
+            host,
         })
     }
 
@@ -1035,16 +1081,121 @@ impl<D: Device> Backend for CudaBackend<D> {
                     ],
                 )?;
             }
-            if let Some(r) = routes {
-                let mut bytes = vec![0u8; slots * 4];
-                // SAFETY: the ids buffer holds `slots` ints.
-                unsafe { self.dev.download(ids, &mut bytes)? };
-                r.extend(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-            }
             (ids, wts)
         } else {
             (0, sc.put_f32(S::RouteW, &vec![1.0f32; n_tok])?)
         };
+        if let Some(h) = hybrid(f)? {
+            return self.ffn_hybrid(&mut sc, x, f, h, out, routes, ids, wts, xq);
+        }
+        if let (Some(r), Some(_)) = (routes, &f.router) {
+            r.extend(self.download_u32(ids, slots)?);
+        }
+        self.ffn_experts(&mut sc, x, f, out, ids, wts, xq, n_exp)
+    }
+}
+
+/// The host part of an MoE layer's experts (None when the device holds them all); gate, up and
+/// down split alike.
+fn hybrid<D: Device>(f: &Ffn<CudaWeight<D>>) -> Result<Option<&HostExperts>> {
+    match (&f.gate.host, &f.up.host, &f.down.host) {
+        (None, None, None) => Ok(None),
+        (Some(g), Some(u), Some(d)) if f.router.is_some() && g.slot == u.slot && g.slot == d.slot && g.slot.len() == f.n_expert => Ok(Some(g)),
+        _ => Err(Error::internal(format!("ffn: '{}', '{}' and '{}' keep different experts on the device", f.gate.name, f.up.name, f.down.name))),
+    }
+}
+
+impl<D: Device> CudaBackend<D> {
+    /// `n` u32 values from the device (waits for the launches before).
+    fn download_u32(&self, p: DevPtr, n: usize) -> Result<Vec<u32>> {
+        let mut bytes = vec![0u8; n * 4];
+        // SAFETY: the callers' buffers hold `n` values.
+        unsafe { self.dev.download(p, &mut bytes)? };
+        Ok(bytes.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    /// An MoE layer whose experts are partly in host memory, after its routing on the device
+    /// (`ids`, `wts`): the routing comes to the host; the device runs the slots whose expert it
+    /// holds (renumbered to their place in its buffers; the others at weight 0) and, meanwhile,
+    /// the CPU the slots routed to host experts, over the layer input brought over too; the
+    /// CPU's weighted sum is then added to the device's. Slots routed only to resident experts
+    /// cost the host a download of the ids and nothing else.
+    #[allow(clippy::too_many_arguments)]
+    fn ffn_hybrid(
+        &self,
+        sc: &mut Scratch<'_, D>,
+        x: &CudaAct<D>,
+        f: &Ffn<CudaWeight<D>>,
+        h: &HostExperts,
+        out: &mut CudaAct<D>,
+        routes: Option<&mut Vec<u32>>,
+        ids: DevPtr,
+        wts: DevPtr,
+        xq: Option<DevPtr>,
+    ) -> Result<()> {
+        let (n_tok, n_embd) = (x.rows, x.cols);
+        let slots = n_tok * f.n_expert_used;
+        let host_ids = self.download_u32(ids, slots)?;
+        let host_wts: Vec<f32> = self.download_u32(wts, slots)?.into_iter().map(f32::from_bits).collect();
+        if let Some(r) = routes {
+            r.extend_from_slice(&host_ids);
+        }
+        let (mut dev_ids, mut dev_wts) = (Vec::new(), Vec::new());
+        let any_host = h.device_route(&host_ids, &host_wts, &mut dev_ids, &mut dev_wts)?;
+        let xh = if any_host {
+            let v: Vec<f32> = self.download_u32(x.ptr(), n_tok * n_embd)?.into_iter().map(f32::from_bits).collect();
+            Some(Mat { data: v, rows: n_tok, cols: n_embd })
+        } else {
+            None
+        };
+        let resident = h.n_resident() > 0;
+        if resident {
+            // SAFETY: both buffers hold `slots` values.
+            unsafe {
+                self.dev.upload_async(ids, &dev_ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+                self.dev.upload_async(wts, &dev_wts.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+            }
+            self.ffn_experts(sc, x, f, out, ids, wts, xq, h.n_resident())?;
+        }
+        let Some(xh) = xh else { return Ok(()) };
+        // The device's share runs while the CPU computes its own.
+        self.dev.flush()?;
+        let host_of = |w: &CudaWeight<D>| w.host.as_ref().map(|h| h.cpu.clone()).ok_or_else(|| Error::internal("ffn: expert split lost"));
+        let cf = Ffn { router: None, gate: host_of(&f.gate)?, up: host_of(&f.up)?, down: host_of(&f.down)?, n_expert: f.n_expert, n_expert_used: f.n_expert_used, n_ff: f.n_ff };
+        let mut y = Mat::default();
+        CpuBackend.moe_experts(&xh, &cf, &host_ids, &host_wts, &|e| h.on_host(e), &mut y)?;
+        let bytes: Vec<u8> = y.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        out.q8_valid = false;
+        if resident {
+            let p = sc.get(S::HostPart, bytes.len())?;
+            // SAFETY: the scratch holds the bytes.
+            unsafe { self.dev.upload_async(p, &bytes)? };
+            let n = n_tok * n_embd;
+            self.launch("add_f32", [blocks(n, 256), 1, 1], 256, &[Arg::Ptr(out.ptr()), Arg::Ptr(p), Arg::I32(n as i32)])
+        } else {
+            // SAFETY: `out` holds n_tok x n_embd values.
+            unsafe { self.dev.upload_async(out.ptr(), &bytes) }
+        }
+    }
+
+    /// The experts of a routed feed-forward (`ids`, `wts` on the device; ids 0 for a dense
+    /// layer) into `out`, from the layer input `x` (and its q8_1 blocks `xq` if made already);
+    /// `n_exp` experts are in the device buffers (1 for a dense layer).
+    #[allow(clippy::too_many_arguments)]
+    fn ffn_experts(
+        &self,
+        sc: &mut Scratch<'_, D>,
+        x: &CudaAct<D>,
+        f: &Ffn<CudaWeight<D>>,
+        out: &mut CudaAct<D>,
+        ids: DevPtr,
+        wts: DevPtr,
+        mut xq: Option<DevPtr>,
+        n_exp: usize,
+    ) -> Result<()> {
+        let (n_tok, n_embd, n_ff) = (x.rows, x.cols, f.n_ff);
+        let k = if f.router.is_some() { f.n_expert_used } else { 1 };
+        let slots = n_tok * k;
         // Gate and up for every (token, expert) slot, k slots per token row.
         let g = sc.get(S::Gate, slots * n_ff * 4)?;
         if [&f.gate, &f.up, &f.down].iter().all(|w| self.use_gemm(w, slots, n_exp)) {
@@ -1087,7 +1238,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         let mut gq: Option<DevPtr> = None;
         if f.gate.ty == f.up.ty && !is_float(f.gate.ty) && self.fuse {
             // One pass over both matrices with SwiGLU applied on the way out.
-            let xin = xq_for(&mut sc, &mut xq)?;
+            let xin = xq_for(sc, &mut xq)?;
             let sfx = f.gate.suffix()?;
             if slots > 65535 {
                 return Err(Error::unsupported(format!("CUDA ffn: {slots} expert slots in one batch (at most 65535)")));
@@ -1124,7 +1275,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         } else {
             let u = sc.get(S::Up, slots * n_ff * 4)?;
             for (w, y) in [(&f.gate, g), (&f.up, u)] {
-                let xin = if is_float(w.ty) { x.ptr() } else { xq_for(&mut sc, &mut xq)? };
+                let xin = if is_float(w.ty) { x.ptr() } else { xq_for(sc, &mut xq)? };
                 self.matvec(w, n_ff, n_ff * w.row_bytes, ids, xin, k, y, slots)?;
             }
             let n = slots * n_ff;
@@ -1134,7 +1285,7 @@ impl<D: Device> Backend for CudaBackend<D> {
         let gin = match gq {
             Some(q) => q,
             None if is_float(f.down.ty) => g,
-            None => self.quantize(&mut sc, S::GateQ, g, slots, n_ff)?,
+            None => self.quantize(sc, S::GateQ, g, slots, n_ff)?,
         };
         if fuse_down {
             let shape = self.dev.mmvq_shape();

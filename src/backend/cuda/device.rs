@@ -62,6 +62,11 @@ pub trait Device: Send + Sync + 'static {
     /// `args` match the kernel's parameters in number and type, and every pointer argument and
     /// every address the kernel derives from the arguments is valid.
     unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> Result<()>;
+    /// Issues the queued launches without waiting for them (so the device works while the host
+    /// does something else).
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// A device that passes everything to `inner` and counts the launches of each kernel (for
@@ -109,6 +114,9 @@ impl<D: Device> Device for Counting<D> {
     unsafe fn launch(&self, name: &str, grid: [u32; 3], block: [u32; 3], smem: u32, args: &[Arg]) -> Result<()> {
         *self.launches.lock().entry(name.to_string()).or_default() += 1;
         self.inner.launch(name, grid, block, smem, args)
+    }
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
     }
 }
 
@@ -292,5 +300,10 @@ impl Device for EmuDevice {
         let id = rec.kernel_id(self, name)?;
         rec.push(Op::launch(id, grid, block, smem, args)?);
         Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        // SAFETY: the queued ops' memory is alive (a free issues the queue first).
+        unsafe { self.rec.lock().flush(self) }
     }
 }

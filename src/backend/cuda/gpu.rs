@@ -713,6 +713,12 @@ impl Device for GpuDevice {
         rec.push(Op::launch(id, grid, block, smem, args)?);
         Ok(())
     }
+
+    fn flush(&self) -> Result<()> {
+        self.current()?;
+        // SAFETY: the queued ops' memory is alive (a free issues the queue first).
+        unsafe { self.rec.lock().flush(self) }
+    }
 }
 
 #[cfg(test)]

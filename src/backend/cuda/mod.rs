@@ -10,6 +10,7 @@ mod dl;
 pub mod driver;
 pub mod gpu;
 pub mod graph;
+pub mod host_experts;
 pub mod kernels;
 pub mod mmvq_shape;
 pub mod nvrtc;
