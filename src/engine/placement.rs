@@ -344,3 +344,65 @@ pub(crate) fn place(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufWriter;
+
+    /// Two layers of 4 experts; layer 1's experts twice the size of layer 0's. Everything else:
+    /// a 64-byte tensor.
+    fn model() -> (Arc<Gguf>, HParams) {
+        let mut w = GgufWriter::new();
+        w.add_f32("token_embd.weight", &[4, 4], &[0.0; 16]).unwrap();
+        for (il, rows) in [(0usize, 2u64), (1, 4)] {
+            for p in ["gate", "up", "down"] {
+                w.add_f32(&format!("blk.{il}.ffn_{p}_exps.weight"), &[4, rows, 4], &vec![0.0; 16 * rows as usize]).unwrap();
+            }
+        }
+        let g = Arc::new(Gguf::from_bytes(w.to_bytes()).unwrap());
+        let hp = HParams {
+            arch: "llama".into(),
+            n_vocab: 4,
+            n_ctx_train: 1,
+            n_embd: 4,
+            n_layer: 2,
+            n_head: 1,
+            n_head_kv: 1,
+            head_dim: 4,
+            n_ff: 2,
+            n_expert: 4,
+            n_expert_used: 2,
+            rms_eps: 1e-5,
+            rope: RopeParams { n_rot: 4, freq_base: 1e4, freq_scale: 1.0, freq_factors: None },
+        };
+        (g, hp)
+    }
+
+    #[test]
+    fn experts_go_to_the_device_one_per_layer_in_turn() {
+        let (g, hp) = model();
+        let total = weight_bytes(&g);
+        // One expert: 3 x 32 bytes in layer 0, 3 x 64 in layer 1.
+        let (p0, p1) = (96u64, 192u64);
+        assert_eq!(total, 64 + 4 * (p0 + p1));
+        let ctx = 2 * hp.n_layer as u64 * hp.n_embd_kv() as u64 * 2 + super::super::act_bytes(&hp, 1, 1, 1);
+        let fixed = 64 + ctx;
+        // Room for experts 0 and 1 of both layers and expert 2 of layer 0, not of layer 1.
+        let (plan, n_host, bytes) = plan_experts(&g, &hp, total, fixed + 3 * p0 + 2 * p1 + 10).unwrap();
+        assert_eq!((n_host, bytes), (3, p0 + 2 * p1));
+        for p in ["gate", "up", "down"] {
+            assert_eq!(plan[&format!("blk.0.ffn_{p}_exps.weight")], [true, true, true, false]);
+            assert_eq!(plan[&format!("blk.1.ffn_{p}_exps.weight")], [true, true, false, false]);
+        }
+        // A layer that keeps every expert is not in the plan.
+        let (plan, n_host, _) = plan_experts(&g, &hp, total, fixed + 4 * p0 + 3 * p1).unwrap();
+        assert_eq!(n_host, 1);
+        assert!(!plan.contains_key("blk.0.ffn_gate_exps.weight"));
+        assert_eq!(plan["blk.1.ffn_down_exps.weight"], [true, true, true, false]);
+        // Nothing on the device but the rest; then not even that.
+        assert_eq!(plan_experts(&g, &hp, total, fixed).unwrap().1, 8);
+        let why = plan_experts(&g, &hp, total, fixed - 1).unwrap_err();
+        assert!(why.contains("the other weights would still take 64 bytes"), "{why}");
+    }
+}

@@ -1118,8 +1118,8 @@ impl<D: Device> CudaBackend<D> {
     /// (`ids`, `wts`): the routing comes to the host; the device runs the slots whose expert it
     /// holds (renumbered to their place in its buffers; the others at weight 0) and, meanwhile,
     /// the CPU the slots routed to host experts, over the layer input brought over too; the
-    /// CPU's weighted sum is then added to the device's. Slots routed only to resident experts
-    /// cost the host a download of the ids and nothing else.
+    /// CPU's weighted sum is then added to the device's. A step routed only to resident experts
+    /// costs the host the download of the ids and weights, and the CPU nothing.
     #[allow(clippy::too_many_arguments)]
     fn ffn_hybrid(
         &self,
