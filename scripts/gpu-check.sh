@@ -40,7 +40,7 @@
 #      block shape of before, programmatic dependent launches on (alone and with the fused
 #      kernels), one change at a time                                       (5 x 25 s, 5 x 8 s)
 #      and decode after a 2048-token context (--depth 2048)                    (30 s, 10 s)
-#      and pp64 + tg16 with vram_budget 6 GiB: experts partly on the CPU       (40 s, 20 s)
+#      and pp512 + tg16 with vram_budget 6 GiB: experts partly on the CPU      (40 s, 20 s)
 #   f  the same at Q4_K_M (~27 GB)                                     (45 s, 25 s; 80 s, 40 s)
 #
 # A dry run without a GPU (stages a-d fail or skip, e/f run small on the CPU):
@@ -202,9 +202,10 @@ run)
             stage "decode $mix after 2048 tokens" 30 "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" \
                 -p 0 -n 64 -r 2 --depth 2048 --budget 24 --bw-mib 256 --label "Mixtral-8x7B shape, random, $mix, tg64 after 2048" --md "$md"
             # A budget the experts do not fit in: about two thirds of them stay in host memory
-            # and run on the CPU (the RTX 4090 case for a model over 24 GB).
+            # (the RTX 4090 case for a model over 24 GB); decode computes them on the CPU, the
+            # 512-token prefill brings each layer's over to the GPU.
             stage "hybrid $mix, vram_budget 6 GiB" 40 "$pack/bench_gpu" --model "$model" --device "${BENCH_DEVICE:-cuda}" \
-                -p 64 -n 16 -r 1 --vram-gib 6 --budget 32 --bw-mib 256 --label "Mixtral-8x7B shape, random, $mix, vram_budget 6 GiB" --md "$md"
+                -p 512 -n 16 -r 1 --vram-gib 6 --budget 32 --bw-mib 256 --label "Mixtral-8x7B shape, random, $mix, vram_budget 6 GiB" --md "$md"
         fi
         rm -f "$model"
     }

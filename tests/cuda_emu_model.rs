@@ -355,9 +355,18 @@ fn check_moe_ffn(dev: &Arc<EmuDevice>, ty: GgmlType, n_embd: usize, n_ff: usize,
     }
     let (cpu, rc) = run_ffn(&CpuBackend, &g, ne, k, n_ff, t, n_embd);
     // Every expert on the device; experts 1, 5 and 6 in host memory (the CPU computes their
-    // slots, the device the rest, at the same bound); every expert on the host.
+    // slots, the device the rest, at the same bound); every expert on the host. With host
+    // experts also the batch that brings the layer's experts to the device, which must give
+    // the bits of the device holding them all.
     let some: Vec<bool> = (0..ne).map(|e| ![1, 5, 6].contains(&e)).collect();
-    for (what, resident) in [("", None), (", experts 1 5 6 on the host", Some(some)), (", every expert on the host", Some(vec![false; ne]))] {
+    let mut all_on_device = Vec::new();
+    for (what, resident, stream) in [
+        ("", None, false),
+        (", experts 1 5 6 on the host", Some(some.clone()), false),
+        (", every expert on the host", Some(vec![false; ne]), false),
+        (", experts 1 5 6 brought over", Some(some), true),
+        (", every expert brought over", Some(vec![false; ne]), true),
+    ] {
         let plan: xdan::backend::cuda::host_experts::ExpertPlan =
             resident.map(|r| ["gate", "up", "down"].iter().map(|n| (n.to_string(), r.clone())).collect()).unwrap_or_default();
         // 66 slots over 8 experts are fewer than the default threshold: force the grouped GEMM.
@@ -366,9 +375,15 @@ fn check_moe_ffn(dev: &Arc<EmuDevice>, ty: GgmlType, n_embd: usize, n_ff: usize,
             FfnPath::Matvec => CudaBackend::new(dev.clone()).with_fusion(false),
             FfnPath::Fused => CudaBackend::new(dev.clone()).with_fusion(true),
         };
-        let cuda = cuda.with_expert_plan(plan);
+        let cuda = cuda.with_expert_plan(plan).with_stream_min_tokens(if stream { 1 } else { usize::MAX });
         let (gpu, rg) = run_ffn(&cuda, &g, ne, k, n_ff, t, n_embd);
         assert_eq!(rg, rc, "{ty}{what}: experts chosen on the emulated GPU differ from the CPU backend's");
+        if what.is_empty() {
+            all_on_device = gpu.clone();
+        }
+        if stream {
+            assert!(gpu == all_on_device, "{ty}{what}: not the bits of every expert on the device");
+        }
         check_moe_out(ty, &format!("{what}: {path:?}"), &gpu, &cpu, &rc, &x, &router, &gf, &uf, &df, ne, k, t, n_embd, n_ff);
     }
 }

@@ -32,10 +32,12 @@ pub struct xdan_model_params {
     /// Bytes of GPU memory the model may use: its weights, then each context's KV cache and
     /// activations; 0 = the free memory minus a margin (512 MiB). An MoE model whose weights do
     /// not all fit keeps the other weights and as many experts as fit on the GPU, leaving room
-    /// for a 4096-token context (F16 KV cache, 512-token batches); the other experts stay in
-    /// host memory (mapped from the file) and run on the CPU (`xdan_model_device` says how
-    /// many). What does not fit even so (or a dense model's weights) fails with
-    /// `XDAN_E_OUT_OF_MEMORY`, the message naming the bytes needed and available.
+    /// for a 4096-token context (F16 KV cache, 512-token batches) and for one layer's experts;
+    /// the other experts stay in host memory (mapped from the file) and run on the CPU for
+    /// batches under 32 tokens, and are brought to the GPU a layer at a time for larger ones
+    /// (`xdan_model_device` says how many stay on the host). What does not fit even so (or a
+    /// dense model's weights) fails with `XDAN_E_OUT_OF_MEMORY`, the message naming the bytes
+    /// needed and available.
     pub vram_budget: u64,
     /// CPU threads; 0 = the number of physical cores.
     pub n_threads: i32,

@@ -223,18 +223,30 @@ fn weight_bytes(g: &Gguf) -> u64 {
     g.tensors().iter().filter(|t| t.name != "rope_freqs.weight").map(|t| t.n_bytes).sum()
 }
 
+/// An MoE model's weights split between device and host memory.
+#[derive(Default)]
+struct Split {
+    /// The experts each expert tensor keeps on the device (tensors not named keep all).
+    plan: ExpertPlan,
+    /// Experts in host memory, and their bytes.
+    n_host: usize,
+    host_bytes: u64,
+    /// Device buffers for one layer's experts, assembled there for prefill-sized batches.
+    stream_bytes: u64,
+}
+
 /// The names of layer `il`'s stacked expert tensors.
 fn expert_tensors(il: usize) -> [String; 3] {
     ["gate", "up", "down"].map(|p| format!("blk.{il}.ffn_{p}_exps.weight"))
 }
 
 /// Where the experts go when the weights (`total` bytes) do not all fit in `room`: the other
-/// weights and room for a [`HOST_EXPERTS_CONTEXT`]-token context first, then experts while they
+/// weights, buffers for one layer's experts (a prefill batch assembles a layer there) and room
+/// for a [`HOST_EXPERTS_CONTEXT`]-token context first, then experts while they
 /// fit, one per layer in turn (expert 0 of every layer, then expert 1, ...), so every layer keeps
-/// about the same share on the device; the rest stay in host memory. Returns the plan, the
-/// experts left on the host and the bytes they take; or, when even the weights without experts
-/// and that context do not fit, why not.
-fn plan_experts(g: &Gguf, hp: &HParams, total: u64, room: u64) -> std::result::Result<(ExpertPlan, usize, u64), String> {
+/// about the same share on the device; the rest stay in host memory. Returns the split; or,
+/// when even the weights without experts, the buffers and that context do not fit, why not.
+fn plan_experts(g: &Gguf, hp: &HParams, total: u64, room: u64) -> std::result::Result<Split, String> {
     let n_exp = hp.n_expert;
     // Bytes of one expert of each layer (its rows of gate, up and down).
     let mut per = vec![0u64; hp.n_layer];
@@ -244,12 +256,14 @@ fn plan_experts(g: &Gguf, hp: &HParams, total: u64, room: u64) -> std::result::R
         }
     }
     let experts: u64 = per.iter().sum::<u64>() * n_exp as u64;
-    let fixed = total.saturating_sub(experts);
+    // The other weights, and the buffers a prefill-sized batch assembles one layer's experts in
+    // on the device (CudaBackend::with_stream_min_tokens).
+    let fixed = total.saturating_sub(experts) + per.iter().max().copied().unwrap_or(0) * n_exp as u64;
     let ctx = HOST_EXPERTS_CONTEXT.min(hp.n_ctx_train.max(1) as u64);
     let reserve = ctx * 2 * hp.n_layer as u64 * hp.n_embd_kv() as u64 * 2 + super::act_bytes(hp, ctx.min(512), 1, ctx);
     if experts == 0 || fixed + reserve > room {
         return Err(format!(
-            "with every expert in host memory the other weights would still take {}, and a {ctx}-token context about {}",
+            "with every expert in host memory the other weights and the buffers of one layer's experts would still take {}, and a {ctx}-token context about {}",
             mib(fixed),
             mib(reserve)
         ));
@@ -275,7 +289,7 @@ fn plan_experts(g: &Gguf, hp: &HParams, total: u64, room: u64) -> std::result::R
             plan.insert(name, resident.clone());
         }
     }
-    Ok((plan, n_host, host_bytes))
+    Ok(Split { plan, n_host, host_bytes, stream_bytes: per.iter().max().copied().unwrap_or(0) * n_exp as u64 })
 }
 
 fn on_device<D: crate::backend::cuda::Device>(
@@ -290,7 +304,7 @@ fn on_device<D: crate::backend::cuda::Device>(
     let vram = Vram { device: be.name(), budget, used: AtomicU64::new(0), free };
     let total = weight_bytes(g);
     // An MoE model too big for the device keeps some experts in host memory.
-    let (plan, n_host, host_bytes) = match vram.room() {
+    let split = match vram.room() {
         Some(room) if total > room && hp.n_expert > 0 => match plan_experts(g, hp, total, room) {
             Ok(p) => p,
             Err(why) => {
@@ -298,18 +312,20 @@ fn on_device<D: crate::backend::cuda::Device>(
                 return Err(Error::new(e.kind, format!("{}; {why}", e.message)));
             }
         },
-        _ => (ExpertPlan::new(), 0, 0),
+        _ => Split::default(),
     };
-    vram.reserve(total - host_bytes, "the weights")?;
+    vram.reserve(total - split.host_bytes + split.stream_bytes, "the weights")?;
+    let n_host = split.n_host;
     if n_host > 0 {
         crate::log::info!(
-            "{}: {n_host} of {} experts ({}) stay in host memory and run on the CPU",
+            "{}: {n_host} of {} experts ({}) stay in host memory and run on the CPU (prefill batches bring a layer's to the device, through {} of buffers)",
             be.name(),
             hp.n_layer * hp.n_expert,
-            mib(host_bytes)
+            mib(split.host_bytes),
+            mib(split.stream_bytes)
         );
     }
-    let be = be.with_expert_plan(plan);
+    let be = be.with_expert_plan(split.plan);
     let weights = Weights::load(&be, g, hp, progress)?;
     Ok(Arc::new(OnBackend { be, weights, vram: Some(vram), host_experts: (n_host, hp.n_layer * hp.n_expert) }))
 }
@@ -387,22 +403,23 @@ mod tests {
         let (p0, p1) = (96u64, 192u64);
         assert_eq!(total, 64 + 4 * (p0 + p1));
         let ctx = 2 * hp.n_layer as u64 * hp.n_embd_kv() as u64 * 2 + super::super::act_bytes(&hp, 1, 1, 1);
-        let fixed = 64 + ctx;
+        // The other weights, a context, and buffers for the 4 experts of the larger layer.
+        let fixed = 64 + 4 * p1 + ctx;
         // Room for experts 0 and 1 of both layers and expert 2 of layer 0, not of layer 1.
-        let (plan, n_host, bytes) = plan_experts(&g, &hp, total, fixed + 3 * p0 + 2 * p1 + 10).unwrap();
-        assert_eq!((n_host, bytes), (3, p0 + 2 * p1));
+        let s = plan_experts(&g, &hp, total, fixed + 3 * p0 + 2 * p1 + 10).unwrap();
+        assert_eq!((s.n_host, s.host_bytes, s.stream_bytes), (3, p0 + 2 * p1, 4 * p1));
         for p in ["gate", "up", "down"] {
-            assert_eq!(plan[&format!("blk.0.ffn_{p}_exps.weight")], [true, true, true, false]);
-            assert_eq!(plan[&format!("blk.1.ffn_{p}_exps.weight")], [true, true, false, false]);
+            assert_eq!(s.plan[&format!("blk.0.ffn_{p}_exps.weight")], [true, true, true, false]);
+            assert_eq!(s.plan[&format!("blk.1.ffn_{p}_exps.weight")], [true, true, false, false]);
         }
         // A layer that keeps every expert is not in the plan.
-        let (plan, n_host, _) = plan_experts(&g, &hp, total, fixed + 4 * p0 + 3 * p1).unwrap();
-        assert_eq!(n_host, 1);
-        assert!(!plan.contains_key("blk.0.ffn_gate_exps.weight"));
-        assert_eq!(plan["blk.1.ffn_down_exps.weight"], [true, true, true, false]);
+        let s = plan_experts(&g, &hp, total, fixed + 4 * p0 + 3 * p1).unwrap();
+        assert_eq!(s.n_host, 1);
+        assert!(!s.plan.contains_key("blk.0.ffn_gate_exps.weight"));
+        assert_eq!(s.plan["blk.1.ffn_down_exps.weight"], [true, true, true, false]);
         // Nothing on the device but the rest; then not even that.
-        assert_eq!(plan_experts(&g, &hp, total, fixed).unwrap().1, 8);
-        let why = plan_experts(&g, &hp, total, fixed - 1).unwrap_err();
-        assert!(why.contains("the other weights would still take 64 bytes"), "{why}");
+        assert_eq!(plan_experts(&g, &hp, total, fixed).unwrap().n_host, 8);
+        let why = plan_experts(&g, &hp, total, fixed - 1).err().unwrap();
+        assert!(why.contains(&format!("would still take {} bytes", 64 + 4 * p1)), "{why}");
     }
 }

@@ -56,7 +56,8 @@ pub struct CpuWeight {
 }
 
 impl CpuWeight {
-    fn bytes(&self) -> &[u8] {
+    /// The stored blocks of this view's rows.
+    pub fn bytes(&self) -> &[u8] {
         let all = self.gguf.tensor_data(&self.info);
         &all[self.row0 * self.row_bytes..(self.row0 + self.rows) * self.row_bytes]
     }

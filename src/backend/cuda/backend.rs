@@ -194,6 +194,11 @@ pub struct CudaBackend<D: Device> {
     fuse: bool,
     /// Expert tensors whose experts stay partly in host memory (see [`Self::with_expert_plan`]).
     plan: ExpertPlan,
+    /// Batches of at least this many tokens bring a layer's host experts to the device
+    /// instead of computing them on the CPU (see [`Self::with_stream_min_tokens`]).
+    stream_min_tokens: usize,
+    /// The device buffers a streamed layer's gate, up and down experts are assembled in.
+    stream: Mutex<Vec<Arc<DevBuf<D>>>>,
 }
 
 /// One scratch buffer and, for metadata uploaded into it, the bytes it holds: the same
@@ -244,6 +249,16 @@ impl<D: Device> Scratch<'_, D> {
     }
 }
 
+/// Batch size from which a layer's host experts are brought to the device (see
+/// [`CudaBackend::with_stream_min_tokens`]). Sending an expert over PCIe 4.0 (~25 GB/s) takes
+/// about as long as a 16-core CPU takes to multiply it with one or two tokens, so batches of
+/// prefill size win by far on the device; decode steps stay on the CPU.
+pub const STREAM_MIN_TOKENS: usize = 32;
+
+fn stream_min_tokens_default() -> usize {
+    std::env::var("XDAN_CUDA_STREAM_MIN_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(STREAM_MIN_TOKENS).max(1)
+}
+
 /// `XDAN_CUDA_FUSION=1` turns the fused decode kernels on by default (see
 /// [`CudaBackend::with_fusion`]). Off by default: on the H200 the fused decode step measured
 /// slower (docs/perf.md), so the separate launches stay the product path until it is re-measured.
@@ -266,7 +281,20 @@ impl<D: Device> CudaBackend<D> {
             gemm_min_rows: GEMM_MIN_ROWS,
             fuse: fusion_default(),
             plan: ExpertPlan::new(),
+            stream_min_tokens: stream_min_tokens_default(),
+            stream: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The backend with batches of at least `n` tokens computing a layer's host experts on the
+    /// device: the layer's experts are assembled in device buffers (the resident ones copied
+    /// there, the others uploaded from host memory) and the batch runs as if the device held
+    /// them all. Below `n` tokens the CPU computes them, which reads each expert where it lies
+    /// instead of sending it over the bus (default [`STREAM_MIN_TOKENS`], or
+    /// `XDAN_CUDA_STREAM_MIN_TOKENS`).
+    pub fn with_stream_min_tokens(mut self, n: usize) -> CudaBackend<D> {
+        self.stream_min_tokens = n.max(1);
+        self
     }
 
     /// The backend with the experts `plan` leaves out kept in host memory: for each stacked
@@ -1142,6 +1170,10 @@ impl<D: Device> CudaBackend<D> {
         }
         let (mut dev_ids, mut dev_wts) = (Vec::new(), Vec::new());
         let any_host = h.device_route(&host_ids, &host_wts, &mut dev_ids, &mut dev_wts)?;
+        if any_host && n_tok >= self.stream_min_tokens {
+            let full = self.stream_layer(f)?;
+            return self.ffn_experts(sc, x, &full, out, ids, wts, xq, f.n_expert);
+        }
         let xh = if any_host {
             let v: Vec<f32> = self.download_u32(x.ptr(), n_tok * n_embd)?.into_iter().map(f32::from_bits).collect();
             Some(Mat { data: v, rows: n_tok, cols: n_embd })
@@ -1176,6 +1208,42 @@ impl<D: Device> CudaBackend<D> {
             // SAFETY: `out` holds n_tok x n_embd values.
             unsafe { self.dev.upload_async(out.ptr(), &bytes) }
         }
+    }
+
+    /// Layer `f`'s experts, all of them, in the stream buffers: the resident ones copied from
+    /// the layer's device buffers, the others uploaded from host memory; returned as an expert
+    /// layer the device holds whole. The buffers grow to the largest layer streamed: every
+    /// expert of one layer, which the placement leaves room for.
+    fn stream_layer(&self, f: &Ffn<CudaWeight<D>>) -> Result<Ffn<CudaWeight<D>>> {
+        let mut stream = self.stream.lock();
+        let mut full = Vec::with_capacity(3);
+        for (i, w) in [&f.gate, &f.up, &f.down].into_iter().enumerate() {
+            let h = w.host.as_ref().ok_or_else(|| Error::internal(format!("stream: '{}' has no host experts", w.name)))?;
+            let per = w.rows / f.n_expert * w.row_bytes;
+            if stream.len() <= i {
+                stream.push(Arc::new(DevBuf::new(&self.dev, f.n_expert * per)?));
+            } else if stream[i].bytes < f.n_expert * per {
+                stream[i] = Arc::new(DevBuf::new(&self.dev, f.n_expert * per)?);
+            }
+            let buf = stream[i].clone();
+            let data = h.cpu.bytes();
+            for e in 0..f.n_expert {
+                let at = buf.ptr + (e * per) as u64;
+                // SAFETY: expert e's place in a buffer of n_expert experts, and (resident) its
+                // slot in the layer's buffer of the resident experts, each `per` bytes.
+                unsafe {
+                    match h.slot[e] {
+                        Some(s) => self.dev.copy(at, w.buf.ptr + (s as usize * per) as u64, per)?,
+                        None => self.dev.upload(at, &data[e * per..(e + 1) * per])?,
+                    }
+                }
+            }
+            full.push(CudaWeight { buf, name: w.name.clone(), ty: w.ty, rows: w.rows, cols: w.cols, row_bytes: w.row_bytes, host: None });
+        }
+        let down = full.pop().unwrap();
+        let up = full.pop().unwrap();
+        let gate = full.pop().unwrap();
+        Ok(Ffn { router: f.router.clone(), gate, up, down, n_expert: f.n_expert, n_expert_used: f.n_expert_used, n_ff: f.n_ff })
     }
 
     /// The experts of a routed feed-forward (`ids`, `wts` on the device; ids 0 for a dense
