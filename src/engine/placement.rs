@@ -256,9 +256,10 @@ fn plan_experts(g: &Gguf, hp: &HParams, total: u64, room: u64) -> std::result::R
         }
     }
     let experts: u64 = per.iter().sum::<u64>() * n_exp as u64;
-    // The other weights, and the buffers a prefill-sized batch assembles one layer's experts in
-    // on the device (CudaBackend::with_stream_min_tokens).
-    let fixed = total.saturating_sub(experts) + per.iter().max().copied().unwrap_or(0) * n_exp as u64;
+    // The buffers a prefill-sized batch assembles one layer's experts in on the device
+    // (CudaBackend::with_stream_min_tokens), beside the other weights.
+    let stream_bytes = per.iter().max().copied().unwrap_or(0) * n_exp as u64;
+    let fixed = total.saturating_sub(experts) + stream_bytes;
     let ctx = HOST_EXPERTS_CONTEXT.min(hp.n_ctx_train.max(1) as u64);
     let reserve = ctx * 2 * hp.n_layer as u64 * hp.n_embd_kv() as u64 * 2 + super::act_bytes(hp, ctx.min(512), 1, ctx);
     if experts == 0 || fixed + reserve > room {
@@ -289,7 +290,7 @@ fn plan_experts(g: &Gguf, hp: &HParams, total: u64, room: u64) -> std::result::R
             plan.insert(name, resident.clone());
         }
     }
-    Ok(Split { plan, n_host, host_bytes, stream_bytes: per.iter().max().copied().unwrap_or(0) * n_exp as u64 })
+    Ok(Split { plan, n_host, host_bytes, stream_bytes })
 }
 
 fn on_device<D: crate::backend::cuda::Device>(

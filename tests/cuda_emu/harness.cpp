@@ -112,6 +112,12 @@ const TypeEntry& type_named(const std::string& n) {
     fail("unknown type " + n);
 }
 
+const FusedEntry& fused_named(const std::string& n) {
+    for (const auto& f : kFused)
+        if (n == f.name) return f;
+    fail("no fused kernels registered for type " + n);
+}
+
 int iarg(char** argv, int argc, int i) {
     if (i >= argc) fail("missing argument " + std::to_string(i));
     return std::stoi(argv[i]);
@@ -170,10 +176,7 @@ int main(int argc, char** argv) {
         // three plain matvecs), ys.f32 (mul_mat_vec_swiglu with gate W0, up the first N0 rows of
         // W1), yu.f32 (the swiglu kernel on the plain matvecs' outputs).
         const TypeEntry& t = type_named(argv[3]);
-        const FusedEntry* fe = nullptr;
-        for (const auto& f : kFused)
-            if (std::string(argv[3]) == f.name) fe = &f;
-        if (!fe) fail("no fused kernels registered for this type");
+        const FusedEntry& fe = fused_named(argv[3]);
         const int n[3] = {iarg(argv, argc, 4), iarg(argv, argc, 5), iarg(argv, argc, 6)};
         const int ncols = iarg(argv, argc, 7), slots = iarg(argv, argc, 8);
         if (n[1] < n[0]) fail("N1 < N0");
@@ -197,7 +200,7 @@ int main(int argc, char** argv) {
                       xq.data(), ncols / 32, 1, p.data(), ncols, n[i]);
             yp.insert(yp.end(), p.begin(), p.end());
         }
-        XD_LAUNCH(fe->m3, dim3((n[0] + n[1] + n[2] + rpb - 1) / rpb, slots), block, 0, w[0].data(), w[1].data(),
+        XD_LAUNCH(fe.m3, dim3((n[0] + n[1] + n[2] + rpb - 1) / rpb, slots), block, 0, w[0].data(), w[1].data(),
                   w[2].data(), o[0].data(), o[1].data(), o[2].data(), n[0], n[1], n[2], xq.data(), ncols / 32, ncols);
         for (int i = 0; i < 3; ++i) y3.insert(y3.end(), o[i].begin(), o[i].end());
         std::vector<float> ys((size_t)slots * n[0], -1.0f);
@@ -205,7 +208,7 @@ int main(int argc, char** argv) {
         const bool with_q = n[0] % 32 == 0;
         std::vector<xd_q8_1> ysq(with_q ? (size_t)slots * n[0] / 32 : 0);
         std::vector<int> counts(with_q ? (size_t)slots * n[0] / 32 : 0, 0);
-        XD_LAUNCH(fe->sw, dim3((n[0] + rpb - 1) / rpb, slots), block, 0, w[0].data(), w[1].data(), 0LL,
+        XD_LAUNCH(fe.sw, dim3((n[0] + rpb - 1) / rpb, slots), block, 0, w[0].data(), w[1].data(), 0LL,
                   (const int*)nullptr, xq.data(), ncols / 32, 1, ys.data(), ncols, n[0],
                   with_q ? ysq.data() : nullptr, with_q ? counts.data() : nullptr);
         if (with_q) {
@@ -233,10 +236,7 @@ int main(int argc, char** argv) {
         // (N_TOK * K), x.f32 (N_TOK * K rows) -> y.f32 (mul_mat_vec_moe: the k experts' down
         // rows weighted and summed), yr.f32 (the same by the MoE matvec, then moe_combine).
         const TypeEntry& t = type_named(argv[3]);
-        const FusedEntry* fe = nullptr;
-        for (const auto& f : kFused)
-            if (std::string(argv[3]) == f.name) fe = &f;
-        if (!fe) fail("no fused kernels registered for this type");
+        const FusedEntry& fe = fused_named(argv[3]);
         const int nrows = iarg(argv, argc, 4), ncols = iarg(argv, argc, 5), n_expert = iarg(argv, argc, 6);
         const int nt = iarg(argv, argc, 7), k = iarg(argv, argc, 8);
         auto w = load<uint8_t>("w.bin");
@@ -254,7 +254,7 @@ int main(int argc, char** argv) {
         XD_LAUNCH(quantize_q8_1, dim3((nb + 3) / 4), dim3(128), 0, x.data(), xq.data(), nb * 32);
         const int rpb = XD_MMVQ_WARPS * XD_MMVQ_ROWS;
         std::vector<float> y((size_t)nt * nrows, -1.0f), e((size_t)nt * k * nrows, -1.0f), yr((size_t)nt * nrows);
-        XD_LAUNCH(fe->moe, dim3((nrows + rpb - 1) / rpb, nt), dim3(32 * XD_MMVQ_WARPS), 0, w.data(), stride, ids.data(),
+        XD_LAUNCH(fe.moe, dim3((nrows + rpb - 1) / rpb, nt), dim3(32 * XD_MMVQ_WARPS), 0, w.data(), stride, ids.data(),
                   xq.data(), ncols / 32, k, wts.data(), y.data(), ncols, nrows);
         XD_LAUNCH(t.mq, dim3((nrows + rpb - 1) / rpb, nt * k), dim3(32 * XD_MMVQ_WARPS), 0, w.data(), stride, ids.data(),
                   xq.data(), ncols / 32, 1, e.data(), ncols, nrows);

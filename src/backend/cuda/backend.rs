@@ -1216,8 +1216,8 @@ impl<D: Device> CudaBackend<D> {
     /// expert of one layer, which the placement leaves room for.
     fn stream_layer(&self, f: &Ffn<CudaWeight<D>>) -> Result<Ffn<CudaWeight<D>>> {
         let mut stream = self.stream.lock();
-        let mut full = Vec::with_capacity(3);
-        for (i, w) in [&f.gate, &f.up, &f.down].into_iter().enumerate() {
+        // Tensor `w` (gate, up, down: i = 0, 1, 2) whole in stream buffer i.
+        let mut assemble = |i: usize, w: &CudaWeight<D>| -> Result<CudaWeight<D>> {
             let h = w.host.as_ref().ok_or_else(|| Error::internal(format!("stream: '{}' has no host experts", w.name)))?;
             let per = w.rows / f.n_expert * w.row_bytes;
             if stream.len() <= i {
@@ -1238,12 +1238,17 @@ impl<D: Device> CudaBackend<D> {
                     }
                 }
             }
-            full.push(CudaWeight { buf, name: w.name.clone(), ty: w.ty, rows: w.rows, cols: w.cols, row_bytes: w.row_bytes, host: None });
-        }
-        let down = full.pop().unwrap();
-        let up = full.pop().unwrap();
-        let gate = full.pop().unwrap();
-        Ok(Ffn { router: f.router.clone(), gate, up, down, n_expert: f.n_expert, n_expert_used: f.n_expert_used, n_ff: f.n_ff })
+            Ok(CudaWeight { buf, name: w.name.clone(), ty: w.ty, rows: w.rows, cols: w.cols, row_bytes: w.row_bytes, host: None })
+        };
+        Ok(Ffn {
+            router: f.router.clone(),
+            gate: assemble(0, &f.gate)?,
+            up: assemble(1, &f.up)?,
+            down: assemble(2, &f.down)?,
+            n_expert: f.n_expert,
+            n_expert_used: f.n_expert_used,
+            n_ff: f.n_ff,
+        })
     }
 
     /// The experts of a routed feed-forward (`ids`, `wts` on the device; ids 0 for a dense
