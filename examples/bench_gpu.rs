@@ -250,6 +250,17 @@ fn main() {
     if !logits.iter().all(|v| v.is_finite()) {
         die(1, "non-finite logits after decoding");
     }
+    if let Some(t) = m.expert_traffic() {
+        let all = (t.device_slots + t.host_slots).max(1);
+        println!(
+            "routed expert slots of the layers with host experts: {:.1}% on the device ({} of {}; the placement alone holds {:.1}% of the experts), {} experts moved to the device by the routing",
+            100.0 * t.device_slots as f64 / all as f64,
+            t.device_slots,
+            all,
+            100.0 * (1.0 - n_host / (info.n_layer as f64 * info.n_expert.max(1) as f64)),
+            t.moves
+        );
+    }
     let frac = tg_rate.0 / roofline;
     println!("decode at {:.1}% of the roofline; total {:.1} s", 100.0 * frac, start.elapsed().as_secs_f64());
     let row = format!(

@@ -336,7 +336,10 @@ fn check_moe_ffn(dev: &Arc<EmuDevice>, ty: GgmlType, n_embd: usize, n_ff: usize,
         ("router", vec![n_embd as u64, ne as u64], GgmlType::F32, router.iter().flat_map(|v| v.to_le_bytes()).collect()),
         ("x", vec![n_embd as u64, t as u64], GgmlType::F32, x.iter().flat_map(|v| v.to_le_bytes()).collect()),
     ]);
-    fn run_ffn<B: Backend>(be: &B, g: &Arc<Gguf>, ne: usize, k: usize, n_ff: usize, t: usize, n_embd: usize) -> (Vec<f32>, Vec<u32>) {
+    /// The ffn of `g`'s weights over its input, `calls` times on the same weights: the output
+    /// and the chosen experts of the last call.
+    #[allow(clippy::too_many_arguments)]
+    fn run_ffn<B: Backend>(be: &B, g: &Arc<Gguf>, ne: usize, k: usize, n_ff: usize, t: usize, n_embd: usize, calls: usize) -> (Vec<f32>, Vec<u32>) {
         let wt = |n: &str| be.weight(g, g.tensor(n).unwrap()).unwrap();
         let f = xdan::backend::Ffn {
             router: Some(wt("router")),
@@ -348,24 +351,35 @@ fn check_moe_ffn(dev: &Arc<EmuDevice>, ty: GgmlType, n_embd: usize, n_ff: usize,
             n_ff,
         };
         let xa = input(be, g, t);
-        let mut out = be.act_new();
-        let mut routes = Vec::new();
-        be.ffn(&xa, &f, &mut out, Some(&mut routes)).unwrap();
-        (rows(be, &out, t, n_embd), routes)
+        let mut last = (Vec::new(), Vec::new());
+        for _ in 0..calls {
+            let mut out = be.act_new();
+            let mut routes = Vec::new();
+            be.ffn(&xa, &f, &mut out, Some(&mut routes)).unwrap();
+            last = (rows(be, &out, t, n_embd), routes);
+        }
+        last
     }
-    let (cpu, rc) = run_ffn(&CpuBackend, &g, ne, k, n_ff, t, n_embd);
+    let (cpu, rc) = run_ffn(&CpuBackend, &g, ne, k, n_ff, t, n_embd, 1);
     // Every expert on the device; experts 1, 5 and 6 in host memory (the CPU computes their
     // slots, the device the rest, at the same bound); every expert on the host. With host
     // experts also the batch that brings the layer's experts to the device, which must give
-    // the bits of the device holding them all.
+    // the bits of the device holding them all. Last, the three experts this input picks most
+    // on the host, and the same input three times with a look at the routing counts due at
+    // the third (CudaBackend::with_rebalance_slots): a host expert the router picked takes a
+    // cold device expert's place in the device buffer, and the third call computes it there.
     let some: Vec<bool> = (0..ne).map(|e| ![1, 5, 6].contains(&e)).collect();
+    let mut picks: Vec<(usize, usize)> = (0..ne).map(|e| (rc.iter().filter(|&&r| r as usize == e).count(), e)).collect();
+    picks.sort_by(|a, b| b.cmp(a));
+    let cold: Vec<bool> = (0..ne).map(|e| !picks[..3].iter().any(|p| p.1 == e)).collect();
     let mut all_on_device = Vec::new();
-    for (what, resident, stream) in [
-        ("", None, false),
-        (", experts 1 5 6 on the host", Some(some.clone()), false),
-        (", every expert on the host", Some(vec![false; ne]), false),
-        (", experts 1 5 6 brought over", Some(some), true),
-        (", every expert brought over", Some(vec![false; ne]), true),
+    for (what, resident, stream, calls) in [
+        ("", None, false, 1),
+        (", experts 1 5 6 on the host", Some(some.clone()), false, 1),
+        (", every expert on the host", Some(vec![false; ne]), false, 1),
+        (", experts 1 5 6 brought over", Some(some), true, 1),
+        (", every expert brought over", Some(vec![false; ne]), true, 1),
+        (", the hottest on the host, moved by the routing", Some(cold), false, 3),
     ] {
         let plan: xdan::backend::cuda::host_experts::ExpertPlan =
             resident.map(|r| ["gate", "up", "down"].iter().map(|n| (n.to_string(), r.clone())).collect()).unwrap_or_default();
@@ -375,14 +389,37 @@ fn check_moe_ffn(dev: &Arc<EmuDevice>, ty: GgmlType, n_embd: usize, n_ff: usize,
             FfnPath::Matvec => CudaBackend::new(dev.clone()).with_fusion(false),
             FfnPath::Fused => CudaBackend::new(dev.clone()).with_fusion(true),
         };
-        let cuda = cuda.with_expert_plan(plan).with_stream_min_tokens(if stream { 1 } else { usize::MAX });
-        let (gpu, rg) = run_ffn(&cuda, &g, ne, k, n_ff, t, n_embd);
+        let slots = (t * k) as u64;
+        let cuda = cuda
+            .with_expert_plan(plan.clone())
+            .with_stream_min_tokens(if stream { 1 } else { usize::MAX })
+            .with_rebalance_slots(if calls > 1 { calls as u64 * slots } else { 0 });
+        let (gpu, rg) = run_ffn(&cuda, &g, ne, k, n_ff, t, n_embd, calls);
         assert_eq!(rg, rc, "{ty}{what}: experts chosen on the emulated GPU differ from the CPU backend's");
         if what.is_empty() {
             all_on_device = gpu.clone();
         }
         if stream {
             assert!(gpu == all_on_device, "{ty}{what}: not the bits of every expert on the device");
+        }
+        let traffic = cuda.expert_traffic();
+        if plan.is_empty() {
+            assert_eq!(traffic, None, "{ty}{what}");
+        } else {
+            let tr = traffic.unwrap();
+            assert_eq!(tr.device_slots + tr.host_slots, calls as u64 * slots, "{ty}{what}: {tr:?}");
+            // The rule of HostExperts::moves over the CPU's picks, `calls` times over: the
+            // hottest host expert moves when picked more than 1.5 times as often as the coldest
+            // device expert, plus 2. With 3 tokens or fewer some device expert is never picked
+            // (at most 6 experts are, the 3 most picked on the host), so there it must move.
+            let hot = calls * picks[0].0;
+            let coldest = calls * picks[3..].iter().map(|p| p.0).min().unwrap();
+            let expect = calls > 1 && 2 * hot > 3 * coldest + 4;
+            assert!(expect || calls == 1 || t > 3);
+            assert_eq!(tr.moves, u64::from(expect), "{ty}{what}: {tr:?}, hottest host expert picked {hot} times, coldest device one {coldest}");
+            if calls > 1 {
+                println!("{ty}{what}: {tr:?} (hottest host expert picked {hot} times, coldest device one {coldest})");
+            }
         }
         check_moe_out(ty, &format!("{what}: {path:?}"), &gpu, &cpu, &rc, &x, &router, &gf, &uf, &df, ne, k, t, n_embd, n_ff);
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use engine_common::{argmax, max_abs_diff, tiny_mixtral};
 use xdan::backend::cuda::EmuDevice;
-use xdan::engine::{Context, ContextParams, Device, KvType, Model, ModelParams};
+use xdan::engine::{Context, ContextParams, Device, ExpertTraffic, KvType, Model, ModelParams};
 use xdan::ErrorKind;
 
 /// Max |logit difference| allowed between the emulated GPU and the CPU engine (logits have a
@@ -254,7 +254,8 @@ fn experts_beyond_the_vram_budget_run_on_the_cpu() {
     let per: u64 = ["gate", "up", "down"].iter().map(|p| g.tensor(&format!("blk.0.ffn_{p}_exps.weight")).unwrap().n_bytes / 8).sum();
     let load = |budget: u64| Model::load_emulated(&path, &ModelParams { vram_budget: budget, ..params() }, emu.clone(), None);
 
-    assert_eq!(host_experts(&load(total).unwrap()), 0, "the weights fit the budget exactly");
+    let fits = load(total).unwrap();
+    assert_eq!((host_experts(&fits), fits.expert_traffic()), (0, None), "the weights fit the budget exactly");
     let mut counts = Vec::new();
     let mut j = 1;
     let err = loop {
@@ -287,22 +288,30 @@ fn experts_beyond_the_vram_budget_run_on_the_cpu() {
         let h = host_experts(&gm);
         // The plan: experts 0, 1, ... in turn over the layers, so layer 1 holds the lower
         // half of the resident ones; its first host expert is the one after.
-        let first_host_l1 = (16 - h) / 2;
+        let first_host = [(16 - h).div_ceil(2), (16 - h) / 2];
         // A context fits beside the device's experts.
         let (mut c, mut gc) = (Context::new(&cm, &ctxp).unwrap(), Context::new(&gm, &ctxp).unwrap());
         gc.set_record_routing(true);
         c.set_record_routing(true);
         let mut host_hits = 0;
+        let (mut slots, mut host_slots) = (0, 0);
         let mut t = vec![1, 832, 165, 251, 189, 895, 149];
         for step in 0..4 {
             c.step(0, &t).unwrap();
             gc.step(0, &t).unwrap();
             assert_eq!(gc.routing(), c.routing(), "{h} host experts, step {step}: routing");
-            host_hits += gc.routing()[1].iter().filter(|&&e| e as usize >= first_host_l1).count();
+            host_hits += gc.routing()[1].iter().filter(|&&e| e as usize >= first_host[1]).count();
+            for (r, first) in gc.routing().iter().zip(first_host) {
+                slots += r.len() as u64;
+                host_slots += r.iter().filter(|&&e| e as usize >= first).count() as u64;
+            }
             let tok = same(&format!("{h} experts on the host, step {step}"), &c, &gc, 0);
             t = vec![tok];
         }
         assert!(host_hits > 0, "{h} host experts: no token was routed to one");
+        // Model::expert_traffic counts the same; 10 tokens are too few for experts to move.
+        let want = ExpertTraffic { device_slots: slots - host_slots, host_slots, moves: 0 };
+        assert_eq!(gm.expert_traffic(), Some(want), "{h} host experts");
         if j == mixed {
             gc.seq_clear(0).unwrap();
             gc.step(0, &long).unwrap();

@@ -118,6 +118,19 @@ pub fn route_top_k(logits: &[f32], k: usize, probs: &mut [f32], ids: &mut [u32],
     }
 }
 
+/// How the routed (token, expert) slots of the MoE layers that keep some experts in host
+/// memory were served, since the model was loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExpertTraffic {
+    /// Slots whose expert the device held.
+    pub device_slots: u64,
+    /// Slots whose expert was in host memory (computed by the CPU, or uploaded for a batch
+    /// that brought the layer's experts over).
+    pub host_slots: u64,
+    /// Experts moved to the device in place of one the router picked less often.
+    pub moves: u64,
+}
+
 /// The operations of a compute device. See the module documentation for the conventions.
 pub trait Backend: Send + Sync + 'static {
     /// Cloning shares the weight's data (a tied output head is the embedding table itself).
@@ -198,4 +211,10 @@ pub trait Backend: Send + Sync + 'static {
     /// When `routes` is given, the chosen expert ids (token-major, `n_expert_used` each, by
     /// descending probability) are appended to it.
     fn ffn(&self, x: &Self::Act, f: &Ffn<Self::Weight>, out: &mut Self::Act, routes: Option<&mut Vec<u32>>) -> Result<()>;
+
+    /// For a backend that keeps some experts in host memory: how their layers' routed slots
+    /// were served. None where every expert is where the backend computes.
+    fn expert_traffic(&self) -> Option<ExpertTraffic> {
+        None
+    }
 }

@@ -35,9 +35,12 @@ pub struct xdan_model_params {
     /// for a 4096-token context (F16 KV cache, 512-token batches) and for one layer's experts;
     /// the other experts stay in host memory (mapped from the file) and run on the CPU for
     /// batches under 32 tokens, and are brought to the GPU a layer at a time for larger ones
-    /// (`xdan_model_device` says how many stay on the host). What does not fit even so (or a
-    /// dense model's weights) fails with `XDAN_E_OUT_OF_MEMORY`, the message naming the bytes
-    /// needed and available.
+    /// (`xdan_model_device` says how many stay on the host). Which experts the GPU holds
+    /// follows the routing: every 256 routed (token, expert) slots of a layer, a host expert
+    /// the router picked more than 1.5 times as often as one on the GPU takes its place there
+    /// (`XDAN_CUDA_REBALANCE_SLOTS` sets the interval; 0 keeps the first placement). What does
+    /// not fit even so (or a dense model's weights) fails with `XDAN_E_OUT_OF_MEMORY`, the
+    /// message naming the bytes needed and available.
     pub vram_budget: u64,
     /// CPU threads; 0 = the number of physical cores.
     pub n_threads: i32,

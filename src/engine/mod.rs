@@ -17,6 +17,7 @@ use crate::kv::{BlockCopy, KvManager};
 use crate::model::forward::Batch;
 use crate::model::{self, HParams};
 use placement::{DeviceKv, Placed, Target};
+pub use crate::backend::ExpertTraffic;
 pub use placement::VRAM_MARGIN;
 use crate::quant::GgmlType;
 use crate::tokenizer::{Token, Tokenizer};
@@ -263,6 +264,12 @@ impl Model {
     /// vocab-only load.
     pub fn device_name(&self) -> String {
         self.inner.compute.as_ref().map_or(String::new(), |c| c.placed.device_name())
+    }
+    /// For a model on a GPU that keeps some MoE experts in host memory: how the routed
+    /// (token, expert) slots of those experts' layers were served so far — by the device, by
+    /// the host — and how many experts the routing moved to the device. None otherwise.
+    pub fn expert_traffic(&self) -> Option<ExpertTraffic> {
+        self.inner.compute.as_ref().and_then(|c| c.placed.expert_traffic())
     }
     /// The model's fingerprint as written in saved KV files.
     pub fn fingerprint(&self) -> u64 {

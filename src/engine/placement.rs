@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::backend::cpu::CpuBackend;
 use crate::backend::cuda::host_experts::ExpertPlan;
 use crate::backend::cuda::{CudaBackend, Device as _, EmuDevice, GpuDevice};
-use crate::backend::{Backend, KvLayout, RopeParams};
+use crate::backend::{Backend, ExpertTraffic, KvLayout, RopeParams};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::Gguf;
 use crate::model::forward::{forward, Batch, Scratch};
@@ -38,6 +38,9 @@ pub(crate) trait Placed: Send + Sync {
     fn uses_host_threads(&self) -> bool;
     /// Device bytes still available to this model (None on the host).
     fn room(&self) -> Option<u64>;
+    /// How the routed slots of layers with experts in host memory were served (None when no
+    /// expert is in host memory).
+    fn expert_traffic(&self) -> Option<ExpertTraffic>;
     /// A KV store of `layout` and fresh scratch; `act_bytes` is the estimated activation memory
     /// of one forward pass, checked against the device's budget together with the KV.
     fn new_kv(self: Arc<Self>, layout: &KvLayout, act_bytes: u64) -> Result<Box<dyn DeviceKv>>;
@@ -163,6 +166,12 @@ impl<B: Backend> Placed for OnBackend<B> {
     }
     fn room(&self) -> Option<u64> {
         self.vram.as_ref().and_then(|v| v.room())
+    }
+    fn expert_traffic(&self) -> Option<ExpertTraffic> {
+        if self.host_experts.0 == 0 {
+            return None;
+        }
+        self.be.expert_traffic()
     }
     fn new_kv(self: Arc<Self>, layout: &KvLayout, act_bytes: u64) -> Result<Box<dyn DeviceKv>> {
         let mut reserved = 0;

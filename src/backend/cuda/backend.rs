@@ -9,9 +9,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::device::{Arg, DevBuf, DevPtr, Device};
-use super::host_experts::{ExpertPlan, HostExperts};
+use super::host_experts::{ExpertPlan, HostExperts, REBALANCE_SLOTS};
 use crate::backend::cpu::{CpuBackend, Mat};
-use crate::backend::{AttnBatch, Backend, Ffn, KvLayout, RopeParams, KV_BLOCK};
+use crate::backend::{AttnBatch, Backend, ExpertTraffic, Ffn, KvLayout, RopeParams, KV_BLOCK};
 use crate::error::{Error, ErrorKind, Result};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::quant::GgmlType;
@@ -199,6 +199,10 @@ pub struct CudaBackend<D: Device> {
     stream_min_tokens: usize,
     /// The device buffers a streamed layer's gate, up and down experts are assembled in.
     stream: Mutex<Vec<Arc<DevBuf<D>>>>,
+    /// Routed slots per layer between looks at which host experts to move to the device
+    /// (see [`Self::with_rebalance_slots`]).
+    rebalance_slots: u64,
+    traffic: Mutex<ExpertTraffic>,
 }
 
 /// One scratch buffer and, for metadata uploaded into it, the bytes it holds: the same
@@ -255,6 +259,10 @@ impl<D: Device> Scratch<'_, D> {
 /// prefill size win by far on the device; decode steps stay on the CPU.
 pub const STREAM_MIN_TOKENS: usize = 32;
 
+fn rebalance_slots_default() -> u64 {
+    std::env::var("XDAN_CUDA_REBALANCE_SLOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(REBALANCE_SLOTS)
+}
+
 fn stream_min_tokens_default() -> usize {
     std::env::var("XDAN_CUDA_STREAM_MIN_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(STREAM_MIN_TOKENS).max(1)
 }
@@ -283,7 +291,19 @@ impl<D: Device> CudaBackend<D> {
             plan: ExpertPlan::new(),
             stream_min_tokens: stream_min_tokens_default(),
             stream: Mutex::new(Vec::new()),
+            rebalance_slots: rebalance_slots_default(),
+            traffic: Mutex::new(ExpertTraffic::default()),
         }
+    }
+
+    /// The backend looking, every `n` routed slots of a layer that keeps experts in host
+    /// memory, at how often the router picked each of its experts, and moving one the router
+    /// clearly prefers to the device in place of a colder one (at most one per `n` slots;
+    /// [`REBALANCE_SLOTS`] by default, or `XDAN_CUDA_REBALANCE_SLOTS`; 0: the experts stay
+    /// where the placement put them).
+    pub fn with_rebalance_slots(mut self, n: u64) -> CudaBackend<D> {
+        self.rebalance_slots = n;
+        self
     }
 
     /// The backend with batches of at least `n` tokens computing a layer's host experts on the
@@ -1121,15 +1141,32 @@ impl<D: Device> Backend for CudaBackend<D> {
         }
         self.ffn_experts(&mut sc, x, f, out, ids, wts, xq, n_exp)
     }
+
+    fn expert_traffic(&self) -> Option<ExpertTraffic> {
+        (!self.plan.is_empty()).then(|| *self.traffic.lock())
+    }
+}
+
+/// Bytes of one expert of a stacked expert tensor of `n_expert` experts.
+fn expert_bytes<D: Device>(w: &CudaWeight<D>, n_expert: usize) -> usize {
+    w.rows / n_expert * w.row_bytes
 }
 
 /// The host part of an MoE layer's experts (None when the device holds them all); gate, up and
 /// down split alike.
 fn hybrid<D: Device>(f: &Ffn<CudaWeight<D>>) -> Result<Option<&HostExperts>> {
+    let differ = || Err(Error::internal(format!("ffn: '{}', '{}' and '{}' keep different experts on the device", f.gate.name, f.up.name, f.down.name)));
     match (&f.gate.host, &f.up.host, &f.down.host) {
         (None, None, None) => Ok(None),
-        (Some(g), Some(u), Some(d)) if f.router.is_some() && g.slot == u.slot && g.slot == d.slot && g.slot.len() == f.n_expert => Ok(Some(g)),
-        _ => Err(Error::internal(format!("ffn: '{}', '{}' and '{}' keep different experts on the device", f.gate.name, f.up.name, f.down.name))),
+        (Some(g), Some(u), Some(d)) if f.router.is_some() => {
+            let s = g.slots();
+            if s == u.slots() && s == d.slots() && s.0.len() == f.n_expert {
+                Ok(Some(g))
+            } else {
+                differ()
+            }
+        }
+        _ => differ(),
     }
 }
 
@@ -1168,8 +1205,17 @@ impl<D: Device> CudaBackend<D> {
         if let Some(r) = routes {
             r.extend_from_slice(&host_ids);
         }
+        h.record(&host_ids);
+        self.move_experts(f, h)?;
+        let place = h.slots();
         let (mut dev_ids, mut dev_wts) = (Vec::new(), Vec::new());
-        let any_host = h.device_route(&host_ids, &host_wts, &mut dev_ids, &mut dev_wts)?;
+        let any_host = place.device_route(&host_ids, &host_wts, &mut dev_ids, &mut dev_wts)?;
+        {
+            let on_host = host_ids.iter().filter(|&&e| place.on_host(e as usize)).count() as u64;
+            let mut t = self.traffic.lock();
+            t.host_slots += on_host;
+            t.device_slots += host_ids.len() as u64 - on_host;
+        }
         if any_host && n_tok >= self.stream_min_tokens {
             let full = self.stream_layer(f)?;
             return self.ffn_experts(sc, x, &full, out, ids, wts, xq, f.n_expert);
@@ -1180,14 +1226,14 @@ impl<D: Device> CudaBackend<D> {
         } else {
             None
         };
-        let resident = h.n_resident() > 0;
+        let resident = place.n_resident() > 0;
         if resident {
             // SAFETY: both buffers hold `slots` values.
             unsafe {
                 self.dev.upload_async(ids, &dev_ids.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
                 self.dev.upload_async(wts, &dev_wts.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
             }
-            self.ffn_experts(sc, x, f, out, ids, wts, xq, h.n_resident())?;
+            self.ffn_experts(sc, x, f, out, ids, wts, xq, h.n_places)?;
         }
         let Some(xh) = xh else { return Ok(()) };
         // The device's share runs while the CPU computes its own.
@@ -1195,7 +1241,7 @@ impl<D: Device> CudaBackend<D> {
         let host_of = |w: &CudaWeight<D>| w.host.as_ref().map(|h| h.cpu.clone()).ok_or_else(|| Error::internal("ffn: expert split lost"));
         let cf = Ffn { router: None, gate: host_of(&f.gate)?, up: host_of(&f.up)?, down: host_of(&f.down)?, n_expert: f.n_expert, n_expert_used: f.n_expert_used, n_ff: f.n_ff };
         let mut y = Mat::default();
-        CpuBackend.moe_experts(&xh, &cf, &host_ids, &host_wts, &|e| h.on_host(e), &mut y)?;
+        CpuBackend.moe_experts(&xh, &cf, &host_ids, &host_wts, &|e| place.on_host(e), &mut y)?;
         let bytes: Vec<u8> = y.data.iter().flat_map(|v| v.to_le_bytes()).collect();
         out.q8_valid = false;
         if resident {
@@ -1210,6 +1256,35 @@ impl<D: Device> CudaBackend<D> {
         }
     }
 
+    /// Moves to the device the host experts of layer `f` that the routing counted in `h` (its
+    /// gate's) made hot, each into the place of a device expert picked less often
+    /// ([`HostExperts::moves`]): the expert's gate, up and down data uploaded over that
+    /// expert's, then the place traded on all three. Where an upload fails, the device expert
+    /// gives up its place (its data is no longer whole) and goes back to the host with the
+    /// error; the results stay right either way.
+    fn move_experts(&self, f: &Ffn<CudaWeight<D>>, h: &HostExperts) -> Result<()> {
+        for (hot, cold) in h.moves(self.rebalance_slots) {
+            let Some(place) = h.slots().0[cold] else { continue };
+            let ws = [&f.gate, &f.up, &f.down];
+            let upload = |w: &CudaWeight<D>| -> Result<()> {
+                let wh = w.host.as_ref().ok_or_else(|| Error::internal("ffn: expert split lost"))?;
+                let per = expert_bytes(w, f.n_expert);
+                // SAFETY: place `place` of the layer's device buffer holds `per` bytes.
+                unsafe { self.dev.upload(w.buf.ptr + (place as usize * per) as u64, &wh.cpu.bytes()[hot * per..(hot + 1) * per]) }
+            };
+            let done = ws.iter().try_for_each(|w| upload(w));
+            for w in ws.iter().filter_map(|w| w.host.as_ref()) {
+                match done {
+                    Ok(()) => w.trade(hot, cold),
+                    Err(_) => w.evict(cold),
+                }
+            }
+            done?;
+            self.traffic.lock().moves += 1;
+        }
+        Ok(())
+    }
+
     /// Layer `f`'s experts, all of them, in the stream buffers: the resident ones copied from
     /// the layer's device buffers, the others uploaded from host memory; returned as an expert
     /// layer the device holds whole. The buffers grow to the largest layer streamed: every
@@ -1219,7 +1294,8 @@ impl<D: Device> CudaBackend<D> {
         // Tensor `w` (gate, up, down: i = 0, 1, 2) whole in stream buffer i.
         let mut assemble = |i: usize, w: &CudaWeight<D>| -> Result<CudaWeight<D>> {
             let h = w.host.as_ref().ok_or_else(|| Error::internal(format!("stream: '{}' has no host experts", w.name)))?;
-            let per = w.rows / f.n_expert * w.row_bytes;
+            let place = h.slots();
+            let per = expert_bytes(w, f.n_expert);
             if stream.len() <= i {
                 stream.push(Arc::new(DevBuf::new(&self.dev, f.n_expert * per)?));
             } else if stream[i].bytes < f.n_expert * per {
@@ -1232,7 +1308,7 @@ impl<D: Device> CudaBackend<D> {
                 // SAFETY: expert e's place in a buffer of n_expert experts, and (resident) its
                 // slot in the layer's buffer of the resident experts, each `per` bytes.
                 unsafe {
-                    match h.slot[e] {
+                    match place.0[e] {
                         Some(s) => self.dev.copy(at, w.buf.ptr + (s as usize * per) as u64, per)?,
                         None => self.dev.upload(at, &data[e * per..(e + 1) * per])?,
                     }
