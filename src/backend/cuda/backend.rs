@@ -9,7 +9,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::device::{Arg, DevBuf, DevPtr, Device};
-use super::host_experts::{ExpertPlan, HostExperts, REBALANCE_SLOTS};
+use super::host_experts::{ExpertPlan, HostExperts, Slots, REBALANCE_SLOTS};
 use crate::backend::cpu::{CpuBackend, Mat};
 use crate::backend::{AttnBatch, Backend, ExpertTraffic, Ffn, KvLayout, RopeParams, KV_BLOCK};
 use crate::error::{Error, ErrorKind, Result};
@@ -1206,20 +1206,25 @@ impl<D: Device> CudaBackend<D> {
             r.extend_from_slice(&host_ids);
         }
         h.record(&host_ids);
-        self.move_experts(f, h)?;
-        let place = h.slots();
-        let (mut dev_ids, mut dev_wts) = (Vec::new(), Vec::new());
-        let any_host = place.device_route(&host_ids, &host_wts, &mut dev_ids, &mut dev_wts)?;
-        {
+        let first = h.slots();
+        let count = |place: &Slots| {
             let on_host = host_ids.iter().filter(|&&e| place.on_host(e as usize)).count() as u64;
             let mut t = self.traffic.lock();
             t.host_slots += on_host;
             t.device_slots += host_ids.len() as u64 - on_host;
-        }
-        if any_host && n_tok >= self.stream_min_tokens {
+        };
+        if n_tok >= self.stream_min_tokens && host_ids.iter().any(|&e| first.on_host(e as usize)) {
+            // The layer's experts come over whole; experts due to move are copied from there.
             let full = self.stream_layer(f)?;
+            count(&first);
+            self.move_experts(f, h, Some(&full))?;
             return self.ffn_experts(sc, x, &full, out, ids, wts, xq, f.n_expert);
         }
+        self.move_experts(f, h, None)?;
+        let place = h.slots();
+        count(&place);
+        let (mut dev_ids, mut dev_wts) = (Vec::new(), Vec::new());
+        let any_host = place.device_route(&host_ids, &host_wts, &mut dev_ids, &mut dev_wts)?;
         let xh = if any_host {
             let v: Vec<f32> = self.download_u32(x.ptr(), n_tok * n_embd)?.into_iter().map(f32::from_bits).collect();
             Some(Mat { data: v, rows: n_tok, cols: n_embd })
@@ -1258,21 +1263,34 @@ impl<D: Device> CudaBackend<D> {
 
     /// Moves to the device the host experts of layer `f` that the routing counted in `h` (its
     /// gate's) made hot, each into the place of a device expert picked less often
-    /// ([`HostExperts::moves`]): the expert's gate, up and down data uploaded over that
-    /// expert's, then the place traded on all three. Where an upload fails, the device expert
-    /// gives up its place (its data is no longer whole) and goes back to the host with the
-    /// error; the results stay right either way.
-    fn move_experts(&self, f: &Ffn<CudaWeight<D>>, h: &HostExperts) -> Result<()> {
+    /// ([`HostExperts::moves`]): the expert's gate, up and down data written over that
+    /// expert's — copied on the device from `streamed` (the layer's experts brought over whole
+    /// by [`Self::stream_layer`]) when given, else uploaded from host memory — then the place
+    /// traded on all three. Where a copy fails, the device expert gives up its place (its data
+    /// is no longer whole) and goes back to the host with the error; the results stay right
+    /// either way.
+    fn move_experts(&self, f: &Ffn<CudaWeight<D>>, h: &HostExperts, streamed: Option<&Ffn<CudaWeight<D>>>) -> Result<()> {
         for (hot, cold) in h.moves(self.rebalance_slots) {
             let Some(place) = h.slots().0[cold] else { continue };
             let ws = [&f.gate, &f.up, &f.down];
-            let upload = |w: &CudaWeight<D>| -> Result<()> {
-                let wh = w.host.as_ref().ok_or_else(|| Error::internal("ffn: expert split lost"))?;
+            let whole = streamed.map(|s| [&s.gate, &s.up, &s.down]);
+            let write = |i: usize| -> Result<()> {
+                let w = ws[i];
                 let per = expert_bytes(w, f.n_expert);
-                // SAFETY: place `place` of the layer's device buffer holds `per` bytes.
-                unsafe { self.dev.upload(w.buf.ptr + (place as usize * per) as u64, &wh.cpu.bytes()[hot * per..(hot + 1) * per]) }
+                let at = w.buf.ptr + (place as usize * per) as u64;
+                // SAFETY: place `place` of the layer's device buffer, and expert `hot` of a
+                // streamed buffer holding every expert, each hold `per` bytes.
+                unsafe {
+                    match whole {
+                        Some(s) => self.dev.copy(at, s[i].buf.ptr + (hot * per) as u64, per),
+                        None => {
+                            let wh = w.host.as_ref().ok_or_else(|| Error::internal("ffn: expert split lost"))?;
+                            self.dev.upload(at, &wh.cpu.bytes()[hot * per..(hot + 1) * per])
+                        }
+                    }
+                }
             };
-            let done = ws.iter().try_for_each(|w| upload(w));
+            let done = (0..3).try_for_each(write);
             for w in ws.iter().filter_map(|w| w.host.as_ref()) {
                 match done {
                     Ok(()) => w.trade(hot, cold),
