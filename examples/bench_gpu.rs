@@ -167,7 +167,8 @@ fn main() {
     let info = m.info();
     // Experts in host memory (the device name says how many): their share streams from there.
     let n_host: f64 = m.device_name().split_once(" + cpu (").and_then(|(_, r)| r.split(' ').next()?.parse().ok()).unwrap_or(0.0);
-    let host_per_tok = experts_per_tok * n_host / (info.n_layer as f64 * info.n_expert.max(1) as f64);
+    let n_experts = info.n_layer as f64 * info.n_expert.max(1) as f64;
+    let host_per_tok = experts_per_tok * n_host / n_experts;
     let (host_bw, dev_name) = if n_host > 0.0 {
         let (hb, cpu) = copy_bandwidth(Device::Cpu, bw_bytes);
         println!("host copy bandwidth: {:.1} GB/s counted read+write ({cpu})", hb / 1e9);
@@ -257,7 +258,7 @@ fn main() {
             100.0 * t.device_slots as f64 / all as f64,
             t.device_slots,
             all,
-            100.0 * (1.0 - n_host / (info.n_layer as f64 * info.n_expert.max(1) as f64)),
+            100.0 * (1.0 - n_host / n_experts),
             t.moves
         );
     }

@@ -168,9 +168,6 @@ impl<B: Backend> Placed for OnBackend<B> {
         self.vram.as_ref().and_then(|v| v.room())
     }
     fn expert_traffic(&self) -> Option<ExpertTraffic> {
-        if self.host_experts.0 == 0 {
-            return None;
-        }
         self.be.expert_traffic()
     }
     fn new_kv(self: Arc<Self>, layout: &KvLayout, act_bytes: u64) -> Result<Box<dyn DeviceKv>> {

@@ -259,12 +259,9 @@ impl<D: Device> Scratch<'_, D> {
 /// prefill size win by far on the device; decode steps stay on the CPU.
 pub const STREAM_MIN_TOKENS: usize = 32;
 
-fn rebalance_slots_default() -> u64 {
-    std::env::var("XDAN_CUDA_REBALANCE_SLOTS").ok().and_then(|v| v.parse().ok()).unwrap_or(REBALANCE_SLOTS)
-}
-
-fn stream_min_tokens_default() -> usize {
-    std::env::var("XDAN_CUDA_STREAM_MIN_TOKENS").ok().and_then(|v| v.parse().ok()).unwrap_or(STREAM_MIN_TOKENS).max(1)
+/// The number in environment variable `name`, or `default` where it is unset or not a number.
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// `XDAN_CUDA_FUSION=1` turns the fused decode kernels on by default (see
@@ -289,9 +286,9 @@ impl<D: Device> CudaBackend<D> {
             gemm_min_rows: GEMM_MIN_ROWS,
             fuse: fusion_default(),
             plan: ExpertPlan::new(),
-            stream_min_tokens: stream_min_tokens_default(),
+            stream_min_tokens: env_number("XDAN_CUDA_STREAM_MIN_TOKENS", STREAM_MIN_TOKENS).max(1),
             stream: Mutex::new(Vec::new()),
-            rebalance_slots: rebalance_slots_default(),
+            rebalance_slots: env_number("XDAN_CUDA_REBALANCE_SLOTS", REBALANCE_SLOTS),
             traffic: Mutex::new(ExpertTraffic::default()),
         }
     }
