@@ -1,15 +1,21 @@
 //! Single-thread throughput of every quant type: dequantization (GB/s of f32 written) and row
-//! dots (GB/s of weight bytes read, Gelem/s), dispatching (SIMD where present) and scalar.
+//! dots (GB/s of weight bytes read, Gelem/s) through `vec_dot_rows` (the engine's matvec path:
+//! SIMD where present) and through the scalar kernels.
 //!
-//! Weights are the real fixture blocks (`tests/data/quant/<TYPE>_real.bin`) tiled into a buffer
-//! of 2^24 elements, far bigger than L2; rows of 4096 elements dotted with one activation vector.
+//! Weights are random blocks (`xdan::quant::random_weights`: every code drawn, scales in a real
+//! model's range) in a buffer of 2^24 elements; Q8_1 and Q8_K, which it does not draw, quantize
+//! smooth random data. Rows of 4096 elements are dotted with one activation vector.
 //!
 //! `cargo run --release --example bench_quant [TYPE ...]` (`XDAN_BENCH_ELEMS=n` changes the
 //! buffer size, e.g. to measure in-cache kernel speed).
+//!
+//! With `XDAN_BENCH_GGML=DIR` (a llama.cpp build's `bin/` or `lib/`, holding `libggml-cpu.so`),
+//! the same rows are also dotted by ggml's CPU `vec_dot` for the type, with its own activation
+//! type quantized by its own `from_float`, and the table gains that rate and ours over it.
 
 use std::path::PathBuf;
 use std::time::Instant;
-use xdan::quant::{dequantize, quantize_act, vec_dot, vec_dot_scalar, vec_dot_type, GgmlType};
+use xdan::quant::{can_randomize, dequantize, quantize_act, random_weights, vec_dot_rows, vec_dot_scalar, vec_dot_type, GgmlType};
 
 const ROW: usize = 4096;
 
@@ -39,6 +45,13 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
 
 fn weights(ty: GgmlType, n: usize) -> Vec<u8> {
     let bytes = ty.row_bytes(n as u64).unwrap() as usize;
+    if can_randomize(ty) {
+        // Random blocks: a short tile repeated would keep a lattice type's table lookups in
+        // a few cache lines and let the branch predictor learn the data.
+        let mut w = vec![0u8; bytes];
+        random_weights(ty, 11, &mut w).unwrap();
+        return w;
+    }
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant");
     let tile = match std::fs::read(dir.join(format!("{}_real.bin", ty.name()))) {
         Ok(t) => t,
@@ -57,15 +70,92 @@ fn weights(ty: GgmlType, n: usize) -> Vec<u8> {
     w
 }
 
-/// Best of `reps` timings, in seconds.
+/// Best of at least `reps` timings, in seconds; small buffers repeat until 50 ms have passed,
+/// so that a short run is not one scheduler tick's luck.
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     let mut best = f64::INFINITY;
-    for _ in 0..reps {
+    let start = Instant::now();
+    let mut n = 0;
+    while n < reps || start.elapsed().as_secs_f64() < 0.05 {
         let t = Instant::now();
         f();
         best = best.min(t.elapsed().as_secs_f64());
+        n += 1;
     }
     best
+}
+
+/// ggml's CPU dot products, loaded from a llama.cpp build (the peer's decode kernels).
+struct Ggml {
+    traits: unsafe extern "C" fn(u32) -> *const GgmlCpuTraits,
+}
+
+type GgmlVecDot =
+    unsafe extern "C" fn(i32, *mut f32, usize, *const u8, usize, *const u8, usize, i32);
+
+/// `struct ggml_type_traits_cpu` of ggml-cpu.h.
+#[repr(C)]
+struct GgmlCpuTraits {
+    from_float: Option<unsafe extern "C" fn(*const f32, *mut u8, i64)>,
+    vec_dot: Option<GgmlVecDot>,
+    vec_dot_type: u32,
+    nrows: i64,
+}
+
+impl Ggml {
+    fn open(dir: &str) -> Result<Ggml, String> {
+        let sym = |lib: &str, name: &str| -> Result<*mut libc::c_void, String> {
+            let path = std::ffi::CString::new(format!("{dir}/{lib}")).unwrap();
+            // SAFETY: dlopen/dlsym with valid C strings; the libraries stay loaded for the process.
+            unsafe {
+                let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+                if h.is_null() {
+                    return Err(format!("cannot open {dir}/{lib}"));
+                }
+                let name = std::ffi::CString::new(name).unwrap();
+                let f = libc::dlsym(h, name.as_ptr());
+                if f.is_null() {
+                    return Err(format!("{dir}/{lib} has no {name:?}"));
+                }
+                Ok(f)
+            }
+        };
+        sym("libggml-base.so", "ggml_type_size")?;
+        let init = sym("libggml-cpu.so", "ggml_cpu_init")?;
+        let traits = sym("libggml-cpu.so", "ggml_get_type_traits_cpu")?;
+        // SAFETY: the symbols have these C signatures (ggml-cpu.h).
+        unsafe {
+            std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(init)();
+            Ok(Ggml { traits: std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn(u32) -> *const GgmlCpuTraits>(traits) })
+        }
+    }
+
+    /// Seconds (best of `reps`) for ggml to dot every row of `w` with `x`, or None when ggml
+    /// has no CPU dot for the type.
+    fn time_dot(&self, ty: GgmlType, w: &[u8], rb: usize, x: &[f32], reps: usize) -> Option<f64> {
+        // SAFETY: ggml's traits table is static; the activation buffer is sized for its type
+        // (at most 4 bytes per value plus block headers) and the rows are whole blocks of `ty`.
+        unsafe {
+            let t = &*(self.traits)(ty as u32);
+            let dot = t.vec_dot?;
+            let act_ty = GgmlType::from_id(t.vec_dot_type)?;
+            let mut act = vec![0u8; act_ty.row_bytes(x.len() as u64)? as usize];
+            match act_ty {
+                GgmlType::F32 => act.copy_from_slice(std::slice::from_raw_parts(x.as_ptr().cast(), x.len() * 4)),
+                _ => (((*(self.traits)(act_ty as u32)).from_float)?)(x.as_ptr(), act.as_mut_ptr(), x.len() as i64),
+            }
+            let mut sink = 0f32;
+            let secs = time(reps, || {
+                for row in w.chunks_exact(rb) {
+                    let mut s = 0f32;
+                    dot(ROW as i32, &mut s, 0, row.as_ptr(), 0, act.as_ptr(), 0, 1);
+                    sink += s;
+                }
+            });
+            std::hint::black_box(sink);
+            Some(secs)
+        }
+    }
 }
 
 fn main() {
@@ -108,8 +198,20 @@ fn main() {
     let simd = false;
     println!("CPU: {} (one thread; AVX2 kernels {})", cpu_model(), if simd { "on" } else { "off" });
     println!("{} elements per type ({} MiB of f32), rows of {ROW}\n", N, N * 4 >> 20);
-    println!("| type | bytes/elem | dequant GB/s (f32 out) | dot GB/s (weights) | dot Gelem/s | scalar dot GB/s | scalar dot Gelem/s | SIMD kernel |");
-    println!("|---|---|---|---|---|---|---|---|");
+    let ggml = std::env::var("XDAN_BENCH_GGML").ok().map(|dir| match Ggml::open(&dir) {
+        Ok(g) => {
+            println!("peer: ggml's CPU vec_dot from {dir}");
+            g
+        }
+        Err(e) => {
+            eprintln!("XDAN_BENCH_GGML: {e}");
+            std::process::exit(2);
+        }
+    });
+    let (peer_head, peer_rule) =
+        if ggml.is_some() { (" ggml dot Gelem/s | xdan / ggml |", "---|---|") } else { ("", "") };
+    println!("| type | bytes/elem | dequant GB/s (f32 out) | dot GB/s (weights) | dot Gelem/s | scalar dot GB/s | scalar dot Gelem/s | SIMD kernel |{peer_head}");
+    println!("|---|---|---|---|---|---|---|---|{peer_rule}");
     let x = pseudo_random(ROW, 3);
     let mut out = vec![0f32; N];
     for ty in types {
@@ -122,24 +224,42 @@ fn main() {
         quantize_act(vec_dot_type(ty), &x, &mut act).unwrap();
         let rb = ty.row_bytes(ROW as u64).unwrap() as usize;
         let mut sink = 0f32;
-        let t_dot = time(5, || {
-            for row in w.chunks_exact(rb) {
-                sink += vec_dot(ty, ROW, row, &act);
+        let mut dots = vec![0f32; w.len() / rb];
+        let mut ours = || {
+            vec_dot_rows(ty, ROW, &w, &act, &mut dots);
+            sink += dots[0];
+        };
+        // With the peer, the two alternate in rounds (best of each), so that a change of the
+        // machine's speed during the run moves both.
+        let mut t_dot = f64::INFINITY;
+        let mut t_peer = ggml.as_ref().map(|_| f64::INFINITY);
+        for _ in 0..if ggml.is_some() { 5 } else { 1 } {
+            t_dot = t_dot.min(time(5, &mut ours));
+            if let (Some(g), Some(tp)) = (&ggml, &mut t_peer) {
+                match g.time_dot(ty, &w, rb, &x, 5) {
+                    Some(t) => *tp = tp.min(t),
+                    None => t_peer = None,
+                }
             }
-        });
+        }
         let t_sc = time(2, || {
             for row in w.chunks_exact(rb) {
                 sink += vec_dot_scalar(ty, ROW, row, &act);
             }
         });
         std::hint::black_box(sink);
+        let peer = match (&ggml, t_peer) {
+            (None, _) => String::new(),
+            (Some(_), Some(t)) => format!(" {:.2} | {:.2} |", N as f64 / t / 1e9, t / t_dot),
+            (Some(_), None) => " - | - |".into(),
+        };
         #[cfg(target_arch = "x86_64")]
         let has = simd && xdan::quant::avx2::has_kernel(ty);
         #[cfg(not(target_arch = "x86_64"))]
         let has = false;
         let gb = |bytes: usize, t: f64| bytes as f64 / t / 1e9;
         println!(
-            "| {} | {:.4} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            "| {} | {:.4} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |{peer}",
             ty.name(),
             w.len() as f64 / N as f64,
             gb(N * 4, t_deq),

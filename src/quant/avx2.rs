@@ -6,7 +6,7 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::block::as_blocks;
+use super::block::{as_blocks, f16_lut};
 use super::grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
     KVALUES_IQ4NL, KVALUES_MXFP4,
@@ -16,7 +16,7 @@ use super::iq::{
     BlockIQ4XS,
 };
 use super::k_quants::{
-    q3k_scales, scale_min_k4, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
+    q3k_scale_words, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K,
 };
 use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use super::mxfp4::{e8m0_to_f32_half, BlockMXFP4};
@@ -141,20 +141,11 @@ unsafe fn hsum_ps(x: __m256) -> f32 {
     _mm_cvtss_f32(r)
 }
 
-/// f16 bytes to f32 with the F16C instruction (exact, like the scalar conversion).
-#[inline]
-#[target_feature(enable = "f16c")]
-unsafe fn h2f(b: [u8; 2]) -> f32 {
-    // A broadcast load, not an insert: an insert into a register would carry a false
-    // dependency on whatever it held (the compiler picked the accumulator), serialising blocks.
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes(b) as i16)))
-}
-
-/// f16 bytes to 8 lanes of the same f32.
-#[inline]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn h2f8(b: [u8; 2]) -> __m256 {
-    _mm256_cvtph_ps(_mm_set1_epi16(u16::from_le_bytes(b) as i16))
+/// f16 bytes to f32 (exact) by a table lookup: one load, where the F16C conversion costs two
+/// instructions on the shuffle port and, for the 32-weight blocks, a good part of a block's time.
+#[inline(always)]
+fn h2f(b: [u8; 2]) -> f32 {
+    f16_lut(b)
 }
 
 #[inline]
@@ -238,7 +229,7 @@ unsafe fn dot_f16(n: usize, w: &[u8], a: &[u8]) -> f32 {
 unsafe fn dot_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         let p = dot_i8_i32(loadu(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
@@ -250,7 +241,7 @@ unsafe fn dot_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let off = _mm256_set1_epi8(8);
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         let qx = _mm256_sub_epi8(nibbles32(bx.qs.as_ptr()), off);
         let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
@@ -264,7 +255,7 @@ unsafe fn dot_q4_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     let mut summs = 0f32;
     for (bx, by) in x.iter().zip(y) {
         summs += h2f(bx.m) * h2f(by.s);
-        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         let p = dot_u8_i8_i32(nibbles32(bx.qs.as_ptr()), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
@@ -281,57 +272,41 @@ unsafe fn dot_iq4_nl(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
         let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
         let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
         let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
-        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
 }
 
+/// A byte shuffle that broadcasts i16 element `lo` of each 128-bit lane over the lower half and
+/// element `hi` over the upper half.
+const fn word_shuffle(lo: usize, hi: usize) -> [u8; 32] {
+    let mut t = [0u8; 32];
+    let mut i = 0;
+    while i < 16 {
+        let e = if i < 8 { lo } else { hi };
+        t[2 * i] = 2 * e as u8;
+        t[2 * i + 1] = 2 * e as u8 + 1;
+        i += 1;
+    }
+    t
+}
+
 /// Byte masks picking i16 element 2k of a 128-bit lane for the lower half and 2k+1 for the
 /// upper half (used with `scale_pairs`).
+static PAIR_MASKS: [[u8; 32]; 4] = [word_shuffle(0, 1), word_shuffle(2, 3), word_shuffle(4, 5), word_shuffle(6, 7)];
+
+/// [`PAIR_MASKS`] in registers. Read as volatile so that each use stays one byte shuffle: with
+/// the masks known, the compiler rewrote every such shuffle as three (two word shuffles and a
+/// lane permute), all on the one port that runs shuffles, the bottleneck of these dots.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn pair_mask(k: usize) -> __m256i {
-    let lo = (4 * k) as i8;
-    let hi = (4 * k + 2) as i8;
-    _mm256_set_epi8(
-        hi + 1,
-        hi,
-        hi + 1,
-        hi,
-        hi + 1,
-        hi,
-        hi + 1,
-        hi,
-        hi + 1,
-        hi,
-        hi + 1,
-        hi,
-        hi + 1,
-        hi,
-        hi + 1,
-        hi,
-        lo + 1,
-        lo,
-        lo + 1,
-        lo,
-        lo + 1,
-        lo,
-        lo + 1,
-        lo,
-        lo + 1,
-        lo,
-        lo + 1,
-        lo,
-        lo + 1,
-        lo,
-        lo + 1,
-        lo,
-    )
+unsafe fn pair_masks() -> [__m256i; 4] {
+    PAIR_MASKS.map(|m| std::ptr::read_volatile(m.as_ptr() as *const __m256i))
 }
 
 /// 8 signed byte scales (at `p`) widened to i16 and repeated in both 128-bit halves; with
-/// `pair_mask(k)` a shuffle broadcasts scales 2k (lower half) and 2k+1 (upper half).
+/// `pair_masks()[k]` a shuffle broadcasts scales 2k (lower half) and 2k+1 (upper half).
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn scale_pairs(p: *const i8) -> __m256i {
@@ -339,32 +314,30 @@ unsafe fn scale_pairs(p: *const i8) -> __m256i {
     _mm256_broadcastsi128_si256(v)
 }
 
-/// Two i16 scales broadcast over the lower and upper 128-bit halves.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn scales2(lo: i16, hi: i16) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
-    let masks = [pair_mask(0), pair_mask(1), pair_mask(2), pair_mask(3)];
+    let masks = pair_masks();
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for (bx, by) in x.iter().zip(y) {
         let dy = by.d();
-        let mut summs = 0i32;
-        let mut sc4 = [0i8; 16];
-        for g in 0..16 {
-            summs += (bx.scales[g] >> 4) as i32 * by.bsum(g);
-            sc4[g] = (bx.scales[g] & 0xf) as i8;
-        }
+        // The 16 sub-blocks' 4-bit scales (low nibbles) and mins (high nibbles); Σ min · the
+        // activations' sum over the sub-block is the integer that dmin multiplies.
+        let sv = _mm_loadu_si128(bx.scales.as_ptr() as *const __m128i);
+        let m4 = _mm_set1_epi8(0xf);
+        let mv = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sv, 4), m4));
+        let p = _mm256_madd_epi16(mv, loadu(by.bsums.as_ptr()));
+        let p = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+        let p = _mm_hadd_epi32(p, p);
+        let summs = _mm_cvtsi128_si32(_mm_hadd_epi32(p, p));
+        let sc4 = _mm_and_si128(sv, m4);
         mins += dy * h2f(bx.dmin) * summs as f32;
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let q2 = loadu(bx.qs.as_ptr().add(32 * n));
-            let scv = scale_pairs(sc4.as_ptr().add(8 * n));
+            let half = if n == 0 { sc4 } else { _mm_unpackhi_epi64(sc4, sc4) };
+            let scv = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(half));
             for j in 0..4 {
                 let q = _mm256_and_si256(_mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * j as i32)), m3);
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
@@ -379,6 +352,46 @@ unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) - mins
 }
 
+/// The 8 scales (lower 8 bytes) and 8 mins (upper 8) of a Q4_K/Q5_K block, whose 6-bit values
+/// `scale_min_k4` unpacks one at a time, unpacked together with 32-bit word operations.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn k4_scales_mins(q: &[u8; 12]) -> __m128i {
+    let w = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (w0, w1, w2) = (w(0), w(1), w(2));
+    let (m6, m4, m2) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+    let s_lo = w0 & m6;
+    let s_hi = (w2 & m4) | (((w0 >> 6) & m2) << 4);
+    let m_lo = w1 & m6;
+    let m_hi = ((w2 >> 4) & m4) | (((w1 >> 6) & m2) << 4);
+    _mm_set_epi32(m_hi as i32, m_lo as i32, s_hi as i32, s_lo as i32)
+}
+
+/// Σ over the 8 sub-blocks of 32 of a Q4_K/Q5_K block of its min times the activations' sum
+/// there (from the Q8_K block sums), the integer that `dmin` multiplies.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn k4_min_sum(sm: __m128i, by: &BlockQ8K) -> i32 {
+    let mins = _mm_cvtepu8_epi16(_mm_unpackhi_epi64(sm, sm));
+    let bs = by.bsums.as_ptr() as *const __m128i;
+    // |a sum of 32 activations| ≤ 4096: an i16 holds it.
+    let pairs = _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1)));
+    let p = _mm_madd_epi16(mins, pairs);
+    let p = _mm_hadd_epi32(p, p);
+    _mm_cvtsi128_si32(_mm_hadd_epi32(p, p))
+}
+
+/// Byte shuffles that broadcast i16 element k of each 128-bit half.
+static BROADCAST_I16: [[u8; 32]; 8] = {
+    let mut t = [[0u8; 32]; 8];
+    let mut k = 0;
+    while k < 8 {
+        t[k] = word_shuffle(k, k);
+        k += 1;
+    }
+    t
+};
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
@@ -386,13 +399,10 @@ unsafe fn dot_q4_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
     let mut mins = 0f32;
     for (bx, by) in x.iter().zip(y) {
         let dy = by.d();
-        let mut sc = [0i16; 8];
-        let mut summ = 0i32;
-        for g in 0..8 {
-            let (s, m) = scale_min_k4(g, &bx.scales);
-            sc[g] = s as i16;
-            summ += m as i32 * (by.bsum(2 * g) + by.bsum(2 * g + 1));
-        }
+        let sm = k4_scales_mins(&bx.scales);
+        let summ = k4_min_sum(sm, by);
+        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        let scale = |k: usize| _mm256_shuffle_epi8(sc, loadu(BROADCAST_I16[k].as_ptr()));
         mins += dy * h2f(bx.dmin) * summ as f32;
         let mut sumi = _mm256_setzero_si256();
         for c in 0..4 {
@@ -401,8 +411,8 @@ unsafe fn dot_q4_k(x: &[BlockQ4K], y: &[BlockQ8K]) -> f32 {
             let qh = _mm256_and_si256(_mm256_srli_epi16(q4, 4), m4);
             let pl = _mm256_maddubs_epi16(ql, loadu(by.qs.as_ptr().add(64 * c)));
             let ph = _mm256_maddubs_epi16(qh, loadu(by.qs.as_ptr().add(64 * c + 32)));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * c])));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * c + 1])));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, scale(2 * c)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale(2 * c + 1)));
         }
         let d = _mm256_set1_ps(dy * h2f(bx.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
@@ -418,13 +428,10 @@ unsafe fn dot_q5_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     let mut mins = 0f32;
     for (bx, by) in x.iter().zip(y) {
         let dy = by.d();
-        let mut sc = [0i16; 8];
-        let mut summ = 0i32;
-        for g in 0..8 {
-            let (s, m) = scale_min_k4(g, &bx.scales);
-            sc[g] = s as i16;
-            summ += m as i32 * (by.bsum(2 * g) + by.bsum(2 * g + 1));
-        }
+        let sm = k4_scales_mins(&bx.scales);
+        let summ = k4_min_sum(sm, by);
+        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        let scale = |k: usize| _mm256_shuffle_epi8(sc, loadu(BROADCAST_I16[k].as_ptr()));
         mins += dy * h2f(bx.dmin) * summ as f32;
         let hb = loadu(bx.qh.as_ptr());
         let mut sumi = _mm256_setzero_si256();
@@ -442,8 +449,8 @@ unsafe fn dot_q5_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
             let qh = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4, 4), m4), hh);
             let pl = _mm256_maddubs_epi16(ql, loadu(by.qs.as_ptr().add(64 * c)));
             let ph = _mm256_maddubs_epi16(qh, loadu(by.qs.as_ptr().add(64 * c + 32)));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, _mm256_set1_epi16(sc[2 * c])));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, _mm256_set1_epi16(sc[2 * c + 1])));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pl, scale(2 * c)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(ph, scale(2 * c + 1)));
         }
         let d = _mm256_set1_ps(dy * h2f(bx.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
@@ -457,7 +464,7 @@ unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let m2 = _mm256_set1_epi8(3);
     let m32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
-    let masks = [pair_mask(0), pair_mask(1), pair_mask(2), pair_mask(3)];
+    let masks = pair_masks();
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
@@ -611,28 +618,24 @@ unsafe fn rows_tokens_iq1_s(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok:
             let mut accd = [0f32; TOKENS];
             for (j, bx) in x.iter().enumerate() {
                 let mut g = [_mm256_setzero_si256(); 8];
-                let mut ls = [0i32; 8];
                 let mut lsv = [_mm256_setzero_si256(); 8];
-                let mut ds = [0i32; 8];
                 for ib in 0..8 {
                     let qh = u16::from_le_bytes([bx.qh[2 * ib], bx.qh[2 * ib + 1]]) as usize;
                     let q = &bx.qs[4 * ib..4 * ib + 4];
                     let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
                     g[ib] = set_u64x4(gi(0), gi(1), gi(2), gi(3));
-                    ls[ib] = 2 * ((qh >> 12) & 7) as i32 + 1;
-                    lsv[ib] = _mm256_set1_epi32(ls[ib]);
-                    ds[ib] = if qh & 0x8000 != 0 { -1 } else { 1 };
+                    lsv[ib] = _mm256_set1_epi16(2 * ((qh >> 12) & 7) as i16 + 1);
                 }
                 let dx = h2f(bx.d);
                 for t in 0..nt {
                     let by = &as_blocks::<BlockQ8K>(&acts[(t0 + t) * arb..(t0 + t + 1) * arb])[j];
                     let mut sumi = _mm256_setzero_si256();
-                    let mut sumd = 0i32;
                     for ib in 0..8 {
-                        let p = dot_i8_i32(g[ib], loadu(by.qs.as_ptr().add(32 * ib)));
-                        sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, lsv[ib]));
-                        sumd += ls[ib] * ds[ib] * (by.bsum(2 * ib) + by.bsum(2 * ib + 1));
+                        let q8 = loadu(by.qs.as_ptr().add(32 * ib));
+                        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g[ib], g[ib]), _mm256_sign_epi8(q8, g[ib]));
+                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, lsv[ib]));
                     }
+                    let sumd = iq1s_delta_sum(bx, by);
                     let dd = dx * by.d();
                     acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc[t]);
                     accd[t] += dd * sumd as f32;
@@ -725,7 +728,7 @@ unsafe fn bytes_from_bits(x: u32) -> __m256i {
 unsafe fn dot_q5_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         // A clear 5th bit turns the nibble into nibble − 16 (0xF0 | nibble as i8).
         let hi = _mm256_andnot_si256(
             bytes_from_bits(u32::from_le_bytes(bx.qh)),
@@ -744,7 +747,7 @@ unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     let mut summs = 0f32;
     for (bx, by) in x.iter().zip(y) {
         summs += h2f(bx.m) * h2f(by.s);
-        let d = _mm256_mul_ps(h2f8(bx.d), h2f8(by.d));
+        let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         let hi =
             _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
         let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
@@ -774,15 +777,18 @@ unsafe fn dot_mxfp4(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
 unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     let m3 = _mm256_set1_epi8(3);
     let one = _mm256_set1_epi8(1);
-    let masks = [pair_mask(0), pair_mask(1), pair_mask(2), pair_mask(3)];
+    let masks = pair_masks();
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let sc = q3k_scales(&bx.scales);
+        // The 16 signed scales as bytes, assembled from whole words.
+        let r = q3k_scale_words(&bx.scales);
+        let sc = _mm_sub_epi8(_mm_set_epi32(r[3] as i32, r[2] as i32, r[1] as i32, r[0] as i32), _mm_set1_epi8(32));
         let hb = loadu(bx.hmask.as_ptr());
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let q3 = loadu(bx.qs.as_ptr().add(32 * n));
-            let scv = scale_pairs(sc.as_ptr().add(8 * n));
+            let half = if n == 0 { sc } else { _mm_unpackhi_epi64(sc, sc) };
+            let scv = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(half));
             for j in 0..4 {
                 let lo =
                     _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
@@ -807,56 +813,97 @@ unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     hsum_ps(acc)
 }
 
-/// A sign byte as 8 bytes of ±1 (bit j set: element j negative).
-static SIGN_BYTES: [u64; 256] = {
-    let mut t = [0u64; 256];
-    let mut i = 0;
-    while i < 256 {
-        let mut v = 0u64;
-        let mut j = 0;
-        while j < 8 {
-            let b: u64 = if i & (1 << j) != 0 { 0xff } else { 0x01 };
-            v |= b << (8 * j);
-            j += 1;
-        }
-        t[i] = v;
-        i += 1;
-    }
-    t
-};
-
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn set_u64x4(a: u64, b: u64, c: u64, d: u64) -> __m256i {
     _mm256_set_epi64x(d as i64, c as i64, b as i64, a as i64)
 }
 
+/// The 7 stored sign bits of 16 IQ2_XS/IQ2_XXS sign fields (one per 16-bit lane, bits 0..6)
+/// completed with their parity bit 7, as `KSIGNS_IQ2XS` does: the parity of 7 bits is that of
+/// bits 0..3 xor 4..6, looked up per lane with a byte shuffle.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn ksigns16(s7: __m256i) -> __m256i {
+    const P: i8 = -128;
+    let odd = _mm256_setr_epi8(
+        0, P, P, 0, P, 0, 0, P, P, 0, 0, P, 0, P, P, 0, 0, P, P, 0, P, 0, 0, P, P, 0, 0, P, 0, P, P, 0,
+    );
+    _mm256_or_si256(s7, _mm256_shuffle_epi8(odd, _mm256_xor_si256(s7, _mm256_srli_epi16(s7, 4))))
+}
+
+/// Four sign bytes (at bytes 2j of `b`'s lower 128 bits, j = 0..3, in both halves) as ±1 bytes
+/// for 32 weights: byte 8j + i is −1 where bit i of sign byte j is set.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sign_bytes32(b: __m256i, pick: __m256i) -> __m256i {
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    let x = _mm256_and_si256(_mm256_shuffle_epi8(b, pick), bit);
+    _mm256_or_si256(_mm256_cmpeq_epi8(x, bit), _mm256_set1_epi8(1))
+}
+
+/// The 16 4-bit scales of an IQ2_XS/IQ2_S block as bytes 2s+1, in the order of their use:
+/// group 0's first 16 weights, its second 16, group 1's first 16…
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq2_scales(sc: &[u8; 8]) -> __m128i {
+    let v = _mm_loadl_epi64(sc.as_ptr() as *const __m128i);
+    let m4 = _mm_set1_epi8(0xf);
+    let s = _mm_unpacklo_epi8(_mm_and_si128(v, m4), _mm_and_si128(_mm_srli_epi16(v, 4), m4));
+    _mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1))
+}
+
+/// Scales 8h..8h+8 of [`iq2_scales`] as i16 in both 128-bit halves, for `pair_masks`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq2_scale_pairs(s: __m128i, h: usize) -> __m256i {
+    let s = if h == 0 { s } else { _mm_unpackhi_epi64(s, s) };
+    _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(s))
+}
+
+/// Four explicit sign bytes (IQ2_S, IQ3_S: bit i of byte j for weight 8j + i) as ±1 bytes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn sign_bytes4(p: *const u8) -> __m256i {
+    let pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    sign_bytes32(_mm256_set1_epi32((p as *const i32).read_unaligned()), pick)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
+    // Byte shuffles that spread the sign bytes of sub-groups 0..3 (picks[0]) or 4..7 (picks[1])
+    // of a 128-bit half over 8 bytes each.
+    let picks = [
+        _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6),
+        _mm256_setr_epi8(8, 8, 8, 8, 8, 8, 8, 8, 10, 10, 10, 10, 10, 10, 10, 10, 12, 12, 12, 12, 12, 12, 12, 12, 14, 14, 14, 14, 14, 14, 14, 14),
+    ];
+    let m511 = _mm256_set1_epi16(511);
+    let masks = pair_masks();
     let mut acc = _mm256_setzero_ps();
+    let mut idx = [0u16; 16];
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
-        for ib in 0..8 {
-            let q =
-                |l: usize| u16::from_le_bytes([bx.qs[8 * ib + 2 * l], bx.qs[8 * ib + 2 * l + 1]]);
-            let (q0, q1, q2, q3) = (q(0), q(1), q(2), q(3));
-            let g = set_u64x4(
-                IQ2XS_GRID[(q0 & 511) as usize],
-                IQ2XS_GRID[(q1 & 511) as usize],
-                IQ2XS_GRID[(q2 & 511) as usize],
-                IQ2XS_GRID[(q3 & 511) as usize],
-            );
-            let s = set_u64x4(
-                KEVEN_SIGNS[(q0 >> 9) as usize],
-                KEVEN_SIGNS[(q1 >> 9) as usize],
-                KEVEN_SIGNS[(q2 >> 9) as usize],
-                KEVEN_SIGNS[(q3 >> 9) as usize],
-            );
-            let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
-            let p = _mm256_maddubs_epi16(g, q8);
-            let sc = bx.scales[ib];
-            let ls = scales2(2 * (sc & 0xf) as i16 + 1, 2 * (sc >> 4) as i16 + 1);
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
+        let scales = iq2_scales(&bx.scales);
+        // Four groups of 32 at a time: their 16 grid indices and sign bytes in one register.
+        for half in 0..2 {
+            let scv = iq2_scale_pairs(scales, half);
+            let q = loadu(bx.qs.as_ptr().add(32 * half));
+            _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, _mm256_and_si256(q, m511));
+            let signs = ksigns16(_mm256_srli_epi16(q, 9));
+            let sg = [_mm256_permute2x128_si256(signs, signs, 0x00), _mm256_permute2x128_si256(signs, signs, 0x11)];
+            for j in 0..4 {
+                let ib = 4 * half + j;
+                let g = set_u64x4(
+                    IQ2XS_GRID[idx[4 * j] as usize],
+                    IQ2XS_GRID[idx[4 * j + 1] as usize],
+                    IQ2XS_GRID[idx[4 * j + 2] as usize],
+                    IQ2XS_GRID[idx[4 * j + 3] as usize],
+                );
+                let s = sign_bytes32(sg[j / 2], picks[j % 2]);
+                let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
+                let p = _mm256_maddubs_epi16(g, q8);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scv, masks[j])));
+            }
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
@@ -867,8 +914,10 @@ unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
+    let masks = pair_masks();
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
+        let scales = iq2_scales(&bx.scales);
         for ib in 0..8 {
             let qh = bx.qh[ib] as usize;
             let idx = |l: usize| bx.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
@@ -878,17 +927,10 @@ unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
                 IQ2S_GRID[idx(2)],
                 IQ2S_GRID[idx(3)],
             );
-            let sg = &bx.qs[32 + 4 * ib..32 + 4 * ib + 4];
-            let s = set_u64x4(
-                SIGN_BYTES[sg[0] as usize],
-                SIGN_BYTES[sg[1] as usize],
-                SIGN_BYTES[sg[2] as usize],
-                SIGN_BYTES[sg[3] as usize],
-            );
+            let s = sign_bytes4(bx.qs.as_ptr().add(32 + 4 * ib));
             let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
             let p = _mm256_maddubs_epi16(g, q8);
-            let sc = bx.scales[ib];
-            let ls = scales2(2 * (sc & 0xf) as i16 + 1, 2 * (sc >> 4) as i16 + 1);
+            let ls = _mm256_shuffle_epi8(iq2_scale_pairs(scales, ib / 4), masks[ib % 4]);
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
@@ -943,13 +985,7 @@ unsafe fn dot_iq3_s(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
             let qh = bx.qh[ib] as usize;
             let gi = |k: usize| IQ3S_GRID[q[k] as usize | (((qh >> k) & 1) << 8)] as i32;
             let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
-            let sg = &bx.signs[4 * ib..4 * ib + 4];
-            let s = set_u64x4(
-                SIGN_BYTES[sg[0] as usize],
-                SIGN_BYTES[sg[1] as usize],
-                SIGN_BYTES[sg[2] as usize],
-                SIGN_BYTES[sg[3] as usize],
-            );
+            let s = sign_bytes4(bx.signs.as_ptr().add(4 * ib));
             let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
             let p = _mm256_maddubs_epi16(g, q8);
             let sc = bx.scales[ib / 2];
@@ -963,24 +999,42 @@ unsafe fn dot_iq3_s(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
     hsum_ps(acc)
 }
 
+/// Σ over the 8 groups of an IQ1_S block of ±(2s+1) · (the group's 32 activations summed): the
+/// integer that the delta (±1/8) multiplies, from the Q8_K block sums, with 16-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq1s_delta_sum(bx: &BlockIQ1S, by: &BlockQ8K) -> i32 {
+    let qh = _mm_loadu_si128(bx.qh.as_ptr() as *const __m128i);
+    let ls = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qh, 11), _mm_set1_epi16(0xe)), _mm_set1_epi16(1));
+    // Bit 15 set means −1: the sign of qh (made nonzero) carried onto the scale.
+    let lsd = _mm_sign_epi16(ls, _mm_or_si128(qh, _mm_set1_epi16(1)));
+    let bs = by.bsums.as_ptr() as *const __m128i;
+    // |pair sums| ≤ 2 · 16 · 128, so i16 holds them.
+    let pairs = _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1)));
+    let p = _mm_madd_epi16(lsd, pairs);
+    let p = _mm_hadd_epi32(p, p);
+    _mm_cvtsi128_si32(_mm_hadd_epi32(p, p))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut accd = 0f32;
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
-        let mut sumd = 0i32;
         for ib in 0..8 {
             let qh = u16::from_le_bytes([bx.qh[2 * ib], bx.qh[2 * ib + 1]]) as usize;
             let q = &bx.qs[4 * ib..4 * ib + 4];
             let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
             let g = set_u64x4(gi(0), gi(1), gi(2), gi(3));
-            let p = dot_i8_i32(g, loadu(by.qs.as_ptr().add(32 * ib)));
+            let q8 = loadu(by.qs.as_ptr().add(32 * ib));
             let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
-            sumi = _mm256_add_epi32(sumi, _mm256_mullo_epi32(p, _mm256_set1_epi32(ls)));
-            let ds = if qh & 0x8000 != 0 { -1 } else { 1 };
-            sumd += ls * ds * (by.bsum(2 * ib) + by.bsum(2 * ib + 1));
+            // The scale multiplies the i16 pair sums (a madd), not the i32 sums (a slow mullo):
+            // the same integers.
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g, g), _mm256_sign_epi8(q8, g));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls as i16)));
         }
+        let sumd = iq1s_delta_sum(bx, by);
         let dd = h2f(bx.d) * by.d();
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
         accd += dd * sumd as f32;
@@ -991,25 +1045,48 @@ unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
     let ones = _mm256_set1_epi8(1);
+    // 64-bit lane l of group 2k (resp. 2k+1) tests the delta-sign bit of its 8 weights in the
+    // pair's 32 qh bits: bit 3 of nibble l (resp. l + 4).
+    let dbit = [_mm256_set_epi64x(1 << 15, 1 << 11, 1 << 7, 1 << 3), _mm256_set_epi64x(1 << 31, 1 << 27, 1 << 23, 1 << 19)];
+    // A scale word holds four 3-bit scales: group 2k's two halves at bits 0 and 3, group
+    // 2k+1's at 6 and 9; the lower 128 bits take the first half's.
+    let shift = [_mm256_set_epi32(3, 3, 3, 3, 0, 0, 0, 0), _mm256_set_epi32(9, 9, 9, 9, 6, 6, 6, 6)];
+    let m7 = _mm256_set1_epi32(7);
+    let one32 = _mm256_set1_epi32(1);
     let mut acc = _mm256_setzero_ps();
     let mut accd = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         let mut sumd = _mm256_setzero_si256();
-        for ib in 0..8 {
-            let (ls1, ls2, ds, v) = bx.group(ib);
-            let g = _mm256_loadu_si256(v.as_ptr() as *const __m256i);
-            let q8 = loadu(by.qs.as_ptr().add(32 * ib));
-            let ls = scales2(ls1 as i16, ls2 as i16);
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g, g), _mm256_sign_epi8(q8, g));
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
-            let sv =
-                |k: usize| if ds[k] < 0 { 0xffff_ffff_ffff_ffffu64 } else { 0x0101_0101_0101_0101 };
-            let dsv = set_u64x4(sv(0), sv(1), sv(2), sv(3));
-            let pd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, dsv));
-            sumd = _mm256_add_epi32(sumd, _mm256_madd_epi16(pd, ls));
+        for k in 0..4 {
+            let qh = u32::from_le_bytes([bx.qh[4 * k], bx.qh[4 * k + 1], bx.qh[4 * k + 2], bx.qh[4 * k + 3]]) as usize;
+            let w = _mm256_set1_epi32(u16::from_le_bytes([bx.scales[2 * k], bx.scales[2 * k + 1]]) as i32);
+            let qhv = _mm256_set1_epi64x(qh as i64);
+            for h in 0..2 {
+                let ib = 2 * k + h;
+                let qs = &bx.qs[4 * ib..4 * ib + 4];
+                let q = qh >> (16 * h);
+                // The lattice points straight into a register: going through a byte array (as
+                // `BlockIQ1M::group` does) stalls on the store-to-load forwarding.
+                let g = set_u64x4(
+                    IQ1S_GRID[qs[0] as usize | ((q << 8) & 0x700)],
+                    IQ1S_GRID[qs[1] as usize | ((q << 4) & 0x700)],
+                    IQ1S_GRID[qs[2] as usize | (q & 0x700)],
+                    IQ1S_GRID[qs[3] as usize | ((q >> 4) & 0x700)],
+                );
+                // 2s+1 in both i16 halves of every i32 lane, the first half's scale below.
+                let t = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(w, shift[h]), m7), 1), one32);
+                let ls = _mm256_or_si256(t, _mm256_slli_epi32(t, 16));
+                // Delta signs as bytes: −1 where the bit is set, else 1.
+                let dsv = _mm256_or_si256(_mm256_cmpeq_epi64(_mm256_and_si256(qhv, dbit[h]), dbit[h]), ones);
+                let q8 = loadu(by.qs.as_ptr().add(32 * ib));
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g, g), _mm256_sign_epi8(q8, g));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
+                let pd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, dsv));
+                sumd = _mm256_add_epi32(sumd, _mm256_madd_epi16(pd, ls));
+            }
         }
-        let d = _mm256_set1_ps(bx.d() * by.d());
+        let d = _mm256_set1_ps(h2f(bx.d_bits().to_le_bytes()) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
         accd = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumd), accd);
     }

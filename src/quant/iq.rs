@@ -347,12 +347,16 @@ impl BlockIQ1M {
     fn sc(&self, i: usize) -> u16 {
         u16_le([self.scales[2 * i], self.scales[2 * i + 1]])
     }
-    /// The f16 block scale assembled from the top nibbles of the 4 scale words.
+    /// The bits of the f16 block scale, assembled from the top nibbles of the 4 scale words.
+    #[inline(always)]
+    pub fn d_bits(&self) -> u16 {
+        let (s0, s1, s2, s3) = (self.sc(0), self.sc(1), self.sc(2), self.sc(3));
+        (s0 >> 12) | ((s1 >> 8) & 0x00f0) | ((s2 >> 4) & 0x0f00) | (s3 & 0xf000)
+    }
+    /// The f16 block scale.
     #[inline(always)]
     pub fn d(&self) -> f32 {
-        let (s0, s1, s2, s3) = (self.sc(0), self.sc(1), self.sc(2), self.sc(3));
-        let bits = (s0 >> 12) | ((s1 >> 8) & 0x00f0) | ((s2 >> 4) & 0x0f00) | (s3 & 0xf000);
-        super::block::f16_bits_to_f32(bits)
+        super::block::f16_bits_to_f32(self.d_bits())
     }
     /// Group `ib` of 32: the two half scales (2s+1), per-8 delta signs, the lattice values.
     #[inline(always)]

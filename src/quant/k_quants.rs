@@ -86,17 +86,7 @@ pub fn scale_min_k4(j: usize, q: &[u8; 12]) -> (u8, u8) {
 /// The 16 signed scales (−32..31) of a Q3_K block.
 #[inline(always)]
 pub fn q3k_scales(s: &[u8; 12]) -> [i8; 16] {
-    const KMASK1: u32 = 0x0303_0303;
-    const KMASK2: u32 = 0x0f0f_0f0f;
-    let a0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-    let a1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
-    let tmp = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
-    let r = [
-        (a0 & KMASK2) | ((tmp & KMASK1) << 4),
-        (a1 & KMASK2) | (((tmp >> 2) & KMASK1) << 4),
-        ((a0 >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4),
-        ((a1 >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4),
-    ];
+    let r = q3k_scale_words(s);
     let mut out = [0i8; 16];
     for (i, w) in r.iter().enumerate() {
         for (k, b) in w.to_le_bytes().iter().enumerate() {
@@ -104,6 +94,22 @@ pub fn q3k_scales(s: &[u8; 12]) -> [i8; 16] {
         }
     }
     out
+}
+
+/// The 16 scales of a Q3_K block plus 32 (0..63), as bytes of four little-endian words.
+#[inline(always)]
+pub fn q3k_scale_words(s: &[u8; 12]) -> [u32; 4] {
+    const KMASK1: u32 = 0x0303_0303;
+    const KMASK2: u32 = 0x0f0f_0f0f;
+    let a0 = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+    let a1 = u32::from_le_bytes([s[4], s[5], s[6], s[7]]);
+    let tmp = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
+    [
+        (a0 & KMASK2) | ((tmp & KMASK1) << 4),
+        (a1 & KMASK2) | (((tmp >> 2) & KMASK1) << 4),
+        ((a0 >> 4) & KMASK2) | (((tmp >> 4) & KMASK1) << 4),
+        ((a1 >> 4) & KMASK2) | (((tmp >> 6) & KMASK1) << 4),
+    ]
 }
 
 impl BlockQ2K {
