@@ -248,7 +248,8 @@ fn vec_dot_rows_equals_row_by_row_for_every_type() {
     for t in manifest["types"].as_array().unwrap() {
         let ty = GgmlType::from_name(t["type"].as_str().unwrap()).unwrap();
         let w = std::fs::read(data_dir().join(t["cases"][1]["bin"].as_str().unwrap())).unwrap();
-        let be = if ty.block_elems() == 1 { 64 } else { ty.block_elems() };
+        // Rows of three blocks, so a kernel that takes a token's block j from the wrong place fails.
+        let be = if ty.block_elems() == 1 { 64 } else { 3 * ty.block_elems() };
         for nb in [1usize, 2] {
             let n = be * nb;
             let rb = ty.row_bytes(n as u64).unwrap() as usize;
@@ -283,9 +284,11 @@ fn vec_dot_rows_tokens_equals_each_dot() {
             continue;
         }
         let w = std::fs::read(data_dir().join(t["cases"][1]["bin"].as_str().unwrap())).unwrap();
-        let be = if ty.block_elems() == 1 { 64 } else { ty.block_elems() };
+        // Rows of three blocks, so a kernel that takes a token's block j from the wrong place fails.
+        let be = if ty.block_elems() == 1 { 64 } else { 3 * ty.block_elems() };
         let rb = ty.row_bytes(be as u64).unwrap() as usize;
         let rows = (w.len() / rb).min(20);
+        assert!(rows >= 2, "{ty}: the fixture holds {rows} rows of {be}");
         for n_tok in [1usize, 2, 8, 9, 17] {
             let mut acts = Vec::new();
             for k in 0..n_tok {
