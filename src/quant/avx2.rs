@@ -154,6 +154,18 @@ unsafe fn loadu(p: *const u8) -> __m256i {
     _mm256_loadu_si256(p as *const __m256i)
 }
 
+/// Little-endian words read in one load (the compiler assembled `from_le_bytes` of four slice
+/// elements from four byte loads in some kernels' inner loops).
+#[inline(always)]
+unsafe fn rd_u16(p: *const u8) -> u16 {
+    (p as *const u16).read_unaligned()
+}
+
+#[inline(always)]
+unsafe fn rd_u32(p: *const u8) -> u32 {
+    (p as *const u32).read_unaligned()
+}
+
 /// 16 bytes of nibbles to 32 bytes: low nibbles in the lower half, high nibbles in the upper.
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -357,7 +369,7 @@ unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn k4_scales_mins(q: &[u8; 12]) -> __m128i {
-    let w = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let w = |i: usize| rd_u32(q.as_ptr().add(4 * i));
     let (w0, w1, w2) = (w(0), w(1), w(2));
     let (m6, m4, m2) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
     let s_lo = w0 & m6;
@@ -524,7 +536,7 @@ unsafe fn dot_iq2_xxs(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for ib in 0..8 {
             let q = &bx.qs[8 * ib..8 * ib + 8];
-            let a1 = u32::from_le_bytes([q[4], q[5], q[6], q[7]]);
+            let a1 = rd_u32(q.as_ptr().add(4));
             let g = _mm256_set_epi64x(
                 IQ2XXS_GRID[q[3] as usize] as i64,
                 IQ2XXS_GRID[q[2] as usize] as i64,
@@ -569,7 +581,7 @@ unsafe fn rows_tokens_iq2_xxs(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_to
                 let mut ls = [_mm256_setzero_si256(); 8];
                 for ib in 0..8 {
                     let q = &bx.qs[8 * ib..8 * ib + 8];
-                    let a1 = u32::from_le_bytes([q[4], q[5], q[6], q[7]]);
+                    let a1 = rd_u32(q.as_ptr().add(4));
                     g[ib] = _mm256_set_epi64x(
                         IQ2XXS_GRID[q[3] as usize] as i64,
                         IQ2XXS_GRID[q[2] as usize] as i64,
@@ -620,7 +632,7 @@ unsafe fn rows_tokens_iq1_s(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok:
                 let mut g = [_mm256_setzero_si256(); 8];
                 let mut lsv = [_mm256_setzero_si256(); 8];
                 for ib in 0..8 {
-                    let qh = u16::from_le_bytes([bx.qh[2 * ib], bx.qh[2 * ib + 1]]) as usize;
+                    let qh = rd_u16(bx.qh.as_ptr().add(2 * ib)) as usize;
                     let q = &bx.qs[4 * ib..4 * ib + 4];
                     let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
                     g[ib] = set_u64x4(gi(0), gi(1), gi(2), gi(3));
@@ -957,7 +969,7 @@ unsafe fn dot_iq3_xxs(x: &[BlockIQ3XXS], y: &[BlockQ8K]) -> f32 {
                 IQ3XXS_GRID[q[0] as usize] as i32,
             );
             let a = &bx.qs[64 + 4 * ib..64 + 4 * ib + 4];
-            let aux = u32::from_le_bytes([a[0], a[1], a[2], a[3]]);
+            let aux = rd_u32(a.as_ptr());
             let s = set_u64x4(
                 KEVEN_SIGNS[(aux & 127) as usize],
                 KEVEN_SIGNS[((aux >> 7) & 127) as usize],
@@ -1023,7 +1035,7 @@ unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for ib in 0..8 {
-            let qh = u16::from_le_bytes([bx.qh[2 * ib], bx.qh[2 * ib + 1]]) as usize;
+            let qh = rd_u16(bx.qh.as_ptr().add(2 * ib)) as usize;
             let q = &bx.qs[4 * ib..4 * ib + 4];
             let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
             let g = set_u64x4(gi(0), gi(1), gi(2), gi(3));
@@ -1049,18 +1061,25 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
     // pair's 32 qh bits: bit 3 of nibble l (resp. l + 4).
     let dbit = [_mm256_set_epi64x(1 << 15, 1 << 11, 1 << 7, 1 << 3), _mm256_set_epi64x(1 << 31, 1 << 27, 1 << 23, 1 << 19)];
     // A scale word holds four 3-bit scales: group 2k's two halves at bits 0 and 3, group
-    // 2k+1's at 6 and 9; the lower 128 bits take the first half's.
-    let shift = [_mm256_set_epi32(3, 3, 3, 3, 0, 0, 0, 0), _mm256_set_epi32(9, 9, 9, 9, 6, 6, 6, 6)];
-    let m7 = _mm256_set1_epi32(7);
-    let one32 = _mm256_set1_epi32(1);
+    // 2k+1's at 6 and 9. Multiplying by 2^(13 - bit) puts a scale in the top 3 bits of its lane.
+    let up = _mm_setr_epi16(1 << 13, 1 << 10, 1 << 7, 1 << 4, 1 << 13, 1 << 10, 1 << 7, 1 << 4);
+    let masks = pair_masks();
     let mut acc = _mm256_setzero_ps();
     let mut accd = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         let mut sumd = _mm256_setzero_si256();
+        let mut scv = _mm256_setzero_si256();
         for k in 0..4 {
-            let qh = u32::from_le_bytes([bx.qh[4 * k], bx.qh[4 * k + 1], bx.qh[4 * k + 2], bx.qh[4 * k + 3]]) as usize;
-            let w = _mm256_set1_epi32(u16::from_le_bytes([bx.scales[2 * k], bx.scales[2 * k + 1]]) as i32);
+            if k % 2 == 0 {
+                // The 2s+1 of groups 2k..2k+4 as i16 in the order `pair_masks` picks them, from
+                // scale words k and k+1: each word repeated over four lanes, then shifted.
+                let w = _mm_set1_epi32(rd_u32(bx.scales.as_ptr().add(2 * k)) as i32);
+                let w = _mm_shufflehi_epi16(_mm_shufflelo_epi16(w, 0x00), 0x55);
+                let s3 = _mm_srli_epi16(_mm_mullo_epi16(w, up), 13);
+                scv = _mm256_broadcastsi128_si256(_mm_or_si128(_mm_add_epi16(s3, s3), _mm_set1_epi16(1)));
+            }
+            let qh = rd_u32(bx.qh.as_ptr().add(4 * k)) as usize;
             let qhv = _mm256_set1_epi64x(qh as i64);
             for h in 0..2 {
                 let ib = 2 * k + h;
@@ -1074,9 +1093,7 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
                     IQ1S_GRID[qs[2] as usize | (q & 0x700)],
                     IQ1S_GRID[qs[3] as usize | ((q >> 4) & 0x700)],
                 );
-                // 2s+1 in both i16 halves of every i32 lane, the first half's scale below.
-                let t = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(_mm256_srlv_epi32(w, shift[h]), m7), 1), one32);
-                let ls = _mm256_or_si256(t, _mm256_slli_epi32(t, 16));
+                let ls = _mm256_shuffle_epi8(scv, masks[ib % 4]);
                 // Delta signs as bytes: −1 where the bit is set, else 1.
                 let dsv = _mm256_or_si256(_mm256_cmpeq_epi64(_mm256_and_si256(qhv, dbit[h]), dbit[h]), ones);
                 let q8 = loadu(by.qs.as_ptr().add(32 * ib));
