@@ -661,6 +661,168 @@ unsafe fn rows_tokens_iq1_s(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok:
     }
 }
 
+/// A tile's block step: `acc[i][t] += (dy[t] · dx[i]) · sumi[i][t]`, the scales multiplied in
+/// the `dot_*` kernels' order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_fma<const R: usize, const T: usize>(acc: &mut [[__m256; T]; R], sumi: &[[__m256i; T]; R], dx: [f32; R], dy: [f32; T]) {
+    for i in 0..R {
+        for t in 0..T {
+            acc[i][t] = _mm256_fmadd_ps(_mm256_set1_ps(dy[t] * dx[i]), _mm256_cvtepi32_ps(sumi[i][t]), acc[i][t]);
+        }
+    }
+}
+
+/// A tile's results: each accumulator's lanes summed, minus the tile's min terms (subtracting
+/// 0 leaves every value, −0 included, as it is).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_sums<const R: usize, const T: usize>(acc: &[[__m256; T]; R], mins: &[[f32; T]; R]) -> [[f32; T]; R] {
+    let mut out = [[0f32; T]; R];
+    for i in 0..R {
+        for t in 0..T {
+            out[i][t] = hsum_ps(acc[i][t]) - mins[i][t];
+        }
+    }
+    out
+}
+
+/// Q4_K rows × tokens in tiles of `R` rows and `T` tokens: each 32-byte load of a token's
+/// activations serves the `R` rows and each row's unpacked nibbles serve the `T` tokens, where
+/// a dot per (row, token) loads both for every product. Each (row, token) keeps `dot_q4_k`'s
+/// integer sums and float order, so its result is that dot's bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q4_k<const R: usize, const T: usize>(x: [&[BlockQ4K]; R], y: [&[BlockQ8K]; T]) -> [[f32; T]; R] {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut mins = [[0f32; T]; R];
+    for j in 0..x[0].len() {
+        let mut sc = [_mm256_setzero_si256(); R];
+        let mut sumi = [[_mm256_setzero_si256(); T]; R];
+        for i in 0..R {
+            let sm = k4_scales_mins(&x[i][j].scales);
+            sc[i] = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+            let dmin = h2f(x[i][j].dmin);
+            for t in 0..T {
+                mins[i][t] += y[t][j].d() * dmin * k4_min_sum(sm, &y[t][j]) as f32;
+            }
+        }
+        // Sub-blocks of 32: k even takes the low nibbles of byte group k/2, k odd the high.
+        for k in 0..8 {
+            let mut q = [_mm256_setzero_si256(); R];
+            let mut s = [_mm256_setzero_si256(); R];
+            for i in 0..R {
+                let q4 = loadu(x[i][j].qs.as_ptr().add(32 * (k / 2)));
+                q[i] = _mm256_and_si256(if k % 2 == 0 { q4 } else { _mm256_srli_epi16(q4, 4) }, m4);
+                s[i] = _mm256_shuffle_epi8(sc[i], loadu(BROADCAST_I16[k].as_ptr()));
+            }
+            for t in 0..T {
+                let a = loadu(y[t][j].qs.as_ptr().add(32 * k));
+                for i in 0..R {
+                    sumi[i][t] = _mm256_add_epi32(sumi[i][t], _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], a), s[i]));
+                }
+            }
+        }
+        tile_fma(&mut acc, &sumi, x.map(|r| h2f(r[j].d)), y.map(|a| a[j].d()));
+    }
+    tile_sums(&acc, &mins)
+}
+
+/// Q6_K as [`tile_q4_k`] does Q4_K; the −32 offset's term (32 times the activations' pair
+/// sums) depends on the token alone and is made once for the `R` rows.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_q6_k<const R: usize, const T: usize>(x: [&[BlockQ6K]; R], y: [&[BlockQ8K]; T]) -> [[f32; T]; R] {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let m2 = _mm256_set1_epi8(3);
+    let m32 = _mm256_set1_epi8(32);
+    let masks = pair_masks();
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    for j in 0..x[0].len() {
+        let mut sumi = [[_mm256_setzero_si256(); T]; R];
+        for n in 0..2 {
+            let mut scv = [_mm256_setzero_si256(); R];
+            for i in 0..R {
+                scv[i] = scale_pairs(x[i][j].scales.as_ptr().add(8 * n) as *const i8);
+            }
+            // Sub-block k of this half: low (k < 2) or high nibbles of the k-th 32 ql bytes
+            // (mod 2), with bits 2k, 2k+1 of the 32 qh bytes above them.
+            for k in 0..4 {
+                let mut q = [_mm256_setzero_si256(); R];
+                let mut sc = [_mm256_setzero_si256(); R];
+                for i in 0..R {
+                    let bx = &x[i][j];
+                    let l = loadu(bx.ql.as_ptr().add(64 * n + 32 * (k % 2)));
+                    let h = loadu(bx.qh.as_ptr().add(32 * n));
+                    let hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k as i32)), m2), 4);
+                    let lo = if k < 2 { l } else { _mm256_srli_epi16(l, 4) };
+                    q[i] = _mm256_or_si256(_mm256_and_si256(lo, m4), hi);
+                    sc[i] = _mm256_shuffle_epi8(scv[i], masks[k]);
+                }
+                for t in 0..T {
+                    let a = loadu(y[t][j].qs.as_ptr().add(128 * n + 32 * k));
+                    let off = _mm256_maddubs_epi16(m32, a);
+                    for i in 0..R {
+                        let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[i], a), off);
+                        sumi[i][t] = _mm256_add_epi32(sumi[i][t], _mm256_madd_epi16(p, sc[i]));
+                    }
+                }
+            }
+        }
+        tile_fma(&mut acc, &sumi, x.map(|r| h2f(r[j].d)), y.map(|a| a[j].d()));
+    }
+    tile_sums(&acc, &[[0.0; T]; R])
+}
+
+/// One tile of [`tiled_rows_tokens`]: rows `r + ri…` against tokens `t + ti…`.
+macro_rules! run_tile {
+    ($tile:ident, $row:ident, $tok:ident, $out:ident, $r:ident, $t:ident, $n_tok:ident; $($ri:literal),+; $($ti:literal),+) => {{
+        let v = $tile([$($row($r + $ri)),+], [$($tok($t + $ti)),+]);
+        for (i, vr) in v.iter().enumerate() {
+            $out[($r + i) * $n_tok + $t..][..vr.len()].copy_from_slice(vr);
+        }
+    }};
+}
+
+/// Rows of a block type against `n_tok` activation rows in tiles of 2 rows × 4 tokens (smaller
+/// at the edges) of its `tile_*` kernel, into `out[row * n_tok + t]`.
+macro_rules! tiled_rows_tokens {
+    ($($name:ident => $tile:ident, $block:ty;)*) => {$(
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn $name(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
+            let rows = w.len() / rb;
+            let row = |r: usize| as_blocks::<$block>(&w[r * rb..(r + 1) * rb]);
+            let tok = |t: usize| as_blocks::<BlockQ8K>(&acts[t * arb..(t + 1) * arb]);
+            let mut r = 0;
+            while r < rows {
+                let nr = (rows - r).min(2);
+                let mut t = 0;
+                while t < n_tok {
+                    let nt = (n_tok - t).min(4);
+                    match (nr, nt) {
+                        (2, 4) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0, 1, 2, 3),
+                        (2, 3) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0, 1, 2),
+                        (2, 2) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0, 1),
+                        (2, _) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0),
+                        (_, 4) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0, 1, 2, 3),
+                        (_, 3) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0, 1, 2),
+                        (_, 2) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0, 1),
+                        (_, _) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0),
+                    }
+                    t += nt;
+                }
+                r += nr;
+            }
+        }
+    )*};
+}
+
+tiled_rows_tokens! {
+    rows_tokens_q4_k => tile_q4_k, BlockQ4K;
+    rows_tokens_q6_k => tile_q6_k, BlockQ6K;
+}
+
 /// Several weight rows (`rb` bytes each) against several activation rows at once, into
 /// `out[row * n_tok + t]`; false when there is no such kernel for `ty` here (the caller goes
 /// token by token). Sizes are already checked by the caller.
@@ -671,6 +833,8 @@ pub fn vec_dot_rows_tokens(ty: GgmlType, rb: usize, w: &[u8], acts: &[u8], arb: 
     let f = match ty {
         GgmlType::IQ2_XXS => rows_tokens_iq2_xxs,
         GgmlType::IQ1_S => rows_tokens_iq1_s,
+        GgmlType::Q4_K => rows_tokens_q4_k,
+        GgmlType::Q6_K => rows_tokens_q6_k,
         _ => return false,
     };
     // SAFETY: the CPU features were checked above; the block views come from checked sizes.
