@@ -13,7 +13,6 @@
 //! the same rows are also dotted by ggml's CPU `vec_dot` for the type, with its own activation
 //! type quantized by its own `from_float`, and the table gains that rate and ours over it.
 
-use std::path::PathBuf;
 use std::time::Instant;
 use xdan::quant::{can_randomize, dequantize, quantize_act, random_weights, vec_dot_rows, vec_dot_scalar, vec_dot_type, GgmlType};
 
@@ -52,16 +51,9 @@ fn weights(ty: GgmlType, n: usize) -> Vec<u8> {
         random_weights(ty, 11, &mut w).unwrap();
         return w;
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant");
-    let tile = match std::fs::read(dir.join(format!("{}_real.bin", ty.name()))) {
-        Ok(t) => t,
-        Err(_) => {
-            // F32, Q8_1, Q8_K have no fixture: quantize smooth random data.
-            let mut t = Vec::new();
-            quantize_act(ty, &pseudo_random(1 << 16, 7), &mut t).unwrap();
-            t
-        }
-    };
+    // Q8_1 and Q8_K (activation types, not drawn): smooth random data quantized, tiled.
+    let mut tile = Vec::new();
+    quantize_act(ty, &pseudo_random(1 << 16, 7), &mut tile).unwrap();
     let mut w = Vec::with_capacity(bytes);
     while w.len() < bytes {
         let k = tile.len().min(bytes - w.len());

@@ -148,6 +148,14 @@ fn h2f(b: [u8; 2]) -> f32 {
     f16_lut(b)
 }
 
+/// The sum of the 4 i32 lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum_epi32(v: __m128i) -> i32 {
+    let v = _mm_hadd_epi32(v, v);
+    _mm_cvtsi128_si32(_mm_hadd_epi32(v, v))
+}
+
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn loadu(p: *const u8) -> __m256i {
@@ -179,9 +187,15 @@ unsafe fn nibbles32(p: *const u8) -> __m256i {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn dot_i8_i32(x: __m256i, y: __m256i) -> __m256i {
-    let ax = _mm256_sign_epi8(x, x);
-    let sy = _mm256_sign_epi8(y, x);
-    _mm256_madd_epi16(_mm256_maddubs_epi16(ax, sy), _mm256_set1_epi16(1))
+    _mm256_madd_epi16(mul_i8_pairs(x, y), _mm256_set1_epi16(1))
+}
+
+/// Σ pairs of signed bytes x·y as 16 i16 lanes: [`dot_i8_i32`] before its pairs are summed
+/// (|x| · |y| summed in pairs must fit an i16).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn mul_i8_pairs(x: __m256i, y: __m256i) -> __m256i {
+    _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x))
 }
 
 /// Σ pairs of unsigned x times signed y as 8 i32 lanes (x ≤ 127 or products small enough).
@@ -317,13 +331,20 @@ unsafe fn pair_masks() -> [__m256i; 4] {
     PAIR_MASKS.map(|m| std::ptr::read_volatile(m.as_ptr() as *const __m256i))
 }
 
-/// 8 signed byte scales (at `p`) widened to i16 and repeated in both 128-bit halves; with
-/// `pair_masks()[k]` a shuffle broadcasts scales 2k (lower half) and 2k+1 (upper half).
+/// Signed byte scales 8h..8h+8 of `s` widened to i16 and repeated in both 128-bit halves;
+/// with `pair_masks()[k]` a shuffle broadcasts scales 2k (lower half) and 2k+1 (upper half).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn byte_scale_pairs(s: __m128i, h: usize) -> __m256i {
+    let s = if h == 0 { s } else { _mm_unpackhi_epi64(s, s) };
+    _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(s))
+}
+
+/// [`byte_scale_pairs`] of the 8 signed byte scales at `p`.
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn scale_pairs(p: *const i8) -> __m256i {
-    let v = _mm_cvtepi8_epi16(_mm_loadl_epi64(p as *const __m128i));
-    _mm256_broadcastsi128_si256(v)
+    byte_scale_pairs(_mm_loadl_epi64(p as *const __m128i), 0)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -340,16 +361,14 @@ unsafe fn dot_q2_k(x: &[BlockQ2K], y: &[BlockQ8K]) -> f32 {
         let m4 = _mm_set1_epi8(0xf);
         let mv = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sv, 4), m4));
         let p = _mm256_madd_epi16(mv, loadu(by.bsums.as_ptr()));
-        let p = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
-        let p = _mm_hadd_epi32(p, p);
-        let summs = _mm_cvtsi128_si32(_mm_hadd_epi32(p, p));
+        let summs = hsum_epi32(_mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
         let sc4 = _mm_and_si128(sv, m4);
         mins += dy * h2f(bx.dmin) * summs as f32;
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let q2 = loadu(bx.qs.as_ptr().add(32 * n));
-            let half = if n == 0 { sc4 } else { _mm_unpackhi_epi64(sc4, sc4) };
-            let scv = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(half));
+            // The scales are 0..15, so widening them as signed is exact.
+            let scv = byte_scale_pairs(sc4, n);
             for j in 0..4 {
                 let q = _mm256_and_si256(_mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * j as i32)), m3);
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * j));
@@ -388,9 +407,7 @@ unsafe fn k4_min_sum(sm: __m128i, by: &BlockQ8K) -> i32 {
     let bs = by.bsums.as_ptr() as *const __m128i;
     // |a sum of 32 activations| ≤ 4096: an i16 holds it.
     let pairs = _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1)));
-    let p = _mm_madd_epi16(mins, pairs);
-    let p = _mm_hadd_epi32(p, p);
-    _mm_cvtsi128_si32(_mm_hadd_epi32(p, p))
+    hsum_epi32(_mm_madd_epi16(mins, pairs))
 }
 
 /// Byte shuffles that broadcast i16 element k of each 128-bit half.
@@ -629,13 +646,16 @@ unsafe fn rows_tokens_iq1_s(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok:
             let mut acc = [_mm256_setzero_ps(); TOKENS];
             let mut accd = [0f32; TOKENS];
             for (j, bx) in x.iter().enumerate() {
+                // The lattice points and their magnitudes (`mul_i8_pairs`'s |x|, once per block).
                 let mut g = [_mm256_setzero_si256(); 8];
+                let mut ag = [_mm256_setzero_si256(); 8];
                 let mut lsv = [_mm256_setzero_si256(); 8];
                 for ib in 0..8 {
                     let qh = rd_u16(bx.qh.as_ptr().add(2 * ib)) as usize;
                     let q = &bx.qs[4 * ib..4 * ib + 4];
                     let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
                     g[ib] = set_u64x4(gi(0), gi(1), gi(2), gi(3));
+                    ag[ib] = _mm256_sign_epi8(g[ib], g[ib]);
                     lsv[ib] = _mm256_set1_epi16(2 * ((qh >> 12) & 7) as i16 + 1);
                 }
                 let dx = h2f(bx.d);
@@ -644,7 +664,7 @@ unsafe fn rows_tokens_iq1_s(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok:
                     let mut sumi = _mm256_setzero_si256();
                     for ib in 0..8 {
                         let q8 = loadu(by.qs.as_ptr().add(32 * ib));
-                        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g[ib], g[ib]), _mm256_sign_epi8(q8, g[ib]));
+                        let p = _mm256_maddubs_epi16(ag[ib], _mm256_sign_epi8(q8, g[ib]));
                         sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, lsv[ib]));
                     }
                     let sumd = iq1s_delta_sum(bx, by);
@@ -963,8 +983,7 @@ unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for n in 0..2 {
             let q3 = loadu(bx.qs.as_ptr().add(32 * n));
-            let half = if n == 0 { sc } else { _mm_unpackhi_epi64(sc, sc) };
-            let scv = _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(half));
+            let scv = byte_scale_pairs(sc, n);
             for j in 0..4 {
                 let lo =
                     _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
@@ -1018,7 +1037,8 @@ unsafe fn sign_bytes32(b: __m256i, pick: __m256i) -> __m256i {
     _mm256_or_si256(_mm256_cmpeq_epi8(x, bit), _mm256_set1_epi8(1))
 }
 
-/// The 16 4-bit scales of an IQ2_XS/IQ2_S block as bytes 2s+1, in the order of their use:
+/// The 16 4-bit scales of an IQ2_XS/IQ2_S block as bytes 2s+1 (for [`byte_scale_pairs`]), in
+/// the order of their use:
 /// group 0's first 16 weights, its second 16, group 1's first 16…
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -1029,20 +1049,12 @@ unsafe fn iq2_scales(sc: &[u8; 8]) -> __m128i {
     _mm_add_epi8(_mm_add_epi8(s, s), _mm_set1_epi8(1))
 }
 
-/// Scales 8h..8h+8 of [`iq2_scales`] as i16 in both 128-bit halves, for `pair_masks`.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn iq2_scale_pairs(s: __m128i, h: usize) -> __m256i {
-    let s = if h == 0 { s } else { _mm_unpackhi_epi64(s, s) };
-    _mm256_broadcastsi128_si256(_mm_cvtepi8_epi16(s))
-}
-
 /// Four explicit sign bytes (IQ2_S, IQ3_S: bit i of byte j for weight 8j + i) as ±1 bytes.
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn sign_bytes4(p: *const u8) -> __m256i {
     let pick = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    sign_bytes32(_mm256_set1_epi32((p as *const i32).read_unaligned()), pick)
+    sign_bytes32(_mm256_set1_epi32(rd_u32(p) as i32), pick)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1062,7 +1074,7 @@ unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
         let scales = iq2_scales(&bx.scales);
         // Four groups of 32 at a time: their 16 grid indices and sign bytes in one register.
         for half in 0..2 {
-            let scv = iq2_scale_pairs(scales, half);
+            let scv = byte_scale_pairs(scales, half);
             let q = loadu(bx.qs.as_ptr().add(32 * half));
             _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, _mm256_and_si256(q, m511));
             let signs = ksigns16(_mm256_srli_epi16(q, 9));
@@ -1106,7 +1118,7 @@ unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
             let s = sign_bytes4(bx.qs.as_ptr().add(32 + 4 * ib));
             let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
             let p = _mm256_maddubs_epi16(g, q8);
-            let ls = _mm256_shuffle_epi8(iq2_scale_pairs(scales, ib / 4), masks[ib % 4]);
+            let ls = _mm256_shuffle_epi8(byte_scale_pairs(scales, ib / 4), masks[ib % 4]);
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
@@ -1187,9 +1199,7 @@ unsafe fn iq1s_delta_sum(bx: &BlockIQ1S, by: &BlockQ8K) -> i32 {
     let bs = by.bsums.as_ptr() as *const __m128i;
     // |pair sums| ≤ 2 · 16 · 128, so i16 holds them.
     let pairs = _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1)));
-    let p = _mm_madd_epi16(lsd, pairs);
-    let p = _mm_hadd_epi32(p, p);
-    _mm_cvtsi128_si32(_mm_hadd_epi32(p, p))
+    hsum_epi32(_mm_madd_epi16(lsd, pairs))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -1207,7 +1217,7 @@ unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
             let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
             // The scale multiplies the i16 pair sums (a madd), not the i32 sums (a slow mullo):
             // the same integers.
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g, g), _mm256_sign_epi8(q8, g));
+            let p = mul_i8_pairs(g, q8);
             sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls as i16)));
         }
         let sumd = iq1s_delta_sum(bx, by);
@@ -1236,7 +1246,7 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
         let mut scv = _mm256_setzero_si256();
         for k in 0..4 {
             if k % 2 == 0 {
-                // The 2s+1 of groups 2k..2k+4 as i16 in the order `pair_masks` picks them, from
+                // The 2s+1 of groups 2k..2k+3 as i16 in the order `pair_masks` picks them, from
                 // scale words k and k+1: each word repeated over four lanes, then shifted.
                 let w = _mm_set1_epi32(rd_u32(bx.scales.as_ptr().add(2 * k)) as i32);
                 let w = _mm_shufflehi_epi16(_mm_shufflelo_epi16(w, 0x00), 0x55);
@@ -1261,7 +1271,7 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
                 // Delta signs as bytes: −1 where the bit is set, else 1.
                 let dsv = _mm256_or_si256(_mm256_cmpeq_epi64(_mm256_and_si256(qhv, dbit[h]), dbit[h]), ones);
                 let q8 = loadu(by.qs.as_ptr().add(32 * ib));
-                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(g, g), _mm256_sign_epi8(q8, g));
+                let p = mul_i8_pairs(g, q8);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
                 let pd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, dsv));
                 sumd = _mm256_add_epi32(sumd, _mm256_madd_epi16(pd, ls));
