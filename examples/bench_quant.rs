@@ -1,6 +1,8 @@
 //! Single-thread throughput of every quant type: dequantization (GB/s of f32 written) and row
 //! dots (GB/s of weight bytes read, Gelem/s) through `vec_dot_rows` (the engine's matvec path:
-//! SIMD where present) and through the scalar kernels.
+//! SIMD where present) and through the scalar kernels, and a prompt's multiply: the rows against
+//! 16 activation vectors at once (`vec_dot_rows_tokens`, a batch the size of one expert's share of
+//! a 64-token prompt at top-2 of 8), in G multiply-adds per second.
 //!
 //! Weights are random blocks (`xdan::quant::random_weights`: every code drawn, scales in a real
 //! model's range) in a buffer of 2^24 elements; Q8_1 and Q8_K, which it does not draw, quantize
@@ -14,9 +16,14 @@
 //! type quantized by its own `from_float`, and the table gains that rate and ours over it.
 
 use std::time::Instant;
-use xdan::quant::{can_randomize, dequantize, quantize_act, random_weights, vec_dot_rows, vec_dot_scalar, vec_dot_type, GgmlType};
+use xdan::quant::{
+    can_randomize, dequantize, quantize_act, random_weights, vec_dot_rows, vec_dot_rows_tokens, vec_dot_scalar,
+    vec_dot_type, GgmlType,
+};
 
 const ROW: usize = 4096;
+/// Activation vectors of the prompt column.
+const PROMPT: usize = 16;
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
@@ -202,8 +209,8 @@ fn main() {
     });
     let (peer_head, peer_rule) =
         if ggml.is_some() { (" ggml dot Gelem/s | xdan / ggml |", "---|---|") } else { ("", "") };
-    println!("| type | bytes/elem | dequant GB/s (f32 out) | dot GB/s (weights) | dot Gelem/s | scalar dot GB/s | scalar dot Gelem/s | SIMD kernel |{peer_head}");
-    println!("|---|---|---|---|---|---|---|---|{peer_rule}");
+    println!("| type | bytes/elem | dequant GB/s (f32 out) | dot GB/s (weights) | dot Gelem/s | {PROMPT} tokens G mul-add/s | scalar dot GB/s | scalar dot Gelem/s | SIMD kernel |{peer_head}");
+    println!("|---|---|---|---|---|---|---|---|---|{peer_rule}");
     let x = pseudo_random(ROW, 3);
     let mut out = vec![0f32; N];
     for ty in types {
@@ -234,6 +241,17 @@ fn main() {
                 }
             }
         }
+        let mut acts = Vec::new();
+        for k in 0..PROMPT {
+            let mut a = Vec::new();
+            quantize_act(vec_dot_type(ty), &pseudo_random(ROW, 10 + k as u64), &mut a).unwrap();
+            acts.extend(a);
+        }
+        let mut prompt_out = vec![0f32; w.len() / rb * PROMPT];
+        let t_prompt = time(3, || {
+            vec_dot_rows_tokens(ty, ROW, &w, &acts, PROMPT, &mut prompt_out);
+            sink += prompt_out[0];
+        });
         let t_sc = time(2, || {
             for row in w.chunks_exact(rb) {
                 sink += vec_dot_scalar(ty, ROW, row, &act);
@@ -251,12 +269,13 @@ fn main() {
         let has = false;
         let gb = |bytes: usize, t: f64| bytes as f64 / t / 1e9;
         println!(
-            "| {} | {:.4} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |{peer}",
+            "| {} | {:.4} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} |{peer}",
             ty.name(),
             w.len() as f64 / N as f64,
             gb(N * 4, t_deq),
             gb(w.len(), t_dot),
             N as f64 / t_dot / 1e9,
+            (N * PROMPT) as f64 / t_prompt / 1e9,
             gb(w.len(), t_sc),
             N as f64 / t_sc / 1e9,
             if has { "AVX2" } else { "-" },

@@ -271,8 +271,9 @@ fn vec_dot_rows_equals_row_by_row_for_every_type() {
     assert!(checked >= 20, "only {checked} (type, row length) cases had two rows or more");
 }
 
-/// Rows × tokens at once (IQ2_XXS, IQ1_S decode each block once for up to 8 tokens; others go
-/// token by token) give each (row, token)'s own `vec_dot`, bit for bit.
+/// Rows × tokens at once (the IQ types decode a pair of rows once for all tokens; Q4_K, Q5_K and
+/// Q6_K go in tiles of rows × tokens; others go token by token) give each (row, token)'s
+/// own `vec_dot`, bit for bit.
 #[test]
 fn vec_dot_rows_tokens_equals_each_dot() {
     let manifest: serde_json::Value =
@@ -280,18 +281,19 @@ fn vec_dot_rows_tokens_equals_each_dot() {
     let mut checked = Vec::new();
     for t in manifest["types"].as_array().unwrap() {
         let ty = GgmlType::from_name(t["type"].as_str().unwrap()).unwrap();
-        if ![GgmlType::IQ2_XXS, GgmlType::IQ1_S, GgmlType::Q4_1, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16].contains(&ty) {
+        use GgmlType::*;
+        if ![IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, Q4_1, Q4_K, Q5_K, Q6_K, F16].contains(&ty) {
             continue;
         }
         let w = std::fs::read(data_dir().join(t["cases"][1]["bin"].as_str().unwrap())).unwrap();
         // Rows of three blocks, so a kernel that takes a token's block j from the wrong place fails.
         let be = if ty.block_elems() == 1 { 64 } else { 3 * ty.block_elems() };
         let rb = ty.row_bytes(be as u64).unwrap() as usize;
-        // An odd number of rows and token counts around multiples of 4 and 8 reach every edge
-        // of the kernels' row and token tiles.
+        // An odd number of rows and token counts around multiples of 4 and 8 (and past the 64
+        // tokens of a prompt kernel's pass) reach every edge of the kernels' row and token tiles.
         let rows = (w.len() / rb).min(19);
         assert!(rows >= 2, "{ty}: the fixture holds {rows} rows of {be}");
-        for n_tok in [1usize, 2, 3, 8, 9, 17] {
+        for n_tok in [1usize, 2, 3, 8, 9, 17, 65] {
             let mut acts = Vec::new();
             for k in 0..n_tok {
                 let mut a = Vec::new();
@@ -310,7 +312,7 @@ fn vec_dot_rows_tokens_equals_each_dot() {
         }
         checked.push(ty);
     }
-    assert_eq!(checked.len(), 6, "types found in the fixtures: {checked:?}");
+    assert_eq!(checked.len(), 11, "types found in the fixtures: {checked:?}");
 }
 
 /// The machine this is developed on has AVX2; make sure the SIMD kernels really ran there.

@@ -6,7 +6,7 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::block::{as_blocks, f16_lut};
+use super::block::{as_blocks, f16_lut, Block};
 use super::grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
     KVALUES_IQ4NL, KVALUES_MXFP4,
@@ -21,6 +21,9 @@ use super::k_quants::{
 use super::legacy::{BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1};
 use super::mxfp4::{e8m0_to_f32_half, BlockMXFP4};
 use super::GgmlType;
+
+mod prompt;
+pub use prompt::vec_dot_rows_tokens;
 
 static HAVE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 no, 2 yes
 
@@ -577,291 +580,6 @@ unsafe fn dot_iq2_xxs(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
     0.125 * hsum_ps(acc)
 }
 
-/// Tokens per pass of [`rows_tokens_iq2_xxs`] over a row (their accumulators stay in registers).
-const TOKENS: usize = 8;
-
-/// IQ2_XXS rows against `n_tok` activation rows (`arb` bytes apart) into `out[row * n_tok + t]`:
-/// each super-block's lattice points, signs and scales are decoded once for up to [`TOKENS`]
-/// tokens — the decoding is most of a dot's work — and each token's dot then goes exactly as in
-/// `dot_iq2_xxs` (same integer sums, same float order), so the results are its bits.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_tokens_iq2_xxs(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
-    for (r, row) in w.chunks_exact(rb).enumerate() {
-        let x: &[BlockIQ2XXS] = as_blocks(row);
-        let mut t0 = 0;
-        while t0 < n_tok {
-            let nt = (n_tok - t0).min(TOKENS);
-            let mut acc = [_mm256_setzero_ps(); TOKENS];
-            for (j, bx) in x.iter().enumerate() {
-                let mut g = [_mm256_setzero_si256(); 8];
-                let mut s = [_mm256_setzero_si256(); 8];
-                let mut ls = [_mm256_setzero_si256(); 8];
-                for ib in 0..8 {
-                    let q = &bx.qs[8 * ib..8 * ib + 8];
-                    let a1 = rd_u32(q.as_ptr().add(4));
-                    g[ib] = _mm256_set_epi64x(
-                        IQ2XXS_GRID[q[3] as usize] as i64,
-                        IQ2XXS_GRID[q[2] as usize] as i64,
-                        IQ2XXS_GRID[q[1] as usize] as i64,
-                        IQ2XXS_GRID[q[0] as usize] as i64,
-                    );
-                    s[ib] = _mm256_set_epi64x(
-                        KEVEN_SIGNS[((a1 >> 21) & 127) as usize] as i64,
-                        KEVEN_SIGNS[((a1 >> 14) & 127) as usize] as i64,
-                        KEVEN_SIGNS[((a1 >> 7) & 127) as usize] as i64,
-                        KEVEN_SIGNS[(a1 & 127) as usize] as i64,
-                    );
-                    ls[ib] = _mm256_set1_epi16((2 * (a1 >> 28) + 1) as i16);
-                }
-                let dx = h2f(bx.d);
-                for (t, a) in acc[..nt].iter_mut().enumerate() {
-                    let by = &as_blocks::<BlockQ8K>(&acts[(t0 + t) * arb..(t0 + t + 1) * arb])[j];
-                    let mut sumi = _mm256_setzero_si256();
-                    for ib in 0..8 {
-                        let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s[ib]);
-                        let p = _mm256_maddubs_epi16(g[ib], q8);
-                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls[ib]));
-                    }
-                    let d = _mm256_set1_ps(dx * by.d());
-                    *a = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), *a);
-                }
-            }
-            for (t, a) in acc[..nt].iter().enumerate() {
-                out[r * n_tok + t0 + t] = 0.125 * hsum_ps(*a);
-            }
-            t0 += nt;
-        }
-    }
-}
-
-/// IQ1_S as [`rows_tokens_iq2_xxs`] does IQ2_XXS: grid points, scales and the delta signs
-/// decoded once per block for up to [`TOKENS`] tokens, each token's sums as in `dot_iq1_s`.
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_tokens_iq1_s(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
-    for (r, row) in w.chunks_exact(rb).enumerate() {
-        let x: &[BlockIQ1S] = as_blocks(row);
-        let mut t0 = 0;
-        while t0 < n_tok {
-            let nt = (n_tok - t0).min(TOKENS);
-            let mut acc = [_mm256_setzero_ps(); TOKENS];
-            let mut accd = [0f32; TOKENS];
-            for (j, bx) in x.iter().enumerate() {
-                // The lattice points and their magnitudes (`mul_i8_pairs`'s |x|, once per block).
-                let mut g = [_mm256_setzero_si256(); 8];
-                let mut ag = [_mm256_setzero_si256(); 8];
-                let mut lsv = [_mm256_setzero_si256(); 8];
-                for ib in 0..8 {
-                    let qh = rd_u16(bx.qh.as_ptr().add(2 * ib)) as usize;
-                    let q = &bx.qs[4 * ib..4 * ib + 4];
-                    let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
-                    g[ib] = set_u64x4(gi(0), gi(1), gi(2), gi(3));
-                    ag[ib] = _mm256_sign_epi8(g[ib], g[ib]);
-                    lsv[ib] = _mm256_set1_epi16(2 * ((qh >> 12) & 7) as i16 + 1);
-                }
-                let dx = h2f(bx.d);
-                for t in 0..nt {
-                    let by = &as_blocks::<BlockQ8K>(&acts[(t0 + t) * arb..(t0 + t + 1) * arb])[j];
-                    let mut sumi = _mm256_setzero_si256();
-                    for ib in 0..8 {
-                        let q8 = loadu(by.qs.as_ptr().add(32 * ib));
-                        let p = _mm256_maddubs_epi16(ag[ib], _mm256_sign_epi8(q8, g[ib]));
-                        sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, lsv[ib]));
-                    }
-                    let sumd = iq1s_delta_sum(bx, by);
-                    let dd = dx * by.d();
-                    acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(sumi), acc[t]);
-                    accd[t] += dd * sumd as f32;
-                }
-            }
-            for t in 0..nt {
-                out[r * n_tok + t0 + t] = hsum_ps(acc[t]) + 0.125 * accd[t];
-            }
-            t0 += nt;
-        }
-    }
-}
-
-/// A tile's block step: `acc[i][t] += (dy[t] · dx[i]) · sumi[i][t]`, the scales multiplied in
-/// the `dot_*` kernels' order.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_fma<const R: usize, const T: usize>(acc: &mut [[__m256; T]; R], sumi: &[[__m256i; T]; R], dx: [f32; R], dy: [f32; T]) {
-    for i in 0..R {
-        for t in 0..T {
-            acc[i][t] = _mm256_fmadd_ps(_mm256_set1_ps(dy[t] * dx[i]), _mm256_cvtepi32_ps(sumi[i][t]), acc[i][t]);
-        }
-    }
-}
-
-/// A tile's results: each accumulator's lanes summed, minus the tile's min terms (subtracting
-/// 0 leaves every value, −0 included, as it is).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_sums<const R: usize, const T: usize>(acc: &[[__m256; T]; R], mins: &[[f32; T]; R]) -> [[f32; T]; R] {
-    let mut out = [[0f32; T]; R];
-    for i in 0..R {
-        for t in 0..T {
-            out[i][t] = hsum_ps(acc[i][t]) - mins[i][t];
-        }
-    }
-    out
-}
-
-/// Q4_K rows × tokens in tiles of `R` rows and `T` tokens: each 32-byte load of a token's
-/// activations serves the `R` rows and each row's unpacked nibbles serve the `T` tokens, where
-/// a dot per (row, token) loads both for every product. Each (row, token) keeps `dot_q4_k`'s
-/// integer sums and float order, so its result is that dot's bits.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q4_k<const R: usize, const T: usize>(x: [&[BlockQ4K]; R], y: [&[BlockQ8K]; T]) -> [[f32; T]; R] {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    let mut mins = [[0f32; T]; R];
-    for j in 0..x[0].len() {
-        let mut sc = [_mm256_setzero_si256(); R];
-        let mut sumi = [[_mm256_setzero_si256(); T]; R];
-        for i in 0..R {
-            let sm = k4_scales_mins(&x[i][j].scales);
-            sc[i] = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-            let dmin = h2f(x[i][j].dmin);
-            for t in 0..T {
-                mins[i][t] += y[t][j].d() * dmin * k4_min_sum(sm, &y[t][j]) as f32;
-            }
-        }
-        // Sub-blocks of 32: k even takes the low nibbles of byte group k/2, k odd the high.
-        for k in 0..8 {
-            let mut q = [_mm256_setzero_si256(); R];
-            let mut s = [_mm256_setzero_si256(); R];
-            for i in 0..R {
-                let q4 = loadu(x[i][j].qs.as_ptr().add(32 * (k / 2)));
-                q[i] = _mm256_and_si256(if k % 2 == 0 { q4 } else { _mm256_srli_epi16(q4, 4) }, m4);
-                s[i] = _mm256_shuffle_epi8(sc[i], loadu(BROADCAST_I16[k].as_ptr()));
-            }
-            for t in 0..T {
-                let a = loadu(y[t][j].qs.as_ptr().add(32 * k));
-                for i in 0..R {
-                    sumi[i][t] = _mm256_add_epi32(sumi[i][t], _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], a), s[i]));
-                }
-            }
-        }
-        tile_fma(&mut acc, &sumi, x.map(|r| h2f(r[j].d)), y.map(|a| a[j].d()));
-    }
-    tile_sums(&acc, &mins)
-}
-
-/// Q6_K as [`tile_q4_k`] does Q4_K; the −32 offset's term (32 times the activations' pair
-/// sums) depends on the token alone and is made once for the `R` rows.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q6_k<const R: usize, const T: usize>(x: [&[BlockQ6K]; R], y: [&[BlockQ8K]; T]) -> [[f32; T]; R] {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m2 = _mm256_set1_epi8(3);
-    let m32 = _mm256_set1_epi8(32);
-    let masks = pair_masks();
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    for j in 0..x[0].len() {
-        let mut sumi = [[_mm256_setzero_si256(); T]; R];
-        for n in 0..2 {
-            let mut scv = [_mm256_setzero_si256(); R];
-            for i in 0..R {
-                scv[i] = scale_pairs(x[i][j].scales.as_ptr().add(8 * n) as *const i8);
-            }
-            // Sub-block k of this half: low (k < 2) or high nibbles of the k-th 32 ql bytes
-            // (mod 2), with bits 2k, 2k+1 of the 32 qh bytes above them.
-            for k in 0..4 {
-                let mut q = [_mm256_setzero_si256(); R];
-                let mut sc = [_mm256_setzero_si256(); R];
-                for i in 0..R {
-                    let bx = &x[i][j];
-                    let l = loadu(bx.ql.as_ptr().add(64 * n + 32 * (k % 2)));
-                    let h = loadu(bx.qh.as_ptr().add(32 * n));
-                    let hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k as i32)), m2), 4);
-                    let lo = if k < 2 { l } else { _mm256_srli_epi16(l, 4) };
-                    q[i] = _mm256_or_si256(_mm256_and_si256(lo, m4), hi);
-                    sc[i] = _mm256_shuffle_epi8(scv[i], masks[k]);
-                }
-                for t in 0..T {
-                    let a = loadu(y[t][j].qs.as_ptr().add(128 * n + 32 * k));
-                    let off = _mm256_maddubs_epi16(m32, a);
-                    for i in 0..R {
-                        let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[i], a), off);
-                        sumi[i][t] = _mm256_add_epi32(sumi[i][t], _mm256_madd_epi16(p, sc[i]));
-                    }
-                }
-            }
-        }
-        tile_fma(&mut acc, &sumi, x.map(|r| h2f(r[j].d)), y.map(|a| a[j].d()));
-    }
-    tile_sums(&acc, &[[0.0; T]; R])
-}
-
-/// One tile of [`tiled_rows_tokens`]: rows `r + ri…` against tokens `t + ti…`.
-macro_rules! run_tile {
-    ($tile:ident, $row:ident, $tok:ident, $out:ident, $r:ident, $t:ident, $n_tok:ident; $($ri:literal),+; $($ti:literal),+) => {{
-        let v = $tile([$($row($r + $ri)),+], [$($tok($t + $ti)),+]);
-        for (i, vr) in v.iter().enumerate() {
-            $out[($r + i) * $n_tok + $t..][..vr.len()].copy_from_slice(vr);
-        }
-    }};
-}
-
-/// Rows of a block type against `n_tok` activation rows in tiles of 2 rows × 4 tokens (smaller
-/// at the edges) of its `tile_*` kernel, into `out[row * n_tok + t]`.
-macro_rules! tiled_rows_tokens {
-    ($($name:ident => $tile:ident, $block:ty;)*) => {$(
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $name(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
-            let rows = w.len() / rb;
-            let row = |r: usize| as_blocks::<$block>(&w[r * rb..(r + 1) * rb]);
-            let tok = |t: usize| as_blocks::<BlockQ8K>(&acts[t * arb..(t + 1) * arb]);
-            let mut r = 0;
-            while r < rows {
-                let nr = (rows - r).min(2);
-                let mut t = 0;
-                while t < n_tok {
-                    let nt = (n_tok - t).min(4);
-                    match (nr, nt) {
-                        (2, 4) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0, 1, 2, 3),
-                        (2, 3) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0, 1, 2),
-                        (2, 2) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0, 1),
-                        (2, _) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0),
-                        (_, 4) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0, 1, 2, 3),
-                        (_, 3) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0, 1, 2),
-                        (_, 2) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0, 1),
-                        (_, _) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0),
-                    }
-                    t += nt;
-                }
-                r += nr;
-            }
-        }
-    )*};
-}
-
-tiled_rows_tokens! {
-    rows_tokens_q4_k => tile_q4_k, BlockQ4K;
-    rows_tokens_q6_k => tile_q6_k, BlockQ6K;
-}
-
-/// Several weight rows (`rb` bytes each) against several activation rows at once, into
-/// `out[row * n_tok + t]`; false when there is no such kernel for `ty` here (the caller goes
-/// token by token). Sizes are already checked by the caller.
-pub fn vec_dot_rows_tokens(ty: GgmlType, rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) -> bool {
-    if !available() {
-        return false;
-    }
-    let f = match ty {
-        GgmlType::IQ2_XXS => rows_tokens_iq2_xxs,
-        GgmlType::IQ1_S => rows_tokens_iq1_s,
-        GgmlType::Q4_K => rows_tokens_q4_k,
-        GgmlType::Q6_K => rows_tokens_q6_k,
-        _ => return false,
-    };
-    // SAFETY: the CPU features were checked above; the block views come from checked sizes.
-    unsafe { f(rb, w, acts, arb, n_tok, out) };
-    true
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_xs(x: &[BlockIQ4XS], y: &[BlockQ8K]) -> f32 {
     let values = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
@@ -1057,14 +775,20 @@ unsafe fn sign_bytes4(p: *const u8) -> __m256i {
     sign_bytes32(_mm256_set1_epi32(rd_u32(p) as i32), pick)
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
-    // Byte shuffles that spread the sign bytes of sub-groups 0..3 (picks[0]) or 4..7 (picks[1])
-    // of a 128-bit half over 8 bytes each.
-    let picks = [
+/// Byte shuffles that spread the IQ2_XS sign bytes of sub-groups 0..3 (`[0]`) or 4..7 (`[1]`)
+/// of a 128-bit half (from [`ksigns16`]) over 8 bytes each, for [`sign_bytes32`].
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq2xs_sign_picks() -> [__m256i; 2] {
+    [
         _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2, 4, 4, 4, 4, 4, 4, 4, 4, 6, 6, 6, 6, 6, 6, 6, 6),
         _mm256_setr_epi8(8, 8, 8, 8, 8, 8, 8, 8, 10, 10, 10, 10, 10, 10, 10, 10, 12, 12, 12, 12, 12, 12, 12, 12, 14, 14, 14, 14, 14, 14, 14, 14),
-    ];
+    ]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
+    let picks = iq2xs_sign_picks();
     let m511 = _mm256_set1_epi16(511);
     let masks = pair_masks();
     let mut acc = _mm256_setzero_ps();
