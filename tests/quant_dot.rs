@@ -271,9 +271,9 @@ fn vec_dot_rows_equals_row_by_row_for_every_type() {
     assert!(checked >= 20, "only {checked} (type, row length) cases had two rows or more");
 }
 
-/// Rows × tokens at once (the IQ types decode a pair of rows once for all tokens; Q4_K, Q5_K and
-/// Q6_K go in tiles of rows × tokens; others go token by token) give each (row, token)'s
-/// own `vec_dot`, bit for bit.
+/// Rows × tokens at once (Q4_K, Q5_K, Q6_K and the IQ2, IQ3 and IQ1_S types decode a pair of rows
+/// once for all tokens; others go token by token) give each (row, token)'s own `vec_dot`, bit
+/// for bit.
 #[test]
 fn vec_dot_rows_tokens_equals_each_dot() {
     let manifest: serde_json::Value =
@@ -289,8 +289,7 @@ fn vec_dot_rows_tokens_equals_each_dot() {
         // Rows of three blocks, so a kernel that takes a token's block j from the wrong place fails.
         let be = if ty.block_elems() == 1 { 64 } else { 3 * ty.block_elems() };
         let rb = ty.row_bytes(be as u64).unwrap() as usize;
-        // An odd number of rows and token counts around multiples of 4 and 8 (and past the 64
-        // tokens of a prompt kernel's pass) reach every edge of the kernels' row and token tiles.
+        // An odd number of rows (a last row without its pair) and token counts from 1 to 65.
         let rows = (w.len() / rb).min(19);
         assert!(rows >= 2, "{ty}: the fixture holds {rows} rows of {be}");
         for n_tok in [1usize, 2, 3, 8, 9, 17, 65] {

@@ -2,42 +2,49 @@
 //! where a dot per (row, token) would load and decode every block once per token. Each keeps
 //! its `dot_*` twin's integer sums and float order, so every (row, token) gets that dot's bits.
 //!
-//! - K-quants (Q4_K, Q5_K, Q6_K): tiles of 2 rows × 4 tokens in registers.
-//! - IQ types whose lattice values are small (IQ1_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S): a
-//!   pair of rows decoded once into signed bytes for every token ([`prompt_rows`]).
+//! The types whose weights decode to small integers (|w| ≤ 62: Q4_K, Q5_K, Q6_K, IQ1_S, IQ2_XXS,
+//! IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S) go through [`prompt_rows`]: a pair of rows decoded once into
+//! signed bytes, then every token run along them.
 
 use super::*;
 
 /// One super-block decoded for [`prompt_rows`]: each 32-weight sub-block's signed weights and
-/// its scale (16 lanes), what activations biased by 128 add to the sums (the weights' products
-/// with 128, in the same lanes), the block scale, and for IQ1_S the signed scales of the deltas.
+/// its scales (16 lanes), what activations biased by 128 add to the sums (the weights' products
+/// with 128, in the same lanes), the block scale, and what a type's second term needs (IQ1_S:
+/// the signed scales of its deltas; Q4_K, Q5_K: the mins and their scale).
 struct Decoded {
     w: [__m256i; 8],
     ls: [__m256i; 8],
     corr: __m256i,
     d: f32,
-    lsd: __m128i,
+    extra: f32,
+    aux: __m128i,
 }
 
 /// A weight type whose super-blocks decode to signed bytes (|w| ≤ 62) with a scale per 16 lanes.
 trait PromptType: Block {
-    /// Whether a delta term (IQ1_S) adds `dx·dy·Σ lsd·bsums` per block beside the lanes.
-    const DELTA: bool;
+    /// Whether a second term per block (IQ1_S's deltas, Q4_K's and Q5_K's mins) is summed apart.
+    const TERM: bool;
     unsafe fn decode(&self) -> Decoded;
-    /// The dot from the lane accumulator and the delta sum, in the `dot_*` kernel's order.
-    unsafe fn finish(acc: __m256, accd: f32) -> f32;
+    /// That term of a block against a token's block, as the `dot_*` kernel makes it.
+    #[inline(always)]
+    unsafe fn term(_d: &Decoded, _by: &BlockQ8K, _dy: f32) -> f32 {
+        0.0
+    }
+    /// The dot from the lane accumulator and the terms' sum, in the `dot_*` kernel's order.
+    unsafe fn finish(acc: __m256, terms: f32) -> f32;
 }
 
 /// A block of weights and their scales with the bias correction made from them.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn decoded(w: [__m256i; 8], ls: [__m256i; 8], d: f32, lsd: __m128i) -> Decoded {
+unsafe fn decoded(w: [__m256i; 8], ls: [__m256i; 8], d: f32, extra: f32, aux: __m128i) -> Decoded {
     let bias = _mm256_set1_epi8(-128);
     let mut corr = _mm256_setzero_si256();
     for ib in 0..8 {
         corr = _mm256_add_epi32(corr, _mm256_madd_epi16(_mm256_maddubs_epi16(bias, w[ib]), ls[ib]));
     }
-    Decoded { w, ls, corr, d, lsd }
+    Decoded { w, ls, corr, d, extra, aux }
 }
 
 /// Scales `2c + 1` of 3- or 4-bit codes, one per sub-block, over all 16 lanes.
@@ -48,7 +55,7 @@ unsafe fn odd_scales(codes: [u32; 8]) -> [__m256i; 8] {
 }
 
 impl PromptType for BlockIQ2XXS {
-    const DELTA: bool = false;
+    const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
@@ -72,17 +79,17 @@ impl PromptType for BlockIQ2XXS {
             w[ib] = _mm256_sign_epi8(g, s);
             codes[ib] = a1 >> 28;
         }
-        decoded(w, odd_scales(codes), h2f(self.d), _mm_setzero_si128())
+        decoded(w, odd_scales(codes), h2f(self.d), 0.0, _mm_setzero_si128())
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _accd: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
         0.125 * hsum_ps(acc)
     }
 }
 
 impl PromptType for BlockIQ1S {
-    const DELTA: bool = true;
+    const TERM: bool = true;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
@@ -99,17 +106,25 @@ impl PromptType for BlockIQ1S {
         let qh = _mm_loadu_si128(self.qh.as_ptr() as *const __m128i);
         let ls = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qh, 11), _mm_set1_epi16(0xe)), _mm_set1_epi16(1));
         let lsd = _mm_sign_epi16(ls, _mm_or_si128(qh, _mm_set1_epi16(1)));
-        decoded(w, odd_scales(codes), h2f(self.d), lsd)
+        decoded(w, odd_scales(codes), h2f(self.d), 0.0, lsd)
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, accd: f32) -> f32 {
-        hsum_ps(acc) + 0.125 * accd
+    unsafe fn term(d: &Decoded, by: &BlockQ8K, dy: f32) -> f32 {
+        // `iq1s_delta_sum`'s: |pair sums| ≤ 2 · 16 · 128, so i16 holds them.
+        let bs = by.bsums.as_ptr() as *const __m128i;
+        let pairs = _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1)));
+        d.d * dy * hsum_epi32(_mm_madd_epi16(d.aux, pairs)) as f32
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
+        hsum_ps(acc) + 0.125 * terms
     }
 }
 
 impl PromptType for BlockIQ2XS {
-    const DELTA: bool = false;
+    const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
@@ -136,17 +151,17 @@ impl PromptType for BlockIQ2XS {
                 ls[4 * half + j] = _mm256_shuffle_epi8(scv, masks[j]);
             }
         }
-        decoded(w, ls, h2f(self.d), _mm_setzero_si128())
+        decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128())
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _accd: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
         0.125 * hsum_ps(acc)
     }
 }
 
 impl PromptType for BlockIQ2S {
-    const DELTA: bool = false;
+    const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
@@ -161,17 +176,17 @@ impl PromptType for BlockIQ2S {
             w[ib] = _mm256_sign_epi8(g, sign_bytes4(self.qs.as_ptr().add(32 + 4 * ib)));
             ls[ib] = _mm256_shuffle_epi8(byte_scale_pairs(scales, ib / 4), masks[ib % 4]);
         }
-        decoded(w, ls, h2f(self.d), _mm_setzero_si128())
+        decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128())
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _accd: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
         0.125 * hsum_ps(acc)
     }
 }
 
 impl PromptType for BlockIQ3XXS {
-    const DELTA: bool = false;
+    const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
@@ -191,17 +206,17 @@ impl PromptType for BlockIQ3XXS {
             w[ib] = _mm256_sign_epi8(g, s);
             codes[ib] = aux >> 28;
         }
-        decoded(w, odd_scales(codes), h2f(self.d), _mm_setzero_si128())
+        decoded(w, odd_scales(codes), h2f(self.d), 0.0, _mm_setzero_si128())
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _accd: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
         0.25 * hsum_ps(acc)
     }
 }
 
 impl PromptType for BlockIQ3S {
-    const DELTA: bool = false;
+    const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
@@ -216,16 +231,113 @@ impl PromptType for BlockIQ3S {
             let sc = self.scales[ib / 2] as u32;
             codes[ib] = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
         }
-        decoded(w, odd_scales(codes), h2f(self.d), _mm_setzero_si128())
+        decoded(w, odd_scales(codes), h2f(self.d), 0.0, _mm_setzero_si128())
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _accd: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
         hsum_ps(acc)
     }
 }
 
-/// Rows of an IQ type against `n_tok` activation rows (`arb` bytes apart) into
+impl PromptType for BlockQ4K {
+    const TERM: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> Decoded {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let sm = k4_scales_mins(&self.scales);
+        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        let mut w = [_mm256_setzero_si256(); 8];
+        let mut ls = [_mm256_setzero_si256(); 8];
+        // Sub-block k: the low nibbles of byte group k/2 when k is even, else the high ones.
+        for k in 0..8 {
+            let q4 = loadu(self.qs.as_ptr().add(32 * (k / 2)));
+            w[k] = _mm256_and_si256(if k % 2 == 0 { q4 } else { _mm256_srli_epi16(q4, 4) }, m4);
+            ls[k] = _mm256_shuffle_epi8(sc, loadu(BROADCAST_I16[k].as_ptr()));
+        }
+        decoded(w, ls, h2f(self.d), h2f(self.dmin), sm)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn term(d: &Decoded, by: &BlockQ8K, dy: f32) -> f32 {
+        dy * d.extra * k4_min_sum(d.aux, by) as f32
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
+        hsum_ps(acc) - terms
+    }
+}
+
+impl PromptType for BlockQ5K {
+    const TERM: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> Decoded {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let one = _mm256_set1_epi8(1);
+        let sm = k4_scales_mins(&self.scales);
+        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+        let hb = loadu(self.qh.as_ptr());
+        let mut w = [_mm256_setzero_si256(); 8];
+        let mut ls = [_mm256_setzero_si256(); 8];
+        // Q4_K's nibbles with bit k of the 32 qh bytes above them.
+        for k in 0..8 {
+            let q4 = loadu(self.qs.as_ptr().add(32 * (k / 2)));
+            let lo = _mm256_and_si256(if k % 2 == 0 { q4 } else { _mm256_srli_epi16(q4, 4) }, m4);
+            let h = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(k as i32)), one);
+            w[k] = _mm256_or_si256(lo, _mm256_slli_epi16(h, 4));
+            ls[k] = _mm256_shuffle_epi8(sc, loadu(BROADCAST_I16[k].as_ptr()));
+        }
+        decoded(w, ls, h2f(self.d), h2f(self.dmin), sm)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn term(d: &Decoded, by: &BlockQ8K, dy: f32) -> f32 {
+        dy * d.extra * k4_min_sum(d.aux, by) as f32
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
+        hsum_ps(acc) - terms
+    }
+}
+
+impl PromptType for BlockQ6K {
+    const TERM: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> Decoded {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let m2 = _mm256_set1_epi8(3);
+        let m32 = _mm256_set1_epi8(32);
+        let masks = pair_masks();
+        let mut w = [_mm256_setzero_si256(); 8];
+        let mut ls = [_mm256_setzero_si256(); 8];
+        // Half n, sub-block k: low (k < 2) or high nibbles of the (k mod 2)-th 32 ql bytes, bits
+        // 2k, 2k+1 of the 32 qh bytes above them, less 32.
+        for n in 0..2 {
+            let scv = scale_pairs(self.scales.as_ptr().add(8 * n) as *const i8);
+            let h = loadu(self.qh.as_ptr().add(32 * n));
+            for k in 0..4 {
+                let l = loadu(self.ql.as_ptr().add(64 * n + 32 * (k % 2)));
+                let hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k as i32)), m2), 4);
+                let lo = _mm256_and_si256(if k < 2 { l } else { _mm256_srli_epi16(l, 4) }, m4);
+                w[4 * n + k] = _mm256_sub_epi8(_mm256_or_si256(lo, hi), m32);
+                ls[4 * n + k] = _mm256_shuffle_epi8(scv, masks[k]);
+            }
+        }
+        decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128())
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
+        hsum_ps(acc)
+    }
+}
+
+/// Rows of a [`PromptType`] against `n_tok` activation rows (`arb` bytes apart) into
 /// `out[row * n_tok + t]`, `R` rows at a time. The `R` rows are decoded once, into signed weights
 /// (the decoding is most of a dot's work), for all the tokens; then each token runs along them,
 /// its activations biased by 128 to the unsigned operand of `maddubs` (|w| ≤ 62, so no pair
@@ -250,7 +362,7 @@ unsafe fn prompt_rows<B: PromptType, const R: usize>(rb: usize, w: &[u8], acts: 
         for t in 0..n_tok {
             let y: &[BlockQ8K] = as_blocks(&acts[t * arb..][..arb]);
             let mut acc = [_mm256_setzero_ps(); R];
-            let mut accd = [0f32; R];
+            let mut terms = [0f32; R];
             for (d, by) in dec.iter().zip(y) {
                 let mut sumi = [_mm256_setzero_si256(); R];
                 for ib in 0..8 {
@@ -260,232 +372,21 @@ unsafe fn prompt_rows<B: PromptType, const R: usize>(rb: usize, w: &[u8], acts: 
                         sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(p, d[i].ls[ib]));
                     }
                 }
-                // |pair sums| ≤ 2 · 16 · 128, so i16 holds them.
-                let bs = by.bsums.as_ptr() as *const __m128i;
-                let pairs = if B::DELTA { _mm_hadd_epi16(_mm_loadu_si128(bs), _mm_loadu_si128(bs.add(1))) } else { _mm_setzero_si128() };
                 let dy = by.d();
                 for i in 0..R {
-                    let dd = d[i].d * dy;
                     let s = _mm256_sub_epi32(sumi[i], d[i].corr);
-                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(dd), _mm256_cvtepi32_ps(s), acc[i]);
-                    if B::DELTA {
-                        accd[i] += dd * hsum_epi32(_mm_madd_epi16(d[i].lsd, pairs)) as f32;
+                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d[i].d * dy), _mm256_cvtepi32_ps(s), acc[i]);
+                    if B::TERM {
+                        terms[i] += B::term(&d[i], by, dy);
                     }
                 }
             }
             for i in 0..nr {
-                out[(r + i) * n_tok + t] = B::finish(acc[i], accd[i]);
+                out[(r + i) * n_tok + t] = B::finish(acc[i], terms[i]);
             }
         }
         r += nr;
     }
-}
-
-/// A tile's block step: `acc[i][t] += (dy[t] · dx[i]) · sumi[i][t]`, the scales multiplied in
-/// the `dot_*` kernels' order.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_fma<const R: usize, const T: usize>(acc: &mut [[__m256; T]; R], sumi: &[[__m256i; T]; R], dx: [f32; R], dy: [f32; T]) {
-    for i in 0..R {
-        for t in 0..T {
-            acc[i][t] = _mm256_fmadd_ps(_mm256_set1_ps(dy[t] * dx[i]), _mm256_cvtepi32_ps(sumi[i][t]), acc[i][t]);
-        }
-    }
-}
-
-/// A tile's results: each accumulator's lanes summed, minus the tile's min terms (subtracting
-/// 0 leaves every value, −0 included, as it is).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_sums<const R: usize, const T: usize>(acc: &[[__m256; T]; R], mins: &[[f32; T]; R]) -> [[f32; T]; R] {
-    let mut out = [[0f32; T]; R];
-    for i in 0..R {
-        for t in 0..T {
-            out[i][t] = hsum_ps(acc[i][t]) - mins[i][t];
-        }
-    }
-    out
-}
-
-/// Q4_K rows × tokens in tiles of `R` rows and `T` tokens: each 32-byte load of a token's
-/// activations serves the `R` rows and each row's unpacked nibbles serve the `T` tokens, where
-/// a dot per (row, token) loads both for every product. Each (row, token) keeps `dot_q4_k`'s
-/// integer sums and float order, so its result is that dot's bits.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q4_k<const R: usize, const T: usize>(x: [&[BlockQ4K]; R], y: [&[BlockQ8K]; T]) -> [[f32; T]; R] {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    let mut mins = [[0f32; T]; R];
-    for j in 0..x[0].len() {
-        let mut sc = [_mm256_setzero_si256(); R];
-        let mut sumi = [[_mm256_setzero_si256(); T]; R];
-        for i in 0..R {
-            let sm = k4_scales_mins(&x[i][j].scales);
-            sc[i] = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-            let dmin = h2f(x[i][j].dmin);
-            for t in 0..T {
-                mins[i][t] += y[t][j].d() * dmin * k4_min_sum(sm, &y[t][j]) as f32;
-            }
-        }
-        // Sub-blocks of 32: k even takes the low nibbles of byte group k/2, k odd the high.
-        for k in 0..8 {
-            let mut q = [_mm256_setzero_si256(); R];
-            let mut s = [_mm256_setzero_si256(); R];
-            for i in 0..R {
-                let q4 = loadu(x[i][j].qs.as_ptr().add(32 * (k / 2)));
-                q[i] = _mm256_and_si256(if k % 2 == 0 { q4 } else { _mm256_srli_epi16(q4, 4) }, m4);
-                s[i] = _mm256_shuffle_epi8(sc[i], loadu(BROADCAST_I16[k].as_ptr()));
-            }
-            for t in 0..T {
-                let a = loadu(y[t][j].qs.as_ptr().add(32 * k));
-                for i in 0..R {
-                    sumi[i][t] = _mm256_add_epi32(sumi[i][t], _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], a), s[i]));
-                }
-            }
-        }
-        tile_fma(&mut acc, &sumi, x.map(|r| h2f(r[j].d)), y.map(|a| a[j].d()));
-    }
-    tile_sums(&acc, &mins)
-}
-
-/// Q5_K as [`tile_q4_k`] does Q4_K, each sub-block's fifth bits (bit k of the 32 qh bytes)
-/// put above the nibbles once for the `T` tokens.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q5_k<const R: usize, const T: usize>(x: [&[BlockQ5K]; R], y: [&[BlockQ8K]; T]) -> [[f32; T]; R] {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let one = _mm256_set1_epi8(1);
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    let mut mins = [[0f32; T]; R];
-    for j in 0..x[0].len() {
-        let mut sc = [_mm256_setzero_si256(); R];
-        let mut hb = [_mm256_setzero_si256(); R];
-        let mut sumi = [[_mm256_setzero_si256(); T]; R];
-        for i in 0..R {
-            let sm = k4_scales_mins(&x[i][j].scales);
-            sc[i] = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-            hb[i] = loadu(x[i][j].qh.as_ptr());
-            let dmin = h2f(x[i][j].dmin);
-            for t in 0..T {
-                mins[i][t] += y[t][j].d() * dmin * k4_min_sum(sm, &y[t][j]) as f32;
-            }
-        }
-        for k in 0..8 {
-            let mut q = [_mm256_setzero_si256(); R];
-            let mut s = [_mm256_setzero_si256(); R];
-            for i in 0..R {
-                let q4 = loadu(x[i][j].qs.as_ptr().add(32 * (k / 2)));
-                let lo = _mm256_and_si256(if k % 2 == 0 { q4 } else { _mm256_srli_epi16(q4, 4) }, m4);
-                let h = _mm256_and_si256(_mm256_srl_epi16(hb[i], _mm_cvtsi32_si128(k as i32)), one);
-                q[i] = _mm256_or_si256(lo, _mm256_slli_epi16(h, 4));
-                s[i] = _mm256_shuffle_epi8(sc[i], loadu(BROADCAST_I16[k].as_ptr()));
-            }
-            for t in 0..T {
-                let a = loadu(y[t][j].qs.as_ptr().add(32 * k));
-                for i in 0..R {
-                    sumi[i][t] = _mm256_add_epi32(sumi[i][t], _mm256_madd_epi16(_mm256_maddubs_epi16(q[i], a), s[i]));
-                }
-            }
-        }
-        tile_fma(&mut acc, &sumi, x.map(|r| h2f(r[j].d)), y.map(|a| a[j].d()));
-    }
-    tile_sums(&acc, &mins)
-}
-
-/// Q6_K as [`tile_q4_k`] does Q4_K; the −32 offset's term (32 times the activations' pair
-/// sums) depends on the token alone and is made once for the `R` rows.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile_q6_k<const R: usize, const T: usize>(x: [&[BlockQ6K]; R], y: [&[BlockQ8K]; T]) -> [[f32; T]; R] {
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m2 = _mm256_set1_epi8(3);
-    let m32 = _mm256_set1_epi8(32);
-    let masks = pair_masks();
-    let mut acc = [[_mm256_setzero_ps(); T]; R];
-    for j in 0..x[0].len() {
-        let mut sumi = [[_mm256_setzero_si256(); T]; R];
-        for n in 0..2 {
-            let mut scv = [_mm256_setzero_si256(); R];
-            for i in 0..R {
-                scv[i] = scale_pairs(x[i][j].scales.as_ptr().add(8 * n) as *const i8);
-            }
-            // Sub-block k of this half: low (k < 2) or high nibbles of the k-th 32 ql bytes
-            // (mod 2), with bits 2k, 2k+1 of the 32 qh bytes above them.
-            for k in 0..4 {
-                let mut q = [_mm256_setzero_si256(); R];
-                let mut sc = [_mm256_setzero_si256(); R];
-                for i in 0..R {
-                    let bx = &x[i][j];
-                    let l = loadu(bx.ql.as_ptr().add(64 * n + 32 * (k % 2)));
-                    let h = loadu(bx.qh.as_ptr().add(32 * n));
-                    let hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k as i32)), m2), 4);
-                    let lo = if k < 2 { l } else { _mm256_srli_epi16(l, 4) };
-                    q[i] = _mm256_or_si256(_mm256_and_si256(lo, m4), hi);
-                    sc[i] = _mm256_shuffle_epi8(scv[i], masks[k]);
-                }
-                for t in 0..T {
-                    let a = loadu(y[t][j].qs.as_ptr().add(128 * n + 32 * k));
-                    let off = _mm256_maddubs_epi16(m32, a);
-                    for i in 0..R {
-                        let p = _mm256_sub_epi16(_mm256_maddubs_epi16(q[i], a), off);
-                        sumi[i][t] = _mm256_add_epi32(sumi[i][t], _mm256_madd_epi16(p, sc[i]));
-                    }
-                }
-            }
-        }
-        tile_fma(&mut acc, &sumi, x.map(|r| h2f(r[j].d)), y.map(|a| a[j].d()));
-    }
-    tile_sums(&acc, &[[0.0; T]; R])
-}
-
-/// One tile of [`tiled_rows_tokens`]: rows `r + ri…` against tokens `t + ti…`.
-macro_rules! run_tile {
-    ($tile:ident, $row:ident, $tok:ident, $out:ident, $r:ident, $t:ident, $n_tok:ident; $($ri:literal),+; $($ti:literal),+) => {{
-        let v = $tile([$($row($r + $ri)),+], [$($tok($t + $ti)),+]);
-        for (i, vr) in v.iter().enumerate() {
-            $out[($r + i) * $n_tok + $t..][..vr.len()].copy_from_slice(vr);
-        }
-    }};
-}
-
-/// Rows of a block type against `n_tok` activation rows in tiles of 2 rows × 4 tokens (smaller
-/// at the edges) of its `tile_*` kernel, into `out[row * n_tok + t]`.
-macro_rules! tiled_rows_tokens {
-    ($($name:ident => $tile:ident, $block:ty;)*) => {$(
-        #[target_feature(enable = "avx2,fma,f16c")]
-        unsafe fn $name(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
-            let rows = w.len() / rb;
-            let row = |r: usize| as_blocks::<$block>(&w[r * rb..(r + 1) * rb]);
-            let tok = |t: usize| as_blocks::<BlockQ8K>(&acts[t * arb..(t + 1) * arb]);
-            let mut r = 0;
-            while r < rows {
-                let nr = (rows - r).min(2);
-                let mut t = 0;
-                while t < n_tok {
-                    let nt = (n_tok - t).min(4);
-                    match (nr, nt) {
-                        (2, 4) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0, 1, 2, 3),
-                        (2, 3) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0, 1, 2),
-                        (2, 2) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0, 1),
-                        (2, _) => run_tile!($tile, row, tok, out, r, t, n_tok; 0, 1; 0),
-                        (_, 4) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0, 1, 2, 3),
-                        (_, 3) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0, 1, 2),
-                        (_, 2) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0, 1),
-                        (_, _) => run_tile!($tile, row, tok, out, r, t, n_tok; 0; 0),
-                    }
-                    t += nt;
-                }
-                r += nr;
-            }
-        }
-    )*};
-}
-
-tiled_rows_tokens! {
-    rows_tokens_q4_k => tile_q4_k, BlockQ4K;
-    rows_tokens_q5_k => tile_q5_k, BlockQ5K;
-    rows_tokens_q6_k => tile_q6_k, BlockQ6K;
 }
 
 /// Several weight rows (`rb` bytes each) against several activation rows at once, into
@@ -502,9 +403,9 @@ pub fn vec_dot_rows_tokens(ty: GgmlType, rb: usize, w: &[u8], acts: &[u8], arb: 
         GgmlType::IQ2_S => prompt_rows::<BlockIQ2S, 2>,
         GgmlType::IQ3_XXS => prompt_rows::<BlockIQ3XXS, 2>,
         GgmlType::IQ3_S => prompt_rows::<BlockIQ3S, 2>,
-        GgmlType::Q4_K => rows_tokens_q4_k,
-        GgmlType::Q5_K => rows_tokens_q5_k,
-        GgmlType::Q6_K => rows_tokens_q6_k,
+        GgmlType::Q4_K => prompt_rows::<BlockQ4K, 2>,
+        GgmlType::Q5_K => prompt_rows::<BlockQ5K, 2>,
+        GgmlType::Q6_K => prompt_rows::<BlockQ6K, 2>,
         _ => return false,
     };
     // SAFETY: the CPU features were checked above; the block views come from checked sizes.
