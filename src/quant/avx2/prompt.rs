@@ -2,7 +2,7 @@
 //! where a dot per (row, token) would load and decode every block once per token. Each keeps
 //! its `dot_*` twin's integer sums and float order, so every (row, token) gets that dot's bits.
 //!
-//! The types whose weights decode to small integers (|w| ≤ 62: Q4_K, Q5_K, Q6_K, IQ1_S, IQ2_XXS,
+//! The types whose weights decode to small integers (|w| ≤ 62: Q2_K … Q6_K, IQ1_S, IQ2_XXS,
 //! IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S) go through [`prompt_rows`]: a pair of rows decoded once into
 //! signed bytes, then every token run along them.
 
@@ -11,7 +11,7 @@ use super::*;
 /// One super-block decoded for [`prompt_rows`]: each 32-weight sub-block's signed weights and
 /// its scales (16 lanes), what activations biased by 128 add to the sums (the weights' products
 /// with 128, in the same lanes), the block scale, and what a type's second term needs (IQ1_S:
-/// the signed scales of its deltas; Q4_K, Q5_K: the mins and their scale).
+/// the signed scales of its deltas; Q2_K, Q4_K, Q5_K: the mins and their scale).
 struct Decoded {
     w: [__m256i; 8],
     ls: [__m256i; 8],
@@ -23,7 +23,7 @@ struct Decoded {
 
 /// A weight type whose super-blocks decode to signed bytes (|w| ≤ 62) with a scale per 16 lanes.
 trait PromptType: Block {
-    /// Whether a second term per block (IQ1_S's deltas, Q4_K's and Q5_K's mins) is summed apart.
+    /// Whether a second term per block (IQ1_S's deltas, the mins of Q2_K, Q4_K, Q5_K) is summed apart.
     const TERM: bool;
     unsafe fn decode(&self) -> Decoded;
     /// That term of a block against a token's block, as the `dot_*` kernel makes it.
@@ -337,6 +337,75 @@ impl PromptType for BlockQ6K {
     }
 }
 
+impl PromptType for BlockQ2K {
+    const TERM: bool = true;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> Decoded {
+        let m3 = _mm256_set1_epi8(3);
+        let m4 = _mm_set1_epi8(0xf);
+        let masks = pair_masks();
+        let sv = _mm_loadu_si128(self.scales.as_ptr() as *const __m128i);
+        let mut w = [_mm256_setzero_si256(); 8];
+        let mut ls = [_mm256_setzero_si256(); 8];
+        for n in 0..2 {
+            let q2 = loadu(self.qs.as_ptr().add(32 * n));
+            let scv = byte_scale_pairs(_mm_and_si128(sv, m4), n);
+            for j in 0..4 {
+                w[4 * n + j] = _mm256_and_si256(_mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                ls[4 * n + j] = _mm256_shuffle_epi8(scv, masks[j]);
+            }
+        }
+        // The 16 mins (high nibbles) for the term.
+        decoded(w, ls, h2f(self.d), h2f(self.dmin), _mm_and_si128(_mm_srli_epi16(sv, 4), m4))
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn term(d: &Decoded, by: &BlockQ8K, dy: f32) -> f32 {
+        let p = _mm256_madd_epi16(_mm256_cvtepu8_epi16(d.aux), loadu(by.bsums.as_ptr()));
+        let summs = hsum_epi32(_mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
+        dy * d.extra * summs as f32
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
+        hsum_ps(acc) - terms
+    }
+}
+
+impl PromptType for BlockQ3K {
+    const TERM: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> Decoded {
+        let m3 = _mm256_set1_epi8(3);
+        let one = _mm256_set1_epi8(1);
+        let masks = pair_masks();
+        let r = q3k_scale_words(&self.scales);
+        let sc = _mm_sub_epi8(_mm_set_epi32(r[3] as i32, r[2] as i32, r[1] as i32, r[0] as i32), _mm_set1_epi8(32));
+        let hb = loadu(self.hmask.as_ptr());
+        let mut w = [_mm256_setzero_si256(); 8];
+        let mut ls = [_mm256_setzero_si256(); 8];
+        for n in 0..2 {
+            let q3 = loadu(self.qs.as_ptr().add(32 * n));
+            let scv = byte_scale_pairs(sc, n);
+            for j in 0..4 {
+                let lo = _mm256_and_si256(_mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * j as i32)), m3);
+                let bit = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128((4 * n + j) as i32)), one);
+                // q = lo − 4 where the high bit is clear.
+                w[4 * n + j] = _mm256_sub_epi8(lo, _mm256_slli_epi16(_mm256_xor_si256(bit, one), 2));
+                ls[4 * n + j] = _mm256_shuffle_epi8(scv, masks[j]);
+            }
+        }
+        decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128())
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
+        hsum_ps(acc)
+    }
+}
+
 /// Rows of a [`PromptType`] against `n_tok` activation rows (`arb` bytes apart) into
 /// `out[row * n_tok + t]`, `R` rows at a time. The `R` rows are decoded once, into signed weights
 /// (the decoding is most of a dot's work), for all the tokens; then each token runs along them,
@@ -403,6 +472,8 @@ pub fn vec_dot_rows_tokens(ty: GgmlType, rb: usize, w: &[u8], acts: &[u8], arb: 
         GgmlType::IQ2_S => prompt_rows::<BlockIQ2S, 2>,
         GgmlType::IQ3_XXS => prompt_rows::<BlockIQ3XXS, 2>,
         GgmlType::IQ3_S => prompt_rows::<BlockIQ3S, 2>,
+        GgmlType::Q2_K => prompt_rows::<BlockQ2K, 2>,
+        GgmlType::Q3_K => prompt_rows::<BlockQ3K, 2>,
         GgmlType::Q4_K => prompt_rows::<BlockQ4K, 2>,
         GgmlType::Q5_K => prompt_rows::<BlockQ5K, 2>,
         GgmlType::Q6_K => prompt_rows::<BlockQ6K, 2>,
