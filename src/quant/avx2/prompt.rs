@@ -2,9 +2,10 @@
 //! where a dot per (row, token) would load and decode every block once per token. Each keeps
 //! its `dot_*` twin's integer sums and float order, so every (row, token) gets that dot's bits.
 //!
-//! The types whose weights decode to small integers (|w| ≤ 62: Q2_K … Q6_K, IQ1_S, IQ2_XXS,
-//! IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S) go through [`prompt_rows`]: a pair of rows decoded once into
-//! signed bytes, then every token run along them.
+//! Q2_K … Q6_K, IQ1_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S and IQ4_XS go through
+//! [`prompt_rows`]: a pair of rows decoded once, then every token run along them. Weights that
+//! are small integers (|w| ≤ 62: all but IQ4_XS) become signed bytes against activations biased
+//! by 128 ([`Decoded`]); IQ4_XS's (±127) keep its kernel's sign trick ([`SignedBlock`]).
 
 use super::*;
 
@@ -21,14 +22,71 @@ struct Decoded {
     aux: __m128i,
 }
 
-/// A weight type whose super-blocks decode to signed bytes (|w| ≤ 62) with a scale per 16 lanes.
+/// A decoded block's products with a token's 32 activations of sub-block `ib`, as i32 lanes.
+trait Lanes {
+    /// The activations as the products take them, made once per token for the rows.
+    unsafe fn prep(a: __m256i) -> __m256i;
+    unsafe fn lanes(&self, ib: usize, a: __m256i) -> __m256i;
+    /// The summed lanes made equal to the `dot_*` kernel's.
+    unsafe fn fix(&self, sumi: __m256i) -> __m256i;
+    fn scale(&self) -> f32;
+}
+
+impl Lanes for Decoded {
+    #[inline(always)]
+    unsafe fn prep(a: __m256i) -> __m256i {
+        _mm256_xor_si256(a, _mm256_set1_epi8(-128))
+    }
+    #[inline(always)]
+    unsafe fn lanes(&self, ib: usize, a: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(a, self.w[ib]), self.ls[ib])
+    }
+    #[inline(always)]
+    unsafe fn fix(&self, sumi: __m256i) -> __m256i {
+        _mm256_sub_epi32(sumi, self.corr)
+    }
+    fn scale(&self) -> f32 {
+        self.d
+    }
+}
+
+/// A block whose weights reach ±127 (IQ4_XS), decoded for the sign trick of its `dot_*`
+/// kernel: magnitudes, the weights themselves (their signs go onto the raw activations), and
+/// the scales.
+struct SignedBlock {
+    mag: [__m256i; 8],
+    w: [__m256i; 8],
+    ls: [__m256i; 8],
+    d: f32,
+}
+
+impl Lanes for SignedBlock {
+    #[inline(always)]
+    unsafe fn prep(a: __m256i) -> __m256i {
+        a
+    }
+    #[inline(always)]
+    unsafe fn lanes(&self, ib: usize, a: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(self.mag[ib], _mm256_sign_epi8(a, self.w[ib])), self.ls[ib])
+    }
+    #[inline(always)]
+    unsafe fn fix(&self, sumi: __m256i) -> __m256i {
+        sumi
+    }
+    fn scale(&self) -> f32 {
+        self.d
+    }
+}
+
+/// A weight type whose super-blocks decode for [`prompt_rows`].
 trait PromptType: Block {
+    type Dec: Lanes;
     /// Whether a second term per block (IQ1_S's deltas, the mins of Q2_K, Q4_K, Q5_K) is summed apart.
     const TERM: bool;
-    unsafe fn decode(&self) -> Decoded;
+    unsafe fn decode(&self) -> Self::Dec;
     /// That term of a block against a token's block, as the `dot_*` kernel makes it.
     #[inline(always)]
-    unsafe fn term(_d: &Decoded, _by: &BlockQ8K, _dy: f32) -> f32 {
+    unsafe fn term(_d: &Self::Dec, _by: &BlockQ8K, _dy: f32) -> f32 {
         0.0
     }
     /// The dot from the lane accumulator and the terms' sum, in the `dot_*` kernel's order.
@@ -55,6 +113,7 @@ unsafe fn odd_scales(codes: [u32; 8]) -> [__m256i; 8] {
 }
 
 impl PromptType for BlockIQ2XXS {
+    type Dec = Decoded;
     const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -89,6 +148,7 @@ impl PromptType for BlockIQ2XXS {
 }
 
 impl PromptType for BlockIQ1S {
+    type Dec = Decoded;
     const TERM: bool = true;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -124,6 +184,7 @@ impl PromptType for BlockIQ1S {
 }
 
 impl PromptType for BlockIQ2XS {
+    type Dec = Decoded;
     const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -161,6 +222,7 @@ impl PromptType for BlockIQ2XS {
 }
 
 impl PromptType for BlockIQ2S {
+    type Dec = Decoded;
     const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -186,6 +248,7 @@ impl PromptType for BlockIQ2S {
 }
 
 impl PromptType for BlockIQ3XXS {
+    type Dec = Decoded;
     const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -216,6 +279,7 @@ impl PromptType for BlockIQ3XXS {
 }
 
 impl PromptType for BlockIQ3S {
+    type Dec = Decoded;
     const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -241,6 +305,7 @@ impl PromptType for BlockIQ3S {
 }
 
 impl PromptType for BlockQ4K {
+    type Dec = Decoded;
     const TERM: bool = true;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -271,6 +336,7 @@ impl PromptType for BlockQ4K {
 }
 
 impl PromptType for BlockQ5K {
+    type Dec = Decoded;
     const TERM: bool = true;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -305,6 +371,7 @@ impl PromptType for BlockQ5K {
 }
 
 impl PromptType for BlockQ6K {
+    type Dec = Decoded;
     const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -338,6 +405,7 @@ impl PromptType for BlockQ6K {
 }
 
 impl PromptType for BlockQ2K {
+    type Dec = Decoded;
     const TERM: bool = true;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -374,6 +442,7 @@ impl PromptType for BlockQ2K {
 }
 
 impl PromptType for BlockQ3K {
+    type Dec = Decoded;
     const TERM: bool = false;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -406,20 +475,45 @@ impl PromptType for BlockQ3K {
     }
 }
 
+impl PromptType for BlockIQ4XS {
+    type Dec = SignedBlock;
+    const TERM: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> SignedBlock {
+        let values = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        let m4 = _mm_set1_epi8(0x0f);
+        let mut b = SignedBlock { mag: [_mm256_setzero_si256(); 8], w: [_mm256_setzero_si256(); 8], ls: [_mm256_setzero_si256(); 8], d: h2f(self.d) };
+        for ib in 0..8 {
+            let q = _mm_loadu_si128(self.qs.as_ptr().add(16 * ib) as *const __m128i);
+            let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
+            let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+            b.w[ib] = _mm256_set_m128i(hi, lo);
+            b.mag[ib] = _mm256_sign_epi8(b.w[ib], b.w[ib]);
+            b.ls[ib] = _mm256_set1_epi16(self.ls(ib) as i16);
+        }
+        b
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
+        hsum_ps(acc)
+    }
+}
+
 /// Rows of a [`PromptType`] against `n_tok` activation rows (`arb` bytes apart) into
-/// `out[row * n_tok + t]`, `R` rows at a time. The `R` rows are decoded once, into signed weights
-/// (the decoding is most of a dot's work), for all the tokens; then each token runs along them,
-/// its activations biased by 128 to the unsigned operand of `maddubs` (|w| ≤ 62, so no pair
-/// saturates) and loaded once for the `R` rows, and the bias's products, made once per block,
+/// `out[row * n_tok + t]`, `R` rows at a time. The `R` rows are decoded once (the decoding is
+/// most of a dot's work) for all the tokens; then each token runs along them, its activations
+/// loaded (and, for [`Decoded`], biased by 128 into the unsigned operand of `maddubs`: |w| ≤ 62,
+/// so no pair saturates) once for the `R` rows, and the bias's products, made once per block,
 /// come off again. Every lane's integer sum is then the `dot_*` kernel's and so is the float
 /// order: the results are its bits.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn prompt_rows<B: PromptType, const R: usize>(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
     let rows = w.len() / rb;
     let nb = rb / std::mem::size_of::<B>();
-    let bias = _mm256_set1_epi8(-128);
-    // SAFETY (zeroed): Decoded is vectors and an f32, for which zero bits are valid.
-    let mut dec: Vec<[Decoded; R]> = (0..nb).map(|_| std::mem::zeroed()).collect();
+    // SAFETY (zeroed): the decoded blocks are vectors and f32s, for which zero bits are valid.
+    let mut dec: Vec<[B::Dec; R]> = (0..nb).map(|_| std::mem::zeroed()).collect();
     let mut r = 0;
     while r < rows {
         let nr = (rows - r).min(R);
@@ -435,16 +529,15 @@ unsafe fn prompt_rows<B: PromptType, const R: usize>(rb: usize, w: &[u8], acts: 
             for (d, by) in dec.iter().zip(y) {
                 let mut sumi = [_mm256_setzero_si256(); R];
                 for ib in 0..8 {
-                    let a = _mm256_xor_si256(loadu(by.qs.as_ptr().add(32 * ib)), bias);
+                    let a = B::Dec::prep(loadu(by.qs.as_ptr().add(32 * ib)));
                     for i in 0..R {
-                        let p = _mm256_maddubs_epi16(a, d[i].w[ib]);
-                        sumi[i] = _mm256_add_epi32(sumi[i], _mm256_madd_epi16(p, d[i].ls[ib]));
+                        sumi[i] = _mm256_add_epi32(sumi[i], d[i].lanes(ib, a));
                     }
                 }
                 let dy = by.d();
                 for i in 0..R {
-                    let s = _mm256_sub_epi32(sumi[i], d[i].corr);
-                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d[i].d * dy), _mm256_cvtepi32_ps(s), acc[i]);
+                    let s = d[i].fix(sumi[i]);
+                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d[i].scale() * dy), _mm256_cvtepi32_ps(s), acc[i]);
                     if B::TERM {
                         terms[i] += B::term(&d[i], by, dy);
                     }
@@ -472,6 +565,7 @@ pub fn vec_dot_rows_tokens(ty: GgmlType, rb: usize, w: &[u8], acts: &[u8], arb: 
         GgmlType::IQ2_S => prompt_rows::<BlockIQ2S, 2>,
         GgmlType::IQ3_XXS => prompt_rows::<BlockIQ3XXS, 2>,
         GgmlType::IQ3_S => prompt_rows::<BlockIQ3S, 2>,
+        GgmlType::IQ4_XS => prompt_rows::<BlockIQ4XS, 2>,
         GgmlType::Q2_K => prompt_rows::<BlockQ2K, 2>,
         GgmlType::Q3_K => prompt_rows::<BlockQ3K, 2>,
         GgmlType::Q4_K => prompt_rows::<BlockQ4K, 2>,
