@@ -549,26 +549,35 @@ static KEVEN_SIGNS: [u64; 128] = {
     t
 };
 
+/// Group `ib` of an IQ2_XXS block: its 32 lattice magnitudes, their ±1 signs, and the word
+/// whose top 4 bits are the group's scale.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq2xxs_group(bx: &BlockIQ2XXS, ib: usize) -> (__m256i, __m256i, u32) {
+    let q = &bx.qs[8 * ib..8 * ib + 8];
+    let a1 = rd_u32(q.as_ptr().add(4));
+    let g = _mm256_set_epi64x(
+        IQ2XXS_GRID[q[3] as usize] as i64,
+        IQ2XXS_GRID[q[2] as usize] as i64,
+        IQ2XXS_GRID[q[1] as usize] as i64,
+        IQ2XXS_GRID[q[0] as usize] as i64,
+    );
+    let s = _mm256_set_epi64x(
+        KEVEN_SIGNS[((a1 >> 21) & 127) as usize] as i64,
+        KEVEN_SIGNS[((a1 >> 14) & 127) as usize] as i64,
+        KEVEN_SIGNS[((a1 >> 7) & 127) as usize] as i64,
+        KEVEN_SIGNS[(a1 & 127) as usize] as i64,
+    );
+    (g, s, a1)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq2_xxs(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for ib in 0..8 {
-            let q = &bx.qs[8 * ib..8 * ib + 8];
-            let a1 = rd_u32(q.as_ptr().add(4));
-            let g = _mm256_set_epi64x(
-                IQ2XXS_GRID[q[3] as usize] as i64,
-                IQ2XXS_GRID[q[2] as usize] as i64,
-                IQ2XXS_GRID[q[1] as usize] as i64,
-                IQ2XXS_GRID[q[0] as usize] as i64,
-            );
-            let s = _mm256_set_epi64x(
-                KEVEN_SIGNS[((a1 >> 21) & 127) as usize] as i64,
-                KEVEN_SIGNS[((a1 >> 14) & 127) as usize] as i64,
-                KEVEN_SIGNS[((a1 >> 7) & 127) as usize] as i64,
-                KEVEN_SIGNS[(a1 & 127) as usize] as i64,
-            );
+            let (g, s, a1) = iq2xxs_group(bx, ib);
             let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
             let p = _mm256_maddubs_epi16(g, q8);
             let ls = (2 * (a1 >> 28) + 1) as i16;

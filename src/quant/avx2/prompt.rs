@@ -89,8 +89,12 @@ trait PromptType: Block {
     unsafe fn term(_d: &Self::Dec, _by: &BlockQ8K, _dy: f32) -> f32 {
         0.0
     }
-    /// The dot from the lane accumulator and the terms' sum, in the `dot_*` kernel's order.
-    unsafe fn finish(acc: __m256, terms: f32) -> f32;
+    /// The dot from the lane accumulator and the terms' sum, in the `dot_*` kernel's order (here
+    /// the mins' form; with no terms, `- 0` leaves every sum, −0 included, as it is).
+    #[inline(always)]
+    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
+        hsum_ps(acc) - terms
+    }
 }
 
 /// A block of weights and their scales with the bias correction made from them.
@@ -121,20 +125,7 @@ impl PromptType for BlockIQ2XXS {
         let mut w = [_mm256_setzero_si256(); 8];
         let mut codes = [0u32; 8];
         for ib in 0..8 {
-            let q = &self.qs[8 * ib..8 * ib + 8];
-            let a1 = rd_u32(q.as_ptr().add(4));
-            let g = _mm256_set_epi64x(
-                IQ2XXS_GRID[q[3] as usize] as i64,
-                IQ2XXS_GRID[q[2] as usize] as i64,
-                IQ2XXS_GRID[q[1] as usize] as i64,
-                IQ2XXS_GRID[q[0] as usize] as i64,
-            );
-            let s = _mm256_set_epi64x(
-                KEVEN_SIGNS[((a1 >> 21) & 127) as usize] as i64,
-                KEVEN_SIGNS[((a1 >> 14) & 127) as usize] as i64,
-                KEVEN_SIGNS[((a1 >> 7) & 127) as usize] as i64,
-                KEVEN_SIGNS[(a1 & 127) as usize] as i64,
-            );
+            let (g, s, a1) = iq2xxs_group(self, ib);
             w[ib] = _mm256_sign_epi8(g, s);
             codes[ib] = a1 >> 28;
         }
@@ -297,11 +288,36 @@ impl PromptType for BlockIQ3S {
         }
         decoded(w, odd_scales(codes), h2f(self.d), 0.0, _mm_setzero_si128())
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
-        hsum_ps(acc)
+}
+
+/// Q4_K's and Q5_K's mins term, as `dot_q4_k`/`dot_q5_k` make it.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_term(d: &Decoded, by: &BlockQ8K, dy: f32) -> f32 {
+    dy * d.extra * k4_min_sum(d.aux, by) as f32
+}
+
+/// A Q4_K or Q5_K block: sub-block k is the low nibbles of byte group k/2 when k is even, else
+/// the high ones, with (Q5_K) bit k of the 32 `qh` bytes above them.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn k4_decoded(qs: &[u8; 128], qh: Option<&[u8; 32]>, scales: &[u8; 12], d: [u8; 2], dmin: [u8; 2]) -> Decoded {
+    let m4 = _mm256_set1_epi8(0x0f);
+    let one = _mm256_set1_epi8(1);
+    let sm = k4_scales_mins(scales);
+    let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
+    let mut w = [_mm256_setzero_si256(); 8];
+    let mut ls = [_mm256_setzero_si256(); 8];
+    for k in 0..8 {
+        let q4 = loadu(qs.as_ptr().add(32 * (k / 2)));
+        w[k] = _mm256_and_si256(if k % 2 == 0 { q4 } else { _mm256_srli_epi16(q4, 4) }, m4);
+        if let Some(qh) = qh {
+            let h = _mm256_and_si256(_mm256_srl_epi16(loadu(qh.as_ptr()), _mm_cvtsi32_si128(k as i32)), one);
+            w[k] = _mm256_or_si256(w[k], _mm256_slli_epi16(h, 4));
+        }
+        ls[k] = _mm256_shuffle_epi8(sc, loadu(BROADCAST_I16[k].as_ptr()));
     }
+    decoded(w, ls, h2f(d), h2f(dmin), sm)
 }
 
 impl PromptType for BlockQ4K {
@@ -310,28 +326,11 @@ impl PromptType for BlockQ4K {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
-        let m4 = _mm256_set1_epi8(0x0f);
-        let sm = k4_scales_mins(&self.scales);
-        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-        let mut w = [_mm256_setzero_si256(); 8];
-        let mut ls = [_mm256_setzero_si256(); 8];
-        // Sub-block k: the low nibbles of byte group k/2 when k is even, else the high ones.
-        for k in 0..8 {
-            let q4 = loadu(self.qs.as_ptr().add(32 * (k / 2)));
-            w[k] = _mm256_and_si256(if k % 2 == 0 { q4 } else { _mm256_srli_epi16(q4, 4) }, m4);
-            ls[k] = _mm256_shuffle_epi8(sc, loadu(BROADCAST_I16[k].as_ptr()));
-        }
-        decoded(w, ls, h2f(self.d), h2f(self.dmin), sm)
+        k4_decoded(&self.qs, None, &self.scales, self.d, self.dmin)
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn term(d: &Decoded, by: &BlockQ8K, dy: f32) -> f32 {
-        dy * d.extra * k4_min_sum(d.aux, by) as f32
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
-        hsum_ps(acc) - terms
+        k4_term(d, by, dy)
     }
 }
 
@@ -341,32 +340,11 @@ impl PromptType for BlockQ5K {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
-        let m4 = _mm256_set1_epi8(0x0f);
-        let one = _mm256_set1_epi8(1);
-        let sm = k4_scales_mins(&self.scales);
-        let sc = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sm));
-        let hb = loadu(self.qh.as_ptr());
-        let mut w = [_mm256_setzero_si256(); 8];
-        let mut ls = [_mm256_setzero_si256(); 8];
-        // Q4_K's nibbles with bit k of the 32 qh bytes above them.
-        for k in 0..8 {
-            let q4 = loadu(self.qs.as_ptr().add(32 * (k / 2)));
-            let lo = _mm256_and_si256(if k % 2 == 0 { q4 } else { _mm256_srli_epi16(q4, 4) }, m4);
-            let h = _mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(k as i32)), one);
-            w[k] = _mm256_or_si256(lo, _mm256_slli_epi16(h, 4));
-            ls[k] = _mm256_shuffle_epi8(sc, loadu(BROADCAST_I16[k].as_ptr()));
-        }
-        decoded(w, ls, h2f(self.d), h2f(self.dmin), sm)
+        k4_decoded(&self.qs, Some(&self.qh), &self.scales, self.d, self.dmin)
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline(always)]
     unsafe fn term(d: &Decoded, by: &BlockQ8K, dy: f32) -> f32 {
-        dy * d.extra * k4_min_sum(d.aux, by) as f32
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
-        hsum_ps(acc) - terms
+        k4_term(d, by, dy)
     }
 }
 
@@ -396,11 +374,6 @@ impl PromptType for BlockQ6K {
             }
         }
         decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128())
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
-        hsum_ps(acc)
     }
 }
 
@@ -434,11 +407,6 @@ impl PromptType for BlockQ2K {
         let summs = hsum_epi32(_mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1)));
         dy * d.extra * summs as f32
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
-        hsum_ps(acc) - terms
-    }
 }
 
 impl PromptType for BlockQ3K {
@@ -468,11 +436,6 @@ impl PromptType for BlockQ3K {
         }
         decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128())
     }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
-        hsum_ps(acc)
-    }
 }
 
 impl PromptType for BlockIQ4XS {
@@ -493,11 +456,6 @@ impl PromptType for BlockIQ4XS {
             b.ls[ib] = _mm256_set1_epi16(self.ls(ib) as i16);
         }
         b
-    }
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
-        hsum_ps(acc)
     }
 }
 
