@@ -271,7 +271,7 @@ fn vec_dot_rows_equals_row_by_row_for_every_type() {
     assert!(checked >= 20, "only {checked} (type, row length) cases had two rows or more");
 }
 
-/// Rows × tokens at once (Q2_K … Q6_K and the IQ1_S, IQ2, IQ3 and IQ4_XS types decode a pair of
+/// Rows × tokens at once (Q2_K … Q6_K and the IQ1, IQ2, IQ3 and IQ4_XS types decode a pair of
 /// rows once for all tokens; others go token by token) give each (row, token)'s own `vec_dot`,
 /// bit for bit.
 #[test]
@@ -282,7 +282,7 @@ fn vec_dot_rows_tokens_equals_each_dot() {
     for t in manifest["types"].as_array().unwrap() {
         let ty = GgmlType::from_name(t["type"].as_str().unwrap()).unwrap();
         use GgmlType::*;
-        if ![IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS, IQ1_S, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16].contains(&ty) {
+        if ![IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS, IQ1_S, IQ1_M, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16].contains(&ty) {
             continue;
         }
         let w = std::fs::read(data_dir().join(t["cases"][1]["bin"].as_str().unwrap())).unwrap();
@@ -311,7 +311,7 @@ fn vec_dot_rows_tokens_equals_each_dot() {
         }
         checked.push(ty);
     }
-    assert_eq!(checked.len(), 14, "types found in the fixtures: {checked:?}");
+    assert_eq!(checked.len(), 15, "types found in the fixtures: {checked:?}");
 }
 
 /// The machine this is developed on has AVX2; make sure the SIMD kernels really ran there.

@@ -961,15 +961,50 @@ unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) + 0.125 * accd
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
-    let ones = _mm256_set1_epi8(1);
-    // 64-bit lane l of group 2k (resp. 2k+1) tests the delta-sign bit of its 8 weights in the
-    // pair's 32 qh bits: bit 3 of nibble l (resp. l + 4).
-    let dbit = [_mm256_set_epi64x(1 << 15, 1 << 11, 1 << 7, 1 << 3), _mm256_set_epi64x(1 << 31, 1 << 27, 1 << 23, 1 << 19)];
+/// The 2s+1 of IQ1_M groups 2k..2k+3 (k even) as i16 in the order [`pair_masks`] picks them,
+/// from scale words k and k+1: each word repeated over four lanes, then shifted.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq1m_scale_pairs(bx: &BlockIQ1M, k: usize) -> __m256i {
     // A scale word holds four 3-bit scales: group 2k's two halves at bits 0 and 3, group
     // 2k+1's at 6 and 9. Multiplying by 2^(13 - bit) puts a scale in the top 3 bits of its lane.
     let up = _mm_setr_epi16(1 << 13, 1 << 10, 1 << 7, 1 << 4, 1 << 13, 1 << 10, 1 << 7, 1 << 4);
+    let w = _mm_set1_epi32(rd_u32(bx.scales.as_ptr().add(2 * k)) as i32);
+    let w = _mm_shufflehi_epi16(_mm_shufflelo_epi16(w, 0x00), 0x55);
+    let s3 = _mm_srli_epi16(_mm_mullo_epi16(w, up), 13);
+    _mm256_broadcastsi128_si256(_mm_or_si128(_mm_add_epi16(s3, s3), _mm_set1_epi16(1)))
+}
+
+/// Groups 2k and 2k+1 of an IQ1_M block: each one's 32 lattice values and its delta signs as
+/// bytes (−1 where the group half's bit is set, else 1).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq1m_pair(bx: &BlockIQ1M, k: usize) -> [(__m256i, __m256i); 2] {
+    // 64-bit lane l of group 2k (resp. 2k+1) tests the delta-sign bit of its 8 weights in the
+    // pair's 32 qh bits: bit 3 of nibble l (resp. l + 4).
+    let dbit = [_mm256_set_epi64x(1 << 15, 1 << 11, 1 << 7, 1 << 3), _mm256_set_epi64x(1 << 31, 1 << 27, 1 << 23, 1 << 19)];
+    let qh = rd_u32(bx.qh.as_ptr().add(4 * k)) as usize;
+    let qhv = _mm256_set1_epi64x(qh as i64);
+    let group = |h: usize| {
+        let qs = &bx.qs[4 * (2 * k + h)..][..4];
+        let q = qh >> (16 * h);
+        // The lattice points straight into a register: going through a byte array (as
+        // `BlockIQ1M::group` does) stalls on the store-to-load forwarding.
+        let g = set_u64x4(
+            IQ1S_GRID[qs[0] as usize | ((q << 8) & 0x700)],
+            IQ1S_GRID[qs[1] as usize | ((q << 4) & 0x700)],
+            IQ1S_GRID[qs[2] as usize | (q & 0x700)],
+            IQ1S_GRID[qs[3] as usize | ((q >> 4) & 0x700)],
+        );
+        let dsv = _mm256_or_si256(_mm256_cmpeq_epi64(_mm256_and_si256(qhv, dbit[h]), dbit[h]), _mm256_set1_epi8(1));
+        (g, dsv)
+    };
+    [group(0), group(1)]
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
+    let ones = _mm256_set1_epi8(1);
     let masks = pair_masks();
     let mut acc = _mm256_setzero_ps();
     let mut accd = _mm256_setzero_ps();
@@ -979,30 +1014,12 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
         let mut scv = _mm256_setzero_si256();
         for k in 0..4 {
             if k % 2 == 0 {
-                // The 2s+1 of groups 2k..2k+3 as i16 in the order `pair_masks` picks them, from
-                // scale words k and k+1: each word repeated over four lanes, then shifted.
-                let w = _mm_set1_epi32(rd_u32(bx.scales.as_ptr().add(2 * k)) as i32);
-                let w = _mm_shufflehi_epi16(_mm_shufflelo_epi16(w, 0x00), 0x55);
-                let s3 = _mm_srli_epi16(_mm_mullo_epi16(w, up), 13);
-                scv = _mm256_broadcastsi128_si256(_mm_or_si128(_mm_add_epi16(s3, s3), _mm_set1_epi16(1)));
+                scv = iq1m_scale_pairs(bx, k);
             }
-            let qh = rd_u32(bx.qh.as_ptr().add(4 * k)) as usize;
-            let qhv = _mm256_set1_epi64x(qh as i64);
-            for h in 0..2 {
+            let pair = iq1m_pair(bx, k);
+            for (h, &(g, dsv)) in pair.iter().enumerate() {
                 let ib = 2 * k + h;
-                let qs = &bx.qs[4 * ib..4 * ib + 4];
-                let q = qh >> (16 * h);
-                // The lattice points straight into a register: going through a byte array (as
-                // `BlockIQ1M::group` does) stalls on the store-to-load forwarding.
-                let g = set_u64x4(
-                    IQ1S_GRID[qs[0] as usize | ((q << 8) & 0x700)],
-                    IQ1S_GRID[qs[1] as usize | ((q << 4) & 0x700)],
-                    IQ1S_GRID[qs[2] as usize | (q & 0x700)],
-                    IQ1S_GRID[qs[3] as usize | ((q >> 4) & 0x700)],
-                );
                 let ls = _mm256_shuffle_epi8(scv, masks[ib % 4]);
-                // Delta signs as bytes: −1 where the bit is set, else 1.
-                let dsv = _mm256_or_si256(_mm256_cmpeq_epi64(_mm256_and_si256(qhv, dbit[h]), dbit[h]), ones);
                 let q8 = loadu(by.qs.as_ptr().add(32 * ib));
                 let p = mul_i8_pairs(g, q8);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));

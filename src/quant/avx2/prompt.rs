@@ -2,10 +2,11 @@
 //! where a dot per (row, token) would load and decode every block once per token. Each keeps
 //! its `dot_*` twin's integer sums and float order, so every (row, token) gets that dot's bits.
 //!
-//! Q2_K … Q6_K, IQ1_S, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S and IQ4_XS go through
+//! Q2_K … Q6_K, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S and IQ4_XS go through
 //! [`prompt_rows`]: a pair of rows decoded once, then every token run along them. Weights that
 //! are small integers (|w| ≤ 62: all but IQ4_XS) become signed bytes against activations biased
-//! by 128 ([`Decoded`]); IQ4_XS's (±127) keep its kernel's sign trick ([`SignedBlock`]).
+//! by 128 ([`Decoded`]; IQ1_M with its delta signs, [`DeltaBlock`]); IQ4_XS's (±127) keep its
+//! kernel's sign trick ([`SignedBlock`]).
 
 use super::*;
 
@@ -30,6 +31,16 @@ trait Lanes {
     /// The summed lanes made equal to the `dot_*` kernel's.
     unsafe fn fix(&self, sumi: __m256i) -> __m256i;
     fn scale(&self) -> f32;
+    /// Whether a second set of lanes (IQ1_M's deltas) is summed, scaled and accumulated apart.
+    const SECOND: bool = false;
+    #[inline(always)]
+    unsafe fn lanes2(&self, _ib: usize, _a: __m256i) -> __m256i {
+        _mm256_setzero_si256()
+    }
+    #[inline(always)]
+    unsafe fn fix2(&self, sumd: __m256i) -> __m256i {
+        sumd
+    }
 }
 
 impl Lanes for Decoded {
@@ -78,6 +89,41 @@ impl Lanes for SignedBlock {
     }
 }
 
+/// An IQ1_M block: its lattice values with their scales and correction as a [`Decoded`], and
+/// its delta signs (±1, so biased activations suit them too) with their correction.
+struct DeltaBlock {
+    base: Decoded,
+    wd: [__m256i; 8],
+    corrd: __m256i,
+}
+
+impl Lanes for DeltaBlock {
+    #[inline(always)]
+    unsafe fn prep(a: __m256i) -> __m256i {
+        Decoded::prep(a)
+    }
+    #[inline(always)]
+    unsafe fn lanes(&self, ib: usize, a: __m256i) -> __m256i {
+        self.base.lanes(ib, a)
+    }
+    #[inline(always)]
+    unsafe fn fix(&self, sumi: __m256i) -> __m256i {
+        self.base.fix(sumi)
+    }
+    fn scale(&self) -> f32 {
+        self.base.d
+    }
+    const SECOND: bool = true;
+    #[inline(always)]
+    unsafe fn lanes2(&self, ib: usize, a: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(a, self.wd[ib]), self.base.ls[ib])
+    }
+    #[inline(always)]
+    unsafe fn fix2(&self, sumd: __m256i) -> __m256i {
+        _mm256_sub_epi32(sumd, self.corrd)
+    }
+}
+
 /// A weight type whose super-blocks decode for [`prompt_rows`].
 trait PromptType: Block {
     type Dec: Lanes;
@@ -89,10 +135,10 @@ trait PromptType: Block {
     unsafe fn term(_d: &Self::Dec, _by: &BlockQ8K, _dy: f32) -> f32 {
         0.0
     }
-    /// The dot from the lane accumulator and the terms' sum, in the `dot_*` kernel's order (here
-    /// the mins' form; with no terms, `- 0` leaves every sum, −0 included, as it is).
+    /// The dot from the lane accumulators and the terms' sum, in the `dot_*` kernel's order
+    /// (here the mins' form; with no terms, `- 0` leaves every sum, −0 included, as it is).
     #[inline(always)]
-    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _acc2: __m256, terms: f32) -> f32 {
         hsum_ps(acc) - terms
     }
 }
@@ -133,7 +179,7 @@ impl PromptType for BlockIQ2XXS {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _acc2: __m256, _terms: f32) -> f32 {
         0.125 * hsum_ps(acc)
     }
 }
@@ -169,7 +215,7 @@ impl PromptType for BlockIQ1S {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, terms: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _acc2: __m256, terms: f32) -> f32 {
         hsum_ps(acc) + 0.125 * terms
     }
 }
@@ -207,7 +253,7 @@ impl PromptType for BlockIQ2XS {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _acc2: __m256, _terms: f32) -> f32 {
         0.125 * hsum_ps(acc)
     }
 }
@@ -233,7 +279,7 @@ impl PromptType for BlockIQ2S {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _acc2: __m256, _terms: f32) -> f32 {
         0.125 * hsum_ps(acc)
     }
 }
@@ -264,7 +310,7 @@ impl PromptType for BlockIQ3XXS {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn finish(acc: __m256, _terms: f32) -> f32 {
+    unsafe fn finish(acc: __m256, _acc2: __m256, _terms: f32) -> f32 {
         0.25 * hsum_ps(acc)
     }
 }
@@ -459,6 +505,40 @@ impl PromptType for BlockIQ4XS {
     }
 }
 
+impl PromptType for BlockIQ1M {
+    type Dec = DeltaBlock;
+    const TERM: bool = false;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(&self) -> DeltaBlock {
+        let bias = _mm256_set1_epi8(-128);
+        let masks = pair_masks();
+        let z = _mm256_setzero_si256();
+        let (mut w, mut wd, mut ls) = ([z; 8], [z; 8], [z; 8]);
+        let mut scv = z;
+        for k in 0..4 {
+            if k % 2 == 0 {
+                scv = iq1m_scale_pairs(self, k);
+            }
+            for (h, &(g, dsv)) in iq1m_pair(self, k).iter().enumerate() {
+                let ib = 2 * k + h;
+                (w[ib], wd[ib]) = (g, dsv);
+                ls[ib] = _mm256_shuffle_epi8(scv, masks[ib % 4]);
+            }
+        }
+        let mut corrd = z;
+        for ib in 0..8 {
+            corrd = _mm256_add_epi32(corrd, _mm256_madd_epi16(_mm256_maddubs_epi16(bias, wd[ib]), ls[ib]));
+        }
+        DeltaBlock { base: decoded(w, ls, h2f(self.d_bits().to_le_bytes()), 0.0, _mm_setzero_si128()), wd, corrd }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn finish(acc: __m256, acc2: __m256, _terms: f32) -> f32 {
+        hsum_ps(acc) + 0.125 * hsum_ps(acc2)
+    }
+}
+
 /// Rows of a [`PromptType`] against `n_tok` activation rows (`arb` bytes apart) into
 /// `out[row * n_tok + t]`, `R` rows at a time. The `R` rows are decoded once (the decoding is
 /// most of a dot's work) for all the tokens; then each token runs along them, its activations
@@ -483,26 +563,34 @@ unsafe fn prompt_rows<B: PromptType, const R: usize>(rb: usize, w: &[u8], acts: 
         for t in 0..n_tok {
             let y: &[BlockQ8K] = as_blocks(&acts[t * arb..][..arb]);
             let mut acc = [_mm256_setzero_ps(); R];
+            let mut acc2 = [_mm256_setzero_ps(); R];
             let mut terms = [0f32; R];
             for (d, by) in dec.iter().zip(y) {
                 let mut sumi = [_mm256_setzero_si256(); R];
+                let mut sumd = [_mm256_setzero_si256(); R];
                 for ib in 0..8 {
                     let a = B::Dec::prep(loadu(by.qs.as_ptr().add(32 * ib)));
                     for i in 0..R {
                         sumi[i] = _mm256_add_epi32(sumi[i], d[i].lanes(ib, a));
+                        if B::Dec::SECOND {
+                            sumd[i] = _mm256_add_epi32(sumd[i], d[i].lanes2(ib, a));
+                        }
                     }
                 }
                 let dy = by.d();
                 for i in 0..R {
-                    let s = d[i].fix(sumi[i]);
-                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d[i].scale() * dy), _mm256_cvtepi32_ps(s), acc[i]);
+                    let dd = _mm256_set1_ps(d[i].scale() * dy);
+                    acc[i] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(d[i].fix(sumi[i])), acc[i]);
+                    if B::Dec::SECOND {
+                        acc2[i] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(d[i].fix2(sumd[i])), acc2[i]);
+                    }
                     if B::TERM {
                         terms[i] += B::term(&d[i], by, dy);
                     }
                 }
             }
             for i in 0..nr {
-                out[(r + i) * n_tok + t] = B::finish(acc[i], terms[i]);
+                out[(r + i) * n_tok + t] = B::finish(acc[i], acc2[i], terms[i]);
             }
         }
         r += nr;
@@ -519,6 +607,7 @@ pub fn vec_dot_rows_tokens(ty: GgmlType, rb: usize, w: &[u8], acts: &[u8], arb: 
     let f = match ty {
         GgmlType::IQ2_XXS => prompt_rows::<BlockIQ2XXS, 2>,
         GgmlType::IQ1_S => prompt_rows::<BlockIQ1S, 2>,
+        GgmlType::IQ1_M => prompt_rows::<BlockIQ1M, 2>,
         GgmlType::IQ2_XS => prompt_rows::<BlockIQ2XS, 2>,
         GgmlType::IQ2_S => prompt_rows::<BlockIQ2S, 2>,
         GgmlType::IQ3_XXS => prompt_rows::<BlockIQ3XXS, 2>,
