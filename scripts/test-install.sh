@@ -49,7 +49,12 @@ check "cmake find_package(xdan): run" ./cmake_build/xdan_install_test "$model"
 go_pc() {
   (cd "$root/bindings/go" && PKG_CONFIG_PATH="$tmp/prefix/lib/pkgconfig" GOPROXY=off GOFLAGS=-mod=mod \
     GOCACHE="$tmp/go-cache" go test -tags xdan_pkgconfig -c -o "$tmp/go_pc.test") || return 1
-  LD_LIBRARY_PATH="$tmp/prefix/lib" ldd go_pc.test | grep -q "libxdan.so.1 => $tmp/prefix/lib/" || return 1
+  # ldd's output is read whole first: under pipefail, `ldd | grep -q` fails whenever grep exits
+  # before ldd has written its last line (SIGPIPE).
+  local libs
+  libs="$(LD_LIBRARY_PATH="$tmp/prefix/lib" ldd go_pc.test)" || return 1
+  grep -q "libxdan.so.1 => $tmp/prefix/lib/" <<<"$libs" \
+    || { echo "go_pc.test does not resolve libxdan.so.1 in the prefix:"; echo "$libs"; return 1; }
   (cd "$root/bindings/go" && LD_LIBRARY_PATH="$tmp/prefix/lib" "$tmp/go_pc.test" -test.run 'TestVersion|TestMissingFile|TestGreedy')
 }
 if command -v go >/dev/null; then
