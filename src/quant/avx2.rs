@@ -795,35 +795,48 @@ unsafe fn iq2xs_sign_picks() -> [__m256i; 2] {
     ]
 }
 
+/// Groups `4 half .. 4 half + 4` of an IQ2_XS block (their 16 grid indices and sign bytes are
+/// one load): per group its 32 lattice magnitudes, their ±1 signs and its two scales `2s + 1`
+/// spread over the 16-bit lanes of each 16 weights. `scales` is [`iq2_scales`] of the block;
+/// `picks` and `masks` are [`iq2xs_sign_picks`] and [`pair_masks`], made once by the caller.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq2xs_groups(
+    bx: &BlockIQ2XS,
+    half: usize,
+    scales: __m128i,
+    picks: &[__m256i; 2],
+    masks: &[__m256i; 4],
+) -> [(__m256i, __m256i, __m256i); 4] {
+    let scv = byte_scale_pairs(scales, half);
+    let q = loadu(bx.qs.as_ptr().add(32 * half));
+    let mut idx = [0u16; 16];
+    _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, _mm256_and_si256(q, _mm256_set1_epi16(511)));
+    let signs = ksigns16(_mm256_srli_epi16(q, 9));
+    let sg = [_mm256_permute2x128_si256(signs, signs, 0x00), _mm256_permute2x128_si256(signs, signs, 0x11)];
+    let group = |j: usize| {
+        let g = set_u64x4(
+            IQ2XS_GRID[idx[4 * j] as usize],
+            IQ2XS_GRID[idx[4 * j + 1] as usize],
+            IQ2XS_GRID[idx[4 * j + 2] as usize],
+            IQ2XS_GRID[idx[4 * j + 3] as usize],
+        );
+        (g, sign_bytes32(sg[j / 2], picks[j % 2]), _mm256_shuffle_epi8(scv, masks[j]))
+    };
+    [group(0), group(1), group(2), group(3)]
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
-    let picks = iq2xs_sign_picks();
-    let m511 = _mm256_set1_epi16(511);
-    let masks = pair_masks();
+    let (picks, masks) = (iq2xs_sign_picks(), pair_masks());
     let mut acc = _mm256_setzero_ps();
-    let mut idx = [0u16; 16];
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         let scales = iq2_scales(&bx.scales);
-        // Four groups of 32 at a time: their 16 grid indices and sign bytes in one register.
         for half in 0..2 {
-            let scv = byte_scale_pairs(scales, half);
-            let q = loadu(bx.qs.as_ptr().add(32 * half));
-            _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, _mm256_and_si256(q, m511));
-            let signs = ksigns16(_mm256_srli_epi16(q, 9));
-            let sg = [_mm256_permute2x128_si256(signs, signs, 0x00), _mm256_permute2x128_si256(signs, signs, 0x11)];
-            for j in 0..4 {
-                let ib = 4 * half + j;
-                let g = set_u64x4(
-                    IQ2XS_GRID[idx[4 * j] as usize],
-                    IQ2XS_GRID[idx[4 * j + 1] as usize],
-                    IQ2XS_GRID[idx[4 * j + 2] as usize],
-                    IQ2XS_GRID[idx[4 * j + 3] as usize],
-                );
-                let s = sign_bytes32(sg[j / 2], picks[j % 2]);
-                let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
-                let p = _mm256_maddubs_epi16(g, q8);
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_shuffle_epi8(scv, masks[j])));
+            for (j, (g, s, ls)) in iq2xs_groups(bx, half, scales, &picks, &masks).into_iter().enumerate() {
+                let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * (4 * half + j))), s);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(g, q8), ls));
             }
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
@@ -832,32 +845,53 @@ unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
     0.125 * hsum_ps(acc)
 }
 
+/// Group `ib` of an IQ2_S block: its 32 lattice magnitudes, their ±1 signs and its two scales
+/// `2s + 1` spread over the 16-bit lanes of each 16 weights. `scales` is [`iq2_scales`] of the
+/// block, `masks` [`pair_masks`], made once by the caller (made here, they halved the dot's rate).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq2s_group(bx: &BlockIQ2S, ib: usize, scales: __m128i, masks: &[__m256i; 4]) -> (__m256i, __m256i, __m256i) {
+    let qh = bx.qh[ib] as usize;
+    let idx = |l: usize| bx.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
+    let g = set_u64x4(IQ2S_GRID[idx(0)], IQ2S_GRID[idx(1)], IQ2S_GRID[idx(2)], IQ2S_GRID[idx(3)]);
+    let s = sign_bytes4(bx.qs.as_ptr().add(32 + 4 * ib));
+    (g, s, _mm256_shuffle_epi8(byte_scale_pairs(scales, ib / 4), masks[ib % 4]))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
     let masks = pair_masks();
+    let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         let scales = iq2_scales(&bx.scales);
         for ib in 0..8 {
-            let qh = bx.qh[ib] as usize;
-            let idx = |l: usize| bx.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
-            let g = set_u64x4(
-                IQ2S_GRID[idx(0)],
-                IQ2S_GRID[idx(1)],
-                IQ2S_GRID[idx(2)],
-                IQ2S_GRID[idx(3)],
-            );
-            let s = sign_bytes4(bx.qs.as_ptr().add(32 + 4 * ib));
+            let (g, s, ls) = iq2s_group(bx, ib, scales, &masks);
             let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
-            let p = _mm256_maddubs_epi16(g, q8);
-            let ls = _mm256_shuffle_epi8(byte_scale_pairs(scales, ib / 4), masks[ib % 4]);
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(_mm256_maddubs_epi16(g, q8), ls));
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     0.125 * hsum_ps(acc)
+}
+
+/// Group `ib` of an IQ3_XXS block: its 32 lattice magnitudes, their ±1 signs, and its 4-bit
+/// scale code.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq3xxs_group(bx: &BlockIQ3XXS, ib: usize) -> (__m256i, __m256i, u32) {
+    let q = &bx.qs[8 * ib..8 * ib + 8];
+    let gi = |k: usize| IQ3XXS_GRID[q[k] as usize] as i32;
+    let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
+    let aux = rd_u32(bx.qs.as_ptr().add(64 + 4 * ib));
+    let s = set_u64x4(
+        KEVEN_SIGNS[(aux & 127) as usize],
+        KEVEN_SIGNS[((aux >> 7) & 127) as usize],
+        KEVEN_SIGNS[((aux >> 14) & 127) as usize],
+        KEVEN_SIGNS[((aux >> 21) & 127) as usize],
+    );
+    (g, s, aux >> 28)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -866,34 +900,29 @@ unsafe fn dot_iq3_xxs(x: &[BlockIQ3XXS], y: &[BlockQ8K]) -> f32 {
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for ib in 0..8 {
-            let q = &bx.qs[8 * ib..8 * ib + 8];
-            let g = _mm256_set_epi32(
-                IQ3XXS_GRID[q[7] as usize] as i32,
-                IQ3XXS_GRID[q[6] as usize] as i32,
-                IQ3XXS_GRID[q[5] as usize] as i32,
-                IQ3XXS_GRID[q[4] as usize] as i32,
-                IQ3XXS_GRID[q[3] as usize] as i32,
-                IQ3XXS_GRID[q[2] as usize] as i32,
-                IQ3XXS_GRID[q[1] as usize] as i32,
-                IQ3XXS_GRID[q[0] as usize] as i32,
-            );
-            let a = &bx.qs[64 + 4 * ib..64 + 4 * ib + 4];
-            let aux = rd_u32(a.as_ptr());
-            let s = set_u64x4(
-                KEVEN_SIGNS[(aux & 127) as usize],
-                KEVEN_SIGNS[((aux >> 7) & 127) as usize],
-                KEVEN_SIGNS[((aux >> 14) & 127) as usize],
-                KEVEN_SIGNS[((aux >> 21) & 127) as usize],
-            );
+            let (g, s, code) = iq3xxs_group(bx, ib);
             let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
             let p = _mm256_maddubs_epi16(g, q8);
-            let ls = (2 * (aux >> 28) + 1) as i16;
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16((2 * code + 1) as i16)));
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
     }
     0.25 * hsum_ps(acc)
+}
+
+/// Group `ib` of an IQ3_S block: its 32 lattice magnitudes, their ±1 signs, and its 4-bit
+/// scale code.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq3s_group(bx: &BlockIQ3S, ib: usize) -> (__m256i, __m256i, u32) {
+    let q = &bx.qs[8 * ib..8 * ib + 8];
+    let qh = bx.qh[ib] as usize;
+    let gi = |k: usize| IQ3S_GRID[q[k] as usize | (((qh >> k) & 1) << 8)] as i32;
+    let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
+    let s = sign_bytes4(bx.signs.as_ptr().add(4 * ib));
+    let sc = bx.scales[ib / 2] as u32;
+    (g, s, if ib % 2 == 0 { sc & 0xf } else { sc >> 4 })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -902,17 +931,10 @@ unsafe fn dot_iq3_s(x: &[BlockIQ3S], y: &[BlockQ8K]) -> f32 {
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         for ib in 0..8 {
-            let q = &bx.qs[8 * ib..8 * ib + 8];
-            let qh = bx.qh[ib] as usize;
-            let gi = |k: usize| IQ3S_GRID[q[k] as usize | (((qh >> k) & 1) << 8)] as i32;
-            let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
-            let s = sign_bytes4(bx.signs.as_ptr().add(4 * ib));
+            let (g, s, code) = iq3s_group(bx, ib);
             let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
             let p = _mm256_maddubs_epi16(g, q8);
-            let sc = bx.scales[ib / 2];
-            let s4 = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
-            sumi =
-                _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(1 + 2 * s4 as i16)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16((2 * code + 1) as i16)));
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);

@@ -226,27 +226,14 @@ impl PromptType for BlockIQ2XS {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
-        let picks = iq2xs_sign_picks();
-        let masks = pair_masks();
         let mut w = [_mm256_setzero_si256(); 8];
         let mut ls = [_mm256_setzero_si256(); 8];
-        let mut idx = [0u16; 16];
+        let (picks, masks) = (iq2xs_sign_picks(), pair_masks());
         let scales = iq2_scales(&self.scales);
         for half in 0..2 {
-            let scv = byte_scale_pairs(scales, half);
-            let q = loadu(self.qs.as_ptr().add(32 * half));
-            _mm256_storeu_si256(idx.as_mut_ptr() as *mut __m256i, _mm256_and_si256(q, _mm256_set1_epi16(511)));
-            let signs = ksigns16(_mm256_srli_epi16(q, 9));
-            let sg = [_mm256_permute2x128_si256(signs, signs, 0x00), _mm256_permute2x128_si256(signs, signs, 0x11)];
-            for j in 0..4 {
-                let g = set_u64x4(
-                    IQ2XS_GRID[idx[4 * j] as usize],
-                    IQ2XS_GRID[idx[4 * j + 1] as usize],
-                    IQ2XS_GRID[idx[4 * j + 2] as usize],
-                    IQ2XS_GRID[idx[4 * j + 3] as usize],
-                );
-                w[4 * half + j] = _mm256_sign_epi8(g, sign_bytes32(sg[j / 2], picks[j % 2]));
-                ls[4 * half + j] = _mm256_shuffle_epi8(scv, masks[j]);
+            for (j, (g, s, l)) in iq2xs_groups(self, half, scales, &picks, &masks).into_iter().enumerate() {
+                w[4 * half + j] = _mm256_sign_epi8(g, s);
+                ls[4 * half + j] = l;
             }
         }
         decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128())
@@ -264,16 +251,14 @@ impl PromptType for BlockIQ2S {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(&self) -> Decoded {
-        let masks = pair_masks();
         let mut w = [_mm256_setzero_si256(); 8];
         let mut ls = [_mm256_setzero_si256(); 8];
+        let masks = pair_masks();
         let scales = iq2_scales(&self.scales);
         for ib in 0..8 {
-            let qh = self.qh[ib] as usize;
-            let idx = |l: usize| self.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
-            let g = set_u64x4(IQ2S_GRID[idx(0)], IQ2S_GRID[idx(1)], IQ2S_GRID[idx(2)], IQ2S_GRID[idx(3)]);
-            w[ib] = _mm256_sign_epi8(g, sign_bytes4(self.qs.as_ptr().add(32 + 4 * ib)));
-            ls[ib] = _mm256_shuffle_epi8(byte_scale_pairs(scales, ib / 4), masks[ib % 4]);
+            let (g, s, l) = iq2s_group(self, ib, scales, &masks);
+            w[ib] = _mm256_sign_epi8(g, s);
+            ls[ib] = l;
         }
         decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128())
     }
@@ -293,18 +278,9 @@ impl PromptType for BlockIQ3XXS {
         let mut w = [_mm256_setzero_si256(); 8];
         let mut codes = [0u32; 8];
         for ib in 0..8 {
-            let q = &self.qs[8 * ib..8 * ib + 8];
-            let gi = |k: usize| IQ3XXS_GRID[q[k] as usize] as i32;
-            let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
-            let aux = rd_u32(self.qs.as_ptr().add(64 + 4 * ib));
-            let s = set_u64x4(
-                KEVEN_SIGNS[(aux & 127) as usize],
-                KEVEN_SIGNS[((aux >> 7) & 127) as usize],
-                KEVEN_SIGNS[((aux >> 14) & 127) as usize],
-                KEVEN_SIGNS[((aux >> 21) & 127) as usize],
-            );
+            let (g, s, code) = iq3xxs_group(self, ib);
             w[ib] = _mm256_sign_epi8(g, s);
-            codes[ib] = aux >> 28;
+            codes[ib] = code;
         }
         decoded(w, odd_scales(codes), h2f(self.d), 0.0, _mm_setzero_si128())
     }
@@ -324,13 +300,9 @@ impl PromptType for BlockIQ3S {
         let mut w = [_mm256_setzero_si256(); 8];
         let mut codes = [0u32; 8];
         for ib in 0..8 {
-            let q = &self.qs[8 * ib..8 * ib + 8];
-            let qh = self.qh[ib] as usize;
-            let gi = |k: usize| IQ3S_GRID[q[k] as usize | (((qh >> k) & 1) << 8)] as i32;
-            let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
-            w[ib] = _mm256_sign_epi8(g, sign_bytes4(self.signs.as_ptr().add(4 * ib)));
-            let sc = self.scales[ib / 2] as u32;
-            codes[ib] = if ib % 2 == 0 { sc & 0xf } else { sc >> 4 };
+            let (g, s, code) = iq3s_group(self, ib);
+            w[ib] = _mm256_sign_epi8(g, s);
+            codes[ib] = code;
         }
         decoded(w, odd_scales(codes), h2f(self.d), 0.0, _mm_setzero_si128())
     }
