@@ -165,18 +165,7 @@ impl CpuBackend {
         out.resize(n_tok, rows);
         let work = rows * k * n_tok;
         if n_tok == 1 {
-            // Bands of rows per task, each band one `dot_rows` call.
-            let band = 16usize;
-            let rb = w.row_bytes;
-            let f = |(bi, o): (usize, &mut [f32])| {
-                let r0 = bi * band;
-                qops::dot_rows(w.ty, k, &all[r0 * rb..(r0 + o.len()) * rb], &xq[..arb], o)
-            };
-            if work < PAR_MIN_WORK {
-                out.data.chunks_mut(band).enumerate().for_each(f);
-            } else {
-                out.data.par_chunks_mut(band).enumerate().for_each(f);
-            }
+            Self::matvec(w, &xq[..arb], &mut out.data, work >= PAR_MIN_WORK);
             return;
         }
         // Several tokens: each task takes a band of weight rows and every token, so a row is
@@ -203,6 +192,69 @@ impl CpuBackend {
                 }
             }
         });
+    }
+
+    /// One token's product `out[r] = dot(w[r], xq)`, in bands of 16 rows, each band one
+    /// `dot_rows` call; the bands run in parallel when `par`. Independent matvecs of a decode step
+    /// nest their calls in one parallel region (see [`Self::matvecs_one_token`],
+    /// [`Self::experts_one_token`]): one dispatch and one wait for the slowest band instead of one
+    /// per weight.
+    fn matvec(w: &CpuWeight, xq: &[u8], out: &mut [f32], par: bool) {
+        let all = w.bytes();
+        let (band, rb) = (16usize, w.row_bytes);
+        let f = |(bi, o): (usize, &mut [f32])| {
+            let r0 = bi * band;
+            qops::dot_rows(w.ty, w.cols, &all[r0 * rb..(r0 + o.len()) * rb], xq, o)
+        };
+        if par {
+            out.par_chunks_mut(band).enumerate().for_each(f);
+        } else {
+            out.chunks_mut(band).enumerate().for_each(f);
+        }
+    }
+
+    /// [`Backend::matmul`] of one token: `x` converted once per activation type (segments of
+    /// `buf`), then every weight's matvec in one parallel region.
+    fn matvecs_one_token(x: &Mat, ws: &[&CpuWeight], outs: &mut [&mut Mat], buf: &mut Vec<u8>) {
+        // Where weight i's input starts in `buf`: one segment per activation type, in the order
+        // of the weights that first need it.
+        let seg = |i: usize| -> (usize, usize) {
+            let a = qops::act_type(ws[i].ty);
+            let mut off = 0;
+            for (j, w) in ws.iter().enumerate() {
+                let b = qops::act_type(w.ty);
+                if ws[..j].iter().any(|v| qops::act_type(v.ty) == b) {
+                    continue;
+                }
+                if b == a {
+                    return (off, qops::act_row_bytes(a, x.cols));
+                }
+                off += qops::act_row_bytes(b, x.cols);
+            }
+            unreachable!("weight {i}'s own activation type comes first at or before it")
+        };
+        buf.clear();
+        for (i, w) in ws.iter().enumerate() {
+            let (off, arb) = seg(i);
+            if off == buf.len() {
+                buf.resize(off + arb, 0);
+                qops::quantize_act(qops::act_type(w.ty), x.row(0), &mut buf[off..]);
+            }
+        }
+        let work: usize = ws.iter().map(|w| w.rows * w.cols).sum();
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            out.resize(1, w.rows);
+        }
+        let buf = &buf[..];
+        let job = |(i, out): (usize, &mut &mut Mat)| {
+            let (off, arb) = seg(i);
+            Self::matvec(ws[i], &buf[off..off + arb], &mut out.data, work >= PAR_MIN_WORK);
+        };
+        if work >= PAR_MIN_WORK {
+            outs.par_iter_mut().enumerate().for_each(job);
+        } else {
+            outs.iter_mut().enumerate().for_each(job);
+        }
     }
 
     /// Converts every row of `x` for weight type `wty` into `buf`; returns the bytes per row.
@@ -295,15 +347,19 @@ impl Backend for CpuBackend {
             Self::check_weight(w, x)?;
         }
         let mut buf = QBUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
-        let mut cur: Option<GgmlType> = None;
-        let mut arb = 0;
-        for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            let a = qops::act_type(w.ty);
-            if cur != Some(a) {
-                arb = Self::quantize_rows(x, w.ty, &mut buf);
-                cur = Some(a);
+        if x.rows == 1 {
+            Self::matvecs_one_token(x, ws, outs, &mut buf);
+        } else {
+            let mut cur: Option<GgmlType> = None;
+            let mut arb = 0;
+            for (w, out) in ws.iter().zip(outs.iter_mut()) {
+                let a = qops::act_type(w.ty);
+                if cur != Some(a) {
+                    arb = Self::quantize_rows(x, w.ty, &mut buf);
+                    cur = Some(a);
+                }
+                self.matmul_q(w, &buf, arb, x.rows, out);
             }
-            self.matmul_q(w, &buf, arb, x.rows, out);
         }
         QBUF.with(|b| *b.borrow_mut() = buf);
         Ok(())
@@ -498,6 +554,86 @@ impl CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// [`Self::experts_with`] for one token (a decode step): the chosen experts' gates and ups
+    /// in one parallel region, SwiGLU, their down projections in a second, then the weighted sum
+    /// in expert order as the batch path adds them. The same dots in the same order: its bits.
+    #[allow(clippy::too_many_arguments)]
+    fn experts_one_token(x: &Mat, f: &Ffn<CpuWeight>, ids: &[u32], wts: &[f32], take: &dyn Fn(usize) -> bool, out: &mut Mat, s: &mut FfnScratch) {
+        let FfnScratch { toks: experts, tw, g, u, y, .. } = s;
+        // The chosen slots in expert order (the batch path's loop over experts).
+        experts.clear();
+        tw.clear();
+        for e in (0..f.n_expert).filter(|&e| take(e)) {
+            for (&id, &w) in ids.iter().zip(wts) {
+                if id as usize == e {
+                    experts.push(id);
+                    tw.push(w);
+                }
+            }
+        }
+        let (n, n_ff, d) = (experts.len(), f.n_ff, x.cols);
+        if n == 0 {
+            return;
+        }
+        let par = 3 * n * n_ff * d >= PAR_MIN_WORK;
+        let mut buf = QBUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
+        // The input converted for the gates' and the ups' activation types.
+        let (ag, au) = (qops::act_type(f.gate.ty), qops::act_type(f.up.ty));
+        let (gb, ub) = (qops::act_row_bytes(ag, d), qops::act_row_bytes(au, d));
+        let u_off = if au == ag { 0 } else { gb };
+        buf.resize(gb.max(u_off + ub), 0);
+        qops::quantize_act(ag, x.row(0), &mut buf[..gb]);
+        if u_off != 0 {
+            qops::quantize_act(au, x.row(0), &mut buf[u_off..u_off + ub]);
+        }
+        g.resize(n, n_ff);
+        u.resize(n, n_ff);
+        {
+            let (xg, xu) = (&buf[..gb], &buf[u_off..u_off + ub]);
+            let gate_up = |(i, (gr, ur)): (usize, (&mut [f32], &mut [f32]))| {
+                let e = experts[i] as usize;
+                let gate = f.gate.sub_rows(e * n_ff, n_ff);
+                let up = f.up.sub_rows(e * n_ff, n_ff);
+                if par {
+                    rayon::join(|| Self::matvec(&gate, xg, gr, true), || Self::matvec(&up, xu, ur, true));
+                } else {
+                    Self::matvec(&gate, xg, gr, false);
+                    Self::matvec(&up, xu, ur, false);
+                }
+            };
+            if par {
+                g.data.par_chunks_mut(n_ff).zip(u.data.par_chunks_mut(n_ff)).enumerate().for_each(gate_up);
+            } else {
+                g.data.chunks_mut(n_ff).zip(u.data.chunks_mut(n_ff)).enumerate().for_each(gate_up);
+            }
+        }
+        for (gr, ur) in g.data.chunks_exact_mut(n_ff).zip(u.data.chunks_exact(n_ff)) {
+            vmath::swiglu(gr, ur);
+        }
+        let db = Self::quantize_rows(g, f.down.ty, &mut buf);
+        y.resize(n, d);
+        {
+            let buf = &buf[..];
+            let down = |(i, yr): (usize, &mut [f32])| {
+                let w = f.down.sub_rows(experts[i] as usize * d, d);
+                Self::matvec(&w, &buf[i * db..(i + 1) * db], yr, par);
+            };
+            if par {
+                y.data.par_chunks_mut(d).enumerate().for_each(down);
+            } else {
+                y.data.chunks_mut(d).enumerate().for_each(down);
+            }
+        }
+        QBUF.with(|b| *b.borrow_mut() = buf);
+        for (i, &w) in tw.iter().enumerate() {
+            for (o, &v) in out.row_mut(0).iter_mut().zip(y.row(i)) {
+                *o += w * v;
+            }
+        }
+    }
+}
+
 /// Buffers of the feed-forward kept per thread, so a decode step allocates nothing.
 #[derive(Default)]
 struct FfnScratch {
@@ -562,6 +698,10 @@ impl CpuBackend {
         }
         out.resize(n_tok, x.cols);
         out.data.fill(0.0);
+        if n_tok == 1 {
+            Self::experts_one_token(x, f, ids, wts, take, out, s);
+            return Ok(());
+        }
         // Group the tokens by expert; only the chosen experts are touched.
         for e in (0..f.n_expert).filter(|&e| take(e)) {
             s.toks.clear();
