@@ -282,7 +282,10 @@ fn vec_dot_rows_tokens_equals_each_dot() {
     for t in manifest["types"].as_array().unwrap() {
         let ty = GgmlType::from_name(t["type"].as_str().unwrap()).unwrap();
         use GgmlType::*;
-        if ![IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS, IQ1_S, IQ1_M, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, F16].contains(&ty) {
+        let prompt = [IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ4_XS, IQ1_S, IQ1_M, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K];
+        let prompt32 = [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4];
+        // F16 and BF16 go token by token.
+        if !prompt.contains(&ty) && !prompt32.contains(&ty) && ![F16, BF16].contains(&ty) {
             continue;
         }
         let w = std::fs::read(data_dir().join(t["cases"][1]["bin"].as_str().unwrap())).unwrap();
@@ -311,7 +314,7 @@ fn vec_dot_rows_tokens_equals_each_dot() {
         }
         checked.push(ty);
     }
-    assert_eq!(checked.len(), 15, "types found in the fixtures: {checked:?}");
+    assert_eq!(checked.len(), 22, "types found in the fixtures: {checked:?}");
 }
 
 /// The machine this is developed on has AVX2; make sure the SIMD kernels really ran there.

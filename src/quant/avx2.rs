@@ -208,6 +208,42 @@ unsafe fn dot_u8_i8_i32(x: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(x, y), _mm256_set1_epi16(1))
 }
 
+/// Q4_0's 32 weights as signed bytes (nibble − 8).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q4_0_bytes(bx: &BlockQ4_0) -> __m256i {
+    _mm256_sub_epi8(nibbles32(bx.qs.as_ptr()), _mm256_set1_epi8(8))
+}
+
+/// Q5_0's 32 weights as signed bytes: a clear 5th bit turns the nibble into nibble − 16
+/// (0xF0 | nibble as i8).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q5_0_bytes(bx: &BlockQ5_0) -> __m256i {
+    let hi = _mm256_andnot_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0xF0u8 as i8));
+    _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi)
+}
+
+/// Q5_1's 32 weights as unsigned bytes (0..31).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q5_1_bytes(bx: &BlockQ5_1) -> __m256i {
+    let hi = _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
+    _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi)
+}
+
+/// 32 nibbles (low nibbles first, then high) looked up in the 16 signed bytes `values` (IQ4_NL's
+/// and MXFP4's code books).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn lut_bytes(qs: &[u8; 16], values: __m128i) -> __m256i {
+    let m4 = _mm_set1_epi8(0x0f);
+    let q = _mm_loadu_si128(qs.as_ptr() as *const __m128i);
+    let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
+    let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
+    _mm256_set_m128i(hi, lo)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_f32(n: usize, w: &[u8], a: &[u8]) -> f32 {
     let (pw, pa) = (w.as_ptr() as *const f32, a.as_ptr() as *const f32);
@@ -268,11 +304,9 @@ unsafe fn dot_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q4_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
-    let off = _mm256_set1_epi8(8);
     for (bx, by) in x.iter().zip(y) {
         let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        let qx = _mm256_sub_epi8(nibbles32(bx.qs.as_ptr()), off);
-        let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
+        let p = dot_i8_i32(q4_0_bytes(bx), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
@@ -294,13 +328,9 @@ unsafe fn dot_q4_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq4_nl(x: &[BlockIQ4NL], y: &[BlockQ8_0]) -> f32 {
     let values = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
-    let m4 = _mm_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let q = _mm_loadu_si128(bx.qs.as_ptr() as *const __m128i);
-        let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
-        let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
-        let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
+        let p = dot_i8_i32(lut_bytes(&bx.qs, values), loadu(by.qs.as_ptr()));
         let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
@@ -652,13 +682,7 @@ unsafe fn dot_q5_0(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
         let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        // A clear 5th bit turns the nibble into nibble − 16 (0xF0 | nibble as i8).
-        let hi = _mm256_andnot_si256(
-            bytes_from_bits(u32::from_le_bytes(bx.qh)),
-            _mm256_set1_epi8(0xF0u8 as i8),
-        );
-        let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
-        let p = dot_i8_i32(qx, loadu(by.qs.as_ptr()));
+        let p = dot_i8_i32(q5_0_bytes(bx), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc)
@@ -671,10 +695,7 @@ unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     for (bx, by) in x.iter().zip(y) {
         summs += h2f(bx.m) * h2f(by.s);
         let d = _mm256_set1_ps(h2f(bx.d) * h2f(by.d));
-        let hi =
-            _mm256_and_si256(bytes_from_bits(u32::from_le_bytes(bx.qh)), _mm256_set1_epi8(0x10));
-        let qx = _mm256_or_si256(nibbles32(bx.qs.as_ptr()), hi);
-        let p = dot_u8_i8_i32(qx, loadu(by.qs.as_ptr()));
+        let p = dot_u8_i8_i32(q5_1_bytes(bx), loadu(by.qs.as_ptr()));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }
     hsum_ps(acc) + summs
@@ -683,13 +704,9 @@ unsafe fn dot_q5_1(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_mxfp4(x: &[BlockMXFP4], y: &[BlockQ8_0]) -> f32 {
     let values = _mm_loadu_si128(KVALUES_MXFP4.as_ptr() as *const __m128i);
-    let m4 = _mm_set1_epi8(0x0f);
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
-        let q = _mm_loadu_si128(bx.qs.as_ptr() as *const __m128i);
-        let lo = _mm_shuffle_epi8(values, _mm_and_si128(q, m4));
-        let hi = _mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(q, 4), m4));
-        let p = dot_i8_i32(_mm256_set_m128i(hi, lo), loadu(by.qs.as_ptr()));
+        let p = dot_i8_i32(lut_bytes(&bx.qs, values), loadu(by.qs.as_ptr()));
         let d = _mm256_set1_ps(e8m0_to_f32_half(bx.e) * h2f(by.d));
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc);
     }

@@ -6,7 +6,8 @@
 //! [`prompt_rows`]: a pair of rows decoded once, then every token run along them. Weights that
 //! are small integers (|w| ≤ 62: all but IQ4_XS) become signed bytes against activations biased
 //! by 128 ([`Decoded`]; IQ1_M with its delta signs, [`DeltaBlock`]); IQ4_XS's (±127) keep its
-//! kernel's sign trick ([`SignedBlock`]).
+//! kernel's sign trick ([`SignedBlock`]). The blocks of 32 with Q8_0/Q8_1 activations (Q4_0,
+//! Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, MXFP4) go through [`prompt_rows32`] the same way.
 
 use super::*;
 
@@ -569,6 +570,147 @@ unsafe fn prompt_rows<B: PromptType, const R: usize>(rb: usize, w: &[u8], acts: 
     }
 }
 
+/// The activation blocks of the 32-weight types: Q8_0, and Q8_1 with its `d · Σq` for a min.
+trait Act32: Block {
+    fn qs(&self) -> *const u8;
+    fn d(&self) -> f32;
+    fn s(&self) -> f32;
+}
+
+impl Act32 for BlockQ8_0 {
+    fn qs(&self) -> *const u8 {
+        self.qs.as_ptr()
+    }
+    fn d(&self) -> f32 {
+        h2f(self.d)
+    }
+    fn s(&self) -> f32 {
+        0.0
+    }
+}
+
+impl Act32 for BlockQ8_1 {
+    fn qs(&self) -> *const u8 {
+        self.qs.as_ptr()
+    }
+    fn d(&self) -> f32 {
+        h2f(self.d)
+    }
+    fn s(&self) -> f32 {
+        h2f(self.s)
+    }
+}
+
+/// A block of 32 weights with one scale (the legacy types, IQ4_NL, MXFP4), as its `dot_*`
+/// multiplies it: signed bytes by the sign trick, or unsigned bytes as they are.
+trait Prompt32: Block {
+    type Act: Act32;
+    const SIGNED: bool;
+    /// Whether a min (`m`, times the activation block's `s`) is summed apart (Q4_1, Q5_1).
+    const MINS: bool;
+    unsafe fn weights(&self) -> __m256i;
+    fn scale(&self) -> f32;
+    fn min(&self) -> f32 {
+        0.0
+    }
+}
+
+macro_rules! prompt32 {
+    ($($b:ty, $act:ty, $signed:expr, $mins:expr, |$x:ident| $w:expr, $d:expr, $m:expr;)*) => {$(
+        impl Prompt32 for $b {
+            type Act = $act;
+            const SIGNED: bool = $signed;
+            const MINS: bool = $mins;
+            #[inline]
+            #[target_feature(enable = "avx2")]
+            unsafe fn weights(&self) -> __m256i {
+                let $x = self;
+                $w
+            }
+            fn scale(&self) -> f32 {
+                let $x = self;
+                $d
+            }
+            #[allow(unused_variables)]
+            fn min(&self) -> f32 {
+                let $x = self;
+                $m
+            }
+        }
+    )*};
+}
+
+prompt32!(
+    BlockQ4_0, BlockQ8_0, true, false, |b| q4_0_bytes(b), h2f(b.d), 0.0;
+    BlockQ4_1, BlockQ8_1, false, true, |b| nibbles32(b.qs.as_ptr()), h2f(b.d), h2f(b.m);
+    BlockQ5_0, BlockQ8_0, true, false, |b| q5_0_bytes(b), h2f(b.d), 0.0;
+    BlockQ5_1, BlockQ8_1, false, true, |b| q5_1_bytes(b), h2f(b.d), h2f(b.m);
+    BlockQ8_0, BlockQ8_0, true, false, |b| loadu(b.qs.as_ptr()), h2f(b.d), 0.0;
+    BlockIQ4NL, BlockQ8_0, true, false,
+        |b| lut_bytes(&b.qs, _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i)), h2f(b.d), 0.0;
+    BlockMXFP4, BlockQ8_0, true, false,
+        |b| lut_bytes(&b.qs, _mm_loadu_si128(KVALUES_MXFP4.as_ptr() as *const __m128i)), e8m0_to_f32_half(b.e), 0.0;
+);
+
+/// A [`Prompt32`] block decoded once for every token: the bytes `maddubs` takes unsigned (the
+/// magnitudes of signed weights) and what signs the activations (the signed weights), scale
+/// and min.
+#[derive(Clone, Copy)]
+struct Dec32 {
+    w: __m256i,
+    sign: __m256i,
+    d: f32,
+    m: f32,
+}
+
+/// [`prompt_rows`] for the blocks of 32 with one activation scale per 32: the `R` rows decoded
+/// once (nibbles unpacked or looked up, scales converted), then every token run along them, its
+/// activation block loaded and its scales converted once for the `R` rows. Per (row, token) the
+/// `dot_*` kernel's integer sums, products and float order: its bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn prompt_rows32<B: Prompt32, const R: usize>(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
+    let rows = w.len() / rb;
+    let z = Dec32 { w: _mm256_setzero_si256(), sign: _mm256_setzero_si256(), d: 0.0, m: 0.0 };
+    let mut dec = vec![[z; R]; rb / std::mem::size_of::<B>()];
+    let ones = _mm256_set1_epi16(1);
+    let mut r = 0;
+    while r < rows {
+        let nr = (rows - r).min(R);
+        for i in 0..nr {
+            for (j, bx) in as_blocks::<B>(&w[(r + i) * rb..][..rb]).iter().enumerate() {
+                let q = bx.weights();
+                let w = if B::SIGNED { _mm256_sign_epi8(q, q) } else { q };
+                dec[j][i] = Dec32 { w, sign: q, d: bx.scale(), m: bx.min() };
+            }
+        }
+        for t in 0..n_tok {
+            let y: &[B::Act] = as_blocks(&acts[t * arb..][..arb]);
+            let mut acc = [_mm256_setzero_ps(); R];
+            let mut summs = [0f32; R];
+            for (d, by) in dec.iter().zip(y) {
+                let a = loadu(by.qs());
+                let (da, sa) = (by.d(), by.s());
+                for i in 0..R {
+                    let p = if B::SIGNED {
+                        _mm256_maddubs_epi16(d[i].w, _mm256_sign_epi8(a, d[i].sign))
+                    } else {
+                        _mm256_maddubs_epi16(d[i].w, a)
+                    };
+                    let p = _mm256_madd_epi16(p, ones);
+                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(d[i].d * da), _mm256_cvtepi32_ps(p), acc[i]);
+                    if B::MINS {
+                        summs[i] += d[i].m * sa;
+                    }
+                }
+            }
+            for i in 0..nr {
+                out[(r + i) * n_tok + t] = if B::MINS { hsum_ps(acc[i]) + summs[i] } else { hsum_ps(acc[i]) };
+            }
+        }
+        r += nr;
+    }
+}
+
 /// Several weight rows (`rb` bytes each) against several activation rows at once, into
 /// `out[row * n_tok + t]`; false when there is no such kernel for `ty` here (the caller goes
 /// token by token). Sizes are already checked by the caller.
@@ -590,6 +732,13 @@ pub fn vec_dot_rows_tokens(ty: GgmlType, rb: usize, w: &[u8], acts: &[u8], arb: 
         GgmlType::Q4_K => prompt_rows::<BlockQ4K, 2>,
         GgmlType::Q5_K => prompt_rows::<BlockQ5K, 2>,
         GgmlType::Q6_K => prompt_rows::<BlockQ6K, 2>,
+        GgmlType::Q4_0 => prompt_rows32::<BlockQ4_0, 2>,
+        GgmlType::Q4_1 => prompt_rows32::<BlockQ4_1, 2>,
+        GgmlType::Q5_0 => prompt_rows32::<BlockQ5_0, 2>,
+        GgmlType::Q5_1 => prompt_rows32::<BlockQ5_1, 2>,
+        GgmlType::Q8_0 => prompt_rows32::<BlockQ8_0, 2>,
+        GgmlType::IQ4_NL => prompt_rows32::<BlockIQ4NL, 2>,
+        GgmlType::MXFP4 => prompt_rows32::<BlockMXFP4, 2>,
         _ => return false,
     };
     // SAFETY: the CPU features were checked above; the block views come from checked sizes.
