@@ -92,6 +92,8 @@ thread_local! {
     static TRANSPOSED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Per-thread attention scratch reused across calls.
     static SCRATCH: RefCell<AttnScratch> = RefCell::new(AttnScratch::default());
+    /// A pass's K and V rows as f32 for its sequences of several tokens (see `attention`).
+    static KV_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// One token's attention buffers: its visible K and V rows as f32, one head's scores, and the
@@ -114,23 +116,12 @@ fn kv_cols(ty: GgmlType, row: &[u8], c0: usize, n: usize) -> &[u8] {
     }
 }
 
+/// A KV row (F32, F16 or Q8_0) as f32: the quant module's dequantization (F16C for F16), which
+/// attention runs for every visible row of every token.
 fn kv_row_to_f32(ty: GgmlType, b: &[u8], out: &mut [f32]) {
     match ty {
         GgmlType::F32 => out.copy_from_slice(&qops::as_f32(b)[..out.len()]),
-        GgmlType::F16 => {
-            for (o, c) in out.iter_mut().zip(b.chunks_exact(2)) {
-                *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
-            }
-        }
-        _ => {
-            // Q8_0: d (f16) then 32 signed bytes per block.
-            for (blk, o) in b.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
-                let d = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
-                for i in 0..32 {
-                    o[i] = d * (blk[2 + i] as i8 as f32);
-                }
-            }
-        }
+        _ => crate::quant::dequantize(ty, b, out).expect("a KV row holds whole blocks of its type"),
     }
 }
 
@@ -489,24 +480,74 @@ impl Backend for CpuBackend {
         for &s in b.tok_seq {
             per_seq[s as usize] += 1;
         }
-        // One task per (token, KV head): the K/V columns of that head are converted to f32 once
-        // for the query heads that share them, and a single token's heads still run in parallel.
+        let work: usize = b.tok_n_kv.iter().map(|&n| n as usize).sum::<usize>() * nh * hd;
+        let par = work >= PAR_MIN_WORK / 4;
+        // Head g's K (then V) columns of positions 0..n of a sequence's table, as f32.
+        let convert = |table: &[u32], g: usize, n: usize, kf: &mut [f32], vf: &mut [f32]| {
+            for p in 0..n {
+                let slot = table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK;
+                let (kr, vr) = (&kl[slot * rb..(slot + 1) * rb], &vl[slot * rb..(slot + 1) * rb]);
+                kv_row_to_f32(ty, kv_cols(ty, kr, g * hd, hd), &mut kf[p * hd..(p + 1) * hd]);
+                kv_row_to_f32(ty, kv_cols(ty, vr, g * hd, hd), &mut vf[p * hd..(p + 1) * hd]);
+            }
+        };
+        // A sequence with several tokens in the pass (a prompt) has its K and V rows, up to the
+        // furthest any of its tokens sees, converted once per KV head for all of them: per token
+        // that is O(prompt²) conversions. At `shared[s]` in `conv`: per head, K rows then V rows.
+        let mut seen = vec![0usize; b.tables.len()];
+        for (&s, &n) in b.tok_seq.iter().zip(b.tok_n_kv) {
+            if per_seq[s as usize] > 1 {
+                seen[s as usize] = seen[s as usize].max(n as usize);
+            }
+        }
+        let mut shared = vec![0usize; b.tables.len()];
+        let mut total = 0;
+        for (sh, &n) in shared.iter_mut().zip(&seen) {
+            *sh = total;
+            total += 2 * nkv * n * hd;
+        }
+        let mut conv = KV_F32.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        conv.resize(total, 0.0);
+        {
+            let mut parts = Vec::new();
+            let mut rest = &mut conv[..];
+            for (s, &n) in seen.iter().enumerate().filter(|(_, &n)| n > 0) {
+                for g in 0..nkv {
+                    let (kv, r) = rest.split_at_mut(2 * n * hd);
+                    rest = r;
+                    parts.push((s, g, kv));
+                }
+            }
+            let fill = |(s, g, kv): &mut (usize, usize, &mut [f32])| {
+                let n = seen[*s];
+                let (kf, vf) = kv.split_at_mut(n * hd);
+                convert(b.tables[*s], *g, n, kf, vf);
+            };
+            if par {
+                parts.par_iter_mut().for_each(fill);
+            } else {
+                parts.iter_mut().for_each(fill);
+            }
+        }
+        // One task per (token, KV head): the K/V columns of that head serve the query heads that
+        // share them, and a single token's heads still run in parallel.
         let f = |(i, orow): (usize, &mut [f32])| {
             let (t, g) = (i / nkv, i % nkv);
             let n = b.tok_n_kv[t] as usize;
-            let table = b.tables[b.tok_seq[t] as usize];
-            let order = if per_seq[b.tok_seq[t] as usize] == 1 { SumOrder::VecDot } else { SumOrder::Gemm };
+            let seq = b.tok_seq[t] as usize;
+            let order = if per_seq[seq] == 1 { SumOrder::VecDot } else { SumOrder::Gemm };
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
-                let AttnScratch { k: kf, v: vf, scores: sc, acc } = &mut *s;
-                kf.resize(n * hd, 0.0);
-                vf.resize(n * hd, 0.0);
-                for p in 0..n {
-                    let slot = table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK;
-                    let (kr, vr) = (&kl[slot * rb..(slot + 1) * rb], &vl[slot * rb..(slot + 1) * rb]);
-                    kv_row_to_f32(ty, kv_cols(ty, kr, g * hd, hd), &mut kf[p * hd..(p + 1) * hd]);
-                    kv_row_to_f32(ty, kv_cols(ty, vr, g * hd, hd), &mut vf[p * hd..(p + 1) * hd]);
-                }
+                let AttnScratch { k: kbuf, v: vbuf, scores: sc, acc } = &mut *s;
+                let (kf, vf): (&[f32], &[f32]) = if seen[seq] > 0 {
+                    let at = shared[seq] + 2 * g * seen[seq] * hd;
+                    (&conv[at..at + n * hd], &conv[at + seen[seq] * hd..][..n * hd])
+                } else {
+                    kbuf.resize(n * hd, 0.0);
+                    vbuf.resize(n * hd, 0.0);
+                    convert(b.tables[seq], g, n, kbuf, vbuf);
+                    (kbuf, vbuf)
+                };
                 // Scores padded to whole groups of 8 with -inf (weight 0), as llama.cpp's
                 // softmax runs over its padded KV view: every score takes the vector exp.
                 sc.clear();
@@ -524,12 +565,12 @@ impl Backend for CpuBackend {
                 }
             });
         };
-        let work: usize = b.tok_n_kv.iter().map(|&n| n as usize).sum::<usize>() * nh * hd;
-        if work < PAR_MIN_WORK / 4 {
-            out.data.chunks_mut(group * hd).enumerate().for_each(f);
-        } else {
+        if par {
             out.data.par_chunks_mut(group * hd).enumerate().for_each(f);
+        } else {
+            out.data.chunks_mut(group * hd).enumerate().for_each(f);
         }
+        KV_F32.with(|c| *c.borrow_mut() = conv);
         Ok(())
     }
 
