@@ -671,7 +671,14 @@ struct Dec32 {
 unsafe fn prompt_rows32<B: Prompt32, const R: usize>(rb: usize, w: &[u8], acts: &[u8], arb: usize, n_tok: usize, out: &mut [f32]) {
     let rows = w.len() / rb;
     let z = Dec32 { w: _mm256_setzero_si256(), sign: _mm256_setzero_si256(), d: 0.0, m: 0.0 };
-    let mut dec = vec![[z; R]; rb / std::mem::size_of::<B>()];
+    let nb = rb / std::mem::size_of::<B>();
+    let mut dec = vec![[z; R]; nb];
+    // The activation blocks' scales (and Q8_1's sums) as f32, converted once for all the rows.
+    let mut scales = Vec::with_capacity(n_tok * nb);
+    for t in 0..n_tok {
+        let y: &[B::Act] = as_blocks(&acts[t * arb..][..arb]);
+        scales.extend(y.iter().map(|by| (by.d(), by.s())));
+    }
     let ones = _mm256_set1_epi16(1);
     let mut r = 0;
     while r < rows {
@@ -687,9 +694,8 @@ unsafe fn prompt_rows32<B: Prompt32, const R: usize>(rb: usize, w: &[u8], acts: 
             let y: &[B::Act] = as_blocks(&acts[t * arb..][..arb]);
             let mut acc = [_mm256_setzero_ps(); R];
             let mut summs = [0f32; R];
-            for (d, by) in dec.iter().zip(y) {
+            for ((d, by), &(da, sa)) in dec.iter().zip(y).zip(&scales[t * nb..(t + 1) * nb]) {
                 let a = loadu(by.qs());
-                let (da, sa) = (by.d(), by.s());
                 for i in 0..R {
                     let p = if B::SIGNED {
                         _mm256_maddubs_epi16(d[i].w, _mm256_sign_epi8(a, d[i].sign))
