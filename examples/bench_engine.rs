@@ -1,7 +1,10 @@
 //! Engine throughput, llama-bench style: prefill of `-p N` tokens (pp N) and decode of `-n N`
 //! tokens one at a time from an empty context (tg N), `-r` repetitions, mean ± sd tokens/s.
 //!
-//! cargo run --release --example bench_engine -- --model PATH -p 64 -n 64 -r 3 -t 2 [--device cpu|cuda|auto]
+//! cargo run --release --example bench_engine -- --model PATH -p 64 -n 64 -r 3 -t 2 [-d 0] [--device cpu|cuda|auto]
+//!
+//! `-d N` (llama-bench's `-d`) first fills the sequence with N tokens, untimed, so each test runs
+//! after an N-token context ("pp64 @ d2048"): attention's share grows with the context.
 //!
 //! `--device` (default cpu) picks where the model runs; the header names the device. On a GPU
 //! the CPU columns say how much host time the launches and copies take.
@@ -46,7 +49,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model: String = arg(&args, "--model", String::new());
     if model.is_empty() {
-        eprintln!("usage: bench_engine --model PATH [-p 64] [-n 64] [-r 3] [-t 2] [--device cpu|cuda|auto] [--cuda-device 0]");
+        eprintln!("usage: bench_engine --model PATH [-p 64] [-n 64] [-r 3] [-t 2] [-d 0] [--device cpu|cuda|auto] [--cuda-device 0]");
         std::process::exit(2);
     }
     let device = match arg(&args, "--device", "cpu".to_string()).as_str() {
@@ -60,13 +63,15 @@ fn main() {
     };
     let cuda_device: i32 = arg(&args, "--cuda-device", 0);
     let (pp, tg, reps, threads): (usize, usize, usize, usize) = (arg(&args, "-p", 64), arg(&args, "-n", 64), arg(&args, "-r", 3), arg(&args, "-t", 2));
+    let depth: usize = arg(&args, "-d", 0);
     let mp = ModelParams { device, cuda_device, n_threads: threads, ..Default::default() };
     let m = Model::load(&PathBuf::from(&model), &mp, None).unwrap_or_else(|e| {
         eprintln!("{model}: {:?}: {}", e.kind, e.message);
         std::process::exit(1)
     });
     let n_vocab = m.n_vocab() as u64;
-    let cp = ContextParams { n_ctx: (pp.max(tg) + 16) as u32, n_batch: pp.max(1) as u32, n_threads: threads, ..Default::default() };
+    let n_batch = pp.max(depth.min(512)).max(1);
+    let cp = ContextParams { n_ctx: (depth + pp.max(tg) + 16) as u32, n_batch: n_batch as u32, n_threads: threads, ..Default::default() };
     let mut c = Context::new(&m, &cp).unwrap_or_else(|e| {
         eprintln!("context: {:?}: {}", e.kind, e.message);
         std::process::exit(1)
@@ -88,33 +93,37 @@ fn main() {
     // Warm-up (pages in the weights, sizes the buffers).
     c.step(0, &[tok()]).unwrap();
     c.seq_clear(0).unwrap();
-    if pp > 0 {
-        let mut r = Vec::new();
-        let (c0, w0) = (cpu_seconds(), Instant::now());
+    let at = if depth > 0 { format!(" @ d{depth}") } else { String::new() };
+    // Each repetition: an empty sequence filled with `depth` tokens (untimed), then `run`, timed
+    // in wall and process CPU seconds.
+    let mut bench = |name: String, n_tok: usize, run: &mut dyn FnMut(&mut Context, &mut dyn FnMut() -> i32)| {
+        let (mut r, mut cpu, mut wall) = (Vec::new(), 0.0, 0.0);
         for _ in 0..reps {
-            let t: Vec<i32> = (0..pp).map(|_| tok()).collect();
             c.seq_clear(0).unwrap();
-            let s = Instant::now();
-            c.step(0, &t).unwrap();
-            r.push(pp as f64 / s.elapsed().as_secs_f64());
+            let fill: Vec<i32> = (0..depth).map(|_| tok()).collect();
+            for chunk in fill.chunks(n_batch) {
+                c.step(0, chunk).unwrap();
+            }
+            let (c0, s) = (cpu_seconds(), Instant::now());
+            run(&mut c, &mut tok);
+            let w = s.elapsed().as_secs_f64();
+            (cpu, wall) = (cpu + cpu_seconds() - c0, wall + w);
+            r.push(n_tok as f64 / w);
         }
-        let (cpu, wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
         let (mu, sd) = stats(&r);
-        println!("| pp{pp} | {mu:.2} ± {sd:.2} | {reps} | {:.3} | {:.2} |", cpu * 1e3 / (pp * reps) as f64, cpu / wall);
+        println!("| {name} | {mu:.2} ± {sd:.2} | {reps} | {:.3} | {:.2} |", cpu * 1e3 / (n_tok * reps) as f64, cpu / wall);
+    };
+    if pp > 0 {
+        bench(format!("pp{pp}{at}"), pp, &mut |c, tok| {
+            let t: Vec<i32> = (0..pp).map(|_| tok()).collect();
+            c.step(0, &t).unwrap();
+        });
     }
     if tg > 0 {
-        let mut r = Vec::new();
-        let (c0, w0) = (cpu_seconds(), Instant::now());
-        for _ in 0..reps {
-            c.seq_clear(0).unwrap();
-            let s = Instant::now();
+        bench(format!("tg{tg}{at}"), tg, &mut |c, tok| {
             for _ in 0..tg {
                 c.step(0, &[tok()]).unwrap();
             }
-            r.push(tg as f64 / s.elapsed().as_secs_f64());
-        }
-        let (cpu, wall) = (cpu_seconds() - c0, w0.elapsed().as_secs_f64());
-        let (mu, sd) = stats(&r);
-        println!("| tg{tg} | {mu:.2} ± {sd:.2} | {reps} | {:.3} | {:.2} |", cpu * 1e3 / (tg * reps) as f64, cpu / wall);
+        });
     }
 }
