@@ -556,8 +556,9 @@ impl Backend for CpuBackend {
                 for (j, oh) in orow.chunks_exact_mut(hd).enumerate() {
                     let h = g * group + j;
                     let qh = &qrow[h * hd..(h + 1) * hd];
-                    for (p, sp) in sc[..n].iter_mut().enumerate() {
-                        *sp = vmath::dot(qh, &kf[p * hd..(p + 1) * hd]) * scale;
+                    vmath::dot_rows(qh, kf, hd, &mut sc[..n]);
+                    for sp in sc[..n].iter_mut() {
+                        *sp *= scale;
                     }
                     sc[n..].fill(f32::NEG_INFINITY);
                     vmath::softmax(sc);

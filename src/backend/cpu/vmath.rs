@@ -142,6 +142,70 @@ fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     r
 }
 
+/// `out[p] = dot(q, k[p * stride..][..q.len()])` for every `p`: [`dot`]'s bits, with `q` loaded
+/// once and the horizontal sums of 8 rows at a time done together (attention's scores).
+pub fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    assert!(out.is_empty() || k.len() >= (out.len() - 1) * stride + q.len(), "dot_rows: {} rows of {stride} in {} values", out.len(), k.len());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above); the rows are in `k` (asserted).
+        return unsafe { dot_rows_avx2(q, k, stride, out) };
+    }
+    for (p, o) in out.iter_mut().enumerate() {
+        *o = dot(q, &k[p * stride..][..q.len()]);
+    }
+}
+
+/// [`dot_rows`]: per row [`dot_generic`]'s four 8-lane FMA chains and their vertical fold, then
+/// 8 rows' lanes folded at once: `l + (l + 4)` for two rows per add (their 128-bit halves
+/// paired), `(t0 + t1) + (t2 + t3)` by two horizontal adds; the rows come out in the order
+/// 0, 2, 4, 6, 1, 3, 5, 7, put back by one permute. The tail past the last 32 is FMA'd per row.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = q.len();
+    let np = n / 32 * 32;
+    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut p = 0;
+    while p + 8 <= out.len() {
+        let mut v = [_mm256_setzero_ps(); 8];
+        for (j, vj) in v.iter_mut().enumerate() {
+            let kr = kp.add((p + j) * stride);
+            let mut s = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i < np {
+                for (r, sr) in s.iter_mut().enumerate() {
+                    *sr = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i + 8 * r)), _mm256_loadu_ps(kr.add(i + 8 * r)), *sr);
+                }
+                i += 32;
+            }
+            *vj = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+        }
+        let t: [__m256; 4] = std::array::from_fn(|m| {
+            let (a, b) = (v[2 * m], v[2 * m + 1]);
+            _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
+        });
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+        _mm256_storeu_ps(out.as_mut_ptr().add(p), _mm256_permutevar8x32_ps(h, order));
+        if np < n {
+            for j in 0..8 {
+                let kr = &k[(p + j) * stride..][..n];
+                let mut r = out[p + j];
+                for i in np..n {
+                    r = q[i].mul_add(kr[i], r);
+                }
+                out[p + j] = r;
+            }
+        }
+        p += 8;
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(p) {
+        *o = dot_generic(q, &k[j * stride..][..n]);
+    }
+}
+
 /// Which of llama.cpp's two F32 dot-product orders a sum follows (see [`weighted_rows`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SumOrder {
@@ -206,6 +270,28 @@ fn fold_vec_dot(s: &[f32; 32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dot_rows_equals_dot() {
+        let mut seed = 7u64;
+        let mut rnd = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for hd in [8usize, 31, 32, 40, 64, 80, 96, 128, 256] {
+            for rows in [1usize, 7, 8, 9, 16, 23, 64] {
+                let stride = hd + 3;
+                let q: Vec<f32> = (0..hd).map(|_| rnd() * 3.0).collect();
+                let k: Vec<f32> = (0..rows * stride).map(|_| rnd()).collect();
+                let mut out = vec![f32::NAN; rows];
+                super::dot_rows(&q, &k, stride, &mut out);
+                for (p, o) in out.iter().enumerate() {
+                    let want = super::dot(&q, &k[p * stride..][..hd]);
+                    assert_eq!(o.to_bits(), want.to_bits(), "head_dim {hd}, {rows} rows: row {p}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn expf_is_close_to_libm() {
         let mut worst = 0.0f64;
