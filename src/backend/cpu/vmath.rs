@@ -289,6 +289,14 @@ fn fold_vec_dot(s: &[f32; 32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    /// Pseudo-random numbers uniform in [-1, 1) (a 64-bit LCG).
+    fn uniform(mut seed: u64) -> impl FnMut() -> f32 {
+        move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        }
+    }
+
     /// `weighted_rows` as first written: one pass over the rows, each FMA'd into its
     /// accumulator row in memory.
     fn weighted_rows_by_row(w: &[f32], v: &[f32], stride: usize, order: super::SumOrder, out: &mut [f32]) {
@@ -315,11 +323,7 @@ mod tests {
 
     #[test]
     fn weighted_rows_equals_a_pass_by_row() {
-        let mut seed = 3u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut rnd = uniform(3);
         let mut acc = Vec::new();
         for order in [super::SumOrder::Gemm, super::SumOrder::VecDot] {
             for d in [8usize, 40, 64, 100, 128, 256] {
@@ -340,11 +344,7 @@ mod tests {
 
     #[test]
     fn dot_rows_equals_dot() {
-        let mut seed = 7u64;
-        let mut rnd = || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        };
+        let mut rnd = uniform(7);
         for hd in [8usize, 31, 32, 40, 64, 80, 96, 128, 256] {
             for rows in [1usize, 7, 8, 9, 16, 23, 64] {
                 let stride = hd + 3;
