@@ -149,18 +149,15 @@ fn f32_to_kv_row(ty: GgmlType, x: &[f32], out: &mut [u8]) {
 }
 
 impl CpuBackend {
-    /// `out[t][r] = dot(w[r], xq[t])` with `xq` the quantized rows (`arb` bytes each).
+    /// `out[t][r] = dot(w[r], xq[t])` with `xq` the quantized rows (`arb` bytes each), for two
+    /// or more tokens (one goes through [`Self::matvecs_one_token`]).
     fn matmul_q(&self, w: &CpuWeight, xq: &[u8], arb: usize, n_tok: usize, out: &mut Mat) {
         let all = w.bytes();
         let (k, rows) = (w.cols, w.rows);
         out.resize(n_tok, rows);
         let work = rows * k * n_tok;
-        if n_tok == 1 {
-            Self::matvec(w, &xq[..arb], &mut out.data, work >= PAR_MIN_WORK);
-            return;
-        }
-        // Several tokens: each task takes a band of weight rows and every token, so a row is
-        // read once per band; results land transposed and are put back in token-major order.
+        // Each task takes a band of weight rows and every token, so a row is read once per band;
+        // results land transposed and are put back in token-major order.
         TRANSPOSED.with(|s| {
             let tr = &mut *s.borrow_mut();
             tr.resize(rows * n_tok, 0.0);
@@ -204,41 +201,50 @@ impl CpuBackend {
         }
     }
 
+    /// Where the input of weight `i` of `n` (weight j of type `ty(j)`) lies in a one-token
+    /// buffer of [`Self::quantize_segments`]: (offset, bytes). One segment per activation type,
+    /// in the order of the weights that first need it.
+    fn act_segment(ty: impl Fn(usize) -> GgmlType, n: usize, cols: usize, i: usize) -> (usize, usize) {
+        let a = qops::act_type(ty(i));
+        let mut off = 0;
+        for j in 0..n {
+            let b = qops::act_type(ty(j));
+            if (0..j).any(|v| qops::act_type(ty(v)) == b) {
+                continue;
+            }
+            if b == a {
+                return (off, qops::act_row_bytes(a, cols));
+            }
+            off += qops::act_row_bytes(b, cols);
+        }
+        unreachable!("weight {i}'s own activation type comes first at or before it")
+    }
+
+    /// `row` converted into `buf` once per activation type of the `n` weights (weight j of type
+    /// `ty(j)`), at the segments of [`Self::act_segment`].
+    fn quantize_segments(ty: impl Fn(usize) -> GgmlType + Copy, n: usize, row: &[f32], buf: &mut Vec<u8>) {
+        buf.clear();
+        for i in 0..n {
+            let (off, arb) = Self::act_segment(ty, n, row.len(), i);
+            if off == buf.len() {
+                buf.resize(off + arb, 0);
+                qops::quantize_act(qops::act_type(ty(i)), row, &mut buf[off..]);
+            }
+        }
+    }
+
     /// [`Backend::matmul`] of one token: `x` converted once per activation type (segments of
     /// `buf`), then every weight's matvec in one parallel region.
     fn matvecs_one_token(x: &Mat, ws: &[&CpuWeight], outs: &mut [&mut Mat], buf: &mut Vec<u8>) {
-        // Where weight i's input starts in `buf`: one segment per activation type, in the order
-        // of the weights that first need it.
-        let seg = |i: usize| -> (usize, usize) {
-            let a = qops::act_type(ws[i].ty);
-            let mut off = 0;
-            for (j, w) in ws.iter().enumerate() {
-                let b = qops::act_type(w.ty);
-                if ws[..j].iter().any(|v| qops::act_type(v.ty) == b) {
-                    continue;
-                }
-                if b == a {
-                    return (off, qops::act_row_bytes(a, x.cols));
-                }
-                off += qops::act_row_bytes(b, x.cols);
-            }
-            unreachable!("weight {i}'s own activation type comes first at or before it")
-        };
-        buf.clear();
-        for (i, w) in ws.iter().enumerate() {
-            let (off, arb) = seg(i);
-            if off == buf.len() {
-                buf.resize(off + arb, 0);
-                qops::quantize_act(qops::act_type(w.ty), x.row(0), &mut buf[off..]);
-            }
-        }
+        let ty = |j: usize| ws[j].ty;
+        Self::quantize_segments(ty, ws.len(), x.row(0), buf);
         let work: usize = ws.iter().map(|w| w.rows * w.cols).sum();
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             out.resize(1, w.rows);
         }
         let buf = &buf[..];
         let job = |(i, out): (usize, &mut &mut Mat)| {
-            let (off, arb) = seg(i);
+            let (off, arb) = Self::act_segment(ty, ws.len(), x.cols, i);
             Self::matvec(ws[i], &buf[off..off + arb], &mut out.data, work >= PAR_MIN_WORK);
         };
         if work >= PAR_MIN_WORK {
@@ -621,18 +627,14 @@ impl CpuBackend {
         let par = 3 * n * n_ff * d >= PAR_MIN_WORK;
         let mut buf = QBUF.with(|b| std::mem::take(&mut *b.borrow_mut()));
         // The input converted for the gates' and the ups' activation types.
-        let (ag, au) = (qops::act_type(f.gate.ty), qops::act_type(f.up.ty));
-        let (gb, ub) = (qops::act_row_bytes(ag, d), qops::act_row_bytes(au, d));
-        let u_off = if au == ag { 0 } else { gb };
-        buf.resize(gb.max(u_off + ub), 0);
-        qops::quantize_act(ag, x.row(0), &mut buf[..gb]);
-        if u_off != 0 {
-            qops::quantize_act(au, x.row(0), &mut buf[u_off..u_off + ub]);
-        }
+        let tys = [f.gate.ty, f.up.ty];
+        let ty = |j: usize| tys[j];
+        Self::quantize_segments(ty, 2, x.row(0), &mut buf);
+        let ((go, gb), (uo, ub)) = (Self::act_segment(ty, 2, d, 0), Self::act_segment(ty, 2, d, 1));
         g.resize(n, n_ff);
         u.resize(n, n_ff);
         {
-            let (xg, xu) = (&buf[..gb], &buf[u_off..u_off + ub]);
+            let (xg, xu) = (&buf[go..go + gb], &buf[uo..uo + ub]);
             let gate_up = |(i, (gr, ur)): (usize, (&mut [f32], &mut [f32]))| {
                 let e = experts[i] as usize;
                 let gate = f.gate.sub_rows(e * n_ff, n_ff);
