@@ -520,15 +520,32 @@ unsafe fn dot_q5_k(x: &[BlockQ5K], y: &[BlockQ8K]) -> f32 {
     hsum_ps(acc) - mins
 }
 
+/// A Q6_K code is its weight + 32, so a block's sum of scale · weight · activation is that of
+/// the codes less 32 Σ scale · (the activations' sum over the scale's 16 values): with these
+/// 16 factors −32 · scale (|each| ≤ 4096) one multiply against the Q8_K block sums per block
+/// ([`q6k_offset`]), in place of a second multiply per 32 values.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q6k_offset_scales(scales: &[u8; 16]) -> __m256i {
+    let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(scales.as_ptr() as *const __m128i));
+    _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16(sc, 5))
+}
+
+/// The i32 lanes a Q6_K block's sums start from against `by` (|each| ≤ 2 · 4096 · 2048).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn q6k_offset(offset_scales: __m256i, by: &BlockQ8K) -> __m256i {
+    _mm256_madd_epi16(offset_scales, loadu(by.bsums.as_ptr()))
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
     let m4 = _mm256_set1_epi8(0x0f);
     let m2 = _mm256_set1_epi8(3);
-    let m32 = _mm256_set1_epi8(32);
     let mut acc = _mm256_setzero_ps();
     let masks = pair_masks();
     for (bx, by) in x.iter().zip(y) {
-        let mut sumi = _mm256_setzero_si256();
+        let mut sumi = q6k_offset(q6k_offset_scales(&bx.scales), by);
         for n in 0..2 {
             let scv = scale_pairs(bx.scales.as_ptr().add(8 * n) as *const i8);
             let l1 = loadu(bx.ql.as_ptr().add(64 * n));
@@ -548,8 +565,7 @@ unsafe fn dot_q6_k(x: &[BlockQ6K], y: &[BlockQ8K]) -> f32 {
             ];
             for k in 0..4 {
                 let q8 = loadu(by.qs.as_ptr().add(128 * n + 32 * k));
-                let p =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(q[k], q8), _mm256_maddubs_epi16(m32, q8));
+                let p = _mm256_maddubs_epi16(q[k], q8);
                 let sc = _mm256_shuffle_epi8(scv, masks[k]);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sc));
             }

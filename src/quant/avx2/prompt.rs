@@ -14,11 +14,13 @@ use super::*;
 /// One super-block decoded for [`prompt_rows`]: each 32-weight sub-block's signed weights and
 /// its scales (16 lanes), what activations biased by 128 add to the sums (the weights' products
 /// with 128, in the same lanes), the block scale, and what a type's second term needs (IQ1_S:
-/// the signed scales of its deltas; Q2_K, Q4_K, Q5_K: the mins and their scale).
+/// the signed scales of its deltas; Q2_K, Q4_K, Q5_K: the mins and their scale), and Q6_K's
+/// `q6k_offset_scales` (zero for the others).
 struct Decoded {
     w: [__m256i; 8],
     ls: [__m256i; 8],
     corr: __m256i,
+    offset: __m256i,
     d: f32,
     extra: f32,
     aux: __m128i,
@@ -131,6 +133,11 @@ trait PromptType: Block {
     /// Whether a second term per block (IQ1_S's deltas, the mins of Q2_K, Q4_K, Q5_K) is summed apart.
     const TERM: bool;
     unsafe fn decode(&self) -> Self::Dec;
+    /// What a block's lane sums against a token's block start from (Q6_K's offset).
+    #[inline(always)]
+    unsafe fn start(_d: &Self::Dec, _by: &BlockQ8K) -> __m256i {
+        _mm256_setzero_si256()
+    }
     /// That term of a block against a token's block, as the `dot_*` kernel makes it.
     #[inline(always)]
     unsafe fn term(_d: &Self::Dec, _by: &BlockQ8K, _dy: f32) -> f32 {
@@ -153,7 +160,7 @@ unsafe fn decoded(w: [__m256i; 8], ls: [__m256i; 8], d: f32, extra: f32, aux: __
     for ib in 0..8 {
         corr = _mm256_add_epi32(corr, _mm256_madd_epi16(_mm256_maddubs_epi16(bias, w[ib]), ls[ib]));
     }
-    Decoded { w, ls, corr, d, extra, aux }
+    Decoded { w, ls, corr, offset: _mm256_setzero_si256(), d, extra, aux }
 }
 
 /// Scales `2c + 1` of 3- or 4-bit codes, one per sub-block, over all 16 lanes.
@@ -375,12 +382,12 @@ impl PromptType for BlockQ6K {
     unsafe fn decode(&self) -> Decoded {
         let m4 = _mm256_set1_epi8(0x0f);
         let m2 = _mm256_set1_epi8(3);
-        let m32 = _mm256_set1_epi8(32);
         let masks = pair_masks();
         let mut w = [_mm256_setzero_si256(); 8];
         let mut ls = [_mm256_setzero_si256(); 8];
         // Half n, sub-block k: low (k < 2) or high nibbles of the (k mod 2)-th 32 ql bytes, bits
-        // 2k, 2k+1 of the 32 qh bytes above them, less 32.
+        // 2k, 2k+1 of the 32 qh bytes above them: the codes, weight + 32, as `dot_q6_k` takes
+        // them, with its offset per token.
         for n in 0..2 {
             let scv = scale_pairs(self.scales.as_ptr().add(8 * n) as *const i8);
             let h = loadu(self.qh.as_ptr().add(32 * n));
@@ -388,11 +395,17 @@ impl PromptType for BlockQ6K {
                 let l = loadu(self.ql.as_ptr().add(64 * n + 32 * (k % 2)));
                 let hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(h, _mm_cvtsi32_si128(2 * k as i32)), m2), 4);
                 let lo = _mm256_and_si256(if k < 2 { l } else { _mm256_srli_epi16(l, 4) }, m4);
-                w[4 * n + k] = _mm256_sub_epi8(_mm256_or_si256(lo, hi), m32);
+                w[4 * n + k] = _mm256_or_si256(lo, hi);
                 ls[4 * n + k] = _mm256_shuffle_epi8(scv, masks[k]);
             }
         }
-        decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128())
+        let mut d = decoded(w, ls, h2f(self.d), 0.0, _mm_setzero_si128());
+        d.offset = q6k_offset_scales(&self.scales);
+        d
+    }
+    #[inline(always)]
+    unsafe fn start(d: &Decoded, by: &BlockQ8K) -> __m256i {
+        q6k_offset(d.offset, by)
     }
 }
 
@@ -539,7 +552,7 @@ unsafe fn prompt_rows<B: PromptType, const R: usize>(rb: usize, w: &[u8], acts: 
             let mut acc2 = [_mm256_setzero_ps(); R];
             let mut terms = [0f32; R];
             for (d, by) in dec.iter().zip(y) {
-                let mut sumi = [_mm256_setzero_si256(); R];
+                let mut sumi: [__m256i; R] = std::array::from_fn(|i| B::start(&d[i], by));
                 let mut sumd = [_mm256_setzero_si256(); R];
                 for ib in 0..8 {
                     let a = B::Dec::prep(loadu(by.qs.as_ptr().add(32 * ib)));
