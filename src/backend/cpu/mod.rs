@@ -96,14 +96,51 @@ thread_local! {
     static KV_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// One token's attention buffers: its visible K and V rows as f32, one head's scores, and the
-/// per-lane sums of the weighted V rows.
+/// One token's attention buffers: its visible K and V rows as f32 (for a cache type that is
+/// not read in place), one head's scores, and the per-lane sums of the weighted V rows.
 #[derive(Default)]
 struct AttnScratch {
     k: Vec<f32>,
     v: Vec<f32>,
     scores: Vec<f32>,
     acc: Vec<f32>,
+}
+
+/// The query heads that share one KV head, for one token that sees `n` positions.
+struct Heads<'q> {
+    q: &'q [f32],
+    n: usize,
+    hd: usize,
+    scale: f32,
+    order: SumOrder,
+}
+
+impl Heads<'_> {
+    /// Each head's scores against the K rows, softmax, and the weighted sum of the V rows into
+    /// its `hd` columns of `out`; `k(p)`, `v(p)` are position p's head columns.
+    fn attend<'a, E: vmath::KvElem>(
+        &self,
+        k: impl Fn(usize) -> &'a [u8] + Copy,
+        v: impl Fn(usize) -> &'a [u8] + Copy,
+        sc: &mut Vec<f32>,
+        acc: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let (n, hd) = (self.n, self.hd);
+        // Scores padded to whole groups of 8 with -inf (weight 0), as llama.cpp's softmax runs
+        // over its padded KV view: every score takes the vector exp.
+        sc.clear();
+        sc.resize(n.div_ceil(8) * 8, f32::NEG_INFINITY);
+        for (qh, oh) in self.q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
+            vmath::dot_rows::<E>(qh, k, &mut sc[..n]);
+            for sp in sc[..n].iter_mut() {
+                *sp *= self.scale;
+            }
+            sc[n..].fill(f32::NEG_INFINITY);
+            vmath::softmax(sc);
+            vmath::weighted_rows::<E>(&sc[..n], v, self.order, acc, oh);
+        }
+    }
 }
 
 /// The bytes of columns `c0..c0 + n` of a KV row (for Q8_0, whole blocks: `c0` and `n` are
@@ -498,8 +535,11 @@ impl Backend for CpuBackend {
             }
         };
         // A sequence with several tokens in the pass (a prompt) has its K and V rows, up to the
-        // furthest any of its tokens sees, converted once per KV head for all of them: per token
-        // that is O(prompt²) conversions. At `shared[s]` in `conv`: per head, K rows then V rows.
+        // furthest any of its tokens sees, converted to f32 once per KV head for all of them:
+        // per token that would be O(prompt²) conversions. At `shared[s]` in `conv`: per head, K
+        // rows then V rows. A sequence with one token reads F32 and F16 rows where they are
+        // (`vmath::KvElem`) and has other types (Q8_0) converted into `AttnScratch`.
+        let in_place = matches!(ty, GgmlType::F32 | GgmlType::F16);
         let mut seen = vec![0usize; b.tables.len()];
         for (&s, &n) in b.tok_seq.iter().zip(b.tok_n_kv) {
             if per_seq[s as usize] > 1 {
@@ -545,6 +585,24 @@ impl Backend for CpuBackend {
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
                 let AttnScratch { k: kbuf, v: vbuf, scores: sc, acc } = &mut *s;
+                let qg = &q.row(t)[g * group * hd..(g + 1) * group * hd];
+                let heads = Heads { q: qg, n, hd, scale, order };
+                if in_place && seen[seq] == 0 {
+                    let table = b.tables[seq];
+                    let e = if ty == GgmlType::F16 { 2 } else { 4 };
+                    // Head g's columns of position p's K and V rows.
+                    let at = move |p: usize| {
+                        let slot = table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK;
+                        slot * rb + g * hd * e..slot * rb + (g + 1) * hd * e
+                    };
+                    let (kr, vr) = (move |p| &kl[at(p)], move |p| &vl[at(p)]);
+                    if ty == GgmlType::F16 {
+                        heads.attend::<vmath::F16>(kr, vr, sc, acc, orow);
+                    } else {
+                        heads.attend::<vmath::F32>(kr, vr, sc, acc, orow);
+                    }
+                    return;
+                }
                 let (kf, vf): (&[f32], &[f32]) = if seen[seq] > 0 {
                     let at = shared[seq] + 2 * g * seen[seq] * hd;
                     (&conv[at..at + n * hd], &conv[at + seen[seq] * hd..][..n * hd])
@@ -554,22 +612,8 @@ impl Backend for CpuBackend {
                     convert(b.tables[seq], g, n, kbuf, vbuf);
                     (kbuf, vbuf)
                 };
-                // Scores padded to whole groups of 8 with -inf (weight 0), as llama.cpp's
-                // softmax runs over its padded KV view: every score takes the vector exp.
-                sc.clear();
-                sc.resize(n.div_ceil(8) * 8, f32::NEG_INFINITY);
-                let qrow = q.row(t);
-                for (j, oh) in orow.chunks_exact_mut(hd).enumerate() {
-                    let h = g * group + j;
-                    let qh = &qrow[h * hd..(h + 1) * hd];
-                    vmath::dot_rows(qh, kf, hd, &mut sc[..n]);
-                    for sp in sc[..n].iter_mut() {
-                        *sp *= scale;
-                    }
-                    sc[n..].fill(f32::NEG_INFINITY);
-                    vmath::softmax(sc);
-                    vmath::weighted_rows(&sc[..n], vf, hd, order, acc, oh);
-                }
+                let (kb, vb) = (qops::f32_bytes(kf), qops::f32_bytes(vf));
+                heads.attend::<vmath::F32>(|p| &kb[p * hd * 4..], |p| &vb[p * hd * 4..], sc, acc, orow);
             });
         };
         if par {

@@ -142,17 +142,75 @@ fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     r
 }
 
-/// `out[p] = dot(q, k[p * stride..][..q.len()])` for every `p`: [`dot`]'s bits, with `q` loaded
-/// once and the horizontal sums of 8 rows at a time done together (attention's scores).
-pub fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
-    assert!(out.is_empty() || k.len() >= (out.len() - 1) * stride + q.len(), "dot_rows: {} rows of {stride} in {} values", out.len(), k.len());
+/// The element type of the KV rows attention reads: f32 or f16, whose values are exact in f32,
+/// so a sum over f16 rows read in place has the bits of the same sum over the rows converted.
+/// Rows are bytes at any alignment.
+pub trait KvElem {
+    const BYTES: usize;
+    /// Element `i` of `row`.
+    fn get(row: &[u8], i: usize) -> f32;
+    /// 8 elements from `p`.
+    ///
+    /// # Safety
+    /// The CPU has AVX and F16C, and `p` points at 8 elements' bytes.
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above); the rows are in `k` (asserted).
-        return unsafe { dot_rows_avx2(q, k, stride, out) };
+    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256;
+}
+
+/// f32 KV rows (and rows converted to f32).
+pub struct F32;
+/// f16 KV rows.
+pub struct F16;
+
+impl KvElem for F32 {
+    const BYTES: usize = 4;
+    #[inline(always)]
+    fn get(row: &[u8], i: usize) -> f32 {
+        f32::from_le_bytes(row[4 * i..4 * i + 4].try_into().unwrap())
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p as *const f32)
+    }
+}
+
+impl KvElem for F16 {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    fn get(row: &[u8], i: usize) -> f32 {
+        half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma_f16c() -> bool {
+    std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c")
+}
+
+/// `out[p] = dot(q, row p)` for every `p`, `rows(p)` the bytes of row p (at least `q.len()`
+/// elements of `E`): [`dot`]'s bits, with `q` loaded once and the horizontal sums of 8 rows at
+/// a time done together (attention's scores).
+pub fn dot_rows<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8], out: &mut [f32]) {
+    let n = q.len();
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma_f16c() {
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); each row's length is
+        // asserted before it is read.
+        return unsafe { dot_rows_avx2::<E>(q, rows, out) };
     }
     for (p, o) in out.iter_mut().enumerate() {
-        *o = dot(q, &k[p * stride..][..q.len()]);
+        let row = rows(p);
+        let k: Vec<f32> = (0..n).map(|i| E::get(row, i)).collect();
+        *o = dot(q, &k);
     }
 }
 
@@ -161,23 +219,29 @@ pub fn dot_rows(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
 /// paired), `(t0 + t1) + (t2 + t3)` by two horizontal adds; the rows come out in the order
 /// 0, 2, 4, 6, 1, 3, 5, 7, put back by one permute. The tail past the last 32 is FMA'd per row.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows_avx2(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_avx2<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8], out: &mut [f32]) {
     use std::arch::x86_64::*;
     let n = q.len();
     let np = n / 32 * 32;
-    let (qp, kp) = (q.as_ptr(), k.as_ptr());
+    let qp = q.as_ptr();
+    let row = |p: usize| {
+        let r = rows(p);
+        assert!(r.len() >= n * E::BYTES, "dot_rows: row {p} has {} bytes, {n} elements wanted", r.len());
+        r
+    };
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let mut p = 0;
     while p + 8 <= out.len() {
         let mut v = [_mm256_setzero_ps(); 8];
         for (j, vj) in v.iter_mut().enumerate() {
-            let kr = kp.add((p + j) * stride);
+            let kr = row(p + j).as_ptr();
             let mut s = [_mm256_setzero_ps(); 4];
             let mut i = 0;
             while i < np {
                 for (r, sr) in s.iter_mut().enumerate() {
-                    *sr = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i + 8 * r)), _mm256_loadu_ps(kr.add(i + 8 * r)), *sr);
+                    let k = E::load8(kr.add((i + 8 * r) * E::BYTES));
+                    *sr = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i + 8 * r)), k, *sr);
                 }
                 i += 32;
             }
@@ -191,18 +255,23 @@ unsafe fn dot_rows_avx2(q: &[f32], k: &[f32], stride: usize, out: &mut [f32]) {
         _mm256_storeu_ps(out.as_mut_ptr().add(p), _mm256_permutevar8x32_ps(h, order));
         if np < n {
             for j in 0..8 {
-                let kr = &k[(p + j) * stride..][..n];
+                let kr = row(p + j);
                 let mut r = out[p + j];
-                for i in np..n {
-                    r = q[i].mul_add(kr[i], r);
+                for (i, qi) in q.iter().enumerate().skip(np) {
+                    r = qi.mul_add(E::get(kr, i), r);
                 }
                 out[p + j] = r;
             }
         }
         p += 8;
     }
+    let mut k = vec![0f32; if p < out.len() { n } else { 0 }];
     for (j, o) in out.iter_mut().enumerate().skip(p) {
-        *o = dot_generic(q, &k[j * stride..][..n]);
+        let kr = row(j);
+        for (i, x) in k.iter_mut().enumerate() {
+            *x = E::get(kr, i);
+        }
+        *o = dot_generic(q, &k);
     }
 }
 
@@ -215,33 +284,26 @@ pub enum SumOrder {
     Gemm,
 }
 
-/// `out = Σ_p w[p] · v_p` with `v_p = v[p * stride..][..out.len()]`, each output summed over `p`
-/// in `order`: `VecDot` as [`dot`] does; `Gemm` as llama.cpp's F32 GEMM (tinyBLAS) does on
-/// AVX2: eight lanes (`p mod 8`), each an FMA chain in order of `p`, folded `l + (l + 4)`,
-/// then `(t0 + t2) + (t1 + t3)`. Terms past `w.len()` count as zero, as llama.cpp's
-/// zero-weight padding does. `acc` is scratch.
-pub fn weighted_rows(w: &[f32], v: &[f32], stride: usize, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has FMA (checked just above).
-        return unsafe { weighted_rows_fma(w, v, stride, order, acc, out) };
-    }
-    weighted_rows_generic(w, v, stride, order, acc, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn weighted_rows_fma(w: &[f32], v: &[f32], stride: usize, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
-    weighted_rows_generic(w, v, stride, order, acc, out)
-}
-
-#[inline(always)]
-fn weighted_rows_generic(w: &[f32], v: &[f32], stride: usize, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+/// `out = Σ_p w[p] · v_p` with `v_p` the first `out.len()` elements of `rows(p)`, each output
+/// summed over `p` in `order`: `VecDot` as [`dot`] does; `Gemm` as llama.cpp's F32 GEMM
+/// (tinyBLAS) does on AVX2: eight lanes (`p mod 8`), each an FMA chain in order of `p`, folded
+/// `l + (l + 4)`, then `(t0 + t2) + (t1 + t3)`. Terms past `w.len()` count as zero, as
+/// llama.cpp's zero-weight padding does. `acc` is scratch.
+pub fn weighted_rows<'a, E: KvElem>(w: &[f32], rows: impl Fn(usize) -> &'a [u8], order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
     let d = out.len();
+    let row = |p: usize| {
+        let r = rows(p);
+        assert!(r.len() >= d * E::BYTES, "weighted_rows: row {p} has {} bytes, {d} elements wanted", r.len());
+        r
+    };
     // One accumulator row per (register, lane): 8 for the GEMM order, 32 for ggml_vec_dot_f32.
     let n_acc = if order == SumOrder::Gemm { 8 } else { 32 };
     acc.clear();
     acc.resize(n_acc * d, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    let simd = has_avx2_fma_f16c();
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
     // Accumulator row a sums the rows p ≡ a (mod n_acc) in order of p; it is run to its end
     // 64 columns at a time, so those stay in registers instead of being loaded and stored for
     // every row (the same FMAs in the same order per column).
@@ -249,22 +311,21 @@ fn weighted_rows_generic(w: &[f32], v: &[f32], stride: usize, order: SumOrder, a
     for c0 in (0..d).step_by(CH) {
         let cw = CH.min(d - c0);
         for a in 0..n_acc.min(w.len()) {
-            let mut s = [0f32; CH];
-            if cw == CH {
-                for (p, &wp) in w.iter().enumerate().skip(a).step_by(n_acc) {
-                    let x: &[f32; CH] = v[p * stride + c0..][..CH].try_into().unwrap();
-                    for (sj, &xj) in s.iter_mut().zip(x) {
-                        *sj = wp.mul_add(xj, *sj);
-                    }
-                }
+            let dst = &mut acc[a * d + c0..][..cw];
+            if cw == CH && simd {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: the CPU has AVX2, FMA and F16C; every row holds `d` elements (asserted).
+                unsafe {
+                    weighted_chunk_avx2::<E>(w, &row, a, n_acc, c0, dst)
+                };
             } else {
                 for (p, &wp) in w.iter().enumerate().skip(a).step_by(n_acc) {
-                    for (sj, &xj) in s[..cw].iter_mut().zip(&v[p * stride + c0..][..cw]) {
-                        *sj = wp.mul_add(xj, *sj);
+                    let r = row(p);
+                    for (j, sj) in dst.iter_mut().enumerate() {
+                        *sj = wp.mul_add(E::get(r, c0 + j), *sj);
                     }
                 }
             }
-            acc[a * d + c0..][..cw].copy_from_slice(&s[..cw]);
         }
     }
     for (i, o) in out.iter_mut().enumerate() {
@@ -274,8 +335,26 @@ fn weighted_rows_generic(w: &[f32], v: &[f32], stride: usize, order: SumOrder, a
                 let t: [f32; 4] = std::array::from_fn(|l| at(l) + at(l + 4));
                 (t[0] + t[2]) + (t[1] + t[3])
             }
-            SumOrder::VecDot => fold_vec_dot(&std::array::from_fn(|a| at(a))),
+            SumOrder::VecDot => fold_vec_dot(&std::array::from_fn(at)),
         };
+    }
+}
+
+/// Accumulator row `a` of [`weighted_rows`] over columns `c0..c0 + 64`, in 8 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_chunk_avx2<'a, E: KvElem>(w: &[f32], row: &impl Fn(usize) -> &'a [u8], a: usize, n_acc: usize, c0: usize, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut s = [_mm256_setzero_ps(); 8];
+    for (p, &wp) in w.iter().enumerate().skip(a).step_by(n_acc) {
+        let r = row(p).as_ptr().add(c0 * E::BYTES);
+        let wv = _mm256_set1_ps(wp);
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = _mm256_fmadd_ps(wv, E::load8(r.add(8 * j * E::BYTES)), *sj);
+        }
+    }
+    for (j, sj) in s.iter().enumerate() {
+        _mm256_storeu_ps(dst.as_mut_ptr().add(8 * j), *sj);
     }
 }
 
@@ -295,6 +374,17 @@ mod tests {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         }
+    }
+
+    /// Row `p` of `stride` values of `v` as bytes, for the row readers.
+    fn f32_row(v: &[f32], stride: usize, p: usize) -> &[u8] {
+        &super::super::qops::f32_bytes(v)[4 * p * stride..]
+    }
+
+    /// `v` rounded to f16: the values (exact in f32) and their bytes.
+    fn to_f16(v: &[f32]) -> (Vec<f32>, Vec<u8>) {
+        let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+        (h.iter().map(|x| x.to_f32()).collect(), h.iter().flat_map(|x| x.to_le_bytes()).collect())
     }
 
     /// `weighted_rows` as first written: one pass over the rows, each FMA'd into its
@@ -332,10 +422,17 @@ mod tests {
                     let w: Vec<f32> = (0..n).map(|_| rnd().abs()).collect();
                     let v: Vec<f32> = (0..n * stride).map(|_| rnd()).collect();
                     let (mut got, mut want) = (vec![f32::NAN; d], vec![0f32; d]);
-                    super::weighted_rows(&w, &v, stride, order, &mut acc, &mut got);
+                    super::weighted_rows::<super::F32>(&w, |p| f32_row(&v, stride, p), order, &mut acc, &mut got);
                     weighted_rows_by_row(&w, &v, stride, order, &mut want);
                     for (i, (g, x)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(g.to_bits(), x.to_bits(), "{order:?}, d {d}, {n} rows: column {i}");
+                    }
+                    // f16 rows read in place: the sums of the same rows converted first.
+                    let (v16, b16) = to_f16(&v);
+                    super::weighted_rows::<super::F16>(&w, |p| &b16[2 * p * stride..], order, &mut acc, &mut got);
+                    weighted_rows_by_row(&w, &v16, stride, order, &mut want);
+                    for (i, (g, x)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(g.to_bits(), x.to_bits(), "f16, {order:?}, d {d}, {n} rows: column {i}");
                     }
                 }
             }
@@ -351,10 +448,16 @@ mod tests {
                 let q: Vec<f32> = (0..hd).map(|_| rnd() * 3.0).collect();
                 let k: Vec<f32> = (0..rows * stride).map(|_| rnd()).collect();
                 let mut out = vec![f32::NAN; rows];
-                super::dot_rows(&q, &k, stride, &mut out);
+                super::dot_rows::<super::F32>(&q, |p| f32_row(&k, stride, p), &mut out);
                 for (p, o) in out.iter().enumerate() {
                     let want = super::dot(&q, &k[p * stride..][..hd]);
                     assert_eq!(o.to_bits(), want.to_bits(), "head_dim {hd}, {rows} rows: row {p}");
+                }
+                let (k16, b16) = to_f16(&k);
+                super::dot_rows::<super::F16>(&q, |p| &b16[2 * p * stride..], &mut out);
+                for (p, o) in out.iter().enumerate() {
+                    let want = super::dot(&q, &k16[p * stride..][..hd]);
+                    assert_eq!(o.to_bits(), want.to_bits(), "f16, head_dim {hd}, {rows} rows: row {p}");
                 }
             }
         }
@@ -379,14 +482,14 @@ mod tests {
     /// the zero-padded row (llama.cpp's padded KV view), and `Gemm` sums in another order.
     #[test]
     fn weighted_rows_orders() {
-        use super::{dot, weighted_rows, SumOrder};
+        use super::{dot, weighted_rows, SumOrder, F32};
         let n = 45;
         let w: Vec<f32> = (0..n).map(|i| ((i * 7919 % 101) as f32 / 37.0).sin()).collect();
         let v: Vec<f32> = (0..2 * n).map(|i| ((i * 104729 % 211) as f32 / 13.0).cos() * 1e3).collect();
         let mut acc = Vec::new();
         let (mut vd, mut gm) = ([0.0f32; 2], [0.0f32; 2]);
-        weighted_rows(&w, &v, 2, SumOrder::VecDot, &mut acc, &mut vd);
-        weighted_rows(&w, &v, 2, SumOrder::Gemm, &mut acc, &mut gm);
+        weighted_rows::<F32>(&w, |p| f32_row(&v, 2, p), SumOrder::VecDot, &mut acc, &mut vd);
+        weighted_rows::<F32>(&w, |p| f32_row(&v, 2, p), SumOrder::Gemm, &mut acc, &mut gm);
         for c in 0..2 {
             let mut wp = w.clone();
             wp.resize(64, 0.0);
@@ -400,8 +503,8 @@ mod tests {
         let ones = vec![1.0f32; n];
         let ints: Vec<f32> = (0..n).map(|p| p as f32).collect();
         let (mut a, mut b) = ([0.0f32], [0.0f32]);
-        weighted_rows(&ones, &ints, 1, SumOrder::VecDot, &mut acc, &mut a);
-        weighted_rows(&ones, &ints, 1, SumOrder::Gemm, &mut acc, &mut b);
+        weighted_rows::<F32>(&ones, |p| f32_row(&ints, 1, p), SumOrder::VecDot, &mut acc, &mut a);
+        weighted_rows::<F32>(&ones, |p| f32_row(&ints, 1, p), SumOrder::Gemm, &mut acc, &mut b);
         assert_eq!((a[0], b[0]), (990.0, 990.0));
     }
 }
