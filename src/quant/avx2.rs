@@ -1066,22 +1066,24 @@ unsafe fn dot_iq1_m(x: &[BlockIQ1M], y: &[BlockQ8K]) -> f32 {
     for (bx, by) in x.iter().zip(y) {
         let mut sumi = _mm256_setzero_si256();
         let mut sumd = _mm256_setzero_si256();
-        let mut scv = _mm256_setzero_si256();
-        for k in 0..4 {
-            if k % 2 == 0 {
-                scv = iq1m_scale_pairs(bx, k);
-            }
-            let pair = iq1m_pair(bx, k);
-            for (h, &(g, dsv)) in pair.iter().enumerate() {
-                let ib = 2 * k + h;
-                let ls = _mm256_shuffle_epi8(scv, masks[ib % 4]);
+        // Groups 4j..4j+3 share a scale vector; written out per pair so that every mask index
+        // is a constant (a loop here is unrolled only in part, its masks then read from memory).
+        let mut quad = |j: usize| {
+            let scv = iq1m_scale_pairs(bx, 2 * j);
+            let [a, b] = iq1m_pair(bx, 2 * j);
+            let [c, d] = iq1m_pair(bx, 2 * j + 1);
+            for (m, (g, dsv)) in [a, b, c, d].into_iter().enumerate() {
+                let ib = 4 * j + m;
+                let ls = _mm256_shuffle_epi8(scv, masks[m]);
                 let q8 = loadu(by.qs.as_ptr().add(32 * ib));
                 let p = mul_i8_pairs(g, q8);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls));
                 let pd = _mm256_maddubs_epi16(ones, _mm256_sign_epi8(q8, dsv));
                 sumd = _mm256_add_epi32(sumd, _mm256_madd_epi16(pd, ls));
             }
-        }
+        };
+        quad(0);
+        quad(1);
         let d = _mm256_set1_ps(h2f(bx.d_bits().to_le_bytes()) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
         accd = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumd), accd);
