@@ -602,18 +602,9 @@ static KEVEN_SIGNS: [u64; 128] = {
 unsafe fn iq2xxs_group(bx: &BlockIQ2XXS, ib: usize) -> (__m256i, __m256i, u32) {
     let q = &bx.qs[8 * ib..8 * ib + 8];
     let a1 = rd_u32(q.as_ptr().add(4));
-    let g = _mm256_set_epi64x(
-        IQ2XXS_GRID[q[3] as usize] as i64,
-        IQ2XXS_GRID[q[2] as usize] as i64,
-        IQ2XXS_GRID[q[1] as usize] as i64,
-        IQ2XXS_GRID[q[0] as usize] as i64,
-    );
-    let s = _mm256_set_epi64x(
-        KEVEN_SIGNS[((a1 >> 21) & 127) as usize] as i64,
-        KEVEN_SIGNS[((a1 >> 14) & 127) as usize] as i64,
-        KEVEN_SIGNS[((a1 >> 7) & 127) as usize] as i64,
-        KEVEN_SIGNS[(a1 & 127) as usize] as i64,
-    );
+    let g = table4(&IQ2XXS_GRID, [q[0] as usize, q[1] as usize, q[2] as usize, q[3] as usize]);
+    let f = |k: u32| ((a1 >> (7 * k)) & 127) as usize;
+    let s = table4(&KEVEN_SIGNS, [f(0), f(1), f(2), f(3)]);
     (g, s, a1)
 }
 
@@ -768,10 +759,29 @@ unsafe fn dot_q3_k(x: &[BlockQ3K], y: &[BlockQ8K]) -> f32 {
     hsum_ps(acc)
 }
 
+/// Entries i0..i3 of a table of 8-byte words as the four 64-bit lanes: each broadcast straight
+/// from memory (a load, no shuffle) and the four merged by blends, which any vector ALU runs,
+/// where inserting them takes the one or two shuffle units these kernels are short of (IQ2_XXS's
+/// dot +10 %). The indices are below `t.len()` (the callers mask them to their table's size).
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn set_u64x4(a: u64, b: u64, c: u64, d: u64) -> __m256i {
-    _mm256_set_epi64x(d as i64, c as i64, b as i64, a as i64)
+unsafe fn table4(t: &[u64], i: [usize; 4]) -> __m256i {
+    debug_assert!(i.iter().all(|&k| k < t.len()));
+    let b = |k: usize| _mm256_castpd_si256(_mm256_broadcast_sd(&*(t.as_ptr().add(i[k]) as *const f64)));
+    let lo = _mm256_blend_epi32(b(0), b(1), 0b0000_1100);
+    let hi = _mm256_blend_epi32(b(2), b(3), 0b1100_0000);
+    _mm256_blend_epi32(lo, hi, 0b1111_0000)
+}
+
+/// [`table4`] for a table of 4-byte words and eight lanes.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn table8(t: &[u32], i: [usize; 8]) -> __m256i {
+    debug_assert!(i.iter().all(|&k| k < t.len()));
+    let b = |k: usize| _mm256_castps_si256(_mm256_broadcast_ss(&*(t.as_ptr().add(i[k]) as *const f32)));
+    let lo = _mm256_blend_epi32(_mm256_blend_epi32(b(0), b(1), 0b0000_0010), _mm256_blend_epi32(b(2), b(3), 0b0000_1000), 0b0000_1100);
+    let hi = _mm256_blend_epi32(_mm256_blend_epi32(b(4), b(5), 0b0010_0000), _mm256_blend_epi32(b(6), b(7), 0b1000_0000), 0b1100_0000);
+    _mm256_blend_epi32(lo, hi, 0b1111_0000)
 }
 
 /// The 7 stored sign bits of 16 IQ2_XS/IQ2_XXS sign fields (one per 16-bit lane, bits 0..6)
@@ -848,12 +858,8 @@ unsafe fn iq2xs_groups(
     let signs = ksigns16(_mm256_srli_epi16(q, 9));
     let sg = [_mm256_permute2x128_si256(signs, signs, 0x00), _mm256_permute2x128_si256(signs, signs, 0x11)];
     let group = |j: usize| {
-        let g = set_u64x4(
-            IQ2XS_GRID[idx[4 * j] as usize],
-            IQ2XS_GRID[idx[4 * j + 1] as usize],
-            IQ2XS_GRID[idx[4 * j + 2] as usize],
-            IQ2XS_GRID[idx[4 * j + 3] as usize],
-        );
+        let i = |l: usize| idx[4 * j + l] as usize;
+        let g = table4(&IQ2XS_GRID, [i(0), i(1), i(2), i(3)]);
         (g, sign_bytes32(sg[j / 2], picks[j % 2]), _mm256_shuffle_epi8(scv, masks[j]))
     };
     [group(0), group(1), group(2), group(3)]
@@ -886,7 +892,7 @@ unsafe fn dot_iq2_xs(x: &[BlockIQ2XS], y: &[BlockQ8K]) -> f32 {
 unsafe fn iq2s_group(bx: &BlockIQ2S, ib: usize, scales: __m128i, masks: &[__m256i; 4]) -> (__m256i, __m256i, __m256i) {
     let qh = bx.qh[ib] as usize;
     let idx = |l: usize| bx.qs[4 * ib + l] as usize | ((qh << (8 - 2 * l)) & 0x300);
-    let g = set_u64x4(IQ2S_GRID[idx(0)], IQ2S_GRID[idx(1)], IQ2S_GRID[idx(2)], IQ2S_GRID[idx(3)]);
+    let g = table4(&IQ2S_GRID, [idx(0), idx(1), idx(2), idx(3)]);
     let s = sign_bytes4(bx.qs.as_ptr().add(32 + 4 * ib));
     (g, s, _mm256_shuffle_epi8(byte_scale_pairs(scales, ib / 4), masks[ib % 4]))
 }
@@ -915,15 +921,11 @@ unsafe fn dot_iq2_s(x: &[BlockIQ2S], y: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "avx2")]
 unsafe fn iq3xxs_group(bx: &BlockIQ3XXS, ib: usize) -> (__m256i, __m256i, u32) {
     let q = &bx.qs[8 * ib..8 * ib + 8];
-    let gi = |k: usize| IQ3XXS_GRID[q[k] as usize] as i32;
-    let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
+    let i = |k: usize| q[k] as usize;
+    let g = table8(&IQ3XXS_GRID, [i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7)]);
     let aux = rd_u32(bx.qs.as_ptr().add(64 + 4 * ib));
-    let s = set_u64x4(
-        KEVEN_SIGNS[(aux & 127) as usize],
-        KEVEN_SIGNS[((aux >> 7) & 127) as usize],
-        KEVEN_SIGNS[((aux >> 14) & 127) as usize],
-        KEVEN_SIGNS[((aux >> 21) & 127) as usize],
-    );
+    let f = |k: u32| ((aux >> (7 * k)) & 127) as usize;
+    let s = table4(&KEVEN_SIGNS, [f(0), f(1), f(2), f(3)]);
     (g, s, aux >> 28)
 }
 
@@ -951,8 +953,8 @@ unsafe fn dot_iq3_xxs(x: &[BlockIQ3XXS], y: &[BlockQ8K]) -> f32 {
 unsafe fn iq3s_group(bx: &BlockIQ3S, ib: usize) -> (__m256i, __m256i, u32) {
     let q = &bx.qs[8 * ib..8 * ib + 8];
     let qh = bx.qh[ib] as usize;
-    let gi = |k: usize| IQ3S_GRID[q[k] as usize | (((qh >> k) & 1) << 8)] as i32;
-    let g = _mm256_set_epi32(gi(7), gi(6), gi(5), gi(4), gi(3), gi(2), gi(1), gi(0));
+    let i = |k: usize| q[k] as usize | (((qh >> k) & 1) << 8);
+    let g = table8(&IQ3S_GRID, [i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7)]);
     let s = sign_bytes4(bx.signs.as_ptr().add(4 * ib));
     let sc = bx.scales[ib / 2] as u32;
     (g, s, if ib % 2 == 0 { sc & 0xf } else { sc >> 4 })
@@ -999,8 +1001,8 @@ unsafe fn dot_iq1_s(x: &[BlockIQ1S], y: &[BlockQ8K]) -> f32 {
         for ib in 0..8 {
             let qh = rd_u16(bx.qh.as_ptr().add(2 * ib)) as usize;
             let q = &bx.qs[4 * ib..4 * ib + 4];
-            let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
-            let g = set_u64x4(gi(0), gi(1), gi(2), gi(3));
+            let gi = |l: usize| q[l] as usize | (((qh >> (3 * l)) & 7) << 8);
+            let g = table4(&IQ1S_GRID, [gi(0), gi(1), gi(2), gi(3)]);
             let q8 = loadu(by.qs.as_ptr().add(32 * ib));
             let ls = 2 * ((qh >> 12) & 7) as i32 + 1;
             // The scale multiplies the i16 pair sums (a madd), not the i32 sums (a slow mullo):
@@ -1045,11 +1047,9 @@ unsafe fn iq1m_pair(bx: &BlockIQ1M, k: usize) -> [(__m256i, __m256i); 2] {
         let q = qh >> (16 * h);
         // The lattice points straight into a register: going through a byte array (as
         // `BlockIQ1M::group` does) stalls on the store-to-load forwarding.
-        let g = set_u64x4(
-            IQ1S_GRID[qs[0] as usize | ((q << 8) & 0x700)],
-            IQ1S_GRID[qs[1] as usize | ((q << 4) & 0x700)],
-            IQ1S_GRID[qs[2] as usize | (q & 0x700)],
-            IQ1S_GRID[qs[3] as usize | ((q >> 4) & 0x700)],
+        let g = table4(
+            &IQ1S_GRID,
+            [qs[0] as usize | ((q << 8) & 0x700), qs[1] as usize | ((q << 4) & 0x700), qs[2] as usize | (q & 0x700), qs[3] as usize | ((q >> 4) & 0x700)],
         );
         let dsv = _mm256_or_si256(_mm256_cmpeq_epi64(_mm256_and_si256(qhv, dbit[h]), dbit[h]), _mm256_set1_epi8(1));
         (g, dsv)

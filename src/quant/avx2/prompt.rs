@@ -203,8 +203,8 @@ impl PromptType for BlockIQ1S {
         for ib in 0..8 {
             let qh = rd_u16(self.qh.as_ptr().add(2 * ib)) as usize;
             let q = &self.qs[4 * ib..4 * ib + 4];
-            let gi = |l: usize| IQ1S_GRID[q[l] as usize | (((qh >> (3 * l)) & 7) << 8)];
-            w[ib] = set_u64x4(gi(0), gi(1), gi(2), gi(3));
+            let gi = |l: usize| q[l] as usize | (((qh >> (3 * l)) & 7) << 8);
+            w[ib] = table4(&IQ1S_GRID, [gi(0), gi(1), gi(2), gi(3)]);
             codes[ib] = ((qh >> 12) & 7) as u32;
         }
         // `iq1s_delta_sum`'s scales, once per block.
