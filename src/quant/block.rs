@@ -87,7 +87,8 @@ pub fn f16_bits_to_f32(h: u16) -> f32 {
 /// The f32 bits of every binary16 value (`f16_bits_to_f32`'s results, NaNs quieted as F16C
 /// does), made at compile time with integer operations: 256 KiB that the dot kernels read a
 /// block scale from with one load, where a conversion instruction costs a block of 32 weights
-/// a good share of its time.
+/// a good share of its time (the AVX2 kernels).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) static F16_TO_F32_BITS: [u32; 1 << 16] = {
     let mut t = [0u32; 1 << 16];
     let mut h = 0;
@@ -119,6 +120,7 @@ pub(crate) static F16_TO_F32_BITS: [u32; 1 << 16] = {
 
 /// A binary16 (little-endian bytes) as f32 through [`F16_TO_F32_BITS`]; exact.
 #[inline(always)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn f16_lut(b: [u8; 2]) -> f32 {
     f32::from_bits(F16_TO_F32_BITS[u16::from_le_bytes(b) as usize])
 }

@@ -200,16 +200,24 @@ fn has_avx2_fma_f16c() -> bool {
 /// elements of `E`): [`dot`]'s bits, with `q` loaded once and the horizontal sums of 8 rows at
 /// a time done together (attention's scores).
 pub fn dot_rows<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8], out: &mut [f32]) {
-    let n = q.len();
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma_f16c() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); each row's length is
         // asserted before it is read.
         return unsafe { dot_rows_avx2::<E>(q, rows, out) };
     }
+    dot_rows_generic::<E>(q, rows, out)
+}
+
+/// [`dot_rows`] without SIMD: each row converted, then [`dot`].
+fn dot_rows_generic<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8], out: &mut [f32]) {
+    let n = q.len();
+    let mut k = vec![0f32; n];
     for (p, o) in out.iter_mut().enumerate() {
         let row = rows(p);
-        let k: Vec<f32> = (0..n).map(|i| E::get(row, i)).collect();
+        for (i, x) in k.iter_mut().enumerate() {
+            *x = E::get(row, i);
+        }
         *o = dot(q, &k);
     }
 }
@@ -290,6 +298,16 @@ pub enum SumOrder {
 /// `l + (l + 4)`, then `(t0 + t2) + (t1 + t3)`. Terms past `w.len()` count as zero, as
 /// llama.cpp's zero-weight padding does. `acc` is scratch.
 pub fn weighted_rows<'a, E: KvElem>(w: &[f32], rows: impl Fn(usize) -> &'a [u8], order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    let simd = has_avx2_fma_f16c();
+    #[cfg(not(target_arch = "x86_64"))]
+    let simd = false;
+    weighted_rows_with::<E>(simd, w, rows, order, acc, out)
+}
+
+/// [`weighted_rows`], the 64-column steps in AVX2 registers when `simd` (the CPU has AVX2, FMA
+/// and F16C), else element by element: the same FMAs in the same order either way.
+fn weighted_rows_with<'a, E: KvElem>(simd: bool, w: &[f32], rows: impl Fn(usize) -> &'a [u8], order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
     let d = out.len();
     let row = |p: usize| {
         let r = rows(p);
@@ -300,10 +318,6 @@ pub fn weighted_rows<'a, E: KvElem>(w: &[f32], rows: impl Fn(usize) -> &'a [u8],
     let n_acc = if order == SumOrder::Gemm { 8 } else { 32 };
     acc.clear();
     acc.resize(n_acc * d, 0.0);
-    #[cfg(target_arch = "x86_64")]
-    let simd = has_avx2_fma_f16c();
-    #[cfg(not(target_arch = "x86_64"))]
-    let simd = false;
     // Accumulator row a sums the rows p ≡ a (mod n_acc) in order of p; it is run to its end
     // 64 columns at a time, so those stay in registers instead of being loaded and stored for
     // every row (the same FMAs in the same order per column).
@@ -314,7 +328,8 @@ pub fn weighted_rows<'a, E: KvElem>(w: &[f32], rows: impl Fn(usize) -> &'a [u8],
             let dst = &mut acc[a * d + c0..][..cw];
             if cw == CH && simd {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: the CPU has AVX2, FMA and F16C; every row holds `d` elements (asserted).
+                // SAFETY: `simd` says the CPU has AVX2, FMA and F16C; every row holds `d`
+                // elements (asserted).
                 unsafe {
                     weighted_chunk_avx2::<E>(w, &row, a, n_acc, c0, dst)
                 };
@@ -427,6 +442,10 @@ mod tests {
                     for (i, (g, x)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(g.to_bits(), x.to_bits(), "{order:?}, d {d}, {n} rows: column {i}");
                     }
+                    // Without SIMD (other CPUs): the same bits.
+                    let mut plain = vec![f32::NAN; d];
+                    super::weighted_rows_with::<super::F32>(false, &w, |p| f32_row(&v, stride, p), order, &mut acc, &mut plain);
+                    assert_eq!(plain.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "no SIMD, {order:?}, d {d}, {n} rows");
                     // f16 rows read in place: the sums of the same rows converted first.
                     let (v16, b16) = to_f16(&v);
                     super::weighted_rows::<super::F16>(&w, |p| &b16[2 * p * stride..], order, &mut acc, &mut got);
@@ -455,9 +474,12 @@ mod tests {
                 }
                 let (k16, b16) = to_f16(&k);
                 super::dot_rows::<super::F16>(&q, |p| &b16[2 * p * stride..], &mut out);
-                for (p, o) in out.iter().enumerate() {
+                let mut plain = vec![f32::NAN; rows];
+                super::dot_rows_generic::<super::F16>(&q, |p| &b16[2 * p * stride..], &mut plain);
+                for (p, (o, g)) in out.iter().zip(&plain).enumerate() {
                     let want = super::dot(&q, &k16[p * stride..][..hd]);
                     assert_eq!(o.to_bits(), want.to_bits(), "f16, head_dim {hd}, {rows} rows: row {p}");
+                    assert_eq!(g.to_bits(), want.to_bits(), "f16 without SIMD, head_dim {hd}, {rows} rows: row {p}");
                 }
             }
         }
