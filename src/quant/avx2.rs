@@ -608,17 +608,54 @@ unsafe fn iq2xxs_group(bx: &BlockIQ2XXS, ib: usize) -> (__m256i, __m256i, u32) {
     (g, s, a1)
 }
 
+/// The 8 group scales of a block as i16 pairs in memory, each put in every lane of a vector by
+/// a broadcast load: a broadcast from a register is a shuffle, and the shuffle units are what
+/// the IQ dots run short of.
+#[repr(align(32))]
+struct GroupScales([u64; 8]);
+
+impl GroupScales {
+    /// Group `ib`'s scale in all sixteen 16-bit lanes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn get(&self, ib: usize) -> __m256i {
+        _mm256_castps_si256(_mm256_broadcast_ss(&*(self.0.as_ptr().add(ib) as *const f32)))
+    }
+}
+
+/// `2 · (a >> 28) + 1` of the word `a` in the upper half of each 64-bit lane of `v` (IQ2_XXS's
+/// and IQ3_XXS's scale codes), as that value twice over in the lane's low 32 bits.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn odd_scale_pairs(v: __m256i) -> __m256i {
+    let c = _mm256_or_si256(_mm256_slli_epi64(_mm256_srli_epi64(v, 60), 1), _mm256_set1_epi64x(1));
+    _mm256_or_si256(c, _mm256_slli_epi64(c, 16))
+}
+
+/// An IQ2_XXS block's [`GroupScales`]: group g's word with the scale is the upper half of the
+/// g-th 8 bytes of `qs`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn iq2xxs_scales(bx: &BlockIQ2XXS) -> GroupScales {
+    let mut t = GroupScales([0; 8]);
+    for h in 0..2 {
+        let v = loadu(bx.qs.as_ptr().add(32 * h));
+        _mm256_store_si256(t.0.as_mut_ptr().add(4 * h) as *mut __m256i, odd_scale_pairs(v));
+    }
+    t
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_iq2_xxs(x: &[BlockIQ2XXS], y: &[BlockQ8K]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     for (bx, by) in x.iter().zip(y) {
+        let ls = iq2xxs_scales(bx);
         let mut sumi = _mm256_setzero_si256();
         for ib in 0..8 {
-            let (g, s, a1) = iq2xxs_group(bx, ib);
+            let (g, s, _) = iq2xxs_group(bx, ib);
             let q8 = _mm256_sign_epi8(loadu(by.qs.as_ptr().add(32 * ib)), s);
             let p = _mm256_maddubs_epi16(g, q8);
-            let ls = (2 * (a1 >> 28) + 1) as i16;
-            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_set1_epi16(ls)));
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, ls.get(ib)));
         }
         let d = _mm256_set1_ps(h2f(bx.d) * by.d());
         acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi), acc);
