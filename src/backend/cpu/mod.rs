@@ -143,6 +143,11 @@ impl Heads<'_> {
     }
 }
 
+/// The cache slot of position `p` of a sequence whose block table is `table`.
+fn kv_slot(table: &[u32], p: usize) -> usize {
+    table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK
+}
+
 /// The bytes of columns `c0..c0 + n` of a KV row (for Q8_0, whole blocks: `c0` and `n` are
 /// multiples of 32, as a head of a Q8_0 cache is).
 fn kv_cols(ty: GgmlType, row: &[u8], c0: usize, n: usize) -> &[u8] {
@@ -528,10 +533,10 @@ impl Backend for CpuBackend {
         // Head g's K (then V) columns of positions 0..n of a sequence's table, as f32.
         let convert = |table: &[u32], g: usize, n: usize, kf: &mut [f32], vf: &mut [f32]| {
             for p in 0..n {
-                let slot = table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK;
-                let (kr, vr) = (&kl[slot * rb..(slot + 1) * rb], &vl[slot * rb..(slot + 1) * rb]);
-                kv_row_to_f32(ty, kv_cols(ty, kr, g * hd, hd), &mut kf[p * hd..(p + 1) * hd]);
-                kv_row_to_f32(ty, kv_cols(ty, vr, g * hd, hd), &mut vf[p * hd..(p + 1) * hd]);
+                let slot = kv_slot(table, p);
+                let r = slot * rb..(slot + 1) * rb;
+                kv_row_to_f32(ty, kv_cols(ty, &kl[r.clone()], g * hd, hd), &mut kf[p * hd..(p + 1) * hd]);
+                kv_row_to_f32(ty, kv_cols(ty, &vl[r], g * hd, hd), &mut vf[p * hd..(p + 1) * hd]);
             }
         };
         // A sequence with several tokens in the pass (a prompt) has its K and V rows, up to the
@@ -589,13 +594,12 @@ impl Backend for CpuBackend {
                 let heads = Heads { q: qg, n, hd, scale, order };
                 if in_place && seen[seq] == 0 {
                     let table = b.tables[seq];
-                    let e = if ty == GgmlType::F16 { 2 } else { 4 };
-                    // Head g's columns of position p's K and V rows.
-                    let at = move |p: usize| {
-                        let slot = table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK;
-                        slot * rb + g * hd * e..slot * rb + (g + 1) * hd * e
+                    let row = move |p: usize| {
+                        let slot = kv_slot(table, p);
+                        slot * rb..(slot + 1) * rb
                     };
-                    let (kr, vr) = (move |p| &kl[at(p)], move |p| &vl[at(p)]);
+                    let kr = move |p: usize| kv_cols(ty, &kl[row(p)], g * hd, hd);
+                    let vr = move |p: usize| kv_cols(ty, &vl[row(p)], g * hd, hd);
                     if ty == GgmlType::F16 {
                         heads.attend::<vmath::F16>(kr, vr, sc, acc, orow);
                     } else {

@@ -273,13 +273,8 @@ unsafe fn dot_rows_avx2<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u
         }
         p += 8;
     }
-    let mut k = vec![0f32; if p < out.len() { n } else { 0 }];
-    for (j, o) in out.iter_mut().enumerate().skip(p) {
-        let kr = row(j);
-        for (i, x) in k.iter_mut().enumerate() {
-            *x = E::get(kr, i);
-        }
-        *o = dot_generic(q, &k);
+    if p < out.len() {
+        dot_rows_generic::<E>(q, |j| row(p + j), &mut out[p..]);
     }
 }
 
