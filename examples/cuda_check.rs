@@ -18,6 +18,7 @@ use std::time::Instant;
 use xdan::backend::cpu::CpuBackend;
 use xdan::backend::cuda::device::{Arg, Counting, DevBuf, Device};
 use xdan::backend::cuda::{devices, GpuDevice};
+use xdan::backend::cuda::backend::{GEMM_BM, GEMM_BN, GEMM_THREADS};
 use xdan::backend::cuda::{CudaBackend, MmvqShape};
 use xdan::backend::{Backend, KvLayout, KV_BLOCK};
 use xdan::gguf::Gguf;
@@ -381,8 +382,8 @@ fn bench_gemm(dev: &Arc<GpuDevice>, data: &Path) {
         let step = || unsafe {
             dev.launch(
                 &format!("mul_mat_{sfx}"),
-                [(rows / 32) as u32, toks.div_ceil(256) as u32, 1],
-                [256, 1, 1],
+                [rows.div_ceil(GEMM_BM) as u32, toks.div_ceil(GEMM_BN) as u32, 1],
+                [GEMM_THREADS, 1, 1],
                 0,
                 &[
                     Arg::Ptr(wb.ptr),

@@ -2,35 +2,48 @@
 // the tensor cores. Weights are decoded by the block decoders of dequant.cuh, shared with the row
 // gather, to exactly the values of the CPU dequantizer.
 //
-// A block computes a 32-row x 256-token tile of the output. Per step of 32 columns (one
-// sub-block of every row) it dequantizes the 32 x 32 weights to f16 in shared memory, converts
-// the 256 x 32 activations to f16 beside them, and its eight warps (32 tokens each, 32 x 32
-// outputs) multiply them with 16x16x16 f16 MMAs into f32 accumulators. Each thread decodes a run
-// of 4 consecutive values of one row's sub-block (8 threads read a row's sub-block bytes side by
-// side). The tile is wide in tokens so that each decoded weight serves up to 256 of them. Warps
-// whose 32 tokens are all past the end skip their multiplies.
+// A block computes a 64-row x 128-token tile of the output; its eight warps each own a 32 x 32
+// corner (two row halves x four token quarters) and multiply with 16x16x16 f16 MMAs into f32
+// accumulators. The columns go by in steps of 32 (one sub-block of every row), through two
+// shared-memory buffers: while the warps multiply step s out of one, each thread already has
+// step s + 1's weights and activations loading from global memory into registers, and stores
+// them, converted to f16, into the other buffer afterwards; one barrier per step. The loads of a
+// step are independent of each other (every address is computed before the loop, rows past the
+// end read a valid row and are zeroed after the load), so they are in flight together instead
+// of one memory latency each. Per step a thread decodes 8 consecutive values of one row's
+// sub-block (4 threads per row) and loads 4 x 4 activations (a token's 32 values are 8 threads'
+// 16-byte loads side by side). Warps whose 32 tokens are all past the end skip their multiplies.
 //
 // Grouped MoE: grid.z runs over experts. counts[e] tokens chose expert e, and
 // lists[e * cap + i] (i < counts[e]) are their slots; a block whose token tile starts past
 // counts[e] returns at once. With counts and lists null the block is dense: slot = token
-// index, expert 0, n_tok tokens.
+// index, expert 0, n_tok tokens. x rows are 16-byte aligned (ncols is a multiple of 32).
 #include "dequant.cuh"
 #include "mma.cuh"
 
-#define XD_GEMM_BM 32       // weight rows per block
-#define XD_GEMM_BN 256      // tokens per block
+#define XD_GEMM_BM 64       // weight rows per block
+#define XD_GEMM_BN 128      // tokens per block
 #define XD_GEMM_BK 32       // columns per step
 #define XD_GEMM_LD 40       // f16 stride of the shared tiles: BK + 8 keeps 32-byte fragment alignment
 #define XD_GEMM_THREADS 256
+#define XD_GEMM_XLOADS (XD_GEMM_BN * XD_GEMM_BK / 4 / XD_GEMM_THREADS)  // 16-byte activation loads per thread and step
+
+struct alignas(8) xd_gemm_h4 {
+    uint32_t lo, hi;
+};
+
+__device__ __forceinline__ uint32_t xd_gemm_pack(float a, float b) {
+    return uint32_t(xd_f2h(a)) | (uint32_t(xd_f2h(b)) << 16);
+}
 
 template <int QK, int BYTES, void (*DQ)(const uint8_t*, int, int, float*)>
 __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long expert_stride,
                                         const int* __restrict__ counts, const int* __restrict__ lists, int cap,
                                         const float* __restrict__ x, int x_group, float* __restrict__ y, int ncols,
                                         int nrows, int n_tok) {
-    __shared__ __align__(32) uint16_t sw[XD_GEMM_BM * XD_GEMM_LD];  // weights [row][k]
-    __shared__ __align__(32) uint16_t sx[XD_GEMM_BN * XD_GEMM_LD];  // activations [token][k]
-    __shared__ __align__(32) float stage[XD_GEMM_THREADS / 32][256];  // one 16x16 result per warp
+    __shared__ __align__(32) uint16_t sw[2][XD_GEMM_BM * XD_GEMM_LD];  // weights [row][k]
+    __shared__ __align__(32) uint16_t sx[2][XD_GEMM_BN * XD_GEMM_LD];  // activations [token][k]
+    __shared__ __align__(32) float stage[XD_GEMM_THREADS / 32][256];    // one 16x16 result per warp
     __shared__ int slot_of[XD_GEMM_BN];
 
     const int e = blockIdx.z;
@@ -39,8 +52,8 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
     if (tok0 >= n_e) return;  // the whole block: no barrier has been reached yet
     const int row0 = blockIdx.x * XD_GEMM_BM;
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
-    const int wt = warp;                        // the warp's 32 tokens (all 32 rows)
-    const bool live = tok0 + wt * 32 < n_e;     // warp-uniform: some of its tokens exist
+    const int wr = warp / 4, wc = warp % 4;          // the warp's 32 rows and 32 tokens
+    const bool live = tok0 + wc * 32 < n_e;          // warp-uniform: some of its tokens exist
 
     for (int i = tid; i < XD_GEMM_BN; i += XD_GEMM_THREADS) {
         const int t = tok0 + i;
@@ -48,12 +61,50 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
     }
     __syncthreads();
 
-    // This thread's weights: values lj .. lj + 3 of one row's sub-block. Activations: a warp
-    // reads 32 consecutive values of one token per load.
-    const int lr = tid / 8, lj = 4 * (tid % 8);
+    // This thread's weights: values lj .. lj + 7 of row lr's sub-block of the step.
+    const int lr = tid / 4, lj = 8 * (tid % 4);
     const int grow = row0 + lr;
+    const bool wlive = grow < nrows;
     const uint8_t* wrow = w + e * expert_stride + (long long)min(grow, nrows - 1) * (ncols / QK) * BYTES;
     constexpr int SUBS = QK / 32;
+    // Its activations: columns xc .. xc + 3 of tokens xt + 32 i. A token past the end reads its
+    // tile's first token (which exists) and is zeroed.
+    const int xc = 4 * (tid % 8), xt = tid / 8;
+    const float* xrow[XD_GEMM_XLOADS];
+    bool xlive[XD_GEMM_XLOADS];
+#pragma unroll
+    for (int i = 0; i < XD_GEMM_XLOADS; ++i) {
+        const int slot = slot_of[xt + 32 * i];
+        xlive[i] = slot >= 0;
+        xrow[i] = x + (long long)((xlive[i] ? slot : slot_of[0]) / x_group) * ncols + xc;
+    }
+
+    float wv[8];
+    xd_words4 xv[XD_GEMM_XLOADS];
+    // Step u's loads, into registers: the activations first, so that they are in flight while
+    // the IQ decoders wait for a grid index before their lookup.
+    auto fetch = [&](int u) {
+#pragma unroll
+        for (int i = 0; i < XD_GEMM_XLOADS; ++i) xv[i] = xd_ld128a(reinterpret_cast<const uint8_t*>(xrow[i] + u * 32));
+        const uint8_t* blk = wrow + (u / SUBS) * BYTES;
+        DQ(blk, u % SUBS, lj, wv);
+        DQ(blk, u % SUBS, lj + 4, wv + 4);
+    };
+    // ... and into buffer b as f16.
+    auto put = [&](int b) {
+        xd_words4 h;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) h.w[i] = int(wlive ? xd_gemm_pack(wv[2 * i], wv[2 * i + 1]) : 0u);
+        *reinterpret_cast<xd_words4*>(&sw[b][lr * XD_GEMM_LD + lj]) = h;
+#pragma unroll
+        for (int i = 0; i < XD_GEMM_XLOADS; ++i) {
+            float f[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) f[j] = xlive[i] ? __int_as_float(xv[i].w[j]) : 0.0f;
+            *reinterpret_cast<xd_gemm_h4*>(&sx[b][(xt + 32 * i) * XD_GEMM_LD + xc]) =
+                xd_gemm_h4{xd_gemm_pack(f[0], f[1]), xd_gemm_pack(f[2], f[3])};
+        }
+    };
 
     xd_frag_c acc[2][2];
 #pragma unroll
@@ -61,37 +112,31 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
 #pragma unroll
         for (int j = 0; j < 2; ++j) xd_mma_zero(acc[i][j]);
 
-    for (int k0 = 0; k0 < ncols; k0 += XD_GEMM_BK) {
-        const int u = k0 / 32;
-        __syncthreads();  // the previous step's fragments are loaded
-        {
-            // Rows past the end decode the last row (wrow is clamped) and store zeros.
-            float v[4];
-            DQ(wrow + (u / SUBS) * BYTES, u % SUBS, lj, v);
-            uint16_t* dst = sw + lr * XD_GEMM_LD + lj;
+    const int steps = ncols / XD_GEMM_BK;
+    fetch(0);
+    put(0);
+    __syncthreads();
+    for (int s = 0; s < steps; ++s) {
+        const int b = s & 1;
+        const bool more = s + 1 < steps;  // block-uniform
+        if (more) fetch(s + 1);
+        if (live) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j) dst[j] = xd_f2h(grow < nrows ? v[j] : 0.0f);
+            for (int kk = 0; kk < XD_GEMM_BK; kk += 16) {
+                xd_frag_ab a[2], bf[2];
+#pragma unroll
+                for (int i = 0; i < 2; ++i) xd_mma_load_a(a[i], &sw[b][(wr * 32 + i * 16) * XD_GEMM_LD + kk], XD_GEMM_LD);
+#pragma unroll
+                for (int j = 0; j < 2; ++j) xd_mma_load_b(bf[j], &sx[b][(wc * 32 + j * 16) * XD_GEMM_LD + kk], XD_GEMM_LD);
+#pragma unroll
+                for (int i = 0; i < 2; ++i)
+#pragma unroll
+                    for (int j = 0; j < 2; ++j) xd_mma(acc[i][j], a[i], bf[j]);
+            }
         }
-#pragma unroll 8
-        for (int q = 0; q < XD_GEMM_BN / 8; ++q) {
-            const int t = q * 8 + warp, slot = slot_of[t];
-            const float v = slot < 0 ? 0.0f : x[(long long)(slot / x_group) * ncols + k0 + lane];
-            sx[t * XD_GEMM_LD + lane] = xd_f2h(v);
-        }
+        // Buffer b ^ 1 was last read in step s - 1, before the barrier that ended it.
+        if (more) put(b ^ 1);
         __syncthreads();
-        if (!live) continue;
-#pragma unroll
-        for (int kk = 0; kk < XD_GEMM_BK; kk += 16) {
-            xd_frag_ab a[2], b[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) xd_mma_load_a(a[i], sw + (i * 16) * XD_GEMM_LD + kk, XD_GEMM_LD);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) xd_mma_load_b(b[j], sx + (wt * 32 + j * 16) * XD_GEMM_LD + kk, XD_GEMM_LD);
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) xd_mma(acc[i][j], a[i], b[j]);
-        }
     }
 
     // Each 16x16 result goes through the warp's stage (column-major: [token][row]) to y.
@@ -105,8 +150,8 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
 #pragma unroll
             for (int q = 0; q < 8; ++q) {
                 const int el = lane + 32 * q, t = el / 16, r = el % 16;
-                const int row = row0 + i * 16 + r;
-                const int slot = slot_of[wt * 32 + j * 16 + t];
+                const int row = row0 + wr * 32 + i * 16 + r;
+                const int slot = slot_of[wc * 32 + j * 16 + t];
                 if (row < nrows && slot >= 0) y[(long long)slot * nrows + row] = stage[warp][el];
             }
             __syncwarp();

@@ -10,7 +10,8 @@
 //   xd_mma(c, a, b):          C += A B, f32 accumulate
 //   xd_mma_store_c(p, c, ldm): p[j * ldm + i] = C[i][j]  (column-major, f32)
 //
-// p must be 32-byte aligned and ldm a multiple of 8 (f16) or 4 (f32), as PTX requires.
+// p points into shared memory (the .shared forms: the loads become ldmatrix), 32-byte aligned,
+// and ldm is a multiple of 8 (f16) or 4 (f32), as PTX requires.
 #pragma once
 #include "common.cuh"
 
@@ -23,24 +24,31 @@ struct xd_frag_c {
     float x[8];
 };
 
+// A shared-memory pointer as a 32-bit .shared address. With it the fragment loads compile to
+// ldmatrix (one instruction per 16x16 tile); from a generic address they were eight generic
+// 32-bit loads each.
+__device__ __forceinline__ unsigned xd_smem_addr(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
 __device__ __forceinline__ void xd_mma_zero(xd_frag_c& c) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) c.x[i] = 0.0f;
 }
 
 __device__ __forceinline__ void xd_mma_load_a(xd_frag_ab& a, const uint16_t* p, int ldm) {
-    asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, [%8], %9;"
+    asm volatile("wmma.load.a.sync.aligned.row.m16n16k16.shared.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, [%8], %9;"
                  : "=r"(a.x[0]), "=r"(a.x[1]), "=r"(a.x[2]), "=r"(a.x[3]), "=r"(a.x[4]), "=r"(a.x[5]),
                    "=r"(a.x[6]), "=r"(a.x[7])
-                 : "l"(p), "r"(ldm)
+                 : "r"(xd_smem_addr(p)), "r"(ldm)
                  : "memory");
 }
 
 __device__ __forceinline__ void xd_mma_load_b(xd_frag_ab& b, const uint16_t* p, int ldm) {
-    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, [%8], %9;"
+    asm volatile("wmma.load.b.sync.aligned.col.m16n16k16.shared.f16 {%0,%1,%2,%3,%4,%5,%6,%7}, [%8], %9;"
                  : "=r"(b.x[0]), "=r"(b.x[1]), "=r"(b.x[2]), "=r"(b.x[3]), "=r"(b.x[4]), "=r"(b.x[5]),
                    "=r"(b.x[6]), "=r"(b.x[7])
-                 : "l"(p), "r"(ldm)
+                 : "r"(xd_smem_addr(p)), "r"(ldm)
                  : "memory");
 }
 
@@ -56,9 +64,9 @@ __device__ __forceinline__ void xd_mma(xd_frag_c& c, const xd_frag_ab& a, const 
 }
 
 __device__ __forceinline__ void xd_mma_store_c(float* p, const xd_frag_c& c, int ldm) {
-    asm volatile("wmma.store.d.sync.aligned.col.m16n16k16.f32 [%0], {%1,%2,%3,%4,%5,%6,%7,%8}, %9;"
+    asm volatile("wmma.store.d.sync.aligned.col.m16n16k16.shared.f32 [%0], {%1,%2,%3,%4,%5,%6,%7,%8}, %9;"
                  :
-                 : "l"(p), "f"(c.x[0]), "f"(c.x[1]), "f"(c.x[2]), "f"(c.x[3]), "f"(c.x[4]), "f"(c.x[5]),
+                 : "r"(xd_smem_addr(p)), "f"(c.x[0]), "f"(c.x[1]), "f"(c.x[2]), "f"(c.x[3]), "f"(c.x[4]), "f"(c.x[5]),
                    "f"(c.x[6]), "f"(c.x[7]), "r"(ldm)
                  : "memory");
 }

@@ -738,10 +738,13 @@ fn run_all(h: &Harness, small: bool) -> Report {
         if !small || *ty == "Q4_K" {
             check_get_rows(h, ty, &mut rng, &mut rep);
         }
-        // Rows not a multiple of the 32-row tile; 1, 7, 33 tokens.
+        // Rows not a multiple of the 64-row tile; 1, 7, 33 tokens (and 150: two token tiles).
         if !small {
             for n_tok in [1, 7, 33] {
                 check_gemm(h, ty, 72, 512, n_tok, &mut rng, &mut rep);
+            }
+            if matches!(*ty, "Q4_K" | "IQ2_XXS" | "Q8_0") {
+                check_gemm(h, ty, 136, 256, 150, &mut rng, &mut rep);
             }
         } else if matches!(*ty, "Q4_K" | "IQ2_XXS" | "F16" | "BF16") {
             check_gemm(h, ty, 72, 256, 7, &mut rng, &mut rep);
@@ -773,7 +776,7 @@ fn run_all(h: &Harness, small: bool) -> Report {
         check_moe(h, ty, nrows, ncols, &three, 2, &mut rng, &mut rep);
     }
     // Grouped MoE prefill: top-2 of 8 for 33 tokens (pseudo-random distinct pairs), gate/up
-    // (x_group 2) and down (x_group 1); 260 tokens on one expert once (two 256-token tiles).
+    // (x_group 2) and down (x_group 1); 260 tokens on one expert once (three 128-token tiles).
     let pairs = |n: usize, rng: &mut Rng| -> Vec<i32> {
         (0..n)
             .flat_map(|_| {
@@ -791,7 +794,7 @@ fn run_all(h: &Harness, small: bool) -> Report {
         }
     }
     if !small {
-        // Every token picks expert 3 (260 tokens: two token tiles) and one of the others.
+        // Every token picks expert 3 (260 tokens: three token tiles) and one of the others.
         let ids260: Vec<i32> = (0..260).flat_map(|t| [3, [0, 1, 2, 4, 5, 6, 7][t % 7]]).collect();
         check_moe_gemm(h, "Q4_K", 24, 256, &ids260, 2, 2, &mut rng, &mut rep);
     }
@@ -973,14 +976,15 @@ fn tsan_catches_missing_syncthreads() {
     println!("TSan reported the removed __syncthreads in rms_norm (exit status {})", out.status);
 }
 
-/// A copy of gemm.cu without the barrier between writing a step's tiles and the warps' tensor-
-/// core loads of them: ThreadSanitizer must see the emulated fragment loads race the writes.
+/// A copy of gemm.cu without the barrier that ends a step, between writing the next step's
+/// tiles and the warps' tensor-core loads of them: ThreadSanitizer must see the emulated
+/// fragment loads race the writes.
 #[test]
 fn tsan_catches_missing_syncthreads_in_gemm() {
     let src = std::fs::read_to_string(format!("{ROOT}/kernels/gemm.cu")).unwrap();
-    let barrier = "        __syncthreads();\n        if (!live) continue;";
-    assert_eq!(src.matches(barrier).count(), 1, "gemm.cu has one barrier before its MMAs");
-    let broken = src.replace(barrier, "        if (!live) continue;");
+    let barrier = "        if (more) put(b ^ 1);\n        __syncthreads();\n";
+    assert_eq!(src.matches(barrier).count(), 1, "gemm.cu has one barrier per step, after storing the next step's tiles");
+    let broken = src.replace(barrier, "        if (more) put(b ^ 1);\n");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("cuda-emu").join("broken-gemm-src");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("gemm.cu"), broken).unwrap();

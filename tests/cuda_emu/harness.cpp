@@ -285,7 +285,7 @@ int main(int argc, char** argv) {
         if (ncols % 32 || (long long)w.size() != (long long)(ncols / t.qk) * t.bytes * nrows) fail("w.bin size");
         if ((long long)x.size() != (long long)ncols * n_tok) fail("x.f32 size");
         std::vector<float> y((size_t)n_tok * nrows, -1.0f);
-        XD_LAUNCH(t.gm, dim3((nrows + 31) / 32, (n_tok + 255) / 256, 1), dim3(256), 0, w.data(), 0LL, nullptr, nullptr,
+        XD_LAUNCH(t.gm, dim3((nrows + XD_GEMM_BM - 1) / XD_GEMM_BM, (n_tok + XD_GEMM_BN - 1) / XD_GEMM_BN, 1), dim3(XD_GEMM_THREADS), 0, w.data(), 0LL, nullptr, nullptr,
                   n_tok, x.data(), 1, y.data(), ncols, nrows, n_tok);
         store("y.f32", y);
     } else if (op == "moe_gemm") {  // TYPE NROWS NCOLS N_EXPERT N_TOK K X_GROUP: w.bin, ids.i32, x.f32 -> y.f32, counts.i32
@@ -304,7 +304,7 @@ int main(int argc, char** argv) {
         std::vector<int> counts(n_expert), lists((size_t)n_expert * n_tok);
         XD_LAUNCH(moe_group, dim3(1), dim3(256), 0, ids.data(), n_tok * k, n_expert, n_tok, counts.data(), lists.data());
         std::vector<float> y((size_t)n_tok * k * nrows, -1.0f);
-        XD_LAUNCH(t.gm, dim3((nrows + 31) / 32, (n_tok + 255) / 256, n_expert), dim3(256), 0, w.data(), expert_stride,
+        XD_LAUNCH(t.gm, dim3((nrows + XD_GEMM_BM - 1) / XD_GEMM_BM, (n_tok + XD_GEMM_BN - 1) / XD_GEMM_BN, n_expert), dim3(XD_GEMM_THREADS), 0, w.data(), expert_stride,
                   counts.data(), lists.data(), n_tok, x.data(), x_group, y.data(), ncols, nrows, n_tok);
         store("y.f32", y);
         store("counts.i32", counts);

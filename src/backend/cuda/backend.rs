@@ -30,13 +30,13 @@ const ATTN_BATCH_ROWS: usize = 32;
 /// Bytes of one q8_1 activation block (common.cuh: f32 d, f32 s, 32 int8).
 const Q8_1_BYTES: usize = 40;
 /// Output tile of the prefill GEMM (gemm.cu): weight rows by tokens, and its threads.
-const GEMM_BM: usize = 32;
-const GEMM_BN: usize = 256;
-const GEMM_THREADS: u32 = 256;
+pub const GEMM_BM: usize = 64;
+pub const GEMM_BN: usize = 128;
+pub const GEMM_THREADS: u32 = 256;
 /// Rows per weight matrix (per expert, on average, for MoE) from which a batch goes through the
 /// tiled GEMM rather than one matvec per row. Both decode weights through the same per-type dot
 /// products: a matvec pays one dot product per 32-value sub-block per row, the GEMM one per
-/// value (32 per sub-block) per 256-row tile, so below 32 rows the matvecs decode less and
+/// value (32 per sub-block) per 128-token tile, so below 32 rows the matvecs decode less and
 /// decode-sized batches keep them; from 32 on the GEMM decodes less and its multiplies run on
 /// the tensor cores.
 pub const GEMM_MIN_ROWS: usize = 32;
@@ -1482,6 +1482,20 @@ mod tests {
     use super::*;
     use crate::backend::cuda::kernels::{kernel_names, PROGRAMS};
     use crate::quant::TYPE_FACTS;
+
+    /// The launch's tile matches the one gemm.cu computes: a grid of the wrong shape would leave
+    /// rows or tokens unwritten.
+    #[test]
+    fn gemm_tile_matches_the_kernel() {
+        let src = PROGRAMS.iter().find(|p| p.name == "gemm.cu").expect("gemm.cu").text;
+        let define = |name: &str| -> usize {
+            let line = src.lines().find(|l| l.starts_with(&format!("#define {name} "))).unwrap_or_else(|| panic!("{name}"));
+            line.split_whitespace().nth(2).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+        };
+        assert_eq!(define("XD_GEMM_BM"), GEMM_BM);
+        assert_eq!(define("XD_GEMM_BN"), GEMM_BN);
+        assert_eq!(define("XD_GEMM_THREADS"), GEMM_THREADS as usize);
+    }
 
     /// Every weight type the backend accepts has each kernel its dispatch can name: the matvec,
     /// the GEMM and the row gather; float types the fused router, quantized ones the fused QKV,
