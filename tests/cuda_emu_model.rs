@@ -256,7 +256,7 @@ fn gemm_tol(ty: GgmlType, w: &[f32], x: &[f32]) -> f64 {
     (if quantized { 1.2 * q8 } else { 0.0 }) + 2f64.powi(-10) * mag + 2f64.powi(-24) * abs + 1e-6 * mag + 1e-7
 }
 
-/// Every weight type: matmul of 72 rows (a partial 32-row tile) by 512 columns on t = 1, 7, 33
+/// Every weight type: matmul of 72 rows (a partial 64-row tile) by 512 columns on t = 1, 7, 33
 /// tokens (and 260: two token tiles, one type), the GEMM on the emulated GPU against the CPU
 /// backend; and two weights sharing one input (as Q, K, V do).
 fn check_gemm_types(dev: &Arc<EmuDevice>) {

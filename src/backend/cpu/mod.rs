@@ -127,18 +127,19 @@ impl Heads<'_> {
         out: &mut [f32],
     ) {
         let (n, hd) = (self.n, self.hd);
-        // Scores padded to whole groups of 8 with -inf (weight 0), as llama.cpp's softmax runs
-        // over its padded KV view: every score takes the vector exp.
+        // Each head's scores padded to whole groups of 8 with -inf (weight 0), as llama.cpp's
+        // softmax runs over its padded KV view: every score takes the vector exp. All heads'
+        // scores first, so each K row is read once for the group.
+        let np = n.div_ceil(8).max(1) * 8; // chunks of 0 would panic
         sc.clear();
-        sc.resize(n.div_ceil(8) * 8, f32::NEG_INFINITY);
-        for (qh, oh) in self.q.chunks_exact(hd).zip(out.chunks_exact_mut(hd)) {
-            vmath::dot_rows::<E>(qh, k, &mut sc[..n]);
-            for sp in sc[..n].iter_mut() {
+        sc.resize(self.q.len() / hd * np, f32::NEG_INFINITY);
+        vmath::dot_rows_heads::<E>(self.q, hd, k, n, sc, np);
+        for (sh, oh) in sc.chunks_exact_mut(np).zip(out.chunks_exact_mut(hd)) {
+            for sp in sh[..n].iter_mut() {
                 *sp *= self.scale;
             }
-            sc[n..].fill(f32::NEG_INFINITY);
-            vmath::softmax(sc);
-            vmath::weighted_rows::<E>(&sc[..n], v, self.order, acc, oh);
+            vmath::softmax(sh);
+            vmath::weighted_rows::<E>(&sh[..n], v, self.order, acc, oh);
         }
     }
 }

@@ -199,14 +199,43 @@ fn has_avx2_fma_f16c() -> bool {
 /// `out[p] = dot(q, row p)` for every `p`, `rows(p)` the bytes of row p (at least `q.len()`
 /// elements of `E`): [`dot`]'s bits, with `q` loaded once and the horizontal sums of 8 rows at
 /// a time done together (attention's scores).
-pub fn dot_rows<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8], out: &mut [f32]) {
+pub fn dot_rows<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8] + Copy, out: &mut [f32]) {
+    let n = out.len();
+    dot_rows_heads::<E>(q, q.len(), rows, n, out, n);
+}
+
+/// [`dot_rows`] for the query heads that share a KV head (`qs`: heads of `hd` values one after
+/// another): head h's `n` results at `out[h * stride..]`. Each row is read once for up to three
+/// heads, which the cache of a long context otherwise serves again per head; every result has
+/// [`dot_rows`]' bits.
+pub fn dot_rows_heads<'a, E: KvElem>(qs: &[f32], hd: usize, rows: impl Fn(usize) -> &'a [u8] + Copy, n: usize, out: &mut [f32], stride: usize) {
+    let g = qs.len() / hd;
+    assert!(stride >= n && out.len() >= (g.max(1) - 1) * stride + n, "dot_rows_heads: {g} heads of {n} results, stride {stride}, {} outputs", out.len());
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma_f16c() {
-        // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); each row's length is
-        // asserted before it is read.
-        return unsafe { dot_rows_avx2::<E>(q, rows, out) };
+        let mut h = 0;
+        while h < g {
+            // Twelve accumulators (three heads' four chains) fit the 16 registers; four heads
+            // go as two and two.
+            let take = if g - h == 4 { 2 } else { (g - h).min(3) };
+            let q = &qs[h * hd..(h + take) * hd];
+            let o = &mut out[h * stride..(h + take - 1) * stride + n];
+            // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); each row's length is
+            // asserted before it is read.
+            unsafe {
+                match take {
+                    3 => dot_rows_avx2::<E, 3>(q, rows, o, stride),
+                    2 => dot_rows_avx2::<E, 2>(q, rows, o, stride),
+                    _ => dot_rows_avx2::<E, 1>(q, rows, o, stride),
+                }
+            }
+            h += take;
+        }
+        return;
     }
-    dot_rows_generic::<E>(q, rows, out)
+    for (h, q) in qs.chunks_exact(hd).enumerate() {
+        dot_rows_generic::<E>(q, rows, &mut out[h * stride..h * stride + n]);
+    }
 }
 
 /// [`dot_rows`] without SIMD: each row converted, then [`dot`].
@@ -222,17 +251,21 @@ fn dot_rows_generic<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8], 
     }
 }
 
-/// [`dot_rows`]: per row [`dot_generic`]'s four 8-lane FMA chains and their vertical fold, then
-/// 8 rows' lanes folded at once: `l + (l + 4)` for two rows per add (their 128-bit halves
-/// paired), `(t0 + t1) + (t2 + t3)` by two horizontal adds; the rows come out in the order
-/// 0, 2, 4, 6, 1, 3, 5, 7, put back by one permute. The tail past the last 32 is FMA'd per row.
+/// [`dot_rows_heads`] for `G` heads (`qs`: G × hd values; head h's results at
+/// `out[h * stride..]`, as many as `out` has past the last head's start): per row and head
+/// [`dot_generic`]'s four 8-lane FMA chains and their vertical fold, each 32 values of the row
+/// loaded once for all G heads; then per head 8 rows' lanes folded at once: `l + (l + 4)` for
+/// two rows per add (their 128-bit halves paired), `(t0 + t1) + (t2 + t3)` by two horizontal
+/// adds; the rows come out in the order 0, 2, 4, 6, 1, 3, 5, 7, put back by one permute. The
+/// tail past the last 32 is FMA'd per row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8], out: &mut [f32]) {
+unsafe fn dot_rows_avx2<'a, E: KvElem, const G: usize>(qs: &[f32], rows: impl Fn(usize) -> &'a [u8], out: &mut [f32], stride: usize) {
     use std::arch::x86_64::*;
-    let n = q.len();
+    let n = qs.len() / G;
+    let nrows = out.len() - (G - 1) * stride;
     let np = n / 32 * 32;
-    let qp = q.as_ptr();
+    let qp = qs.as_ptr();
     let row = |p: usize| {
         let r = rows(p);
         assert!(r.len() >= n * E::BYTES, "dot_rows: row {p} has {} bytes, {n} elements wanted", r.len());
@@ -240,41 +273,51 @@ unsafe fn dot_rows_avx2<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u
     };
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let mut p = 0;
-    while p + 8 <= out.len() {
-        let mut v = [_mm256_setzero_ps(); 8];
-        for (j, vj) in v.iter_mut().enumerate() {
+    while p + 8 <= nrows {
+        let mut v = [[_mm256_setzero_ps(); 8]; G];
+        for j in 0..8 {
             let kr = row(p + j).as_ptr();
-            let mut s = [_mm256_setzero_ps(); 4];
+            let mut s = [[_mm256_setzero_ps(); 4]; G];
             let mut i = 0;
             while i < np {
-                for (r, sr) in s.iter_mut().enumerate() {
+                for r in 0..4 {
                     let k = E::load8(kr.add((i + 8 * r) * E::BYTES));
-                    *sr = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(i + 8 * r)), k, *sr);
+                    for (h, sh) in s.iter_mut().enumerate() {
+                        sh[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(h * n + i + 8 * r)), k, sh[r]);
+                    }
                 }
                 i += 32;
             }
-            *vj = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+            for (vh, sh) in v.iter_mut().zip(&s) {
+                vh[j] = _mm256_add_ps(_mm256_add_ps(sh[0], sh[2]), _mm256_add_ps(sh[1], sh[3]));
+            }
         }
-        let t: [__m256; 4] = std::array::from_fn(|m| {
-            let (a, b) = (v[2 * m], v[2 * m + 1]);
-            _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
-        });
-        let h = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
-        _mm256_storeu_ps(out.as_mut_ptr().add(p), _mm256_permutevar8x32_ps(h, order));
-        if np < n {
-            for j in 0..8 {
-                let kr = row(p + j);
-                let mut r = out[p + j];
-                for (i, qi) in q.iter().enumerate().skip(np) {
-                    r = qi.mul_add(E::get(kr, i), r);
+        for (h, vh) in v.iter().enumerate() {
+            let t: [__m256; 4] = std::array::from_fn(|m| {
+                let (a, b) = (vh[2 * m], vh[2 * m + 1]);
+                _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
+            });
+            let hs = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
+            let o = &mut out[h * stride + p..h * stride + p + 8];
+            _mm256_storeu_ps(o.as_mut_ptr(), _mm256_permutevar8x32_ps(hs, order));
+            if np < n {
+                let q = &qs[h * n..(h + 1) * n];
+                for (j, oj) in o.iter_mut().enumerate() {
+                    let kr = row(p + j);
+                    let mut r = *oj;
+                    for (i, qi) in q.iter().enumerate().skip(np) {
+                        r = qi.mul_add(E::get(kr, i), r);
+                    }
+                    *oj = r;
                 }
-                out[p + j] = r;
             }
         }
         p += 8;
     }
-    if p < out.len() {
-        dot_rows_generic::<E>(q, |j| row(p + j), &mut out[p..]);
+    if p < nrows {
+        for h in 0..G {
+            dot_rows_generic::<E>(&qs[h * n..(h + 1) * n], |j| row(p + j), &mut out[h * stride + p..h * stride + nrows]);
+        }
     }
 }
 
@@ -475,6 +518,32 @@ mod tests {
                     let want = super::dot(&q, &k16[p * stride..][..hd]);
                     assert_eq!(o.to_bits(), want.to_bits(), "f16, head_dim {hd}, {rows} rows: row {p}");
                     assert_eq!(g.to_bits(), want.to_bits(), "f16 without SIMD, head_dim {hd}, {rows} rows: row {p}");
+                }
+            }
+        }
+    }
+
+    /// Several heads against the same rows: each head's results are [`dot_rows`]' bits, for
+    /// group sizes that take each path (1, 2, 3, 4 as two and two, 5 as three and two).
+    #[test]
+    fn dot_rows_heads_equals_dot_rows() {
+        let mut rnd = uniform(11);
+        for g in 1..=5usize {
+            for (hd, rows) in [(64usize, 23usize), (40, 8), (128, 17), (32, 5)] {
+                let stride = hd + 5;
+                let qs: Vec<f32> = (0..g * hd).map(|_| rnd() * 2.0).collect();
+                let k: Vec<f32> = (0..rows * stride).map(|_| rnd()).collect();
+                let (_, b16) = to_f16(&k);
+                let np = rows.div_ceil(8) * 8;
+                let mut got = vec![f32::NAN; g * np];
+                super::dot_rows_heads::<super::F16>(&qs, hd, |p| &b16[2 * p * stride..], rows, &mut got, np);
+                for h in 0..g {
+                    let mut want = vec![f32::NAN; rows];
+                    super::dot_rows::<super::F16>(&qs[h * hd..(h + 1) * hd], |p| &b16[2 * p * stride..], &mut want);
+                    for p in 0..rows {
+                        assert_eq!(got[h * np + p].to_bits(), want[p].to_bits(), "{g} heads, head_dim {hd}: head {h} row {p}");
+                    }
+                    assert!(got[h * np + rows..(h + 1) * np].iter().all(|x| x.is_nan()), "{g} heads: head {h} wrote past its {rows} results");
                 }
             }
         }
