@@ -134,23 +134,25 @@ impl Heads<'_> {
         sc.clear();
         sc.resize(self.q.len() / hd * np, f32::NEG_INFINITY);
         vmath::dot_rows_heads::<E>(self.q, hd, k, n, sc, np);
-        for (sh, oh) in sc.chunks_exact_mut(np).zip(out.chunks_exact_mut(hd)) {
+        for sh in sc.chunks_exact_mut(np) {
             for sp in sh[..n].iter_mut() {
                 *sp *= self.scale;
             }
             vmath::softmax(sh);
-            vmath::weighted_rows::<E>(&sh[..n], v, self.order, acc, oh);
         }
+        vmath::weighted_rows_heads::<E>(sc, np, n, v, self.order, acc, out);
     }
 }
 
 /// The cache slot of position `p` of a sequence whose block table is `table`.
+#[inline]
 fn kv_slot(table: &[u32], p: usize) -> usize {
     table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK
 }
 
 /// The bytes of columns `c0..c0 + n` of a KV row (for Q8_0, whole blocks: `c0` and `n` are
 /// multiples of 32, as a head of a Q8_0 cache is).
+#[inline]
 fn kv_cols(ty: GgmlType, row: &[u8], c0: usize, n: usize) -> &[u8] {
     match ty {
         GgmlType::F32 => &row[c0 * 4..(c0 + n) * 4],

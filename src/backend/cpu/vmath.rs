@@ -335,79 +335,131 @@ pub enum SumOrder {
 /// (tinyBLAS) does on AVX2: eight lanes (`p mod 8`), each an FMA chain in order of `p`, folded
 /// `l + (l + 4)`, then `(t0 + t2) + (t1 + t3)`. Terms past `w.len()` count as zero, as
 /// llama.cpp's zero-weight padding does. `acc` is scratch.
-pub fn weighted_rows<'a, E: KvElem>(w: &[f32], rows: impl Fn(usize) -> &'a [u8], order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+pub fn weighted_rows<'a, E: KvElem>(w: &[f32], rows: impl Fn(usize) -> &'a [u8] + Copy, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+    weighted_rows_heads::<E>(w, w.len(), w.len(), rows, order, acc, out)
+}
+
+/// [`weighted_rows`] for the query heads that share a KV head: `ws` holds one run of `stride`
+/// values per head, head h's `n` weights at `ws[h * stride..]`; its `d` sums go to
+/// `out[h * d..]` (`d` = `out.len()` / heads). Each 32 columns of a V row are read once for up
+/// to three heads (four as two and two). Every head's sums have [`weighted_rows`]' bits.
+pub fn weighted_rows_heads<'a, E: KvElem>(ws: &[f32], stride: usize, n: usize, rows: impl Fn(usize) -> &'a [u8] + Copy, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     let simd = has_avx2_fma_f16c();
     #[cfg(not(target_arch = "x86_64"))]
     let simd = false;
-    weighted_rows_with::<E>(simd, w, rows, order, acc, out)
+    weighted_rows_with::<E>(simd, ws, stride, n, rows, order, acc, out)
 }
 
-/// [`weighted_rows`], the 64-column steps in AVX2 registers when `simd` (the CPU has AVX2, FMA
-/// and F16C), else element by element: the same FMAs in the same order either way.
-fn weighted_rows_with<'a, E: KvElem>(simd: bool, w: &[f32], rows: impl Fn(usize) -> &'a [u8], order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
-    let d = out.len();
+/// [`weighted_rows_heads`], the column steps in AVX2 registers when `simd` (the CPU has AVX2,
+/// FMA and F16C), else element by element: the same FMAs in the same order either way.
+#[allow(clippy::too_many_arguments)]
+fn weighted_rows_with<'a, E: KvElem>(simd: bool, ws: &[f32], stride: usize, n: usize, rows: impl Fn(usize) -> &'a [u8] + Copy, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+    let g = ws.len().div_ceil(stride.max(1)).max(1);
+    let d = out.len() / g;
+    assert!(n <= stride && (g - 1) * stride + n <= ws.len() && g * d == out.len(), "weighted_rows: {} weights, stride {stride}, {n} rows, {} outputs", ws.len(), out.len());
     let row = |p: usize| {
         let r = rows(p);
         assert!(r.len() >= d * E::BYTES, "weighted_rows: row {p} has {} bytes, {d} elements wanted", r.len());
         r
     };
-    // One accumulator row per (register, lane): 8 for the GEMM order, 32 for ggml_vec_dot_f32.
+    // One accumulator row per (head, register, lane): 8 for the GEMM order, 32 for
+    // ggml_vec_dot_f32. Accumulator row a of a head sums the rows p ≡ a (mod n_acc) in order of
+    // p; it is run to its end a column step at a time, so those columns stay in registers
+    // instead of being loaded and stored for every row (the same FMAs in the same order per
+    // column).
     let n_acc = if order == SumOrder::Gemm { 8 } else { 32 };
     acc.clear();
-    acc.resize(n_acc * d, 0.0);
-    // Accumulator row a sums the rows p ≡ a (mod n_acc) in order of p; it is run to its end
-    // 64 columns at a time, so those stay in registers instead of being loaded and stored for
-    // every row (the same FMAs in the same order per column).
-    const CH: usize = 64;
-    for c0 in (0..d).step_by(CH) {
-        let cw = CH.min(d - c0);
-        for a in 0..n_acc.min(w.len()) {
-            let dst = &mut acc[a * d + c0..][..cw];
-            if cw == CH && simd {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `simd` says the CPU has AVX2, FMA and F16C; every row holds `d`
-                // elements (asserted).
-                unsafe {
-                    weighted_chunk_avx2::<E>(w, &row, a, n_acc, c0, dst)
-                };
-            } else {
-                for (p, &wp) in w.iter().enumerate().skip(a).step_by(n_acc) {
-                    let r = row(p);
-                    for (j, sj) in dst.iter_mut().enumerate() {
-                        *sj = wp.mul_add(E::get(r, c0 + j), *sj);
+    acc.resize(g * n_acc * d, 0.0);
+    let mut h0 = 0;
+    while h0 < g {
+        let take = if g - h0 == 4 { 2 } else { (g - h0).min(3) };
+        // One head keeps 64 columns in 8 registers; two or three heads 32 columns each.
+        let ch = if take == 1 { 64 } else { 32 };
+        for c0 in (0..d).step_by(ch) {
+            let cw = ch.min(d - c0);
+            for a in 0..n_acc.min(n) {
+                if cw == ch && simd {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `simd` says the CPU has AVX2, FMA and F16C; every row holds `d`
+                    // elements (asserted); the accumulator rows are in `acc` (sized above).
+                    unsafe {
+                        let at = Chunk { ws, stride, h0, n, a, n_acc, c0, d };
+                        match take {
+                            3 => weighted_chunk_avx2::<E, 3, 4>(&at, &row, acc),
+                            2 => weighted_chunk_avx2::<E, 2, 4>(&at, &row, acc),
+                            _ => weighted_chunk_avx2::<E, 1, 8>(&at, &row, acc),
+                        }
+                    }
+                } else {
+                    for h in h0..h0 + take {
+                        let dst = &mut acc[(h * n_acc + a) * d + c0..][..cw];
+                        for p in (a..n).step_by(n_acc) {
+                            let (wp, r) = (ws[h * stride + p], row(p));
+                            for (j, sj) in dst.iter_mut().enumerate() {
+                                *sj = wp.mul_add(E::get(r, c0 + j), *sj);
+                            }
+                        }
                     }
                 }
             }
         }
+        h0 += take;
     }
-    for (i, o) in out.iter_mut().enumerate() {
-        let at = |a: usize| acc[a * d + i];
-        *o = match order {
-            SumOrder::Gemm => {
-                let t: [f32; 4] = std::array::from_fn(|l| at(l) + at(l + 4));
-                (t[0] + t[2]) + (t[1] + t[3])
-            }
-            SumOrder::VecDot => fold_vec_dot(&std::array::from_fn(at)),
-        };
+    for (h, oh) in out.chunks_exact_mut(d.max(1)).enumerate() {
+        for (i, o) in oh.iter_mut().enumerate() {
+            let at = |a: usize| acc[(h * n_acc + a) * d + i];
+            *o = match order {
+                SumOrder::Gemm => {
+                    let t: [f32; 4] = std::array::from_fn(|l| at(l) + at(l + 4));
+                    (t[0] + t[2]) + (t[1] + t[3])
+                }
+                SumOrder::VecDot => fold_vec_dot(&std::array::from_fn(at)),
+            };
+        }
     }
 }
 
-/// Accumulator row `a` of [`weighted_rows`] over columns `c0..c0 + 64`, in 8 registers.
+/// Where a [`weighted_chunk_avx2`] works: heads `h0..` of `ws` (`stride` apart, `n` weights
+/// each), accumulator row `a` of `n_acc`, columns from `c0` of rows of `d`.
+#[cfg(target_arch = "x86_64")]
+struct Chunk<'w> {
+    ws: &'w [f32],
+    stride: usize,
+    h0: usize,
+    n: usize,
+    a: usize,
+    n_acc: usize,
+    c0: usize,
+    d: usize,
+}
+
+/// Accumulator row `a` of [`weighted_rows_heads`] for heads `h0..h0 + G`, over `8 * W`
+/// columns from `c0`, in `G * W` registers; each row's columns loaded once for the G heads.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_chunk_avx2<'a, E: KvElem>(w: &[f32], row: &impl Fn(usize) -> &'a [u8], a: usize, n_acc: usize, c0: usize, dst: &mut [f32]) {
+unsafe fn weighted_chunk_avx2<'a, E: KvElem, const G: usize, const W: usize>(at: &Chunk<'_>, row: &impl Fn(usize) -> &'a [u8], acc: &mut [f32]) {
     use std::arch::x86_64::*;
-    let mut s = [_mm256_setzero_ps(); 8];
-    for (p, &wp) in w.iter().enumerate().skip(a).step_by(n_acc) {
+    let Chunk { ws, stride, h0, n, a, n_acc, c0, d } = *at;
+    assert!((h0 + G - 1) * stride + n <= ws.len() && ((h0 + G - 1) * n_acc + a) * d + c0 + 8 * W <= acc.len());
+    let wp = ws.as_ptr().add(h0 * stride);
+    let mut s = [[_mm256_setzero_ps(); W]; G];
+    let mut p = a;
+    while p < n {
         let r = row(p).as_ptr().add(c0 * E::BYTES);
-        let wv = _mm256_set1_ps(wp);
-        for (j, sj) in s.iter_mut().enumerate() {
-            *sj = _mm256_fmadd_ps(wv, E::load8(r.add(8 * j * E::BYTES)), *sj);
+        for j in 0..W {
+            let v = E::load8(r.add(8 * j * E::BYTES));
+            for (h, sh) in s.iter_mut().enumerate() {
+                sh[j] = _mm256_fmadd_ps(_mm256_set1_ps(*wp.add(h * stride + p)), v, sh[j]);
+            }
         }
+        p += n_acc;
     }
-    for (j, sj) in s.iter().enumerate() {
-        _mm256_storeu_ps(dst.as_mut_ptr().add(8 * j), *sj);
+    for (h, sh) in s.iter().enumerate() {
+        let dst = acc.as_mut_ptr().add(((h0 + h) * n_acc + a) * d + c0);
+        for (j, sj) in sh.iter().enumerate() {
+            _mm256_storeu_ps(dst.add(8 * j), *sj);
+        }
     }
 }
 
@@ -482,7 +534,7 @@ mod tests {
                     }
                     // Without SIMD (other CPUs): the same bits.
                     let mut plain = vec![f32::NAN; d];
-                    super::weighted_rows_with::<super::F32>(false, &w, |p| f32_row(&v, stride, p), order, &mut acc, &mut plain);
+                    super::weighted_rows_with::<super::F32>(false, &w, w.len(), w.len(), |p| f32_row(&v, stride, p), order, &mut acc, &mut plain);
                     assert_eq!(plain.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "no SIMD, {order:?}, d {d}, {n} rows");
                     // f16 rows read in place: the sums of the same rows converted first.
                     let (v16, b16) = to_f16(&v);
@@ -544,6 +596,36 @@ mod tests {
                         assert_eq!(got[h * np + p].to_bits(), want[p].to_bits(), "{g} heads, head_dim {hd}: head {h} row {p}");
                     }
                     assert!(got[h * np + rows..(h + 1) * np].iter().all(|x| x.is_nan()), "{g} heads: head {h} wrote past its {rows} results");
+                }
+            }
+        }
+    }
+
+    /// Several heads' weights against the same V rows: each head's sums are
+    /// [`weighted_rows`]' bits, in both orders, for group sizes 1-5 and row widths that take
+    /// the 32- and 64-column steps and the element-by-element rest.
+    #[test]
+    fn weighted_rows_heads_equals_weighted_rows() {
+        use super::SumOrder;
+        let mut rnd = uniform(13);
+        let mut acc = Vec::new();
+        for g in 1..=5usize {
+            for (d, rows) in [(64usize, 45usize), (80, 9), (128, 33), (32, 3)] {
+                let (stride, vstride) = (rows.div_ceil(8) * 8, d + 3);
+                let ws: Vec<f32> = (0..g * stride).map(|_| rnd().abs()).collect();
+                let v: Vec<f32> = (0..rows * vstride).map(|_| rnd()).collect();
+                let (_, b16) = to_f16(&v);
+                for order in [SumOrder::VecDot, SumOrder::Gemm] {
+                    let mut got = vec![f32::NAN; g * d];
+                    super::weighted_rows_heads::<super::F16>(&ws, stride, rows, |p| &b16[2 * p * vstride..], order, &mut acc, &mut got);
+                    for h in 0..g {
+                        let mut want = vec![f32::NAN; d];
+                        let w = &ws[h * stride..h * stride + rows];
+                        super::weighted_rows::<super::F16>(w, |p| &b16[2 * p * vstride..], order, &mut acc, &mut want);
+                        for i in 0..d {
+                            assert_eq!(got[h * d + i].to_bits(), want[i].to_bits(), "{g} heads, d {d}, {order:?}: head {h} column {i}");
+                        }
+                    }
                 }
             }
         }
