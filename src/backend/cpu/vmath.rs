@@ -215,9 +215,7 @@ pub fn dot_rows_heads<'a, E: KvElem>(qs: &[f32], hd: usize, rows: impl Fn(usize)
     if has_avx2_fma_f16c() {
         let mut h = 0;
         while h < g {
-            // Twelve accumulators (three heads' four chains) fit the 16 registers; four heads
-            // go as two and two.
-            let take = if g - h == 4 { 2 } else { (g - h).min(3) };
+            let take = heads_per_pass(g - h);
             let q = &qs[h * hd..(h + take) * hd];
             let o = &mut out[h * stride..(h + take - 1) * stride + n];
             // SAFETY: the CPU has AVX2, FMA and F16C (checked just above); each row's length is
@@ -235,6 +233,16 @@ pub fn dot_rows_heads<'a, E: KvElem>(qs: &[f32], hd: usize, rows: impl Fn(usize)
     }
     for (h, q) in qs.chunks_exact(hd).enumerate() {
         dot_rows_generic::<E>(q, rows, &mut out[h * stride..h * stride + n]);
+    }
+}
+
+/// How many of the `left` heads of a group one pass over the rows takes: up to three (their
+/// twelve accumulators, four per head, fit the 16 AVX2 registers), four as two and two.
+fn heads_per_pass(left: usize) -> usize {
+    if left == 4 {
+        2
+    } else {
+        left.min(3)
     }
 }
 
@@ -373,7 +381,7 @@ fn weighted_rows_with<'a, E: KvElem>(simd: bool, ws: &[f32], stride: usize, n: u
     acc.resize(g * n_acc * d, 0.0);
     let mut h0 = 0;
     while h0 < g {
-        let take = if g - h0 == 4 { 2 } else { (g - h0).min(3) };
+        let take = heads_per_pass(g - h0);
         // One head keeps 64 columns in 8 registers; two or three heads 32 columns each.
         let ch = if take == 1 { 64 } else { 32 };
         for c0 in (0..d).step_by(ch) {
