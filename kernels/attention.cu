@@ -31,9 +31,6 @@ struct xd_attn_ml {
 struct alignas(16) xd_attn_f4 {
     float v[4];
 };
-struct alignas(8) xd_attn_h4 {
-    uint16_t v[4];
-};
 
 // Values i .. i + NC - 1 of a cache (a lane's share of one head's row; i is a multiple of NC):
 // 16- or 8-byte loads where NC is a multiple of 4 (the row and head offsets are multiples of
@@ -57,7 +54,7 @@ __device__ __forceinline__ void xd_kv_load(const uint16_t* c, long long i, float
     if (NC % 4 == 0) {
 #pragma unroll
         for (int j = 0; j < NC / 4; ++j) {
-            const xd_attn_h4 w = reinterpret_cast<const xd_attn_h4*>(c + i)[j];
+            const xd_h4 w = reinterpret_cast<const xd_h4*>(c + i)[j];
 #pragma unroll
             for (int e = 0; e < 4; ++e) out[4 * j + e] = xd_h2f(w.v[e]);
         }

@@ -115,6 +115,11 @@ __device__ __forceinline__ int xd_ld32a(const uint8_t* p) {
     return *reinterpret_cast<const int*>(p);
 }
 
+// Four f16 values as one 8-byte access (attention's f16 cache rows, the GEMM's f16 tiles).
+struct alignas(8) xd_h4 {
+    uint16_t v[4];
+};
+
 // Four words at a 16-byte aligned address in one load (block types whose size is a multiple of 16).
 struct alignas(16) xd_words4 {
     int w[4];

@@ -28,10 +28,6 @@
 #define XD_GEMM_THREADS 256
 #define XD_GEMM_XLOADS (XD_GEMM_BN * XD_GEMM_BK / 4 / XD_GEMM_THREADS)  // 16-byte activation loads per thread and step
 
-struct alignas(8) xd_gemm_h4 {
-    uint32_t lo, hi;
-};
-
 __device__ __forceinline__ uint32_t xd_gemm_pack(float a, float b) {
     return uint32_t(xd_f2h(a)) | (uint32_t(xd_f2h(b)) << 16);
 }
@@ -98,11 +94,10 @@ __device__ __forceinline__ void xd_gemm(const uint8_t* __restrict__ w, long long
         *reinterpret_cast<xd_words4*>(&sw[b][lr * XD_GEMM_LD + lj]) = h;
 #pragma unroll
         for (int i = 0; i < XD_GEMM_XLOADS; ++i) {
-            float f[4];
+            xd_h4 f;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) f[j] = xlive[i] ? __int_as_float(xv[i].w[j]) : 0.0f;
-            *reinterpret_cast<xd_gemm_h4*>(&sx[b][(xt + 32 * i) * XD_GEMM_LD + xc]) =
-                xd_gemm_h4{xd_gemm_pack(f[0], f[1]), xd_gemm_pack(f[2], f[3])};
+            for (int j = 0; j < 4; ++j) f.v[j] = xd_f2h(xlive[i] ? __int_as_float(xv[i].w[j]) : 0.0f);
+            *reinterpret_cast<xd_h4*>(&sx[b][(xt + 32 * i) * XD_GEMM_LD + xc]) = f;
         }
     };
 
