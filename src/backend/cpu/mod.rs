@@ -120,8 +120,8 @@ impl Heads<'_> {
     /// its `hd` columns of `out`; `k(p)`, `v(p)` are position p's head columns.
     fn attend<'a, E: vmath::KvElem>(
         &self,
-        k: impl Fn(usize) -> &'a [u8] + Copy,
-        v: impl Fn(usize) -> &'a [u8] + Copy,
+        k: impl vmath::Rows<'a>,
+        v: impl vmath::Rows<'a>,
         sc: &mut Vec<f32>,
         acc: &mut Vec<f32>,
         out: &mut [f32],
@@ -144,8 +144,27 @@ impl Heads<'_> {
     }
 }
 
+/// One KV head's columns (`len` bytes from `off`) of a sequence's rows in a layer's paged
+/// cache (`data`, rows of `row_bytes` at their slots), for attention to read in place.
+#[derive(Clone, Copy)]
+struct PagedRows<'a> {
+    data: &'a [u8],
+    table: &'a [u32],
+    row_bytes: usize,
+    off: usize,
+    len: usize,
+}
+
+impl<'a> vmath::Rows<'a> for PagedRows<'a> {
+    #[inline(always)]
+    fn row(&self, p: usize) -> &'a [u8] {
+        let at = kv_slot(self.table, p) * self.row_bytes + self.off;
+        &self.data[at..at + self.len]
+    }
+}
+
 /// The cache slot of position `p` of a sequence whose block table is `table`.
-#[inline]
+#[inline(always)]
 fn kv_slot(table: &[u32], p: usize) -> usize {
     table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK
 }
@@ -596,13 +615,9 @@ impl Backend for CpuBackend {
                 let qg = &q.row(t)[g * group * hd..(g + 1) * group * hd];
                 let heads = Heads { q: qg, n, hd, scale, order };
                 if in_place && seen[seq] == 0 {
-                    let table = b.tables[seq];
-                    let row = move |p: usize| {
-                        let slot = kv_slot(table, p);
-                        slot * rb..(slot + 1) * rb
-                    };
-                    let kr = move |p: usize| kv_cols(ty, &kl[row(p)], g * hd, hd);
-                    let vr = move |p: usize| kv_cols(ty, &vl[row(p)], g * hd, hd);
+                    let eb = if ty == GgmlType::F16 { 2 } else { 4 };
+                    let kr = PagedRows { data: kl, table: b.tables[seq], row_bytes: rb, off: g * hd * eb, len: hd * eb };
+                    let vr = PagedRows { data: vl, ..kr };
                     if ty == GgmlType::F16 {
                         heads.attend::<vmath::F16>(kr, vr, sc, acc, orow);
                     } else {
@@ -620,7 +635,8 @@ impl Backend for CpuBackend {
                     (kbuf, vbuf)
                 };
                 let (kb, vb) = (qops::f32_bytes(kf), qops::f32_bytes(vf));
-                heads.attend::<vmath::F32>(|p| &kb[p * hd * 4..], |p| &vb[p * hd * 4..], sc, acc, orow);
+                let (kr, vr) = (vmath::Strided { data: kb, stride: hd * 4 }, vmath::Strided { data: vb, stride: hd * 4 });
+                heads.attend::<vmath::F32>(kr, vr, sc, acc, orow);
             });
         };
         if par {

@@ -189,6 +189,37 @@ impl KvElem for F16 {
     }
 }
 
+/// Where a pass over attention's K or V rows finds row p: the paged cache's reader (cpu/mod.rs)
+/// or [`Strided`] rows. The SIMD loops call `row` once per row; implementations mark it
+/// `#[inline(always)]`, since a call there (a closure's stayed out of line) spills the loop's
+/// accumulators around it.
+pub trait Rows<'a>: Copy {
+    /// Row p's bytes, from its first element on.
+    fn row(&self, p: usize) -> &'a [u8];
+}
+
+/// Rows `stride` bytes apart in one buffer.
+#[derive(Clone, Copy)]
+pub struct Strided<'a> {
+    pub data: &'a [u8],
+    pub stride: usize,
+}
+
+impl<'a> Rows<'a> for Strided<'a> {
+    #[inline(always)]
+    fn row(&self, p: usize) -> &'a [u8] {
+        &self.data[p * self.stride..]
+    }
+}
+
+/// Row p of `rows`, checked to hold `n` elements of `E` (the SIMD loops read it by pointer).
+#[inline(always)]
+fn checked_row<'a, E: KvElem>(rows: impl Rows<'a>, p: usize, n: usize) -> &'a [u8] {
+    let r = rows.row(p);
+    assert!(r.len() >= n * E::BYTES, "attention row {p} has {} bytes, {n} elements wanted", r.len());
+    r
+}
+
 #[cfg(target_arch = "x86_64")]
 fn has_avx2_fma_f16c() -> bool {
     std::arch::is_x86_feature_detected!("avx2")
@@ -196,10 +227,10 @@ fn has_avx2_fma_f16c() -> bool {
         && std::arch::is_x86_feature_detected!("f16c")
 }
 
-/// `out[p] = dot(q, row p)` for every `p`, `rows(p)` the bytes of row p (at least `q.len()`
+/// `out[p] = dot(q, row p)` for every `p`, `rows.row(p)` the bytes of row p (at least `q.len()`
 /// elements of `E`): [`dot`]'s bits, with `q` loaded once and the horizontal sums of 8 rows at
 /// a time done together (attention's scores).
-pub fn dot_rows<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8] + Copy, out: &mut [f32]) {
+pub fn dot_rows<'a, E: KvElem>(q: &[f32], rows: impl Rows<'a>, out: &mut [f32]) {
     let n = out.len();
     dot_rows_heads::<E>(q, q.len(), rows, n, out, n);
 }
@@ -208,7 +239,7 @@ pub fn dot_rows<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8] + Cop
 /// another): head h's `n` results at `out[h * stride..]`. Each row is read once for up to three
 /// heads, which the cache of a long context otherwise serves again per head; every result has
 /// [`dot_rows`]' bits.
-pub fn dot_rows_heads<'a, E: KvElem>(qs: &[f32], hd: usize, rows: impl Fn(usize) -> &'a [u8] + Copy, n: usize, out: &mut [f32], stride: usize) {
+pub fn dot_rows_heads<'a, E: KvElem>(qs: &[f32], hd: usize, rows: impl Rows<'a>, n: usize, out: &mut [f32], stride: usize) {
     let g = qs.len() / hd;
     assert!(stride >= n && out.len() >= (g.max(1) - 1) * stride + n, "dot_rows_heads: {g} heads of {n} results, stride {stride}, {} outputs", out.len());
     #[cfg(target_arch = "x86_64")]
@@ -232,7 +263,7 @@ pub fn dot_rows_heads<'a, E: KvElem>(qs: &[f32], hd: usize, rows: impl Fn(usize)
         return;
     }
     for (h, q) in qs.chunks_exact(hd).enumerate() {
-        dot_rows_generic::<E>(q, rows, &mut out[h * stride..h * stride + n]);
+        dot_rows_generic::<E>(q, rows, 0, &mut out[h * stride..h * stride + n]);
     }
 }
 
@@ -247,11 +278,12 @@ fn heads_per_pass(left: usize) -> usize {
 }
 
 /// [`dot_rows`] without SIMD: each row converted, then [`dot`].
-fn dot_rows_generic<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8], out: &mut [f32]) {
+/// Row `p0 + j` goes to `out[j]`.
+fn dot_rows_generic<'a, E: KvElem>(q: &[f32], rows: impl Rows<'a>, p0: usize, out: &mut [f32]) {
     let n = q.len();
     let mut k = vec![0f32; n];
-    for (p, o) in out.iter_mut().enumerate() {
-        let row = rows(p);
+    for (j, o) in out.iter_mut().enumerate() {
+        let row = checked_row::<E>(rows, p0 + j, n);
         for (i, x) in k.iter_mut().enumerate() {
             *x = E::get(row, i);
         }
@@ -268,23 +300,20 @@ fn dot_rows_generic<'a, E: KvElem>(q: &[f32], rows: impl Fn(usize) -> &'a [u8], 
 /// tail past the last 32 is FMA'd per row.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2<'a, E: KvElem, const G: usize>(qs: &[f32], rows: impl Fn(usize) -> &'a [u8], out: &mut [f32], stride: usize) {
+unsafe fn dot_rows_avx2<'a, E: KvElem, const G: usize>(qs: &[f32], rows: impl Rows<'a>, out: &mut [f32], stride: usize) {
     use std::arch::x86_64::*;
     let n = qs.len() / G;
     let nrows = out.len() - (G - 1) * stride;
     let np = n / 32 * 32;
     let qp = qs.as_ptr();
-    let row = |p: usize| {
-        let r = rows(p);
-        assert!(r.len() >= n * E::BYTES, "dot_rows: row {p} has {} bytes, {n} elements wanted", r.len());
-        r
-    };
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let mut p = 0;
     while p + 8 <= nrows {
-        let mut v = [[_mm256_setzero_ps(); 8]; G];
+        // Written row by row before it is read: left uninitialised, as a zeroed array of G × 8
+        // registers was a memset per 8 rows.
+        let mut v = [[std::mem::MaybeUninit::<__m256>::uninit(); 8]; G];
         for j in 0..8 {
-            let kr = row(p + j).as_ptr();
+            let kr = checked_row::<E>(rows, p + j, n).as_ptr();
             let mut s = [[_mm256_setzero_ps(); 4]; G];
             let mut i = 0;
             while i < np {
@@ -297,12 +326,13 @@ unsafe fn dot_rows_avx2<'a, E: KvElem, const G: usize>(qs: &[f32], rows: impl Fn
                 i += 32;
             }
             for (vh, sh) in v.iter_mut().zip(&s) {
-                vh[j] = _mm256_add_ps(_mm256_add_ps(sh[0], sh[2]), _mm256_add_ps(sh[1], sh[3]));
+                vh[j].write(_mm256_add_ps(_mm256_add_ps(sh[0], sh[2]), _mm256_add_ps(sh[1], sh[3])));
             }
         }
         for (h, vh) in v.iter().enumerate() {
             let t: [__m256; 4] = std::array::from_fn(|m| {
-                let (a, b) = (vh[2 * m], vh[2 * m + 1]);
+                // SAFETY: every vh[j] was written in the loop over j above.
+                let (a, b) = (vh[2 * m].assume_init(), vh[2 * m + 1].assume_init());
                 _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31))
             });
             let hs = _mm256_hadd_ps(_mm256_hadd_ps(t[0], t[1]), _mm256_hadd_ps(t[2], t[3]));
@@ -311,7 +341,7 @@ unsafe fn dot_rows_avx2<'a, E: KvElem, const G: usize>(qs: &[f32], rows: impl Fn
             if np < n {
                 let q = &qs[h * n..(h + 1) * n];
                 for (j, oj) in o.iter_mut().enumerate() {
-                    let kr = row(p + j);
+                    let kr = checked_row::<E>(rows, p + j, n);
                     let mut r = *oj;
                     for (i, qi) in q.iter().enumerate().skip(np) {
                         r = qi.mul_add(E::get(kr, i), r);
@@ -324,7 +354,7 @@ unsafe fn dot_rows_avx2<'a, E: KvElem, const G: usize>(qs: &[f32], rows: impl Fn
     }
     if p < nrows {
         for h in 0..G {
-            dot_rows_generic::<E>(&qs[h * n..(h + 1) * n], |j| row(p + j), &mut out[h * stride + p..h * stride + nrows]);
+            dot_rows_generic::<E>(&qs[h * n..(h + 1) * n], rows, p, &mut out[h * stride + p..h * stride + nrows]);
         }
     }
 }
@@ -338,12 +368,12 @@ pub enum SumOrder {
     Gemm,
 }
 
-/// `out = Σ_p w[p] · v_p` with `v_p` the first `out.len()` elements of `rows(p)`, each output
+/// `out = Σ_p w[p] · v_p` with `v_p` the first `out.len()` elements of `rows.row(p)`, each output
 /// summed over `p` in `order`: `VecDot` as [`dot`] does; `Gemm` as llama.cpp's F32 GEMM
 /// (tinyBLAS) does on AVX2: eight lanes (`p mod 8`), each an FMA chain in order of `p`, folded
 /// `l + (l + 4)`, then `(t0 + t2) + (t1 + t3)`. Terms past `w.len()` count as zero, as
 /// llama.cpp's zero-weight padding does. `acc` is scratch.
-pub fn weighted_rows<'a, E: KvElem>(w: &[f32], rows: impl Fn(usize) -> &'a [u8] + Copy, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+pub fn weighted_rows<'a, E: KvElem>(w: &[f32], rows: impl Rows<'a>, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
     weighted_rows_heads::<E>(w, w.len(), w.len(), rows, order, acc, out)
 }
 
@@ -351,7 +381,7 @@ pub fn weighted_rows<'a, E: KvElem>(w: &[f32], rows: impl Fn(usize) -> &'a [u8] 
 /// values per head, head h's `n` weights at `ws[h * stride..]`; its `d` sums go to
 /// `out[h * d..]` (`d` = `out.len()` / heads). Each 32 columns of a V row are read once for up
 /// to three heads (four as two and two). Every head's sums have [`weighted_rows`]' bits.
-pub fn weighted_rows_heads<'a, E: KvElem>(ws: &[f32], stride: usize, n: usize, rows: impl Fn(usize) -> &'a [u8] + Copy, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+pub fn weighted_rows_heads<'a, E: KvElem>(ws: &[f32], stride: usize, n: usize, rows: impl Rows<'a>, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     let simd = has_avx2_fma_f16c();
     #[cfg(not(target_arch = "x86_64"))]
@@ -362,15 +392,10 @@ pub fn weighted_rows_heads<'a, E: KvElem>(ws: &[f32], stride: usize, n: usize, r
 /// [`weighted_rows_heads`], the column steps in AVX2 registers when `simd` (the CPU has AVX2,
 /// FMA and F16C), else element by element: the same FMAs in the same order either way.
 #[allow(clippy::too_many_arguments)]
-fn weighted_rows_with<'a, E: KvElem>(simd: bool, ws: &[f32], stride: usize, n: usize, rows: impl Fn(usize) -> &'a [u8] + Copy, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
+fn weighted_rows_with<'a, E: KvElem>(simd: bool, ws: &[f32], stride: usize, n: usize, rows: impl Rows<'a>, order: SumOrder, acc: &mut Vec<f32>, out: &mut [f32]) {
     let g = ws.len().div_ceil(stride.max(1)).max(1);
     let d = out.len() / g;
     assert!(n <= stride && (g - 1) * stride + n <= ws.len() && g * d == out.len(), "weighted_rows: {} weights, stride {stride}, {n} rows, {} outputs", ws.len(), out.len());
-    let row = |p: usize| {
-        let r = rows(p);
-        assert!(r.len() >= d * E::BYTES, "weighted_rows: row {p} has {} bytes, {d} elements wanted", r.len());
-        r
-    };
     // One accumulator row per (head, register, lane): 8 for the GEMM order, 32 for
     // ggml_vec_dot_f32. Accumulator row a of a head sums the rows p ≡ a (mod n_acc) in order of
     // p; it is run to its end a column step at a time, so those columns stay in registers
@@ -394,16 +419,16 @@ fn weighted_rows_with<'a, E: KvElem>(simd: bool, ws: &[f32], stride: usize, n: u
                     unsafe {
                         let at = Chunk { ws, stride, h0, n, a, n_acc, c0, d };
                         match take {
-                            3 => weighted_chunk_avx2::<E, 3, 4>(&at, &row, acc),
-                            2 => weighted_chunk_avx2::<E, 2, 4>(&at, &row, acc),
-                            _ => weighted_chunk_avx2::<E, 1, 8>(&at, &row, acc),
+                            3 => weighted_chunk_avx2::<E, 3, 4>(&at, rows, acc),
+                            2 => weighted_chunk_avx2::<E, 2, 4>(&at, rows, acc),
+                            _ => weighted_chunk_avx2::<E, 1, 8>(&at, rows, acc),
                         }
                     }
                 } else {
                     for h in h0..h0 + take {
                         let dst = &mut acc[(h * n_acc + a) * d + c0..][..cw];
                         for p in (a..n).step_by(n_acc) {
-                            let (wp, r) = (ws[h * stride + p], row(p));
+                            let (wp, r) = (ws[h * stride + p], checked_row::<E>(rows, p, d));
                             for (j, sj) in dst.iter_mut().enumerate() {
                                 *sj = wp.mul_add(E::get(r, c0 + j), *sj);
                             }
@@ -446,7 +471,7 @@ struct Chunk<'w> {
 /// columns from `c0`, in `G * W` registers; each row's columns loaded once for the G heads.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_chunk_avx2<'a, E: KvElem, const G: usize, const W: usize>(at: &Chunk<'_>, row: &impl Fn(usize) -> &'a [u8], acc: &mut [f32]) {
+unsafe fn weighted_chunk_avx2<'a, E: KvElem, const G: usize, const W: usize>(at: &Chunk<'_>, rows: impl Rows<'a>, acc: &mut [f32]) {
     use std::arch::x86_64::*;
     let Chunk { ws, stride, h0, n, a, n_acc, c0, d } = *at;
     assert!((h0 + G - 1) * stride + n <= ws.len() && ((h0 + G - 1) * n_acc + a) * d + c0 + 8 * W <= acc.len());
@@ -454,7 +479,7 @@ unsafe fn weighted_chunk_avx2<'a, E: KvElem, const G: usize, const W: usize>(at:
     let mut s = [[_mm256_setzero_ps(); W]; G];
     let mut p = a;
     while p < n {
-        let r = row(p).as_ptr().add(c0 * E::BYTES);
+        let r = checked_row::<E>(rows, p, d).as_ptr().add(c0 * E::BYTES);
         for j in 0..W {
             let v = E::load8(r.add(8 * j * E::BYTES));
             for (h, sh) in s.iter_mut().enumerate() {
@@ -489,9 +514,14 @@ mod tests {
         }
     }
 
-    /// Row `p` of `stride` values of `v` as bytes, for the row readers.
-    fn f32_row(v: &[f32], stride: usize, p: usize) -> &[u8] {
-        &super::super::qops::f32_bytes(v)[4 * p * stride..]
+    /// Rows of `stride` values of `v`.
+    fn f32_rows(v: &[f32], stride: usize) -> super::Strided<'_> {
+        super::Strided { data: super::super::qops::f32_bytes(v), stride: 4 * stride }
+    }
+
+    /// Rows of `stride` f16 values in `b`.
+    fn f16_rows(b: &[u8], stride: usize) -> super::Strided<'_> {
+        super::Strided { data: b, stride: 2 * stride }
     }
 
     /// `v` rounded to f16: the values (exact in f32) and their bytes.
@@ -535,18 +565,18 @@ mod tests {
                     let w: Vec<f32> = (0..n).map(|_| rnd().abs()).collect();
                     let v: Vec<f32> = (0..n * stride).map(|_| rnd()).collect();
                     let (mut got, mut want) = (vec![f32::NAN; d], vec![0f32; d]);
-                    super::weighted_rows::<super::F32>(&w, |p| f32_row(&v, stride, p), order, &mut acc, &mut got);
+                    super::weighted_rows::<super::F32>(&w, f32_rows(&v, stride), order, &mut acc, &mut got);
                     weighted_rows_by_row(&w, &v, stride, order, &mut want);
                     for (i, (g, x)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(g.to_bits(), x.to_bits(), "{order:?}, d {d}, {n} rows: column {i}");
                     }
                     // Without SIMD (other CPUs): the same bits.
                     let mut plain = vec![f32::NAN; d];
-                    super::weighted_rows_with::<super::F32>(false, &w, w.len(), w.len(), |p| f32_row(&v, stride, p), order, &mut acc, &mut plain);
+                    super::weighted_rows_with::<super::F32>(false, &w, w.len(), w.len(), f32_rows(&v, stride), order, &mut acc, &mut plain);
                     assert_eq!(plain.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "no SIMD, {order:?}, d {d}, {n} rows");
                     // f16 rows read in place: the sums of the same rows converted first.
                     let (v16, b16) = to_f16(&v);
-                    super::weighted_rows::<super::F16>(&w, |p| &b16[2 * p * stride..], order, &mut acc, &mut got);
+                    super::weighted_rows::<super::F16>(&w, f16_rows(&b16, stride), order, &mut acc, &mut got);
                     weighted_rows_by_row(&w, &v16, stride, order, &mut want);
                     for (i, (g, x)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(g.to_bits(), x.to_bits(), "f16, {order:?}, d {d}, {n} rows: column {i}");
@@ -565,15 +595,15 @@ mod tests {
                 let q: Vec<f32> = (0..hd).map(|_| rnd() * 3.0).collect();
                 let k: Vec<f32> = (0..rows * stride).map(|_| rnd()).collect();
                 let mut out = vec![f32::NAN; rows];
-                super::dot_rows::<super::F32>(&q, |p| f32_row(&k, stride, p), &mut out);
+                super::dot_rows::<super::F32>(&q, f32_rows(&k, stride), &mut out);
                 for (p, o) in out.iter().enumerate() {
                     let want = super::dot(&q, &k[p * stride..][..hd]);
                     assert_eq!(o.to_bits(), want.to_bits(), "head_dim {hd}, {rows} rows: row {p}");
                 }
                 let (k16, b16) = to_f16(&k);
-                super::dot_rows::<super::F16>(&q, |p| &b16[2 * p * stride..], &mut out);
+                super::dot_rows::<super::F16>(&q, f16_rows(&b16, stride), &mut out);
                 let mut plain = vec![f32::NAN; rows];
-                super::dot_rows_generic::<super::F16>(&q, |p| &b16[2 * p * stride..], &mut plain);
+                super::dot_rows_generic::<super::F16>(&q, f16_rows(&b16, stride), 0, &mut plain);
                 for (p, (o, g)) in out.iter().zip(&plain).enumerate() {
                     let want = super::dot(&q, &k16[p * stride..][..hd]);
                     assert_eq!(o.to_bits(), want.to_bits(), "f16, head_dim {hd}, {rows} rows: row {p}");
@@ -596,10 +626,10 @@ mod tests {
                 let (_, b16) = to_f16(&k);
                 let np = rows.div_ceil(8) * 8;
                 let mut got = vec![f32::NAN; g * np];
-                super::dot_rows_heads::<super::F16>(&qs, hd, |p| &b16[2 * p * stride..], rows, &mut got, np);
+                super::dot_rows_heads::<super::F16>(&qs, hd, f16_rows(&b16, stride), rows, &mut got, np);
                 for h in 0..g {
                     let mut want = vec![f32::NAN; rows];
-                    super::dot_rows::<super::F16>(&qs[h * hd..(h + 1) * hd], |p| &b16[2 * p * stride..], &mut want);
+                    super::dot_rows::<super::F16>(&qs[h * hd..(h + 1) * hd], f16_rows(&b16, stride), &mut want);
                     for p in 0..rows {
                         assert_eq!(got[h * np + p].to_bits(), want[p].to_bits(), "{g} heads, head_dim {hd}: head {h} row {p}");
                     }
@@ -625,11 +655,11 @@ mod tests {
                 let (_, b16) = to_f16(&v);
                 for order in [SumOrder::VecDot, SumOrder::Gemm] {
                     let mut got = vec![f32::NAN; g * d];
-                    super::weighted_rows_heads::<super::F16>(&ws, stride, rows, |p| &b16[2 * p * vstride..], order, &mut acc, &mut got);
+                    super::weighted_rows_heads::<super::F16>(&ws, stride, rows, f16_rows(&b16, vstride), order, &mut acc, &mut got);
                     for h in 0..g {
                         let mut want = vec![f32::NAN; d];
                         let w = &ws[h * stride..h * stride + rows];
-                        super::weighted_rows::<super::F16>(w, |p| &b16[2 * p * vstride..], order, &mut acc, &mut want);
+                        super::weighted_rows::<super::F16>(w, f16_rows(&b16, vstride), order, &mut acc, &mut want);
                         for i in 0..d {
                             assert_eq!(got[h * d + i].to_bits(), want[i].to_bits(), "{g} heads, d {d}, {order:?}: head {h} column {i}");
                         }
@@ -664,8 +694,8 @@ mod tests {
         let v: Vec<f32> = (0..2 * n).map(|i| ((i * 104729 % 211) as f32 / 13.0).cos() * 1e3).collect();
         let mut acc = Vec::new();
         let (mut vd, mut gm) = ([0.0f32; 2], [0.0f32; 2]);
-        weighted_rows::<F32>(&w, |p| f32_row(&v, 2, p), SumOrder::VecDot, &mut acc, &mut vd);
-        weighted_rows::<F32>(&w, |p| f32_row(&v, 2, p), SumOrder::Gemm, &mut acc, &mut gm);
+        weighted_rows::<F32>(&w, f32_rows(&v, 2), SumOrder::VecDot, &mut acc, &mut vd);
+        weighted_rows::<F32>(&w, f32_rows(&v, 2), SumOrder::Gemm, &mut acc, &mut gm);
         for c in 0..2 {
             let mut wp = w.clone();
             wp.resize(64, 0.0);
@@ -679,8 +709,8 @@ mod tests {
         let ones = vec![1.0f32; n];
         let ints: Vec<f32> = (0..n).map(|p| p as f32).collect();
         let (mut a, mut b) = ([0.0f32], [0.0f32]);
-        weighted_rows::<F32>(&ones, |p| f32_row(&ints, 1, p), SumOrder::VecDot, &mut acc, &mut a);
-        weighted_rows::<F32>(&ones, |p| f32_row(&ints, 1, p), SumOrder::Gemm, &mut acc, &mut b);
+        weighted_rows::<F32>(&ones, f32_rows(&ints, 1), SumOrder::VecDot, &mut acc, &mut a);
+        weighted_rows::<F32>(&ones, f32_rows(&ints, 1), SumOrder::Gemm, &mut acc, &mut b);
         assert_eq!((a[0], b[0]), (990.0, 990.0));
     }
 }
