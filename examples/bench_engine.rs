@@ -6,13 +6,15 @@
 //! `-d N` (llama-bench's `-d`) first fills the sequence with N tokens, untimed, so each test runs
 //! after an N-token context ("pp64 @ d2048"): attention's share grows with the context.
 //!
+//! `--kv f16|f32|q8_0` (default f16, llama-bench's `-ctk`/`-ctv`) picks the KV cache type.
+//!
 //! `--device` (default cpu) picks where the model runs; the header names the device. On a GPU
 //! the CPU columns say how much host time the launches and copies take.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use xdan::engine::{Context, ContextParams, Device, Model, ModelParams};
+use xdan::engine::{Context, ContextParams, Device, KvType, Model, ModelParams};
 
 fn arg<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> T {
     args.iter()
@@ -49,7 +51,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let model: String = arg(&args, "--model", String::new());
     if model.is_empty() {
-        eprintln!("usage: bench_engine --model PATH [-p 64] [-n 64] [-r 3] [-t 2] [-d 0] [--device cpu|cuda|auto] [--cuda-device 0]");
+        eprintln!("usage: bench_engine --model PATH [-p 64] [-n 64] [-r 3] [-t 2] [-d 0] [--kv f16|f32|q8_0] [--device cpu|cuda|auto] [--cuda-device 0]");
         std::process::exit(2);
     }
     let device = match arg(&args, "--device", "cpu".to_string()).as_str() {
@@ -58,6 +60,15 @@ fn main() {
         "auto" => Device::Auto,
         other => {
             eprintln!("--device {other}: expected cpu, cuda or auto");
+            std::process::exit(2);
+        }
+    };
+    let kv_type = match arg(&args, "--kv", "f16".to_string()).as_str() {
+        "f16" => KvType::F16,
+        "f32" => KvType::F32,
+        "q8_0" => KvType::Q8_0,
+        other => {
+            eprintln!("--kv {other}: expected f16, f32 or q8_0");
             std::process::exit(2);
         }
     };
@@ -71,7 +82,7 @@ fn main() {
     });
     let n_vocab = m.n_vocab() as u64;
     let n_batch = pp.max(depth.min(512)).max(1);
-    let cp = ContextParams { n_ctx: (depth + pp.max(tg) + 16) as u32, n_batch: n_batch as u32, n_threads: threads, ..Default::default() };
+    let cp = ContextParams { n_ctx: (depth + pp.max(tg) + 16) as u32, n_batch: n_batch as u32, n_threads: threads, kv_type, ..Default::default() };
     let mut c = Context::new(&m, &cp).unwrap_or_else(|e| {
         eprintln!("context: {:?}: {}", e.kind, e.message);
         std::process::exit(1)
@@ -83,7 +94,7 @@ fn main() {
     };
     println!("model: {model}");
     println!(
-        "device: {}, machine: {} ({} logical CPUs), threads: {threads}, KV F16",
+        "device: {}, machine: {} ({} logical CPUs), threads: {threads}, KV {kv_type:?}",
         m.device_name(),
         cpu_name(),
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)

@@ -96,12 +96,10 @@ thread_local! {
     static KV_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// One token's attention buffers: its visible K and V rows as f32 (for a cache type that is
-/// not read in place), one head's scores, and the per-lane sums of the weighted V rows.
+/// One token's attention buffers: its heads' scores and the per-lane sums of the weighted V
+/// rows.
 #[derive(Default)]
 struct AttnScratch {
-    k: Vec<f32>,
-    v: Vec<f32>,
     scores: Vec<f32>,
     acc: Vec<f32>,
 }
@@ -169,15 +167,22 @@ fn kv_slot(table: &[u32], p: usize) -> usize {
     table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK
 }
 
-/// The bytes of columns `c0..c0 + n` of a KV row (for Q8_0, whole blocks: `c0` and `n` are
-/// multiples of 32, as a head of a Q8_0 cache is).
+/// Where columns `c0..c0 + n` of a KV row lie in its bytes: (offset, length). For Q8_0, whole
+/// blocks: `c0` and `n` are multiples of 32, as a head of a Q8_0 cache is.
+#[inline]
+fn kv_span(ty: GgmlType, c0: usize, n: usize) -> (usize, usize) {
+    match ty {
+        GgmlType::F32 => (c0 * 4, n * 4),
+        GgmlType::F16 => (c0 * 2, n * 2),
+        _ => (c0 / 32 * 34, n / 32 * 34),
+    }
+}
+
+/// The bytes of columns `c0..c0 + n` of a KV row (see [`kv_span`]).
 #[inline]
 fn kv_cols(ty: GgmlType, row: &[u8], c0: usize, n: usize) -> &[u8] {
-    match ty {
-        GgmlType::F32 => &row[c0 * 4..(c0 + n) * 4],
-        GgmlType::F16 => &row[c0 * 2..(c0 + n) * 2],
-        _ => &row[c0 / 32 * 34..(c0 + n) / 32 * 34],
-    }
+    let (off, len) = kv_span(ty, c0, n);
+    &row[off..off + len]
 }
 
 /// A KV row (F32, F16 or Q8_0) as f32: the quant module's dequantization (F16C for F16), which
@@ -564,9 +569,11 @@ impl Backend for CpuBackend {
         // A sequence with several tokens in the pass (a prompt) has its K and V rows, up to the
         // furthest any of its tokens sees, converted to f32 once per KV head for all of them:
         // per token that would be O(prompt²) conversions. At `shared[s]` in `conv`: per head, K
-        // rows then V rows. A sequence with one token reads F32 and F16 rows where they are
-        // (`vmath::KvElem`) and has other types (Q8_0) converted into `AttnScratch`.
-        let in_place = matches!(ty, GgmlType::F32 | GgmlType::F16);
+        // rows then V rows. A sequence with one token reads the rows where they are
+        // (`vmath::KvElem`).
+        if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::Q8_0) {
+            return Err(Error::internal(format!("attention: no kernel for a {ty:?} KV cache")));
+        }
         let mut seen = vec![0usize; b.tables.len()];
         for (&s, &n) in b.tok_seq.iter().zip(b.tok_n_kv) {
             if per_seq[s as usize] > 1 {
@@ -611,29 +618,22 @@ impl Backend for CpuBackend {
             let order = if per_seq[seq] == 1 { SumOrder::VecDot } else { SumOrder::Gemm };
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
-                let AttnScratch { k: kbuf, v: vbuf, scores: sc, acc } = &mut *s;
+                let AttnScratch { scores: sc, acc } = &mut *s;
                 let qg = &q.row(t)[g * group * hd..(g + 1) * group * hd];
                 let heads = Heads { q: qg, n, hd, scale, order };
-                if in_place && seen[seq] == 0 {
-                    let eb = if ty == GgmlType::F16 { 2 } else { 4 };
-                    let kr = PagedRows { data: kl, table: b.tables[seq], row_bytes: rb, off: g * hd * eb, len: hd * eb };
+                if seen[seq] == 0 {
+                    let (off, len) = kv_span(ty, g * hd, hd);
+                    let kr = PagedRows { data: kl, table: b.tables[seq], row_bytes: rb, off, len };
                     let vr = PagedRows { data: vl, ..kr };
-                    if ty == GgmlType::F16 {
-                        heads.attend::<vmath::F16>(kr, vr, sc, acc, orow);
-                    } else {
-                        heads.attend::<vmath::F32>(kr, vr, sc, acc, orow);
+                    match ty {
+                        GgmlType::F16 => heads.attend::<vmath::F16>(kr, vr, sc, acc, orow),
+                        GgmlType::Q8_0 => heads.attend::<vmath::Q8_0>(kr, vr, sc, acc, orow),
+                        _ => heads.attend::<vmath::F32>(kr, vr, sc, acc, orow),
                     }
                     return;
                 }
-                let (kf, vf): (&[f32], &[f32]) = if seen[seq] > 0 {
-                    let at = shared[seq] + 2 * g * seen[seq] * hd;
-                    (&conv[at..at + n * hd], &conv[at + seen[seq] * hd..][..n * hd])
-                } else {
-                    kbuf.resize(n * hd, 0.0);
-                    vbuf.resize(n * hd, 0.0);
-                    convert(b.tables[seq], g, n, kbuf, vbuf);
-                    (kbuf, vbuf)
-                };
+                let at = shared[seq] + 2 * g * seen[seq] * hd;
+                let (kf, vf) = (&conv[at..at + n * hd], &conv[at + seen[seq] * hd..][..n * hd]);
                 let (kb, vb) = (qops::f32_bytes(kf), qops::f32_bytes(vf));
                 let (kr, vr) = (vmath::Strided { data: kb, stride: hd * 4 }, vmath::Strided { data: vb, stride: hd * 4 });
                 heads.attend::<vmath::F32>(kr, vr, sc, acc, orow);

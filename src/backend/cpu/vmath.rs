@@ -142,50 +142,84 @@ fn dot_generic(a: &[f32], b: &[f32]) -> f32 {
     r
 }
 
-/// The element type of the KV rows attention reads: f32 or f16, whose values are exact in f32,
-/// so a sum over f16 rows read in place has the bits of the same sum over the rows converted.
-/// Rows are bytes at any alignment.
+/// The element type of the KV rows attention reads: f32, f16, or Q8_0 blocks, whose values
+/// (f16, or an f16 scale times an int8: 19 significant bits at most) are all exact in f32, so
+/// a sum over rows read in place has the bits of the same sum over the rows converted. Rows are
+/// bytes at any alignment.
 pub trait KvElem {
-    const BYTES: usize;
+    /// The bytes of a row of `n` elements (for Q8_0, `n` a multiple of 32).
+    fn row_bytes(n: usize) -> usize;
     /// Element `i` of `row`.
     fn get(row: &[u8], i: usize) -> f32;
-    /// 8 elements from `p`.
+    /// Elements `i..i + 8` of the row at `row` (`i` a multiple of 8).
     ///
     /// # Safety
-    /// The CPU has AVX and F16C, and `p` points at 8 elements' bytes.
+    /// The CPU has AVX2 and F16C, and the row holds those elements.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256;
+    unsafe fn load8(row: *const u8, i: usize) -> std::arch::x86_64::__m256;
 }
 
 /// f32 KV rows (and rows converted to f32).
 pub struct F32;
 /// f16 KV rows.
 pub struct F16;
+/// Q8_0 KV rows: blocks of an f16 scale and 32 int8 values, the value `scale × q` (the
+/// product exact in f32, as the block's dequantization computes it).
+pub struct Q8_0;
 
 impl KvElem for F32 {
-    const BYTES: usize = 4;
+    #[inline(always)]
+    fn row_bytes(n: usize) -> usize {
+        4 * n
+    }
     #[inline(always)]
     fn get(row: &[u8], i: usize) -> f32 {
         f32::from_le_bytes(row[4 * i..4 * i + 4].try_into().unwrap())
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256 {
-        std::arch::x86_64::_mm256_loadu_ps(p as *const f32)
+    unsafe fn load8(row: *const u8, i: usize) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(row.add(4 * i) as *const f32)
     }
 }
 
 impl KvElem for F16 {
-    const BYTES: usize = 2;
+    #[inline(always)]
+    fn row_bytes(n: usize) -> usize {
+        2 * n
+    }
     #[inline(always)]
     fn get(row: &[u8], i: usize) -> f32 {
         half::f16::from_le_bytes([row[2 * i], row[2 * i + 1]]).to_f32()
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    unsafe fn load8(p: *const u8) -> std::arch::x86_64::__m256 {
+    unsafe fn load8(row: *const u8, i: usize) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
-        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        _mm256_cvtph_ps(_mm_loadu_si128(row.add(2 * i) as *const __m128i))
+    }
+}
+
+impl KvElem for Q8_0 {
+    #[inline(always)]
+    fn row_bytes(n: usize) -> usize {
+        n / 32 * 34
+    }
+    #[inline(always)]
+    fn get(row: &[u8], i: usize) -> f32 {
+        let b = &row[i / 32 * 34..][..34];
+        crate::quant::block::f16_lut([b[0], b[1]]) * (b[2 + i % 32] as i8) as f32
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(row: *const u8, i: usize) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // The four loads of a 32-value step share the block's scale, which the compiler loads
+        // once for them.
+        let b = row.add(i / 32 * 34);
+        let d = _mm256_set1_ps(crate::quant::block::f16_lut([*b, *b.add(1)]));
+        let q = _mm256_cvtepi8_epi32(_mm_loadl_epi64(b.add(2 + i % 32) as *const __m128i));
+        _mm256_mul_ps(d, _mm256_cvtepi32_ps(q))
     }
 }
 
@@ -216,7 +250,7 @@ impl<'a> Rows<'a> for Strided<'a> {
 #[inline(always)]
 fn checked_row<'a, E: KvElem>(rows: impl Rows<'a>, p: usize, n: usize) -> &'a [u8] {
     let r = rows.row(p);
-    assert!(r.len() >= n * E::BYTES, "attention row {p} has {} bytes, {n} elements wanted", r.len());
+    assert!(r.len() >= E::row_bytes(n), "attention row {p} has {} bytes, {n} elements wanted", r.len());
     r
 }
 
@@ -318,7 +352,7 @@ unsafe fn dot_rows_avx2<'a, E: KvElem, const G: usize>(qs: &[f32], rows: impl Ro
             let mut i = 0;
             while i < np {
                 for r in 0..4 {
-                    let k = E::load8(kr.add((i + 8 * r) * E::BYTES));
+                    let k = E::load8(kr, i + 8 * r);
                     for (h, sh) in s.iter_mut().enumerate() {
                         sh[r] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(h * n + i + 8 * r)), k, sh[r]);
                     }
@@ -479,9 +513,9 @@ unsafe fn weighted_chunk_avx2<'a, E: KvElem, const G: usize, const W: usize>(at:
     let mut s = [[_mm256_setzero_ps(); W]; G];
     let mut p = a;
     while p < n {
-        let r = checked_row::<E>(rows, p, d).as_ptr().add(c0 * E::BYTES);
+        let r = checked_row::<E>(rows, p, d).as_ptr();
         for j in 0..W {
-            let v = E::load8(r.add(8 * j * E::BYTES));
+            let v = E::load8(r, c0 + 8 * j);
             for (h, sh) in s.iter_mut().enumerate() {
                 sh[j] = _mm256_fmadd_ps(_mm256_set1_ps(*wp.add(h * stride + p)), v, sh[j]);
             }
@@ -528,6 +562,64 @@ mod tests {
     fn to_f16(v: &[f32]) -> (Vec<f32>, Vec<u8>) {
         let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
         (h.iter().map(|x| x.to_f32()).collect(), h.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+
+    /// `rows` rows of `w` values (a multiple of 32), `stride` apart in `v`, as Q8_0 rows with a
+    /// spare block each: the values the blocks hold (rows of `w`), the bytes, and the bytes per row.
+    fn to_q8_0(v: &[f32], stride: usize, rows: usize, w: usize) -> (Vec<f32>, Vec<u8>, usize) {
+        use crate::quant::legacy::BlockQ8_0;
+        let rb = (w / 32 + 1) * 34;
+        let (mut deq, mut bytes) = (vec![0f32; rows * w], vec![0xa5u8; rows * rb]);
+        for p in 0..rows {
+            for k in 0..w / 32 {
+                let blk = BlockQ8_0::quantize(&v[p * stride + 32 * k..][..32]);
+                let at = p * rb + 34 * k;
+                bytes[at..at + 2].copy_from_slice(&blk.d);
+                bytes[at + 2..at + 34].copy_from_slice(&blk.qs);
+                blk.dequantize(&mut deq[p * w + 32 * k..][..32]);
+            }
+        }
+        (deq, bytes, rb)
+    }
+
+    /// Q8_0 rows read in place: each result has the bits of the same dot products and weighted
+    /// sums over the rows dequantized first, for one head and groups of 2 to 4.
+    #[test]
+    fn q8_0_rows_read_in_place() {
+        use super::{Q8_0, SumOrder, Strided};
+        let mut rnd = uniform(17);
+        let mut acc = Vec::new();
+        for hd in [32usize, 64, 96, 128, 256] {
+            for rows in [1usize, 7, 8, 9, 23, 64] {
+                let v: Vec<f32> = (0..rows * (hd + 7)).map(|_| rnd() * 4.0).collect();
+                let (deq, bytes, rb) = to_q8_0(&v, hd + 7, rows, hd);
+                let q8 = Strided { data: &bytes, stride: rb };
+                for g in 1..=4usize {
+                    let qs: Vec<f32> = (0..g * hd).map(|_| rnd() * 2.0).collect();
+                    let np = rows.div_ceil(8) * 8;
+                    let mut got = vec![f32::NAN; g * np];
+                    super::dot_rows_heads::<Q8_0>(&qs, hd, q8, rows, &mut got, np);
+                    for h in 0..g {
+                        for p in 0..rows {
+                            let want = super::dot(&qs[h * hd..(h + 1) * hd], &deq[p * hd..(p + 1) * hd]);
+                            assert_eq!(got[h * np + p].to_bits(), want.to_bits(), "scores: head_dim {hd}, {g} heads: head {h} row {p}");
+                        }
+                    }
+                    let ws: Vec<f32> = (0..g * np).map(|_| rnd().abs()).collect();
+                    for order in [SumOrder::VecDot, SumOrder::Gemm] {
+                        let mut got = vec![f32::NAN; g * hd];
+                        super::weighted_rows_heads::<Q8_0>(&ws, np, rows, q8, order, &mut acc, &mut got);
+                        for h in 0..g {
+                            let mut want = vec![0f32; hd];
+                            weighted_rows_by_row(&ws[h * np..h * np + rows], &deq, hd, order, &mut want);
+                            for i in 0..hd {
+                                assert_eq!(got[h * hd + i].to_bits(), want[i].to_bits(), "sums: head_dim {hd}, {rows} rows, {g} heads, {order:?}: head {h} column {i}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// `weighted_rows` as first written: one pass over the rows, each FMA'd into its
