@@ -39,6 +39,40 @@ pub fn expf(x: f32) -> f32 {
     }
 }
 
+/// [`expf`] on 8 lanes (ggml_v_expf): the same operations lane by lane, so the same bits; the
+/// lanes out of the normal range take the two-step scaling, chosen by masks.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn expf8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let k = |bits: u32| _mm256_set1_ps(c(bits));
+    let shift = k(0x4b40_0000);
+    let z = _mm256_fmadd_ps(x, k(0x3fb8_aa3b), shift);
+    let n = _mm256_sub_ps(z, shift);
+    let b = _mm256_fnmadd_ps(n, k(0x35bf_be8e), _mm256_fnmadd_ps(n, k(0x3f31_7200), x));
+    let e = _mm256_slli_epi32::<23>(_mm256_castps_si256(z));
+    let kk = _mm256_castsi256_ps(_mm256_add_epi32(e, _mm256_set1_epi32(1.0f32.to_bits() as i32)));
+    let u = _mm256_mul_ps(b, b);
+    let j = _mm256_fmadd_ps(
+        _mm256_fmadd_ps(_mm256_fmadd_ps(k(0x3c07_2010), b, k(0x3d2b_9f17)), u, _mm256_fmadd_ps(k(0x3e2a_af33), b, k(0x3eff_fedb))),
+        u,
+        _mm256_mul_ps(k(0x3f7f_fff6), b),
+    );
+    let abs_n = _mm256_andnot_ps(_mm256_set1_ps(-0.0), n);
+    let big = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(126.0));
+    let normal = _mm256_fmadd_ps(j, kk, kk);
+    if _mm256_movemask_ps(big) == 0 {
+        return normal;
+    }
+    let g = _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps::<_CMP_LE_OQ>(n, _mm256_setzero_ps())), _mm256_set1_epi32(0x8200_0000u32 as i32));
+    let s1 = _mm256_castsi256_ps(_mm256_add_epi32(g, _mm256_set1_epi32(0x7f00_0000)));
+    let s2 = _mm256_castsi256_ps(_mm256_sub_epi32(e, g));
+    let huge = _mm256_cmp_ps::<_CMP_GT_OQ>(abs_n, _mm256_set1_ps(192.0));
+    let scaled = _mm256_mul_ps(_mm256_fmadd_ps(s2, j, s2), s1);
+    _mm256_blendv_ps(_mm256_blendv_ps(normal, scaled, big), _mm256_mul_ps(s1, s1), huge)
+}
+
 /// `silu(x) * g` over a row: 8-wide groups use the vector exp, a tail uses libm's `expf`.
 pub fn swiglu(x: &mut [f32], g: &[f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -71,17 +105,40 @@ fn swiglu_generic(x: &mut [f32], g: &[f32]) {
 /// reduced pairwise as the vector code does, then scaled by the f32 reciprocal of the sum).
 pub fn softmax(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has FMA (checked just above).
-        return unsafe { softmax_fma(x) };
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { softmax_avx2(x) };
     }
     softmax_generic(x)
 }
 
+/// [`softmax_generic`] with the 8-wide groups' exp in registers ([`expf8`]; the compiler kept
+/// the scalar `expf` per lane, branch and all): the same values and sums in the same order.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "fma")]
-unsafe fn softmax_fma(x: &mut [f32]) {
-    softmax_generic(x)
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_avx2(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let n8 = x.len() / 8 * 8;
+    let mut sum = 0.0f64;
+    let (p, m) = (x.as_mut_ptr(), _mm256_set1_ps(max));
+    let mut i = 0;
+    while i < n8 {
+        let v = expf8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+        _mm256_storeu_ps(p.add(i), v);
+        let a = _mm_add_ps(_mm256_extractf128_ps::<1>(v), _mm256_castps256_ps128(v));
+        let b = _mm_add_ps(a, _mm_movehl_ps(a, a));
+        sum += _mm_cvtss_f32(_mm_add_ss(b, _mm_movehdup_ps(b))) as f64;
+        i += 8;
+    }
+    for v in x[n8..].iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
 }
 
 #[inline(always)]
@@ -757,6 +814,41 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The vector exp and softmax against the scalar ones, bit for bit, across the normal
+    /// range, the two-step scaling (|n| > 126) and the saturation (|n| > 192), with tails.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_and_softmax_equal_the_scalar_ones() {
+        if !(std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")) {
+            eprintln!("skipped: the CPU lacks AVX2/FMA");
+            return;
+        }
+        let mut rnd = uniform(19);
+        let special = [f32::NEG_INFINITY, 0.0, -0.0, 88.7, -87.4, -103.9, -150.0, 1e-30];
+        let xs: Vec<f32> = special.into_iter().chain((0..40_000).map(|i| rnd() * [1.0f32, 20.0, 100.0, 160.0][i % 4])).collect();
+        for ch in xs.chunks(8).filter(|c| c.len() == 8) {
+            let mut got = [0f32; 8];
+            // SAFETY: the CPU has AVX2 and FMA (checked above); 8 values in and out.
+            unsafe {
+                use std::arch::x86_64::*;
+                _mm256_storeu_ps(got.as_mut_ptr(), super::expf8(_mm256_loadu_ps(ch.as_ptr())));
+            }
+            for (g, &x) in got.iter().zip(ch) {
+                assert_eq!(g.to_bits(), super::expf(x).to_bits(), "exp({x})");
+            }
+        }
+        for n in [1usize, 7, 8, 9, 31, 64, 100, 1031] {
+            for scale in [1.0f32, 30.0, 200.0] {
+                let x: Vec<f32> = (0..n).map(|_| rnd() * scale).collect();
+                let (mut a, mut b) = (x.clone(), x.clone());
+                // SAFETY: as above.
+                unsafe { super::softmax_avx2(&mut a) };
+                super::softmax_generic(&mut b);
+                assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{n} values of scale {scale}");
             }
         }
     }
