@@ -4,7 +4,7 @@
 pub mod qops;
 pub mod vmath;
 
-use vmath::SumOrder;
+use vmath::{Rows, SumOrder};
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -115,11 +115,11 @@ struct Heads<'q> {
 
 impl Heads<'_> {
     /// Each head's scores against the K rows, softmax, and the weighted sum of the V rows into
-    /// its `hd` columns of `out`; `k(p)`, `v(p)` are position p's head columns.
+    /// its `hd` columns of `out`; `k.row(p)`, `v.row(p)` are position p's head columns.
     fn attend<'a, E: vmath::KvElem>(
         &self,
-        k: impl vmath::Rows<'a>,
-        v: impl vmath::Rows<'a>,
+        k: impl Rows<'a>,
+        v: impl Rows<'a>,
         sc: &mut Vec<f32>,
         acc: &mut Vec<f32>,
         out: &mut [f32],
@@ -153,7 +153,20 @@ struct PagedRows<'a> {
     len: usize,
 }
 
-impl<'a> vmath::Rows<'a> for PagedRows<'a> {
+impl<'a> PagedRows<'a> {
+    /// Columns `c0..c0 + n` of the rows of a cache of type `ty` (for Q8_0, whole blocks: `c0`
+    /// and `n` are multiples of 32, as a head of a Q8_0 cache is).
+    fn cols(data: &'a [u8], table: &'a [u32], row_bytes: usize, ty: GgmlType, c0: usize, n: usize) -> Self {
+        let (off, len) = match ty {
+            GgmlType::F32 => (c0 * 4, n * 4),
+            GgmlType::F16 => (c0 * 2, n * 2),
+            _ => (c0 / 32 * 34, n / 32 * 34),
+        };
+        PagedRows { data, table, row_bytes, off, len }
+    }
+}
+
+impl<'a> Rows<'a> for PagedRows<'a> {
     #[inline(always)]
     fn row(&self, p: usize) -> &'a [u8] {
         let at = kv_slot(self.table, p) * self.row_bytes + self.off;
@@ -167,26 +180,8 @@ fn kv_slot(table: &[u32], p: usize) -> usize {
     table[p / KV_BLOCK] as usize * KV_BLOCK + p % KV_BLOCK
 }
 
-/// Where columns `c0..c0 + n` of a KV row lie in its bytes: (offset, length). For Q8_0, whole
-/// blocks: `c0` and `n` are multiples of 32, as a head of a Q8_0 cache is.
-#[inline]
-fn kv_span(ty: GgmlType, c0: usize, n: usize) -> (usize, usize) {
-    match ty {
-        GgmlType::F32 => (c0 * 4, n * 4),
-        GgmlType::F16 => (c0 * 2, n * 2),
-        _ => (c0 / 32 * 34, n / 32 * 34),
-    }
-}
-
-/// The bytes of columns `c0..c0 + n` of a KV row (see [`kv_span`]).
-#[inline]
-fn kv_cols(ty: GgmlType, row: &[u8], c0: usize, n: usize) -> &[u8] {
-    let (off, len) = kv_span(ty, c0, n);
-    &row[off..off + len]
-}
-
 /// A KV row (F32, F16 or Q8_0) as f32: the quant module's dequantization (F16C for F16), which
-/// attention runs for every visible row of every token.
+/// attention runs once per pass for the rows a prompt's tokens see.
 fn kv_row_to_f32(ty: GgmlType, b: &[u8], out: &mut [f32]) {
     match ty {
         GgmlType::F32 => out.copy_from_slice(&qops::as_f32(b)[..out.len()]),
@@ -559,11 +554,11 @@ impl Backend for CpuBackend {
         let par = work >= PAR_MIN_WORK / 4;
         // Head g's K (then V) columns of positions 0..n of a sequence's table, as f32.
         let convert = |table: &[u32], g: usize, n: usize, kf: &mut [f32], vf: &mut [f32]| {
+            let kr = PagedRows::cols(kl, table, rb, ty, g * hd, hd);
+            let vr = PagedRows { data: vl, ..kr };
             for p in 0..n {
-                let slot = kv_slot(table, p);
-                let r = slot * rb..(slot + 1) * rb;
-                kv_row_to_f32(ty, kv_cols(ty, &kl[r.clone()], g * hd, hd), &mut kf[p * hd..(p + 1) * hd]);
-                kv_row_to_f32(ty, kv_cols(ty, &vl[r], g * hd, hd), &mut vf[p * hd..(p + 1) * hd]);
+                kv_row_to_f32(ty, kr.row(p), &mut kf[p * hd..(p + 1) * hd]);
+                kv_row_to_f32(ty, vr.row(p), &mut vf[p * hd..(p + 1) * hd]);
             }
         };
         // A sequence with several tokens in the pass (a prompt) has its K and V rows, up to the
@@ -622,8 +617,7 @@ impl Backend for CpuBackend {
                 let qg = &q.row(t)[g * group * hd..(g + 1) * group * hd];
                 let heads = Heads { q: qg, n, hd, scale, order };
                 if seen[seq] == 0 {
-                    let (off, len) = kv_span(ty, g * hd, hd);
-                    let kr = PagedRows { data: kl, table: b.tables[seq], row_bytes: rb, off, len };
+                    let kr = PagedRows::cols(kl, b.tables[seq], rb, ty, g * hd, hd);
                     let vr = PagedRows { data: vl, ..kr };
                     match ty {
                         GgmlType::F16 => heads.attend::<vmath::F16>(kr, vr, sc, acc, orow),

@@ -368,8 +368,8 @@ fn heads_per_pass(left: usize) -> usize {
     }
 }
 
-/// [`dot_rows`] without SIMD: each row converted, then [`dot`].
-/// Row `p0 + j` goes to `out[j]`.
+/// [`dot_rows`] without SIMD, for rows `p0..` (row `p0 + j` into `out[j]`): each row
+/// converted, then [`dot`].
 fn dot_rows_generic<'a, E: KvElem>(q: &[f32], rows: impl Rows<'a>, p0: usize, out: &mut [f32]) {
     let n = q.len();
     let mut k = vec![0f32; n];
